@@ -1,0 +1,111 @@
+//! Authentication: a layer that turns the bearer token into a [`Principal`] in the request
+//! extensions. Health and reflection stay open; every `finmatch.v1` call needs a valid token.
+//! Authorization (which role may call what) is decided by the use cases.
+
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tonic::Status;
+use tower::{Layer, Service};
+
+use crate::service::{App, Error, Principal};
+
+/// Path prefix of the calls that need a credential.
+const PROTECTED_PREFIX: &str = "/finmatch.v1.";
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    app: App,
+}
+
+impl AuthLayer {
+    pub fn new(app: App) -> Self {
+        Self { app }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth {
+            inner,
+            app: self.app.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    app: App,
+}
+
+impl<S, B> Service<Request<B>> for Auth<S>
+where
+    S: Service<Request<B>, Response = Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The clone is not ready; keep the ready one for this call (tower's documented pattern).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let app = self.app.clone();
+        Box::pin(async move {
+            if !request.uri().path().starts_with(PROTECTED_PREFIX) {
+                return inner.call(request).await;
+            }
+            let token = match bearer_token(request.headers()) {
+                Ok(token) => token,
+                Err(error) => return Ok(Status::from(error).into_http()),
+            };
+            match app.authenticate(&token).await {
+                Ok(principal) => {
+                    tracing::Span::current()
+                        .record("principal", principal.credential_id.to_string());
+                    request.extensions_mut().insert(principal);
+                    inner.call(request).await
+                }
+                Err(error) => Ok(Status::from(error).into_http()),
+            }
+        })
+    }
+}
+
+fn bearer_token(headers: &http::HeaderMap) -> Result<String, Error> {
+    let value = headers.get(http::header::AUTHORIZATION).ok_or_else(|| {
+        Error::Unauthenticated(
+            "missing credentials: send the metadata `authorization: Bearer <token>`".into(),
+        )
+    })?;
+    let value = value
+        .to_str()
+        .map_err(|_| Error::Unauthenticated("the authorization metadata is not text".into()))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Error::Unauthenticated("the authorization metadata must be `Bearer <token>`".into())
+        })?;
+    Ok(token.to_owned())
+}
+
+/// The caller of a finmatch call, put there by [`AuthLayer`].
+pub fn principal<T>(request: &tonic::Request<T>) -> Result<Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("missing credentials"))
+}

@@ -1,0 +1,92 @@
+//! The gRPC edge: generated types, handlers, proto ⇄ domain conversion, error mapping, auth.
+//!
+//! Handlers are thin: convert the request into domain input (field violations on failure),
+//! call one use case on [`App`], convert the result back.
+
+use tonic::transport::server::Router;
+
+use crate::service::App;
+
+pub mod auth;
+pub mod convert;
+pub mod enterprises;
+pub mod financing;
+pub mod layers;
+pub mod lenders;
+pub mod partner;
+pub mod reporting;
+pub mod special_loans;
+pub mod status;
+
+/// Code generated from `proto/finmatch/v1` by build.rs.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("finmatch.v1");
+
+    /// The compiled descriptors of every proto file, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("finmatch_descriptor");
+}
+
+use pb::enterprise_service_server::EnterpriseServiceServer;
+use pb::financing_service_server::FinancingServiceServer;
+use pb::lender_service_server::LenderServiceServer;
+use pb::partner_service_server::PartnerServiceServer;
+use pb::reporting_service_server::ReportingServiceServer;
+use pb::special_loan_service_server::SpecialLoanServiceServer;
+
+/// The fully-qualified names of the finmatch services (for health reporting).
+pub const SERVICE_NAMES: [&str; 6] = [
+    "finmatch.v1.EnterpriseService",
+    "finmatch.v1.LenderService",
+    "finmatch.v1.FinancingService",
+    "finmatch.v1.PartnerService",
+    "finmatch.v1.SpecialLoanService",
+    "finmatch.v1.ReportingService",
+];
+
+/// Largest response message, in bytes (list pages are capped well below this).
+const MAX_ENCODING_BYTES: usize = 16 * 1024 * 1024;
+
+macro_rules! limited {
+    ($server:ident, $handler:expr, $max_decoding:expr) => {
+        $server::new($handler)
+            .max_decoding_message_size($max_decoding)
+            .max_encoding_message_size(MAX_ENCODING_BYTES)
+    };
+}
+
+/// Adds the six finmatch services to `router`, each with explicit message-size limits.
+pub fn add_services<L>(router: Router<L>, app: &App, max_decoding: usize) -> Router<L> {
+    router
+        .add_service(limited!(
+            EnterpriseServiceServer,
+            enterprises::EnterpriseHandler::new(app.clone()),
+            max_decoding
+        ))
+        .add_service(limited!(
+            LenderServiceServer,
+            lenders::LenderHandler::new(app.clone()),
+            max_decoding
+        ))
+        .add_service(limited!(
+            FinancingServiceServer,
+            financing::FinancingHandler::new(app.clone()),
+            max_decoding
+        ))
+        .add_service(limited!(
+            PartnerServiceServer,
+            partner::PartnerHandler::new(app.clone()),
+            max_decoding
+        ))
+        .add_service(limited!(
+            SpecialLoanServiceServer,
+            special_loans::SpecialLoanHandler::new(app.clone()),
+            max_decoding
+        ))
+        .add_service(limited!(
+            ReportingServiceServer,
+            reporting::ReportingHandler::new(app.clone()),
+            max_decoding
+        ))
+}

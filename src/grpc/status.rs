@@ -1,0 +1,79 @@
+//! The one mapping from the application error to the wire (see `service::error` for the policy).
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::service::Error;
+
+/// The `ErrorInfo.domain` of every error finmatch raises.
+pub const ERROR_DOMAIN: &str = "finmatch";
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::InvalidArgument(violations) => {
+                let mut details = ErrorDetails::new();
+                for v in violations.violations() {
+                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                }
+                let message = match violations.len() {
+                    1 => format!("invalid argument: {}", violations),
+                    n => format!("{n} invalid fields: {}", violations),
+                };
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            Error::NotFound { entity, id } => {
+                let details = ErrorDetails::with_resource_info(entity, id.clone(), "", "not found");
+                Status::with_error_details(
+                    Code::NotFound,
+                    format!("{entity} {id} not found"),
+                    details,
+                )
+            }
+            Error::AlreadyExists {
+                entity,
+                message,
+                existing_id,
+            } => {
+                let details = ErrorDetails::with_resource_info(
+                    entity,
+                    existing_id.unwrap_or_default(),
+                    "",
+                    message.clone(),
+                );
+                Status::with_error_details(Code::AlreadyExists, message, details)
+            }
+            Error::FailedPrecondition {
+                reason,
+                message,
+                metadata,
+            } => {
+                let metadata = metadata
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect::<std::collections::HashMap<_, _>>();
+                let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
+                Status::with_error_details(Code::FailedPrecondition, message, details)
+            }
+            Error::Unauthenticated(message) => Status::unauthenticated(message),
+            Error::PermissionDenied(message) => Status::permission_denied(message),
+            Error::Unavailable => {
+                let details =
+                    ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(1)));
+                Status::with_error_details(
+                    Code::Unavailable,
+                    "the database is unavailable; retry with backoff",
+                    details,
+                )
+            }
+            Error::ResourceExhausted(message) => Status::resource_exhausted(message),
+            Error::Unimplemented(rpc) => {
+                Status::unimplemented(format!("{rpc} is not implemented yet"))
+            }
+            Error::Internal(cause) => {
+                tracing::error!(error = ?cause, "internal error");
+                Status::internal("internal error; it has been logged")
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The error policy of finmatch, in one place.
+//!
+//! - `domain/` returns `domain::Violations` (every bad field of an input, with a description).
+//! - `storage/` returns `diesel::QueryResult`; [`storage::classify`] names what went wrong
+//!   without SQL text.
+//! - `service/` (this module) returns [`Error`], the one application error. Use cases turn
+//!   constraint violations they expect into precise variants (a duplicate credit code becomes
+//!   [`Error::AlreadyExists`]) and everything unexpected into [`Error::Internal`], which is logged
+//!   with its cause and reaches the caller only as "internal error".
+//! - `grpc/` maps [`Error`] to a `tonic::Status` with `google.rpc` details in one exhaustive
+//!   `match` (see `grpc::status`). Nothing below `grpc/` builds a `Status`.
+
+use crate::domain::Violations;
+use crate::storage::{self, Failure};
+
+/// Machine-readable reasons carried in `google.rpc.ErrorInfo` for FAILED_PRECONDITION.
+pub mod reason {
+    pub const ILLEGAL_TRANSITION: &str = "ILLEGAL_TRANSITION";
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+    pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
+    pub const NOT_ELIGIBLE: &str = "NOT_ELIGIBLE";
+    pub const RATE_CAP: &str = "RATE_CAP";
+    pub const TERM_CAP: &str = "TERM_CAP";
+    pub const LOAN_DATE: &str = "LOAN_DATE";
+    pub const ENTERPRISE_CAP: &str = "ENTERPRISE_CAP";
+    pub const ONE_BANK_RULE: &str = "ONE_BANK_RULE";
+    pub const OVER_FUNDING: &str = "OVER_FUNDING";
+    pub const LOAN_REFERENCE_REUSED: &str = "LOAN_REFERENCE_REUSED";
+    pub const LENDER_INACTIVE: &str = "LENDER_INACTIVE";
+    pub const CREDENTIAL_REVOKED: &str = "CREDENTIAL_REVOKED";
+}
+
+/// The application error every use case returns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; every bad field is listed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(Violations),
+    /// The entity does not exist, or is not visible to the caller (another lender's referral).
+    #[error("{entity} {id} not found")]
+    NotFound { entity: &'static str, id: String },
+    /// The entity exists already; `existing_id` names it when the caller may not know it.
+    #[error("{message}")]
+    AlreadyExists {
+        entity: &'static str,
+        message: String,
+        existing_id: Option<String>,
+    },
+    /// The system is not in a state that allows the call; `reason` is a [`reason`] constant.
+    #[error("{message}")]
+    FailedPrecondition {
+        reason: &'static str,
+        message: String,
+        metadata: Vec<(&'static str, String)>,
+    },
+    /// No valid credential was presented.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The credential's role may not make this call.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// PostgreSQL is unreachable; the caller should retry with backoff.
+    #[error("the database is unavailable; retry later")]
+    Unavailable,
+    /// Too much concurrent work; the caller should retry with backoff.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The RPC is part of the contract but not built yet.
+    #[error("{0} is not implemented yet")]
+    Unimplemented(&'static str),
+    /// A bug or an unexpected condition; details are logged, never sent.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn not_found(entity: &'static str, id: impl ToString) -> Self {
+        Error::NotFound {
+            entity,
+            id: id.to_string(),
+        }
+    }
+
+    pub fn precondition(reason: &'static str, message: impl Into<String>) -> Self {
+        Error::FailedPrecondition {
+            reason,
+            message: message.into(),
+            metadata: Vec::new(),
+        }
+    }
+
+    /// Adds a key/value to the `ErrorInfo` metadata of a FAILED_PRECONDITION.
+    pub fn with_metadata(mut self, key: &'static str, value: impl ToString) -> Self {
+        if let Error::FailedPrecondition { metadata, .. } = &mut self {
+            metadata.push((key, value.to_string()));
+        }
+        self
+    }
+
+    /// One bad field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        let mut violations = Violations::default();
+        violations.add(field, description);
+        Error::InvalidArgument(violations)
+    }
+
+    /// Whether a transaction failing with this error may simply be run again.
+    pub fn is_retryable_conflict(&self) -> bool {
+        matches!(self, Error::Internal(e) if e.downcast_ref::<Conflict>().is_some())
+    }
+}
+
+/// Marker for a serialization failure or deadlock, kept inside [`Error::Internal`] so that
+/// [`retry_conflicts`] can recognise it.
+#[derive(Debug, thiserror::Error)]
+#[error("transaction conflict")]
+pub struct Conflict;
+
+impl From<Violations> for Error {
+    fn from(violations: Violations) -> Self {
+        Error::InvalidArgument(violations)
+    }
+}
+
+impl From<diesel::result::Error> for Error {
+    fn from(error: diesel::result::Error) -> Self {
+        match storage::classify(&error) {
+            Failure::Unavailable => Error::Unavailable,
+            Failure::Conflict => Error::Internal(anyhow::Error::new(Conflict)),
+            // Two calls with one idempotency key raced; the loser retries and replays the winner.
+            Failure::UniqueViolation(Some(c)) if c == "idempotency_keys_pkey" => {
+                Error::Internal(anyhow::Error::new(Conflict))
+            }
+            _ => Error::Internal(anyhow::Error::new(error)),
+        }
+    }
+}
+
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for Error {
+    fn from(error: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
+        match storage::classify_pool(&error) {
+            Failure::Unavailable => Error::Unavailable,
+            _ => Error::Internal(anyhow::anyhow!("connection pool: {error}")),
+        }
+    }
+}
+
+/// Runs `attempt` again when it fails with a serialization conflict, at most `tries` times.
+pub async fn retry_conflicts<T, F, Fut>(tries: u32, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut left = tries.max(1);
+    loop {
+        left -= 1;
+        match attempt().await {
+            Err(e) if left > 0 && e.is_retryable_conflict() => {
+                tracing::debug!("transaction conflict; retrying");
+            }
+            outcome => return outcome,
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Use cases. Each owns its transaction, its authorization scope and its audit row.
+//!
+//! Use cases are methods on [`App`], grouped by aggregate in the submodules. They take the
+//! caller's [`Principal`] and validated domain inputs, and return domain values or [`Error`].
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::domain::Role;
+use crate::storage::{self, DbPool, PooledConnection};
+
+pub mod audit;
+pub mod credentials;
+pub mod enterprises;
+pub mod error;
+pub mod lenders;
+pub mod paging;
+
+pub use error::{Error, Result, reason};
+
+/// Everything a use case needs, shared by all handlers of one server.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: DbPool,
+}
+
+impl App {
+    pub fn new(pool: DbPool) -> Self {
+        Self {
+            inner: Arc::new(Inner { pool }),
+        }
+    }
+
+    pub fn pool(&self) -> &DbPool {
+        &self.inner.pool
+    }
+
+    /// A pooled connection; UNAVAILABLE when PostgreSQL cannot be reached in time.
+    pub async fn conn(&self) -> Result<PooledConnection> {
+        Ok(self.inner.pool.get().await?)
+    }
+
+    /// True when PostgreSQL answers (readiness).
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn().await?;
+        storage::ping(&mut conn).await?;
+        Ok(())
+    }
+}
+
+/// Who is calling: established from the bearer token by the auth layer, never from a request field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub credential_id: Uuid,
+    pub role: Role,
+    /// Set exactly when `role` is LENDER: the only lender this caller may act for.
+    pub lender_id: Option<Uuid>,
+}
+
+impl Principal {
+    /// PERMISSION_DENIED unless the caller has one of `roles`.
+    pub fn require(&self, rpc: &str, roles: &[Role]) -> Result<()> {
+        if roles.contains(&self.role) {
+            Ok(())
+        } else {
+            let allowed = roles
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(" or ");
+            Err(Error::PermissionDenied(format!(
+                "{rpc} requires the {allowed} role; this credential has role {}",
+                self.role.as_str()
+            )))
+        }
+    }
+
+    /// The lender a LENDER credential is bound to; PERMISSION_DENIED for other roles.
+    pub fn require_lender(&self, rpc: &str) -> Result<Uuid> {
+        self.require(rpc, &[Role::Lender])?;
+        self.lender_id
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("lender credential without lender")))
+    }
+}
+
+/// Names the caller's retry of a mutating call: the client's key plus a fingerprint of the
+/// request, so a retry with the same key but a different request can be told apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    pub fingerprint: Vec<u8>,
+}

@@ -1,0 +1,63 @@
+//! Credentials: bearer tokens stored only as SHA-256 hashes.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use uuid::Uuid;
+
+use super::Connection;
+use super::schema::credentials;
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = credentials)]
+pub struct CredentialRow {
+    pub id: Uuid,
+    pub role: String,
+    pub lender_id: Option<Uuid>,
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = credentials)]
+pub struct NewCredential<'a> {
+    pub role: &'a str,
+    pub lender_id: Option<Uuid>,
+    pub label: &'a str,
+    pub token_hash: &'a [u8],
+}
+
+pub async fn insert(conn: &mut Connection, new: &NewCredential<'_>) -> QueryResult<CredentialRow> {
+    diesel::insert_into(credentials::table)
+        .values(new)
+        .returning(CredentialRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// The unrevoked credential with this token hash, if any.
+pub async fn find_active_by_hash(
+    conn: &mut Connection,
+    token_hash: &[u8],
+) -> QueryResult<Option<CredentialRow>> {
+    credentials::table
+        .filter(credentials::token_hash.eq(token_hash))
+        .filter(credentials::revoked_at.is_null())
+        .select(CredentialRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Marks the credential revoked (keeping the first revocation time) and returns it.
+pub async fn revoke(conn: &mut Connection, id: Uuid) -> QueryResult<Option<CredentialRow>> {
+    diesel::update(credentials::table.find(id))
+        .set(credentials::revoked_at.eq(diesel::dsl::sql::<
+            diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+        >("coalesce(revoked_at, now())")))
+        .returning(CredentialRow::as_returning())
+        .get_result(conn)
+        .await
+        .optional()
+}
