@@ -1,0 +1,360 @@
+//! The closed value sets of the domain, by their canonical names (the bare
+//! upper-case names stored in SQL; the proto prefixes them with the enum name).
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::DomainError;
+
+macro_rules! canonical_enum {
+    (
+        $(#[$meta:meta])*
+        $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            /// The canonical name, e.g. as stored in SQL.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+
+            /// `"A, B, C"`: the accepted names, for error messages.
+            pub fn expected() -> String {
+                Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+            }
+
+            /// The error for a value that was not given (a proto enum left at
+            /// `*_UNSPECIFIED`, or a number this build does not know).
+            pub fn unspecified() -> DomainError {
+                DomainError::Unspecified { expected: Self::expected() }
+            }
+
+            /// Turns an optional value into a required one.
+            pub fn required(value: Option<Self>) -> Result<Self, DomainError> {
+                value.ok_or_else(Self::unspecified)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = DomainError;
+
+            /// Accepts exactly the canonical name.
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok(Self::$variant),)+
+                    _ => Err(DomainError::UnknownValue {
+                        found: s.to_owned(),
+                        expected: Self::expected(),
+                    }),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+canonical_enum! {
+    /// Enterprise size class (MIIT 2011 thresholds), ordered smallest first
+    /// so that `size >= product.min_size` reads naturally.
+    EnterpriseSize { Micro = "MICRO", Small = "SMALL", Medium = "MEDIUM", Large = "LARGE" }
+}
+
+canonical_enum! {
+    LenderKind {
+        Policy = "POLICY",
+        StateOwned = "STATE_OWNED",
+        JointStock = "JOINT_STOCK",
+        CityCommercial = "CITY_COMMERCIAL",
+        Rural = "RURAL",
+        Other = "OTHER",
+    }
+}
+
+canonical_enum! {
+    /// Security offered for a loan; CREDIT means unsecured.
+    Collateral {
+        Credit = "CREDIT",
+        Guarantee = "GUARANTEE",
+        RealEstate = "REAL_ESTATE",
+        Equipment = "EQUIPMENT",
+        Receivables = "RECEIVABLES",
+        IpPledge = "IP_PLEDGE",
+        Inventory = "INVENTORY",
+    }
+}
+
+canonical_enum! {
+    Purpose {
+        WorkingCapital = "WORKING_CAPITAL",
+        Payroll = "PAYROLL",
+        RawMaterials = "RAW_MATERIALS",
+        Equipment = "EQUIPMENT",
+        Expansion = "EXPANSION",
+        Conversion = "CONVERSION",
+        Refinancing = "REFINANCING",
+    }
+}
+
+canonical_enum! {
+    /// How a need reached finmatch.
+    Channel { SelfService = "SELF", Bureau = "BUREAU", BankReferral = "BANK_REFERRAL" }
+}
+
+canonical_enum! {
+    /// Lifecycle of a financing need; see [`NeedStatus::can_transition`].
+    NeedStatus {
+        Submitted = "SUBMITTED",
+        Routed = "ROUTED",
+        Approved = "APPROVED",
+        Funded = "FUNDED",
+        Unmatched = "UNMATCHED",
+        Withdrawn = "WITHDRAWN",
+        Expired = "EXPIRED",
+    }
+}
+
+canonical_enum! {
+    /// Lifecycle of a referral; see [`ReferralStatus::can_transition`].
+    ReferralStatus {
+        Pending = "PENDING",
+        Acknowledged = "ACKNOWLEDGED",
+        InfoRequested = "INFO_REQUESTED",
+        Approved = "APPROVED",
+        Disbursed = "DISBURSED",
+        Declined = "DECLINED",
+        Expired = "EXPIRED",
+        Cancelled = "CANCELLED",
+    }
+}
+
+canonical_enum! {
+    DeclineReason {
+        OutsideAppetite = "OUTSIDE_APPETITE",
+        InsufficientCollateral = "INSUFFICIENT_COLLATERAL",
+        CreditHistory = "CREDIT_HISTORY",
+        IncompleteInformation = "INCOMPLETE_INFORMATION",
+        Capacity = "CAPACITY",
+        Other = "OTHER",
+    }
+}
+
+canonical_enum! {
+    /// Lifecycle of a special-loan allocation; see
+    /// [`AllocationStatus::can_transition`].
+    AllocationStatus { Reserved = "RESERVED", Confirmed = "CONFIRMED", Released = "RELEASED" }
+}
+
+canonical_enum! {
+    /// Who a credential speaks for.
+    Role { Operator = "OPERATOR", Portal = "PORTAL", Lender = "LENDER" }
+}
+
+canonical_enum! {
+    ReferralEventKind {
+        Created = "CREATED",
+        Acknowledged = "ACKNOWLEDGED",
+        InfoRequested = "INFO_REQUESTED",
+        Approved = "APPROVED",
+        Declined = "DECLINED",
+        Disbursed = "DISBURSED",
+        Expired = "EXPIRED",
+        Cancelled = "CANCELLED",
+    }
+}
+
+/// A set of [`Collateral`] kinds as a bitset: what a need offers or a product
+/// accepts. Duplicates collapse; iteration is in declaration order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct CollateralSet(u8);
+
+impl CollateralSet {
+    pub const fn empty() -> Self {
+        Self(0)
+    }
+
+    pub fn insert(&mut self, c: Collateral) {
+        self.0 |= 1 << (c as u8);
+    }
+
+    pub fn contains(&self, c: Collateral) -> bool {
+        self.0 & (1 << (c as u8)) != 0
+    }
+
+    #[inline]
+    pub fn intersects(&self, other: CollateralSet) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Collateral> + '_ {
+        Collateral::ALL
+            .iter()
+            .copied()
+            .filter(|c| self.contains(*c))
+    }
+}
+
+impl FromIterator<Collateral> for CollateralSet {
+    fn from_iter<I: IntoIterator<Item = Collateral>>(iter: I) -> Self {
+        let mut set = Self::empty();
+        for c in iter {
+            set.insert(c);
+        }
+        set
+    }
+}
+
+impl fmt::Display for CollateralSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, c) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(c.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trips<T: FromStr<Err = DomainError> + fmt::Display + PartialEq + fmt::Debug + Copy>(
+        all: &[T],
+    ) {
+        for v in all {
+            assert_eq!(v.to_string().parse::<T>(), Ok(*v));
+        }
+    }
+
+    #[test]
+    fn every_enum_round_trips_through_its_canonical_name() {
+        round_trips(EnterpriseSize::ALL);
+        round_trips(LenderKind::ALL);
+        round_trips(Collateral::ALL);
+        round_trips(Purpose::ALL);
+        round_trips(Channel::ALL);
+        round_trips(NeedStatus::ALL);
+        round_trips(ReferralStatus::ALL);
+        round_trips(DeclineReason::ALL);
+        round_trips(AllocationStatus::ALL);
+        round_trips(Role::ALL);
+        round_trips(ReferralEventKind::ALL);
+    }
+
+    #[test]
+    fn canonical_names_are_exactly_the_briefs() {
+        let names = |all: &[&'static str]| all.join(",");
+        assert_eq!(
+            names(
+                &EnterpriseSize::ALL
+                    .iter()
+                    .map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+            ),
+            "MICRO,SMALL,MEDIUM,LARGE"
+        );
+        assert_eq!(
+            LenderKind::expected(),
+            "POLICY, STATE_OWNED, JOINT_STOCK, CITY_COMMERCIAL, RURAL, OTHER"
+        );
+        assert_eq!(
+            Collateral::expected(),
+            "CREDIT, GUARANTEE, REAL_ESTATE, EQUIPMENT, RECEIVABLES, IP_PLEDGE, INVENTORY"
+        );
+        assert_eq!(
+            Purpose::expected(),
+            "WORKING_CAPITAL, PAYROLL, RAW_MATERIALS, EQUIPMENT, EXPANSION, CONVERSION, REFINANCING"
+        );
+        assert_eq!(Channel::expected(), "SELF, BUREAU, BANK_REFERRAL");
+        assert_eq!(
+            NeedStatus::expected(),
+            "SUBMITTED, ROUTED, APPROVED, FUNDED, UNMATCHED, WITHDRAWN, EXPIRED"
+        );
+        assert_eq!(
+            ReferralStatus::expected(),
+            "PENDING, ACKNOWLEDGED, INFO_REQUESTED, APPROVED, DISBURSED, DECLINED, EXPIRED, CANCELLED"
+        );
+        assert_eq!(
+            DeclineReason::expected(),
+            "OUTSIDE_APPETITE, INSUFFICIENT_COLLATERAL, CREDIT_HISTORY, INCOMPLETE_INFORMATION, CAPACITY, OTHER"
+        );
+        assert_eq!(
+            AllocationStatus::expected(),
+            "RESERVED, CONFIRMED, RELEASED"
+        );
+        assert_eq!(Role::expected(), "OPERATOR, PORTAL, LENDER");
+        assert_eq!(
+            ReferralEventKind::expected(),
+            "CREATED, ACKNOWLEDGED, INFO_REQUESTED, APPROVED, DECLINED, DISBURSED, EXPIRED, CANCELLED"
+        );
+    }
+
+    #[test]
+    fn unknown_and_unspecified_values_name_the_accepted_ones() {
+        assert_eq!(
+            "micro".parse::<EnterpriseSize>().unwrap_err().to_string(),
+            "unknown value \"micro\"; expected one of MICRO, SMALL, MEDIUM, LARGE"
+        );
+        assert_eq!(
+            Role::required(None).unwrap_err().to_string(),
+            "must be specified; expected one of OPERATOR, PORTAL, LENDER"
+        );
+        assert_eq!(Role::required(Some(Role::Lender)), Ok(Role::Lender));
+    }
+
+    #[test]
+    fn enterprise_sizes_are_ordered_smallest_first() {
+        assert!(EnterpriseSize::Micro < EnterpriseSize::Small);
+        assert!(EnterpriseSize::Small < EnterpriseSize::Medium);
+        assert!(EnterpriseSize::Medium < EnterpriseSize::Large);
+    }
+
+    #[test]
+    fn collateral_set_collapses_duplicates_and_intersects() {
+        let offered: CollateralSet = [
+            Collateral::RealEstate,
+            Collateral::Credit,
+            Collateral::RealEstate,
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(offered.len(), 2);
+        assert_eq!(offered.to_string(), "CREDIT, REAL_ESTATE");
+        assert!(offered.contains(Collateral::Credit));
+        assert!(!offered.contains(Collateral::Inventory));
+        let accepted: CollateralSet = [Collateral::Inventory, Collateral::RealEstate]
+            .into_iter()
+            .collect();
+        assert!(offered.intersects(accepted));
+        let other: CollateralSet = [Collateral::IpPledge].into_iter().collect();
+        assert!(!offered.intersects(other));
+        assert!(CollateralSet::empty().is_empty());
+        let all: CollateralSet = Collateral::ALL.iter().copied().collect();
+        assert_eq!(all.len(), 7);
+        assert_eq!(all.iter().collect::<Vec<_>>(), Collateral::ALL);
+    }
+}
