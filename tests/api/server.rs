@@ -213,3 +213,58 @@ async fn the_binary_exits_zero_on_sigterm() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_postgres_calls_are_unavailable_and_the_server_stays_up() {
+    use finmatch::config::{ServerArgs, Settings};
+    use finmatch::grpc::pb;
+    use finmatch::server::Application;
+
+    // Nothing listens on port 1: the pool cannot connect.
+    let settings = Settings {
+        database_url: "postgres://postgres@127.0.0.1:1/finmatch".into(),
+        db_pool_size: 2,
+        migrate: false,
+        server: ServerArgs {
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            ..ServerArgs::default()
+        },
+    };
+    let application = Application::build(settings)
+        .await
+        .expect("starts without a database");
+    let addr = application.local_addr();
+    let server = tokio::spawn(application.run_until(std::future::pending()));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::enterprise_service_client::EnterpriseServiceClient::new(channel.clone());
+    for _ in 0..2 {
+        let status = client
+            .list_enterprises(crate::helpers::authed(
+                pb::ListEnterprisesRequest::default(),
+                "fmk_any",
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unavailable,
+            "{}",
+            status.message()
+        );
+        assert!(
+            !status.message().contains("postgres://"),
+            "no internals: {}",
+            status.message()
+        );
+    }
+    let health = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("health still answers");
+    assert_eq!(health.into_inner().status, ServingStatus::Serving as i32);
+    server.abort();
+}
