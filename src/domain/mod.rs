@@ -12,6 +12,7 @@ mod numbers;
 pub mod special_loan;
 mod text;
 
+pub(crate) use codes::shared_levels_packed;
 pub use codes::{IndustryCode, IndustryPrefix, ListCode, RegionCode, RegionPrefix};
 pub use commands::{
     DesignationInput, EnterpriseInput, EnterprisePatch, EnterprisePatchInput, LenderInput,
