@@ -431,6 +431,70 @@ fn designations_beyond_the_first_64_lists_are_compared_by_name() {
     );
 }
 
+#[test]
+fn products_and_needs_parsed_by_the_domain_feed_the_engine() {
+    use crate::domain::{
+        Channel, NeedInput, NewNeed, NewProduct, ProductInput, Purpose, parse_date,
+    };
+    let industries = vec!["C27".to_owned()];
+    let product = NewProduct::parse(
+        &ProductInput {
+            lender_id: "00000000-0000-0001-0000-000000000000",
+            name: "抗疫保供贷",
+            min_amount_minor: 10_000_000,
+            max_amount_minor: 5_000_000_000,
+            min_term_months: 3,
+            max_term_months: 12,
+            industry_prefixes: &industries,
+            collateral_accepted: &[Some(Collateral::Guarantee)],
+            min_rate_bps: 315,
+            max_rate_bps: 435,
+            daily_capacity: 20,
+            response_sla_hours: 48,
+            active: true,
+            ..ProductInput::default()
+        },
+        "",
+    )
+    .unwrap();
+    let need = NewNeed::parse(
+        &NeedInput {
+            enterprise_id: "67e55044-10b1-426f-9247-bb680e5fe0c8",
+            amount_minor: 300_000_000,
+            term_months: 12,
+            purpose: Some(Purpose::RawMaterials),
+            collateral: &[Some(Collateral::Guarantee)],
+            max_rate_bps: Some(500),
+            needed_by: "2020-03-31",
+            consent_to_share: true,
+            channel: Some(Channel::Bureau),
+            note: "",
+        },
+        "",
+        parse_date("2020-02-20").unwrap(),
+    )
+    .unwrap();
+    let catalog = ProductCatalog::new(vec![MatchProduct::from_product(
+        id(1),
+        &product,
+        true,
+        vec![region("421300")],
+    )]);
+    assert_eq!(catalog.products()[0].lender_id, lender_id(1));
+    let (n, activity, policy) = (
+        MatchNeed::from(&need),
+        Activity::default(),
+        RoutingPolicy::default(),
+    );
+    let e = enterprise();
+    let candidates = evaluate(&n, &e, &catalog, &activity, &[], &policy);
+    assert!(
+        candidates[0].eligible(),
+        "{:?}",
+        candidates[0].reasons().collect::<Vec<_>>()
+    );
+}
+
 // ------------------------------------------------------------------- factors
 
 #[test]
