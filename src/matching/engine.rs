@@ -436,6 +436,7 @@ struct NeedContext<'a> {
     size: crate::domain::EnterpriseSize,
     designations: u64,
     held: &'a [crate::domain::ListCode],
+    weights: [i32; Factor::COUNT],
 }
 
 impl NeedContext<'_> {
@@ -559,6 +560,8 @@ impl NeedContext<'_> {
 #[derive(Clone, Copy)]
 struct LenderView<'s> {
     stats: &'s LenderStats,
+    /// A copy of `stats.referrals_today`, the ranking tie-break.
+    referrals_today: u32,
     tried: bool,
     approval: u16,
     responsiveness: u16,
@@ -568,6 +571,7 @@ impl<'s> LenderView<'s> {
     fn new(stats: &'s LenderStats, policy: &RoutingPolicy) -> Self {
         Self {
             stats,
+            referrals_today: stats.referrals_today,
             tried: false,
             approval: smoothed(stats.approvals, stats.decisions, policy.prior_observations),
             responsiveness: smoothed(stats.sla_met, stats.sla_due, policy.prior_observations),
@@ -617,6 +621,7 @@ pub fn evaluate<'a>(
         size: enterprise.size,
         designations: catalog.designation_bits(&enterprise.designations),
         held: &enterprise.designations,
+        weights: policy.weights.to_array(),
     };
 
     // Counters arrive keyed by id; index them once, so the product loop
@@ -653,11 +658,11 @@ pub fn evaluate<'a>(
             let values = ctx.values(hot, used, lender);
             let total: i32 = values
                 .iter()
-                .zip(policy.weights.to_array())
+                .zip(ctx.weights)
                 .map(|(&v, w)| points(v, w))
                 .sum();
             let score = total.clamp(0, 1000) as u16;
-            let rank = (u64::from(1000 - score) << 32) | u64::from(lender.stats.referrals_today);
+            let rank = (u64::from(1000 - score) << 32) | u64::from(lender.referrals_today);
             eligible.push(u128::from(rank) << 64 | i as u128);
             scored.push(Scored {
                 reasons,
