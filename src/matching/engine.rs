@@ -16,7 +16,7 @@ use super::{
     Activity, Factor, LenderStats, MatchEnterprise, MatchNeed, MatchProduct, ProductCatalog,
     RoutingPolicy,
 };
-use crate::domain::{format_cny, format_percent, shared_levels_packed};
+use crate::domain::{EnterpriseSize, ListCode, format_cny, format_percent, shared_levels_packed};
 
 /// Why a product cannot take a need. A product lists every reason that
 /// applies.
@@ -433,9 +433,9 @@ struct NeedContext<'a> {
     max_rate: Option<u16>,
     region: u64,
     industry: u64,
-    size: crate::domain::EnterpriseSize,
+    size: EnterpriseSize,
     designations: u64,
-    held: &'a [crate::domain::ListCode],
+    held: &'a [ListCode],
     weights: [i32; Factor::COUNT],
 }
 
