@@ -13,8 +13,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use diesel_async::AsyncConnection as _;
 use uuid::Uuid;
 
-use super::paging::{Cursor, Page, PageRequest};
 use super::error::retry_conflicts;
+use super::paging::{Cursor, Page, PageRequest};
 use super::{App, Error, Idempotency, Principal, Result, audit, reason};
 use crate::domain::special_loan::{effective_rate_bps, subsidy_minor};
 use crate::domain::{
@@ -862,12 +862,9 @@ async fn enterprise_refusal(
     program: &ProgramRow,
     request: &AllocationRequest,
 ) -> Result<Error> {
-    let standing = storage::special_loans::find_program_enterprise(
-        conn,
-        program.id,
-        request.enterprise_id,
-    )
-    .await?;
+    let standing =
+        storage::special_loans::find_program_enterprise(conn, program.id, request.enterprise_id)
+            .await?;
     let live = standing.as_ref().map_or(0, |s| s.live_minor);
     if let Some(standing) = &standing
         && program.one_bank_per_enterprise
