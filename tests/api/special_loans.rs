@@ -1051,6 +1051,7 @@ async fn concurrent_allocations_on_two_replicas_never_overdraw_and_use_up_the_qu
 
     let w = World::new().await;
     let replica = w.app.replica().await;
+    assert_ne!(replica.addr, w.app.addr, "two servers, not one");
     let lender_quotas = [40 * UNIT, 30 * UNIT, 20 * UNIT];
     let total: i64 = lender_quotas.iter().sum();
     let program = w
@@ -1245,4 +1246,108 @@ async fn concurrent_allocations_on_two_replicas_never_overdraw_and_use_up_the_qu
         (reserved, confirmed)
     );
     assert_eq!(balance.remaining_minor, total - used);
+    replica
+        .shutdown()
+        .await
+        .expect("the replica drains and stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_with_one_key_on_two_replicas_reserve_once() {
+    let w = World::new().await;
+    let replica = w.app.replica().await;
+    let (program, a, _) = w.pboc_with_two_lenders().await;
+    let e = w.key_enterprise(1).await;
+    // 1.5 × ¥10,000,000 twice would break the ¥20,000,000 enterprise cap: a retry that checked
+    // the rules against its twin's reservation must still answer with the twin's allocation.
+    let request = loan(program, a, e, 15 * TEN_MILLION_YUAN / 10);
+
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let channel = if i % 2 == 0 {
+            w.app.channel.clone()
+        } else {
+            replica.channel.clone()
+        };
+        let client = SpecialLoanServiceClient::new(channel);
+        let token = w.app.operator.clone();
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            allocate_as(&client, &token, request).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await.unwrap().expect("every retry answers").id);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(
+        w.balance(program).await.reserved_minor,
+        15 * TEN_MILLION_YUAN / 10
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocation_names_every_bad_field_and_unknown_parties_are_not_found() {
+    let w = World::new().await;
+    let (program, a, _) = w.pboc_with_two_lenders().await;
+    let e = w.key_enterprise(1).await;
+
+    let status = w
+        .allocate(pb::AllocateSpecialLoanRequest {
+            idempotency_key: String::new(),
+            program_id: "not-a-uuid".into(),
+            amount_minor: 0,
+            rate_bps: 0,
+            term_months: 361,
+            loan_date: "2020-3-2".into(),
+            ..loan(program, a, e, 1)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        violated_fields(&status),
+        vec![
+            "amount_minor",
+            "idempotency_key",
+            "loan_date",
+            "program_id",
+            "rate_bps",
+            "term_months"
+        ]
+    );
+
+    for (request, entity) in [
+        (loan(Uuid::new_v4(), a, e, 1), "program"),
+        (loan(program, Uuid::new_v4(), e, 1), "lender"),
+        (loan(program, a, Uuid::new_v4(), 1), "enterprise"),
+        (
+            pb::AllocateSpecialLoanRequest {
+                referral_id: Uuid::new_v4().to_string(),
+                ..loan(program, a, e, 1)
+            },
+            "referral",
+        ),
+    ] {
+        let status = w.allocate(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "{entity}: {status:?}");
+        assert!(status.message().starts_with(entity), "{}", status.message());
+    }
+    assert_eq!(w.balance(program).await.reserved_minor, 0);
+
+    // Every change is audited in its own transaction.
+    let allocation = w.allocate(loan(program, a, e, 1)).await.unwrap();
+    let db = sql(&w.app).await;
+    let audited: i64 = db
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE entity_type = 'allocation' AND entity_id = $1 \
+             AND rpc = 'finmatch.v1.SpecialLoanService/AllocateSpecialLoan'",
+            &[&allocation.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(audited, 1);
 }
