@@ -6,3 +6,4 @@ mod enterprises;
 mod helpers;
 mod lenders;
 mod server;
+mod special_loans;

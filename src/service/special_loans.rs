@@ -1,0 +1,1089 @@
+//! Special-loan programs: quotas of preferential loans with rules, lender quotas, and
+//! allocations that reserve quota for one loan.
+//!
+//! An allocation checks every rule and takes its quota in one transaction. The rules that depend
+//! only on the request and the program (loan date, term, rates) and on the enterprise's
+//! designations are checked first; the balances are then moved by conditional updates in a fixed
+//! order (the enterprise's standing in the program, the lender's quota, the program's quota; see
+//! `storage::special_loans`), each refusing in SQL what would break its rule, so no interleaving
+//! of calls on any number of replicas can overdraw a quota, exceed a cap or bind an enterprise
+//! to two banks.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use diesel_async::AsyncConnection as _;
+use uuid::Uuid;
+
+use super::error::retry_conflicts;
+use super::paging::{Cursor, Page, PageRequest};
+use super::{App, Error, Idempotency, Principal, Result, audit, reason};
+use crate::domain::special_loan::{effective_rate_bps, subsidy_minor};
+use crate::domain::{
+    AllocationStatus, AmountMinor, Bps, ListCode, Name, NonNegativeMinor, Note, Reference, Role,
+    TermMonths, format_cny, format_percent,
+};
+use crate::storage::special_loans::{
+    AllocationFilter, AllocationRow, LenderQuotaRow, NewAllocation, ProgramRow,
+};
+use crate::storage::{self, Connection, Failure};
+
+/// FAILED_PRECONDITION reason of SetLenderQuota when a quota would drop below what the lender
+/// has already reserved plus confirmed.
+pub const QUOTA_BELOW_USAGE: &str = "QUOTA_BELOW_USAGE";
+
+const RPC_CREATE: &str = "finmatch.v1.SpecialLoanService/CreateProgram";
+const RPC_SET_QUOTA: &str = "finmatch.v1.SpecialLoanService/SetLenderQuota";
+const RPC_ALLOCATE: &str = "finmatch.v1.SpecialLoanService/AllocateSpecialLoan";
+const RPC_CONFIRM: &str = "finmatch.v1.SpecialLoanService/ConfirmAllocation";
+const RPC_RELEASE: &str = "finmatch.v1.SpecialLoanService/ReleaseAllocation";
+
+/// Who may read programs and work with allocations (a lender only with its own).
+const PARTICIPANTS: &[Role] = &[Role::Operator, Role::Lender];
+
+/// A program to create, with its rules.
+#[derive(Debug, Clone)]
+pub struct NewProgram {
+    /// Program codes follow the list-code pattern `^[A-Z][A-Z0-9_]{1,63}$`.
+    pub code: ListCode,
+    pub name: Name,
+    pub total_quota: AmountMinor,
+    pub rate_cap: Bps,
+    pub subsidy_ratio: Bps,
+    pub max_effective_rate: Option<Bps>,
+    pub per_enterprise_cap: Option<AmountMinor>,
+    pub max_term: TermMonths,
+    pub required_designations: Vec<ListCode>,
+    pub loan_date_from: NaiveDate,
+    /// Inclusive; None = open-ended. Never before `loan_date_from`.
+    pub loan_date_to: Option<NaiveDate>,
+    pub one_bank_per_enterprise: bool,
+}
+
+/// A program as stored, with its live balance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    pub id: Uuid,
+    pub code: String,
+    pub name: String,
+    pub total_quota_minor: i64,
+    pub rate_cap_bps: i32,
+    pub subsidy_ratio_bps: i32,
+    pub max_effective_rate_bps: Option<i32>,
+    pub per_enterprise_cap_minor: Option<i64>,
+    pub max_term_months: i32,
+    pub required_designations: Vec<String>,
+    pub loan_date_from: NaiveDate,
+    pub loan_date_to: Option<NaiveDate>,
+    pub one_bank_per_enterprise: bool,
+    pub balance: ProgramBalance,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramBalance {
+    pub reserved_minor: i64,
+    pub confirmed_minor: i64,
+    pub remaining_minor: i64,
+    /// Ordered by lender id; for a LENDER caller only its own line.
+    pub lenders: Vec<LenderQuotaBalance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LenderQuotaBalance {
+    pub lender_id: Uuid,
+    pub quota_minor: i64,
+    pub reserved_minor: i64,
+    pub confirmed_minor: i64,
+    pub remaining_minor: i64,
+}
+
+/// A validated AllocateSpecialLoan request.
+#[derive(Debug, Clone)]
+pub struct AllocationRequest {
+    pub program_id: Uuid,
+    pub lender_id: Uuid,
+    pub enterprise_id: Uuid,
+    pub referral_id: Option<Uuid>,
+    pub amount: AmountMinor,
+    pub rate: Bps,
+    pub term: TermMonths,
+    pub loan_date: NaiveDate,
+}
+
+/// A reservation of program quota for one loan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    pub id: Uuid,
+    pub program_id: Uuid,
+    pub lender_id: Uuid,
+    pub enterprise_id: Uuid,
+    pub referral_id: Option<Uuid>,
+    pub amount_minor: i64,
+    pub rate_bps: i32,
+    pub term_months: i32,
+    pub loan_date: NaiveDate,
+    pub status: AllocationStatus,
+    pub subsidy_minor: i64,
+    pub effective_rate_bps: i32,
+    /// The designation the eligibility decision relied on, and its list code.
+    pub designation_id: Option<Uuid>,
+    pub designation_used: Option<String>,
+    pub loan_reference: Option<String>,
+    pub disbursed_on: Option<NaiveDate>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Filters of [`App::list_allocations`]; None and empty mean "any".
+#[derive(Debug, Clone, Default)]
+pub struct AllocationQuery {
+    pub program_id: Option<Uuid>,
+    pub lender_id: Option<Uuid>,
+    pub enterprise_id: Option<Uuid>,
+    pub statuses: Vec<AllocationStatus>,
+}
+
+impl App {
+    /// Creates a program with its rules and no lender quotas; ALREADY_EXISTS for a taken code.
+    #[tracing::instrument(skip_all, fields(code = input.code.as_str()))]
+    pub async fn create_program(&self, who: &Principal, input: NewProgram) -> Result<Program> {
+        who.require("CreateProgram", &[Role::Operator])?;
+        let who = who.clone();
+        let program = self
+            .conn()
+            .await?
+            .transaction(async move |conn| {
+                let code = input.code.as_str();
+                if let Some(existing) =
+                    storage::special_loans::find_program_by_code(conn, code).await?
+                {
+                    return Err(duplicate_code(code, Some(existing.id)));
+                }
+                let new = storage::special_loans::NewProgram {
+                    code,
+                    name: input.name.as_str(),
+                    total_quota_minor: input.total_quota.get(),
+                    rate_cap_bps: input.rate_cap.get(),
+                    subsidy_ratio_bps: input.subsidy_ratio.get(),
+                    max_effective_rate_bps: input.max_effective_rate.map(Bps::get),
+                    per_enterprise_cap_minor: input.per_enterprise_cap.map(AmountMinor::get),
+                    max_term_months: input.max_term.get(),
+                    required_designations: input
+                        .required_designations
+                        .iter()
+                        .map(ListCode::as_str)
+                        .collect(),
+                    loan_date_from: input.loan_date_from,
+                    loan_date_to: input.loan_date_to,
+                    one_bank_per_enterprise: input.one_bank_per_enterprise,
+                };
+                let row = match storage::special_loans::insert_program(conn, &new).await {
+                    // A concurrent creation of the same code won the race.
+                    Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
+                        return Err(duplicate_code(code, None));
+                    }
+                    other => other?,
+                };
+                audit::record(
+                    conn,
+                    Some(&who),
+                    RPC_CREATE,
+                    "program",
+                    row.id,
+                    serde_json::json!({
+                        "code": row.code,
+                        "total_quota_minor": row.total_quota_minor,
+                    }),
+                )
+                .await?;
+                to_program(row, Vec::new())
+            })
+            .await?;
+        tracing::info!(program_id = %program.id, "program created");
+        Ok(program)
+    }
+
+    /// The program with its balances, read in one snapshot; a lender sees only its own quota.
+    pub async fn get_program(&self, who: &Principal, id: Uuid) -> Result<Program> {
+        who.require("GetProgram", PARTICIPANTS)?;
+        let lender_scope = who.lender_id;
+        self.conn()
+            .await?
+            .build_transaction()
+            .repeatable_read()
+            .read_only()
+            .run(async move |conn| load_program(conn, id, lender_scope).await)
+            .await
+    }
+
+    /// Sets one lender's quota. The lender quotas never sum to more than the program total, and
+    /// a quota never drops below what its lender has reserved plus confirmed.
+    #[tracing::instrument(skip(self, who))]
+    pub async fn set_lender_quota(
+        &self,
+        who: &Principal,
+        program_id: Uuid,
+        lender_id: Uuid,
+        quota: NonNegativeMinor,
+    ) -> Result<Program> {
+        who.require("SetLenderQuota", &[Role::Operator])?;
+        let who = who.clone();
+        let quota = quota.get();
+        self.conn()
+            .await?
+            .transaction(async move |conn| {
+                storage::special_loans::find_program(conn, program_id)
+                    .await?
+                    .ok_or_else(|| Error::not_found("program", program_id))?;
+                storage::lenders::find(conn, lender_id)
+                    .await?
+                    .ok_or_else(|| Error::not_found("lender", lender_id))?;
+                // Lock order: the lender's quota row, then the program row.
+                let current =
+                    storage::special_loans::lock_lender_quota(conn, program_id, lender_id).await?;
+                let used = current.reserved_minor + current.confirmed_minor;
+                if quota < used {
+                    return Err(Error::precondition(
+                        QUOTA_BELOW_USAGE,
+                        format!(
+                            "quota_minor {} is below what lender {lender_id} has already \
+                             reserved plus confirmed in program {program_id}, {}, by {}",
+                            money(quota),
+                            money(used),
+                            money(used - quota)
+                        ),
+                    )
+                    .with_metadata("limit", used)
+                    .with_metadata("requested", quota));
+                }
+                let delta = quota - current.quota_minor;
+                if delta != 0
+                    && storage::special_loans::add_lender_quota_sum(conn, program_id, delta)
+                        .await?
+                        .is_none()
+                {
+                    let program = storage::special_loans::find_program(conn, program_id)
+                        .await?
+                        .ok_or_else(|| Error::not_found("program", program_id))?;
+                    let sum = program.lender_quota_sum_minor + delta;
+                    return Err(Error::precondition(
+                        reason::QUOTA_EXCEEDED,
+                        format!(
+                            "with this quota the lender quotas of program {program_id} would \
+                             sum to {}, more than its total_quota_minor {} by {}",
+                            money(sum),
+                            money(program.total_quota_minor),
+                            money(sum - program.total_quota_minor)
+                        ),
+                    )
+                    .with_metadata("limit", program.total_quota_minor)
+                    .with_metadata("requested", sum));
+                }
+                storage::special_loans::set_lender_quota(conn, program_id, lender_id, quota)
+                    .await?;
+                audit::record(
+                    conn,
+                    Some(&who),
+                    RPC_SET_QUOTA,
+                    "program",
+                    program_id,
+                    serde_json::json!({
+                        "lender_id": lender_id,
+                        "quota_minor": quota,
+                        "previous_quota_minor": current.quota_minor,
+                    }),
+                )
+                .await?;
+                load_program(conn, program_id, None).await
+            })
+            .await
+    }
+
+    /// Reserves quota for one loan after checking every rule, atomically. Idempotent by key.
+    #[tracing::instrument(skip_all, fields(program_id = %request.program_id, lender_id = %request.lender_id))]
+    pub async fn allocate_special_loan(
+        &self,
+        who: &Principal,
+        idempotency: Idempotency,
+        request: AllocationRequest,
+    ) -> Result<Allocation> {
+        who.require("AllocateSpecialLoan", PARTICIPANTS)?;
+        if let Some(own) = who.lender_id
+            && own != request.lender_id
+        {
+            return Err(Error::PermissionDenied(format!(
+                "a lender credential may allocate only for its own lender {own}, not for {}",
+                request.lender_id
+            )));
+        }
+        let outcome = retry_conflicts(3, || {
+            let who = who.clone();
+            let idempotency = idempotency.clone();
+            let request = request.clone();
+            async move {
+                self.conn()
+                    .await?
+                    .transaction(async move |conn| {
+                        allocate(conn, &who, &idempotency, &request).await
+                    })
+                    .await
+            }
+        })
+        .await;
+        let error = match outcome {
+            Ok(allocation) => {
+                tracing::info!(allocation_id = %allocation.id, "quota reserved");
+                return Ok(allocation);
+            }
+            Err(error) => error,
+        };
+        // A twin call with the same key may have committed while this one was checking the rules
+        // against the balance the twin had just taken: the twin's answer is the answer.
+        if matches!(&error, Error::FailedPrecondition { reason: r, .. } if *r != reason::IDEMPOTENCY_KEY_REUSED)
+            && let Some(saved) = self.saved_response(who, &idempotency).await?
+        {
+            return decode_saved(&saved);
+        }
+        Err(error)
+    }
+
+    /// RESERVED → CONFIRMED with the lender's loan reference; the amount moves from reserved to
+    /// confirmed. Confirming again with the same reference and date returns it unchanged.
+    #[tracing::instrument(skip(self, who, loan_reference))]
+    pub async fn confirm_allocation(
+        &self,
+        who: &Principal,
+        id: Uuid,
+        loan_reference: Reference,
+        disbursed_on: NaiveDate,
+    ) -> Result<Allocation> {
+        who.require("ConfirmAllocation", PARTICIPANTS)?;
+        let who = who.clone();
+        self.conn()
+            .await?
+            .transaction(async move |conn| {
+                let reference = loan_reference.as_str();
+                let row =
+                    storage::special_loans::find_allocation_for_update(conn, id, who.lender_id)
+                        .await?
+                        .ok_or_else(|| Error::not_found("allocation", id))?;
+                match status_of(&row)? {
+                    AllocationStatus::Confirmed
+                        if row.loan_reference.as_deref() == Some(reference)
+                            && row.disbursed_on == Some(disbursed_on) =>
+                    {
+                        return to_allocation(row);
+                    }
+                    AllocationStatus::Confirmed => {
+                        return Err(illegal_transition(
+                            id,
+                            format!(
+                                "is already CONFIRMED with loan_reference {:?} disbursed on {}",
+                                row.loan_reference.unwrap_or_default(),
+                                row.disbursed_on.map(|d| d.to_string()).unwrap_or_default()
+                            ),
+                        ));
+                    }
+                    AllocationStatus::Released => {
+                        return Err(illegal_transition(
+                            id,
+                            "is RELEASED; reserve quota again".into(),
+                        ));
+                    }
+                    AllocationStatus::Reserved => {}
+                }
+                let program = storage::special_loans::find_program(conn, row.program_id)
+                    .await?
+                    .ok_or_else(|| Error::not_found("program", row.program_id))?;
+                check_window(&program, disbursed_on, "disbursed_on")?;
+                if let Some(other) = storage::special_loans::find_allocation_by_reference(
+                    conn,
+                    row.lender_id,
+                    reference,
+                )
+                .await?
+                {
+                    return Err(duplicate_reference(reference, Some(other.id)));
+                }
+                let updated = match storage::special_loans::confirm_allocation(
+                    conn,
+                    id,
+                    reference,
+                    disbursed_on,
+                )
+                .await
+                {
+                    Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
+                        return Err(duplicate_reference(reference, None));
+                    }
+                    other => other?,
+                };
+                let amount = row.amount_minor;
+                // Lock order: (allocation,) lender quota, program.
+                storage::special_loans::adjust_lender_balance(
+                    conn,
+                    row.program_id,
+                    row.lender_id,
+                    -amount,
+                    amount,
+                )
+                .await?;
+                storage::special_loans::adjust_program_balance(
+                    conn,
+                    row.program_id,
+                    -amount,
+                    amount,
+                )
+                .await?;
+                audit::record(
+                    conn,
+                    Some(&who),
+                    RPC_CONFIRM,
+                    "allocation",
+                    id,
+                    serde_json::json!({
+                        "program_id": row.program_id,
+                        "loan_reference": reference,
+                        "disbursed_on": disbursed_on,
+                        "amount_minor": amount,
+                    }),
+                )
+                .await?;
+                to_allocation(updated)
+            })
+            .await
+    }
+
+    /// RESERVED → RELEASED; the quota returns to the lender, the program and the enterprise's
+    /// cap at once. Releasing a RELEASED allocation returns it unchanged.
+    #[tracing::instrument(skip(self, who, why))]
+    pub async fn release_allocation(
+        &self,
+        who: &Principal,
+        id: Uuid,
+        why: Note,
+    ) -> Result<Allocation> {
+        who.require("ReleaseAllocation", PARTICIPANTS)?;
+        let who = who.clone();
+        self.conn()
+            .await?
+            .transaction(async move |conn| {
+                let row =
+                    storage::special_loans::find_allocation_for_update(conn, id, who.lender_id)
+                        .await?
+                        .ok_or_else(|| Error::not_found("allocation", id))?;
+                match status_of(&row)? {
+                    AllocationStatus::Released => return to_allocation(row),
+                    AllocationStatus::Confirmed => {
+                        return Err(illegal_transition(
+                            id,
+                            format!(
+                                "is CONFIRMED (loan {:?} disbursed); a disbursed loan's quota \
+                                 cannot be released",
+                                row.loan_reference.unwrap_or_default()
+                            ),
+                        ));
+                    }
+                    AllocationStatus::Reserved => {}
+                }
+                let updated = storage::special_loans::release_allocation(conn, id).await?;
+                let amount = row.amount_minor;
+                // Lock order: (allocation,) enterprise standing, lender quota, program.
+                storage::special_loans::subtract_enterprise_live(
+                    conn,
+                    row.program_id,
+                    row.enterprise_id,
+                    amount,
+                )
+                .await?;
+                storage::special_loans::adjust_lender_balance(
+                    conn,
+                    row.program_id,
+                    row.lender_id,
+                    -amount,
+                    0,
+                )
+                .await?;
+                storage::special_loans::adjust_program_balance(conn, row.program_id, -amount, 0)
+                    .await?;
+                audit::record(
+                    conn,
+                    Some(&who),
+                    RPC_RELEASE,
+                    "allocation",
+                    id,
+                    serde_json::json!({
+                        "program_id": row.program_id,
+                        "amount_minor": amount,
+                        "reason": why.as_str(),
+                    }),
+                )
+                .await?;
+                to_allocation(updated)
+            })
+            .await
+    }
+
+    /// Allocations in creation order; a lender sees only its own (filtered in SQL).
+    pub async fn list_allocations(
+        &self,
+        who: &Principal,
+        query: AllocationQuery,
+        page: PageRequest,
+    ) -> Result<Page<Allocation>> {
+        who.require("ListAllocations", PARTICIPANTS)?;
+        let lender_id = match (who.lender_id, query.lender_id) {
+            (Some(own), Some(asked)) if own != asked => {
+                return Err(Error::PermissionDenied(format!(
+                    "a lender credential may list only its own lender's allocations ({own}), \
+                     not {asked}'s"
+                )));
+            }
+            (Some(own), _) => Some(own),
+            (None, asked) => asked,
+        };
+        let filter = AllocationFilter {
+            program_id: query.program_id,
+            lender_id,
+            enterprise_id: query.enterprise_id,
+            statuses: query.statuses.iter().map(|s| s.as_str()).collect(),
+        };
+        let mut conn = self.conn().await?;
+        let rows = storage::special_loans::list_allocations(
+            &mut conn,
+            &filter,
+            page.after.map(|c| (c.created_at, c.id)),
+            page.fetch_limit(),
+        )
+        .await?;
+        let page = page.page(rows, |row| Cursor {
+            created_at: row.created_at,
+            id: row.id,
+        });
+        Ok(Page {
+            items: page
+                .items
+                .into_iter()
+                .map(to_allocation)
+                .collect::<Result<_>>()?,
+            next: page.next,
+        })
+    }
+
+    /// The response saved under the caller's key, read outside any transaction.
+    async fn saved_response(
+        &self,
+        who: &Principal,
+        idempotency: &Idempotency,
+    ) -> Result<Option<Vec<u8>>> {
+        let mut conn = self.conn().await?;
+        audit::replayed(&mut conn, who, RPC_ALLOCATE, idempotency).await
+    }
+}
+
+/// The allocation transaction: replay, rules, balances (in lock order), the row, audit, replay
+/// record.
+async fn allocate(
+    conn: &mut Connection,
+    who: &Principal,
+    idempotency: &Idempotency,
+    request: &AllocationRequest,
+) -> Result<Allocation> {
+    if let Some(saved) = audit::replayed(conn, who, RPC_ALLOCATE, idempotency).await? {
+        return decode_saved(&saved);
+    }
+    let program = storage::special_loans::find_program(conn, request.program_id)
+        .await?
+        .ok_or_else(|| Error::not_found("program", request.program_id))?;
+    storage::lenders::find(conn, request.lender_id)
+        .await?
+        .ok_or_else(|| Error::not_found("lender", request.lender_id))?;
+    storage::enterprises::find(conn, request.enterprise_id)
+        .await?
+        .ok_or_else(|| Error::not_found("enterprise", request.enterprise_id))?;
+    if let Some(referral_id) = request.referral_id {
+        check_referral(conn, who, request, referral_id).await?;
+    }
+
+    check_window(&program, request.loan_date, "loan_date")?;
+    check_term(&program, request.term)?;
+    let (effective, subsidy) = check_rates(&program, request)?;
+    let designation = eligible_designation(conn, &program, request).await?;
+
+    let amount = request.amount.get();
+    let (program_id, enterprise_id, lender_id) =
+        (program.id, request.enterprise_id, request.lender_id);
+    let standing = storage::special_loans::add_enterprise_live(
+        conn,
+        program_id,
+        enterprise_id,
+        lender_id,
+        amount,
+        program.one_bank_per_enterprise,
+        program.per_enterprise_cap_minor,
+    )
+    .await;
+    match standing {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(enterprise_refusal(conn, &program, request).await?),
+        // Binding the enterprise to a lender needs that lender's quota row.
+        Err(e) if matches!(storage::classify(&e), Failure::ForeignKeyViolation(_)) => {
+            return Err(no_lender_quota(&program, lender_id, amount));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if storage::special_loans::reserve_lender_quota(conn, program_id, lender_id, amount)
+        .await?
+        .is_none()
+    {
+        return Err(
+            match storage::special_loans::find_lender_quota(conn, program_id, lender_id).await? {
+                None => no_lender_quota(&program, lender_id, amount),
+                Some(quota) => lender_quota_exceeded(&quota, amount),
+            },
+        );
+    }
+    if storage::special_loans::reserve_program_quota(conn, program_id, amount)
+        .await?
+        .is_none()
+    {
+        let now = storage::special_loans::find_program(conn, program_id)
+            .await?
+            .ok_or_else(|| Error::not_found("program", program_id))?;
+        return Err(program_quota_exceeded(&now, amount));
+    }
+
+    let row = storage::special_loans::insert_allocation(
+        conn,
+        &NewAllocation {
+            program_id,
+            lender_id,
+            enterprise_id,
+            referral_id: request.referral_id,
+            amount_minor: amount,
+            rate_bps: request.rate.get(),
+            term_months: request.term.get(),
+            loan_date: request.loan_date,
+            subsidy_minor: subsidy,
+            effective_rate_bps: effective.get(),
+            designation_id: designation.as_ref().map(|d| d.id),
+            designation_list_code: designation.as_ref().map(|d| d.list_code.as_str()),
+            idempotency_key: Some(idempotency.key.as_str()),
+        },
+    )
+    .await?;
+    audit::record(
+        conn,
+        Some(who),
+        RPC_ALLOCATE,
+        "allocation",
+        row.id,
+        serde_json::json!({
+            "program_id": program_id,
+            "lender_id": lender_id,
+            "enterprise_id": enterprise_id,
+            "amount_minor": amount,
+            "designation_id": row.designation_id,
+            "designation_list_code": row.designation_list_code,
+        }),
+    )
+    .await?;
+    let saved = serde_json::to_vec(&row).map_err(|e| Error::Internal(e.into()))?;
+    audit::remember(conn, who, RPC_ALLOCATE, idempotency, &saved).await?;
+    to_allocation(row)
+}
+
+/// A referral named by an allocation must be the lender's, for a need of the enterprise.
+async fn check_referral(
+    conn: &mut Connection,
+    who: &Principal,
+    request: &AllocationRequest,
+    referral_id: Uuid,
+) -> Result<()> {
+    let parties = storage::special_loans::referral_parties(conn, referral_id).await?;
+    match parties {
+        // Another lender's referral does not exist for a lender caller.
+        None => Err(Error::not_found("referral", referral_id)),
+        Some((lender, _)) if who.lender_id.is_some() && who.lender_id != Some(lender) => {
+            Err(Error::not_found("referral", referral_id))
+        }
+        Some((lender, enterprise))
+            if lender == request.lender_id && enterprise == request.enterprise_id =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(Error::invalid(
+            "referral_id",
+            format!(
+                "referral {referral_id} is not lender {}'s referral of a need of enterprise {}",
+                request.lender_id, request.enterprise_id
+            ),
+        )),
+    }
+}
+
+fn check_window(program: &ProgramRow, day: NaiveDate, field: &str) -> Result<()> {
+    if day < program.loan_date_from {
+        let early = (program.loan_date_from - day).num_days();
+        return Err(Error::precondition(
+            reason::LOAN_DATE,
+            format!(
+                "{field} {day} is {early} day(s) before program {}'s first loan date {}",
+                program.code, program.loan_date_from
+            ),
+        )
+        .with_metadata("limit", program.loan_date_from)
+        .with_metadata("requested", day));
+    }
+    if let Some(last) = program.loan_date_to
+        && day > last
+    {
+        let late = (day - last).num_days();
+        return Err(Error::precondition(
+            reason::LOAN_DATE,
+            format!(
+                "{field} {day} is {late} day(s) after program {}'s last loan date {last}",
+                program.code
+            ),
+        )
+        .with_metadata("limit", last)
+        .with_metadata("requested", day));
+    }
+    Ok(())
+}
+
+fn check_term(program: &ProgramRow, term: TermMonths) -> Result<()> {
+    let term = term.get();
+    if term > program.max_term_months {
+        return Err(Error::precondition(
+            reason::TERM_CAP,
+            format!(
+                "term_months {term} exceeds program {}'s max_term_months {} by {} month(s)",
+                program.code,
+                program.max_term_months,
+                term - program.max_term_months
+            ),
+        )
+        .with_metadata("limit", program.max_term_months)
+        .with_metadata("requested", term));
+    }
+    Ok(())
+}
+
+/// Checks the rate caps; returns the effective rate and the subsidy estimate.
+fn check_rates(program: &ProgramRow, request: &AllocationRequest) -> Result<(Bps, i64)> {
+    let rate = request.rate.get();
+    if rate > program.rate_cap_bps {
+        return Err(Error::precondition(
+            reason::RATE_CAP,
+            format!(
+                "rate_bps {rate} ({}) exceeds program {}'s rate_cap_bps {} ({}) by {} bps",
+                format_percent(rate),
+                program.code,
+                program.rate_cap_bps,
+                format_percent(program.rate_cap_bps),
+                rate - program.rate_cap_bps
+            ),
+        )
+        .with_metadata("limit", program.rate_cap_bps)
+        .with_metadata("requested", rate));
+    }
+    let ratio = Bps::new(program.subsidy_ratio_bps).map_err(|e| {
+        Error::Internal(anyhow::anyhow!(
+            "program {} has subsidy ratio {}: {e}",
+            program.id,
+            program.subsidy_ratio_bps
+        ))
+    })?;
+    let effective = effective_rate_bps(request.rate, ratio);
+    if let Some(cap) = program.max_effective_rate_bps
+        && effective.get() > cap
+    {
+        return Err(Error::precondition(
+            reason::RATE_CAP,
+            format!(
+                "effective_rate_bps {} (rate_bps {rate} after the {} subsidy) exceeds program {}'s \
+                 max_effective_rate_bps {cap} by {} bps",
+                effective.get(),
+                format_percent(program.subsidy_ratio_bps),
+                program.code,
+                effective.get() - cap
+            ),
+        )
+        .with_metadata("limit", cap)
+        .with_metadata("requested", effective.get()));
+    }
+    let subsidy = subsidy_minor(request.amount, request.rate, ratio, request.term);
+    Ok((effective, subsidy))
+}
+
+/// The designation the allocation relies on: the first of the program's required lists the
+/// enterprise holds valid on the loan date. None when the program requires none.
+async fn eligible_designation(
+    conn: &mut Connection,
+    program: &ProgramRow,
+    request: &AllocationRequest,
+) -> Result<Option<storage::special_loans::EligibleDesignation>> {
+    let required = storage::lenders::strings(program.required_designations.clone());
+    if required.is_empty() {
+        return Ok(None);
+    }
+    let held = storage::special_loans::eligible_designations(
+        conn,
+        request.enterprise_id,
+        &required,
+        request.loan_date,
+    )
+    .await?;
+    let first = required
+        .iter()
+        .find_map(|code| held.iter().find(|d| &d.list_code == code));
+    match first {
+        Some(designation) => Ok(Some(designation.clone())),
+        None => Err(Error::precondition(
+            reason::NOT_ELIGIBLE,
+            format!(
+                "enterprise {} holds no designation valid on {} of the lists program {} requires \
+                 (any of: {})",
+                request.enterprise_id,
+                request.loan_date,
+                program.code,
+                required.join(", ")
+            ),
+        )
+        .with_metadata("limit", required.join(","))
+        .with_metadata("requested", request.enterprise_id)),
+    }
+}
+
+/// Why the enterprise's standing refused the amount: the one-bank rule first, then the cap.
+async fn enterprise_refusal(
+    conn: &mut Connection,
+    program: &ProgramRow,
+    request: &AllocationRequest,
+) -> Result<Error> {
+    let standing =
+        storage::special_loans::find_program_enterprise(conn, program.id, request.enterprise_id)
+            .await?;
+    let live = standing.as_ref().map_or(0, |s| s.live_minor);
+    if let Some(standing) = &standing
+        && program.one_bank_per_enterprise
+        && standing.live_minor > 0
+        && standing.lender_id != request.lender_id
+    {
+        return Ok(Error::precondition(
+            reason::ONE_BANK_RULE,
+            format!(
+                "enterprise {} already borrows {} in program {} through lender {}; one \
+                 enterprise, one bank: its allocations must go through that lender, not {}",
+                request.enterprise_id,
+                money(standing.live_minor),
+                program.code,
+                standing.lender_id,
+                request.lender_id
+            ),
+        )
+        .with_metadata("limit", standing.lender_id)
+        .with_metadata("requested", request.lender_id));
+    }
+    let Some(cap) = program.per_enterprise_cap_minor else {
+        return Err(Error::Internal(anyhow::anyhow!(
+            "program {} refused enterprise {} without a rule that applies",
+            program.id,
+            request.enterprise_id
+        )));
+    };
+    let total = live + request.amount.get();
+    Ok(Error::precondition(
+        reason::ENTERPRISE_CAP,
+        format!(
+            "enterprise {}'s live allocations {} plus amount_minor {} make {}, over program {}'s \
+             per_enterprise_cap_minor {} by {}",
+            request.enterprise_id,
+            money(live),
+            money(request.amount.get()),
+            money(total),
+            program.code,
+            money(cap),
+            money(total - cap)
+        ),
+    )
+    .with_metadata("limit", cap)
+    .with_metadata("requested", total))
+}
+
+fn no_lender_quota(program: &ProgramRow, lender_id: Uuid, amount: i64) -> Error {
+    Error::precondition(
+        reason::QUOTA_EXCEEDED,
+        format!(
+            "lender {lender_id} has no quota in program {}; amount_minor {} exceeds its remaining \
+             quota 0 by {}",
+            program.code,
+            money(amount),
+            money(amount)
+        ),
+    )
+    .with_metadata("limit", 0)
+    .with_metadata("requested", amount)
+}
+
+fn lender_quota_exceeded(quota: &LenderQuotaRow, amount: i64) -> Error {
+    let remaining = quota.quota_minor - quota.reserved_minor - quota.confirmed_minor;
+    Error::precondition(
+        reason::QUOTA_EXCEEDED,
+        format!(
+            "amount_minor {} exceeds lender {}'s remaining quota {} in program {} (quota {}, \
+             reserved {}, confirmed {}) by {}",
+            money(amount),
+            quota.lender_id,
+            money(remaining),
+            quota.program_id,
+            money(quota.quota_minor),
+            money(quota.reserved_minor),
+            money(quota.confirmed_minor),
+            money(amount - remaining)
+        ),
+    )
+    .with_metadata("limit", remaining)
+    .with_metadata("requested", amount)
+}
+
+fn program_quota_exceeded(program: &ProgramRow, amount: i64) -> Error {
+    let remaining = program.total_quota_minor - program.reserved_minor - program.confirmed_minor;
+    Error::precondition(
+        reason::QUOTA_EXCEEDED,
+        format!(
+            "amount_minor {} exceeds program {}'s remaining quota {} (total {}, reserved {}, \
+             confirmed {}) by {}",
+            money(amount),
+            program.code,
+            money(remaining),
+            money(program.total_quota_minor),
+            money(program.reserved_minor),
+            money(program.confirmed_minor),
+            money(amount - remaining)
+        ),
+    )
+    .with_metadata("limit", remaining)
+    .with_metadata("requested", amount)
+}
+
+fn illegal_transition(id: Uuid, why: String) -> Error {
+    Error::precondition(reason::ILLEGAL_TRANSITION, format!("allocation {id} {why}"))
+}
+
+fn duplicate_code(code: &str, existing_id: Option<Uuid>) -> Error {
+    Error::AlreadyExists {
+        entity: "program",
+        message: match existing_id {
+            Some(id) => format!("program {id} already has code {code}"),
+            None => format!("a program with code {code} already exists"),
+        },
+        existing_id: existing_id.map(|id| id.to_string()),
+    }
+}
+
+fn duplicate_reference(reference: &str, existing_id: Option<Uuid>) -> Error {
+    Error::AlreadyExists {
+        entity: "allocation",
+        message: match existing_id {
+            Some(id) => format!(
+                "the lender already confirmed allocation {id} with loan_reference {reference:?}"
+            ),
+            None => format!("the lender already used loan_reference {reference:?}"),
+        },
+        existing_id: existing_id.map(|id| id.to_string()),
+    }
+}
+
+/// An amount for a message: minor units, and yuan for the reader.
+fn money(minor: i64) -> String {
+    format!("{minor} ({})", format_cny(minor))
+}
+
+async fn load_program(
+    conn: &mut Connection,
+    id: Uuid,
+    lender_scope: Option<Uuid>,
+) -> Result<Program> {
+    let row = storage::special_loans::find_program(conn, id)
+        .await?
+        .ok_or_else(|| Error::not_found("program", id))?;
+    let quotas = storage::special_loans::lender_quotas(conn, id, lender_scope).await?;
+    to_program(row, quotas)
+}
+
+fn to_program(row: ProgramRow, quotas: Vec<LenderQuotaRow>) -> Result<Program> {
+    Ok(Program {
+        id: row.id,
+        code: row.code,
+        name: row.name,
+        total_quota_minor: row.total_quota_minor,
+        rate_cap_bps: row.rate_cap_bps,
+        subsidy_ratio_bps: row.subsidy_ratio_bps,
+        max_effective_rate_bps: row.max_effective_rate_bps,
+        per_enterprise_cap_minor: row.per_enterprise_cap_minor,
+        max_term_months: row.max_term_months,
+        required_designations: storage::lenders::strings(row.required_designations),
+        loan_date_from: row.loan_date_from,
+        loan_date_to: row.loan_date_to,
+        one_bank_per_enterprise: row.one_bank_per_enterprise,
+        balance: ProgramBalance {
+            reserved_minor: row.reserved_minor,
+            confirmed_minor: row.confirmed_minor,
+            remaining_minor: row.total_quota_minor - row.reserved_minor - row.confirmed_minor,
+            lenders: quotas
+                .into_iter()
+                .map(|q| LenderQuotaBalance {
+                    lender_id: q.lender_id,
+                    quota_minor: q.quota_minor,
+                    reserved_minor: q.reserved_minor,
+                    confirmed_minor: q.confirmed_minor,
+                    remaining_minor: q.quota_minor - q.reserved_minor - q.confirmed_minor,
+                })
+                .collect(),
+        },
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}
+
+fn status_of(row: &AllocationRow) -> Result<AllocationStatus> {
+    row.status.parse().map_err(|_| {
+        Error::Internal(anyhow::anyhow!(
+            "allocation {} has unknown status {:?}",
+            row.id,
+            row.status
+        ))
+    })
+}
+
+fn decode_saved(saved: &[u8]) -> Result<Allocation> {
+    let row: AllocationRow = serde_json::from_slice(saved)
+        .map_err(|e| Error::Internal(anyhow::anyhow!("unreadable saved allocation: {e}")))?;
+    to_allocation(row)
+}
+
+fn to_allocation(row: AllocationRow) -> Result<Allocation> {
+    let status = status_of(&row)?;
+    Ok(Allocation {
+        id: row.id,
+        program_id: row.program_id,
+        lender_id: row.lender_id,
+        enterprise_id: row.enterprise_id,
+        referral_id: row.referral_id,
+        amount_minor: row.amount_minor,
+        rate_bps: row.rate_bps,
+        term_months: row.term_months,
+        loan_date: row.loan_date,
+        status,
+        subsidy_minor: row.subsidy_minor,
+        effective_rate_bps: row.effective_rate_bps,
+        designation_id: row.designation_id,
+        designation_used: row.designation_list_code,
+        loan_reference: row.loan_reference,
+        disbursed_on: row.disbursed_on,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}
