@@ -252,7 +252,7 @@ Try it with grpcurl (no .proto files needed, the server has reflection):
   grpcurl -plaintext {addr} list
   grpcurl -plaintext {addr} grpc.health.v1.Health/Check
   grpcurl -plaintext {addr} describe finmatch.v1.Enterprise
-  grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"name":"Suizhou Rural Commercial Bank","kind":"LENDER_KIND_RURAL","region_codes":["421300"]}}' {addr} finmatch.v1.LenderService/CreateLender
+  grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"lender":{{"name":"Suizhou Rural Commercial Bank","kind":"LENDER_KIND_RURAL","region_codes":["421300"]}}}}' {addr} finmatch.v1.LenderService/CreateLender
   grpcurl -plaintext -H "authorization: Bearer $TOKEN" {addr} finmatch.v1.LenderService/ListLenders
   grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"page_size":10}}' {addr} finmatch.v1.EnterpriseService/ListEnterprises
 "#
