@@ -1,7 +1,7 @@
 //! Financing needs: submission (with routing), import, preview, reading, withdrawal,
 //! re-routing, and the SLA sweeper.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel_async::AsyncConnection as _;
@@ -81,6 +81,8 @@ pub struct Referral {
     pub approved_amount_minor: Option<i64>,
     pub approved_rate_bps: Option<i32>,
     pub approved_term_months: Option<i32>,
+    /// Sum of the disbursements recorded against the referral.
+    pub disbursed_minor: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -490,14 +492,28 @@ impl App {
         .await
     }
 
-    /// One pass of the SLA sweeper at `now`: expires undecided referrals past their deadline
-    /// and routes their needs to the next best untried lenders (up to the policy's limit; with
-    /// none left and nothing open the need becomes UNMATCHED), then expires open needs whose
-    /// `needed_by` is before `now`'s date. Work is claimed with `FOR UPDATE SKIP LOCKED`, so
+    /// One pass of the SLA sweeper at `now`: expires open needs whose `needed_by` is before
+    /// `now`'s date (cancelling their open referrals), then expires undecided referrals past
+    /// their deadline and routes their needs to the next best untried lenders (up to the
+    /// policy's limit; with none left and nothing open the need becomes UNMATCHED). Work is claimed with `FOR UPDATE SKIP LOCKED`, so
     /// replicas sweeping at once never handle one referral or need twice.
     #[tracing::instrument(skip(self))]
     pub async fn sweep_once(&self, now: DateTime<Utc>) -> Result<SweepReport> {
         let mut report = SweepReport::default();
+        // Needs first: a need past needed_by is closed, not routed again.
+        loop {
+            let expired = error::retry_conflicts(TRIES, || async {
+                self.conn()
+                    .await?
+                    .transaction(async move |conn| expire_needs(conn, now.date_naive()).await)
+                    .await
+            })
+            .await?;
+            report.expired_needs += expired;
+            if expired < SWEEP_BATCH as usize {
+                break;
+            }
+        }
         loop {
             let (claimed, batch) = error::retry_conflicts(TRIES, || async {
                 let catalog = {
@@ -514,19 +530,6 @@ impl App {
             report.rerouted_referrals += batch.rerouted_referrals;
             report.unmatched_needs += batch.unmatched_needs;
             if claimed < SWEEP_BATCH as usize {
-                break;
-            }
-        }
-        loop {
-            let expired = error::retry_conflicts(TRIES, || async {
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| expire_needs(conn, now.date_naive()).await)
-                    .await
-            })
-            .await?;
-            report.expired_needs += expired;
-            if expired < SWEEP_BATCH as usize {
                 break;
             }
         }
@@ -828,13 +831,24 @@ async fn cancel_open_referrals(
 }
 
 async fn with_referrals(conn: &mut Connection, row: NeedRow) -> Result<NeedWithReferrals> {
-    let referrals = storage::referrals::for_needs(conn, &[row.id]).await?;
+    let rows = storage::referrals::for_needs(conn, &[row.id]).await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let disbursed: HashMap<Uuid, i64> = storage::referrals::disbursed(conn, &ids)
+        .await?
+        .into_iter()
+        .map(|d| (d.referral_id, d.disbursed_minor))
+        .collect();
+    let mut referrals = Vec::with_capacity(rows.len());
+    for row in rows {
+        let disbursed_minor = disbursed.get(&row.id).copied().unwrap_or(0);
+        referrals.push(Referral {
+            disbursed_minor,
+            ..to_referral(row)?
+        });
+    }
     Ok(NeedWithReferrals {
         need: to_need(row)?,
-        referrals: referrals
-            .into_iter()
-            .map(to_referral)
-            .collect::<Result<_>>()?,
+        referrals,
     })
 }
 
@@ -937,6 +951,7 @@ pub(crate) fn to_referral(row: ReferralRow) -> Result<Referral> {
         approved_amount_minor: row.approved_amount_minor,
         approved_rate_bps: row.approved_rate_bps,
         approved_term_months: row.approved_term_months,
+        disbursed_minor: 0,
         created_at: row.created_at,
         updated_at: row.updated_at,
     })
