@@ -183,16 +183,12 @@ impl App {
         let submission = error::retry_conflicts(TRIES, || {
             let (who, idempotency, need) = (who.clone(), idempotency.clone(), need.clone());
             async move {
-                let catalog = {
-                    let mut conn = self.conn().await?;
-                    self.catalog(&mut conn).await?
-                };
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| {
-                        submit_in(conn, self, catalog, &who, &idempotency, &need, encode).await
-                    })
-                    .await
+                let mut conn = self.conn().await?;
+                let catalog = self.catalog(&mut conn).await?;
+                conn.transaction(async move |conn| {
+                    submit_in(conn, self, catalog, &who, &idempotency, &need, encode).await
+                })
+                .await
             }
         })
         .await?;
@@ -224,22 +220,17 @@ impl App {
         error::retry_conflicts(TRIES, || {
             let who = who.clone();
             async move {
-                let catalog = {
-                    let mut conn = self.conn().await?;
-                    self.catalog(&mut conn).await?
-                };
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| {
-                        let mut outcomes = Vec::with_capacity(items.len());
-                        for item in items {
-                            let outcome =
-                                import_one(conn, self, &catalog, &who, item, encode).await?;
-                            outcomes.push(outcome);
-                        }
-                        Ok::<_, Error>(outcomes)
-                    })
-                    .await
+                let mut conn = self.conn().await?;
+                let catalog = self.catalog(&mut conn).await?;
+                conn.transaction(async move |conn| {
+                    let mut outcomes = Vec::with_capacity(items.len());
+                    for item in items {
+                        let outcome = import_one(conn, self, &catalog, &who, item, encode).await?;
+                        outcomes.push(outcome);
+                    }
+                    Ok::<_, Error>(outcomes)
+                })
+                .await
             }
         })
         .await
@@ -274,7 +265,7 @@ impl App {
         };
         let enterprise = enterprises::load(&mut conn, enterprise_id).await?;
         let enterprise = match_enterprise(&enterprise, now.date_naive())?;
-        let market = routing::market(&mut conn, catalog, now).await?;
+        let market = self.market(&mut conn, catalog, now).await?;
         let candidates = evaluate(
             &need,
             &enterprise,
@@ -420,73 +411,67 @@ impl App {
         error::retry_conflicts(TRIES, || {
             let who = who.clone();
             async move {
-                let catalog = {
-                    let mut conn = self.conn().await?;
-                    self.catalog(&mut conn).await?
-                };
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| {
-                        let now = Utc::now();
-                        let row = storage::needs::find_for_update(conn, id)
-                            .await?
-                            .ok_or_else(|| Error::not_found("need", id))?;
-                        let status = need_status(&row)?;
-                        if !matches!(
-                            status,
-                            NeedStatus::Submitted | NeedStatus::Routed | NeedStatus::Unmatched
-                        ) {
-                            return Err(illegal_transition(id, status, NeedStatus::Routed));
-                        }
-                        if !row.consent_to_share {
-                            return Err(Error::precondition(
-                                reason::NO_CONSENT,
-                                format!(
-                                    "need {id} has no consent_to_share; it may not be routed to lenders"
-                                ),
-                            )
-                            .with_metadata("need_id", id));
-                        }
-                        let enterprise = enterprises::load(conn, row.enterprise_id).await?;
-                        let enterprise = match_enterprise(&enterprise, now.date_naive())?;
-                        let created =
-                            top_up(conn, catalog, self.policy(), &row, &enterprise, target, now)
-                                .await?;
-                        let open = storage::referrals::count_open(conn, id).await?;
-                        let next = if open == 0 {
-                            NeedStatus::Unmatched
-                        } else if created.is_empty() {
-                            status
-                        } else {
-                            NeedStatus::Routed
-                        };
-                        let row = storage::needs::set_status(
-                            conn,
-                            id,
-                            next.as_str(),
-                            created.len() as i32,
+                let mut conn = self.conn().await?;
+                let catalog = self.catalog(&mut conn).await?;
+                conn.transaction(async move |conn| {
+                    let now = Utc::now();
+                    let row = storage::needs::find_for_update(conn, id)
+                        .await?
+                        .ok_or_else(|| Error::not_found("need", id))?;
+                    let status = need_status(&row)?;
+                    if !matches!(
+                        status,
+                        NeedStatus::Submitted | NeedStatus::Routed | NeedStatus::Unmatched
+                    ) {
+                        return Err(illegal_transition(id, status, NeedStatus::Routed));
+                    }
+                    if !row.consent_to_share {
+                        return Err(Error::precondition(
+                            reason::NO_CONSENT,
+                            format!(
+                                "need {id} has no consent_to_share; it may not be routed to lenders"
+                            ),
                         )
-                        .await?;
-                        audit::record(
-                            conn,
-                            Some(&who),
-                            RPC_REROUTE,
-                            "need",
-                            id,
-                            serde_json::json!({
-                                "from": status.as_str(),
-                                "to": next.as_str(),
-                                "target_open_referrals": target,
-                                "referrals": created.iter().map(|r| r.id).collect::<Vec<_>>(),
-                            }),
-                        )
-                        .await?;
-                        Ok(NeedWithReferrals {
-                            need: to_need(row)?,
-                            referrals: created.into_iter().map(to_referral).collect::<Result<_>>()?,
-                        })
+                        .with_metadata("need_id", id));
+                    }
+                    let enterprise = enterprises::load(conn, row.enterprise_id).await?;
+                    let enterprise = match_enterprise(&enterprise, now.date_naive())?;
+                    let created =
+                        top_up(conn, self, catalog, &row, &enterprise, target, now).await?;
+                    let open = storage::referrals::count_open(conn, id).await?;
+                    let next = if open == 0 {
+                        NeedStatus::Unmatched
+                    } else if created.is_empty() {
+                        status
+                    } else {
+                        NeedStatus::Routed
+                    };
+                    let row =
+                        storage::needs::set_status(conn, id, next.as_str(), created.len() as i32)
+                            .await?;
+                    audit::record(
+                        conn,
+                        Some(&who),
+                        RPC_REROUTE,
+                        "need",
+                        id,
+                        serde_json::json!({
+                            "from": status.as_str(),
+                            "to": next.as_str(),
+                            "target_open_referrals": target,
+                            "referrals": created.iter().map(|r| r.id).collect::<Vec<_>>(),
+                        }),
+                    )
+                    .await?;
+                    Ok(NeedWithReferrals {
+                        need: to_need(row)?,
+                        referrals: created
+                            .into_iter()
+                            .map(to_referral)
+                            .collect::<Result<_>>()?,
                     })
-                    .await
+                })
+                .await
             }
         })
         .await
@@ -516,13 +501,9 @@ impl App {
         }
         loop {
             let (claimed, batch) = error::retry_conflicts(TRIES, || async {
-                let catalog = {
-                    let mut conn = self.conn().await?;
-                    self.catalog(&mut conn).await?
-                };
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| expire_referrals(conn, self, catalog, now).await)
+                let mut conn = self.conn().await?;
+                let catalog = self.catalog(&mut conn).await?;
+                conn.transaction(async move |conn| expire_referrals(conn, self, catalog, now).await)
                     .await
             })
             .await?;
@@ -610,8 +591,8 @@ async fn submit_in(
         let enterprise = match_enterprise(&enterprise, now.date_naive())?;
         referrals = top_up(
             conn,
+            app,
             catalog,
-            app.policy(),
             &row,
             &enterprise,
             app.policy().top_k,
@@ -738,8 +719,8 @@ async fn expire_referrals(
             let enterprise = match_enterprise(&enterprise, now.date_naive())?;
             created = top_up(
                 conn,
+                app,
                 catalog.clone(),
-                app.policy(),
                 &row,
                 &enterprise,
                 app.policy().top_k,
