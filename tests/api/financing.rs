@@ -1153,3 +1153,66 @@ async fn get_need_shows_what_was_disbursed_on_each_referral() {
     assert_eq!(disbursed[referral.id.as_str()], 200_000_000);
     assert_eq!(disbursed.values().sum::<i64>(), 200_000_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_deactivated_on_another_replica_is_not_routed_to() {
+    let app = TestApp::spawn().await;
+    let replica = app.replica().await;
+    let (eligible, _, _) = market(&app).await;
+    let enterprise_id = enterprise(&app).await;
+    let preview = |app: &TestApp| {
+        let mut client = financing(app);
+        let request = authed(
+            pb::PreviewMatchesRequest {
+                subject: Some(pb::preview_matches_request::Subject::Need(need(
+                    &enterprise_id,
+                    pb::Purpose::Payroll,
+                ))),
+            },
+            &app.operator,
+        );
+        async move { client.preview_matches(request).await.unwrap().into_inner() }
+    };
+    // Both replicas have loaded their catalogs.
+    assert_eq!(preview(&app).await.candidates.len(), 6);
+    assert_eq!(preview(&replica).await.candidates.len(), 6);
+    let cheapest = preview(&app).await.candidates[0].clone();
+    assert_eq!(cheapest.lender_id, eligible[0]);
+
+    LenderServiceClient::new(replica.channel.clone())
+        .update_product(authed(
+            pb::UpdateProductRequest {
+                product: Some(pb::Product {
+                    id: cheapest.product_id.clone(),
+                    active: Some(false),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["active".into()],
+                }),
+            },
+            &replica.operator,
+        ))
+        .await
+        .expect("deactivate the product on the replica");
+
+    let after = preview(&app).await.candidates;
+    let stale = after
+        .iter()
+        .find(|c| c.product_id == cheapest.product_id)
+        .unwrap();
+    assert!(!stale.eligible);
+    assert_eq!(
+        stale.ineligible_reasons[0].code,
+        pb::Ineligibility::ProductInactive as i32
+    );
+    let submitted = submit(&app, "after", need(&enterprise_id, pb::Purpose::Payroll))
+        .await
+        .unwrap();
+    let lenders: Vec<&str> = submitted
+        .referrals
+        .iter()
+        .map(|r| r.lender_id.as_str())
+        .collect();
+    assert_eq!(lenders, [&eligible[1], &eligible[2], &eligible[3]]);
+}
