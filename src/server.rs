@@ -76,6 +76,8 @@ impl Application {
                 .await;
         }
         let readiness = tokio::spawn(watch_database(app.clone(), health.clone()));
+        let product_cache = tokio::spawn(app.clone().watch_products(settings.database_url.clone()));
+        let sweeper = tokio::spawn(app.clone().run_sweeper(server_args.sweep_interval()));
 
         // Reflection describes every service on the port, health and both reflection versions
         // included, so `grpcurl list` shows what is really served.
@@ -147,6 +149,8 @@ impl Application {
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
             .await;
         readiness.abort();
+        product_cache.abort();
+        sweeper.abort();
         result.context("serving")?;
         tracing::info!("stopped");
         Ok(())

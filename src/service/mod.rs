@@ -8,14 +8,17 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::domain::Role;
+use crate::matching::RoutingPolicy;
 use crate::storage::{self, DbPool, PooledConnection};
 
 pub mod audit;
 pub mod credentials;
 pub mod enterprises;
 pub mod error;
+pub mod financing;
 pub mod lenders;
 pub mod paging;
+pub mod routing;
 pub mod special_loans;
 
 pub use error::{Error, Result, reason};
@@ -28,13 +31,40 @@ pub struct App {
 
 struct Inner {
     pool: DbPool,
+    /// Products as matching reads them; refreshed, never authoritative (see `routing`).
+    products: routing::ProductCache,
+    /// Lenders' records, reused for a few seconds (see `routing`).
+    stats: routing::StatsCache,
+    policy: RoutingPolicy,
 }
 
 impl App {
     pub fn new(pool: DbPool) -> Self {
+        Self::with_policy(pool, RoutingPolicy::default())
+    }
+
+    /// An app routing by `policy`, which must pass [`RoutingPolicy::validate`].
+    pub fn with_policy(pool: DbPool, policy: RoutingPolicy) -> Self {
         Self {
-            inner: Arc::new(Inner { pool }),
+            inner: Arc::new(Inner {
+                pool,
+                products: routing::ProductCache::default(),
+                stats: routing::StatsCache::default(),
+                policy,
+            }),
         }
+    }
+
+    pub fn policy(&self) -> &RoutingPolicy {
+        &self.inner.policy
+    }
+
+    pub(crate) fn products(&self) -> &routing::ProductCache {
+        &self.inner.products
+    }
+
+    pub(crate) fn stats_cache(&self) -> &routing::StatsCache {
+        &self.inner.stats
     }
 
     pub fn pool(&self) -> &DbPool {

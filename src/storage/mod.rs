@@ -129,10 +129,13 @@ fn is_connection_message(message: &str) -> bool {
 }
 
 pub mod audit;
+pub mod catalog;
 pub mod credentials;
 pub mod enterprises;
 pub mod idempotency;
 pub mod lenders;
+pub mod needs;
+pub mod referrals;
 pub mod special_loans;
 
 /// A trivial round trip, to tell whether PostgreSQL answers.

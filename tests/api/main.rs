@@ -3,6 +3,7 @@
 mod auth;
 mod cli;
 mod enterprises;
+mod financing;
 mod helpers;
 mod lenders;
 mod server;

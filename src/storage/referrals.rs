@@ -1,0 +1,264 @@
+//! Referrals, their events, and products' daily usage.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Date, Integer, Timestamptz, Uuid as SqlUuid};
+use diesel_async::RunQueryDsl;
+use uuid::Uuid;
+
+use super::Connection;
+use super::schema::{product_daily_usage, referral_events, referrals};
+
+/// Referrals in these statuses are still in play.
+pub const OPEN_STATUSES: [&str; 4] = ["PENDING", "ACKNOWLEDGED", "INFO_REQUESTED", "APPROVED"];
+/// Referrals in these statuses wait for the lender's decision (and expire at their deadline).
+pub const UNDECIDED_STATUSES: [&str; 3] = ["PENDING", "ACKNOWLEDGED", "INFO_REQUESTED"];
+
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = referrals)]
+pub struct ReferralRow {
+    pub id: Uuid,
+    pub need_id: Uuid,
+    pub lender_id: Uuid,
+    pub product_id: Uuid,
+    pub status: String,
+    pub score: i32,
+    pub factors: serde_json::Value,
+    pub sla_deadline: DateTime<Utc>,
+    pub decline_reason: Option<String>,
+    pub decline_note: Option<String>,
+    pub info_request: Option<String>,
+    pub approved_amount_minor: Option<i64>,
+    pub approved_rate_bps: Option<i32>,
+    pub approved_term_months: Option<i32>,
+    pub first_response_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = referrals)]
+pub struct NewReferral<'a> {
+    pub need_id: Uuid,
+    pub lender_id: Uuid,
+    pub product_id: Uuid,
+    pub status: &'a str,
+    pub score: i32,
+    pub factors: serde_json::Value,
+    pub sla_deadline: DateTime<Utc>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = referral_events)]
+pub struct NewReferralEvent<'a> {
+    pub referral_id: Uuid,
+    pub lender_id: Uuid,
+    pub need_id: Uuid,
+    pub kind: &'a str,
+    pub status: &'a str,
+    pub detail: serde_json::Value,
+}
+
+/// A lender's record over a period, as counted in SQL.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct LenderStatsRow {
+    #[diesel(sql_type = SqlUuid)]
+    pub lender_id: Uuid,
+    /// Referrals approved (APPROVED or DISBURSED).
+    #[diesel(sql_type = BigInt)]
+    pub approvals: i64,
+    /// Referrals approved or declined.
+    #[diesel(sql_type = BigInt)]
+    pub decisions: i64,
+    /// Referrals first answered by their deadline.
+    #[diesel(sql_type = BigInt)]
+    pub sla_met: i64,
+    /// Referrals answered, or not cancelled and past their deadline.
+    #[diesel(sql_type = BigInt)]
+    pub sla_due: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = product_daily_usage)]
+pub struct UsageRow {
+    pub product_id: Uuid,
+    pub day: NaiveDate,
+    pub referrals: i32,
+}
+
+#[derive(Debug, QueryableByName)]
+struct Taken {
+    #[diesel(sql_type = Integer)]
+    #[allow(dead_code)]
+    referrals: i32,
+}
+
+pub async fn insert(conn: &mut Connection, new: &NewReferral<'_>) -> QueryResult<ReferralRow> {
+    diesel::insert_into(referrals::table)
+        .values(new)
+        .returning(ReferralRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+pub async fn insert_event(conn: &mut Connection, new: &NewReferralEvent<'_>) -> QueryResult<()> {
+    diesel::insert_into(referral_events::table)
+        .values(new)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Every referral of these needs, oldest first.
+pub async fn for_needs(conn: &mut Connection, need_ids: &[Uuid]) -> QueryResult<Vec<ReferralRow>> {
+    referrals::table
+        .filter(referrals::need_id.eq_any(need_ids))
+        .order_by((referrals::created_at, referrals::id))
+        .select(ReferralRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// Every lender this need has been routed to.
+pub async fn tried_lenders(conn: &mut Connection, need_id: Uuid) -> QueryResult<Vec<Uuid>> {
+    referrals::table
+        .filter(referrals::need_id.eq(need_id))
+        .select(referrals::lender_id)
+        .load(conn)
+        .await
+}
+
+/// How many of this need's referrals are open.
+pub async fn count_open(conn: &mut Connection, need_id: Uuid) -> QueryResult<i64> {
+    referrals::table
+        .filter(referrals::need_id.eq(need_id))
+        .filter(referrals::status.eq_any(OPEN_STATUSES))
+        .count()
+        .get_result(conn)
+        .await
+}
+
+/// Sets the status of the need's referrals that are in `from`; returns the rows changed.
+pub async fn set_status_where(
+    conn: &mut Connection,
+    need_id: Uuid,
+    from: &[&str],
+    to: &str,
+) -> QueryResult<Vec<ReferralRow>> {
+    diesel::update(
+        referrals::table
+            .filter(referrals::need_id.eq(need_id))
+            .filter(referrals::status.eq_any(from.to_vec())),
+    )
+    .set(referrals::status.eq(to))
+    .returning(ReferralRow::as_returning())
+    .get_results(conn)
+    .await
+}
+
+/// Sets the status of these referrals; returns the rows changed.
+pub async fn set_status(
+    conn: &mut Connection,
+    ids: &[Uuid],
+    to: &str,
+) -> QueryResult<Vec<ReferralRow>> {
+    diesel::update(referrals::table.filter(referrals::id.eq_any(ids)))
+        .set(referrals::status.eq(to))
+        .returning(ReferralRow::as_returning())
+        .get_results(conn)
+        .await
+}
+
+/// Claims up to `limit` undecided referrals whose deadline is before `now`, locked; rows another
+/// transaction holds are skipped, so replicas sweeping at once never claim the same referral.
+pub async fn claim_overdue(
+    conn: &mut Connection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> QueryResult<Vec<ReferralRow>> {
+    referrals::table
+        .filter(referrals::status.eq_any(UNDECIDED_STATUSES))
+        .filter(referrals::sla_deadline.lt(now))
+        .order_by(referrals::sla_deadline)
+        .limit(limit)
+        .select(ReferralRow::as_select())
+        .for_update()
+        .skip_locked()
+        .load(conn)
+        .await
+}
+
+/// Counts one more referral for the product on `day` unless its daily capacity (read from the
+/// product row, not from any cache) is used up. Atomic: concurrent callers on any replica never
+/// take more than the capacity. True when the referral may be created.
+pub async fn take_capacity(
+    conn: &mut Connection,
+    product_id: Uuid,
+    day: NaiveDate,
+) -> QueryResult<bool> {
+    let taken: Option<Taken> = diesel::sql_query(
+        "INSERT INTO product_daily_usage AS u (product_id, day, referrals) \
+         SELECT p.id, $2, 1 FROM products p WHERE p.id = $1 AND p.daily_capacity >= 1 \
+         ON CONFLICT (product_id, day) DO UPDATE SET referrals = u.referrals + 1 \
+         WHERE u.referrals < (SELECT daily_capacity FROM products WHERE id = u.product_id) \
+         RETURNING u.referrals",
+    )
+    .bind::<SqlUuid, _>(product_id)
+    .bind::<Date, _>(day)
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(taken.is_some())
+}
+
+/// Referrals counted per product on `day`.
+pub async fn usage_on(conn: &mut Connection, day: NaiveDate) -> QueryResult<Vec<UsageRow>> {
+    product_daily_usage::table
+        .filter(product_daily_usage::day.eq(day))
+        .select(UsageRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// Every lender's record over the referrals created since `since`, judged at `now`.
+pub async fn lender_stats(
+    conn: &mut Connection,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> QueryResult<Vec<LenderStatsRow>> {
+    diesel::sql_query(
+        "SELECT lender_id, \
+           count(*) FILTER (WHERE status IN ('APPROVED', 'DISBURSED')) AS approvals, \
+           count(*) FILTER (WHERE status IN ('APPROVED', 'DISBURSED', 'DECLINED')) AS decisions, \
+           count(*) FILTER (WHERE first_response_at <= sla_deadline) AS sla_met, \
+           count(*) FILTER (WHERE first_response_at IS NOT NULL \
+                            OR (sla_deadline < $2 AND status <> 'CANCELLED')) AS sla_due \
+         FROM referrals WHERE created_at >= $1 GROUP BY lender_id",
+    )
+    .bind::<Timestamptz, _>(since)
+    .bind::<Timestamptz, _>(now)
+    .load(conn)
+    .await
+}
+
+#[derive(Debug, Clone, QueryableByName)]
+pub struct DisbursedRow {
+    #[diesel(sql_type = SqlUuid)]
+    pub referral_id: Uuid,
+    #[diesel(sql_type = BigInt)]
+    pub disbursed_minor: i64,
+}
+
+/// The sum of disbursements recorded against each of these referrals (absent = none).
+pub async fn disbursed(
+    conn: &mut Connection,
+    referral_ids: &[Uuid],
+) -> QueryResult<Vec<DisbursedRow>> {
+    diesel::sql_query(
+        "SELECT referral_id, sum(amount_minor)::int8 AS disbursed_minor \
+         FROM disbursements WHERE referral_id = ANY($1) GROUP BY referral_id",
+    )
+    .bind::<diesel::sql_types::Array<SqlUuid>, _>(referral_ids)
+    .load(conn)
+    .await
+}
