@@ -16,6 +16,7 @@ pub mod enterprises;
 pub mod error;
 pub mod lenders;
 pub mod paging;
+pub mod reporting;
 pub mod special_loans;
 
 pub use error::{Error, Result, reason};

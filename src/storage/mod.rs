@@ -133,6 +133,7 @@ pub mod credentials;
 pub mod enterprises;
 pub mod idempotency;
 pub mod lenders;
+pub mod reporting;
 pub mod special_loans;
 
 /// A trivial round trip, to tell whether PostgreSQL answers.
