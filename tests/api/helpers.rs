@@ -154,6 +154,7 @@ impl Drop for TestDatabase {
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     /// Where `/metrics` is served, when the server was spawned with a metrics address.
+    #[allow(dead_code)] // read by tests/metrics.rs, which has the process's metrics to itself
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub app: App,
     pub channel: Channel,

@@ -3,7 +3,9 @@
 mod auth;
 mod cli;
 mod enterprises;
+mod fixtures;
 mod helpers;
 mod lenders;
+mod reporting;
 mod server;
 mod special_loans;
