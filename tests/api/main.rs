@@ -5,6 +5,7 @@ mod cli;
 mod enterprises;
 mod fixtures;
 mod helpers;
+mod import;
 mod lenders;
 mod reporting;
 mod server;
