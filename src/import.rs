@@ -20,6 +20,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use tokio_stream::wrappers::ReceiverStream;
@@ -48,6 +49,8 @@ pub const COLUMNS: [&str; 12] = [
 
 /// Items buffered between the file reader and the gRPC stream.
 const STREAM_BUFFER: usize = 256;
+/// CreateEnterprise calls in flight at once (a file may name many thousand enterprises).
+const REGISTRATIONS_IN_FLIGHT: usize = 16;
 
 /// One data row, mapped to what the server takes.
 #[derive(Debug, Clone, PartialEq)]
@@ -306,15 +309,14 @@ pub async fn run(file: &Path, server: &str, token: &str) -> anyhow::Result<Repor
     let mut csv = reader(file)?;
     let columns = Columns::from_header(csv.headers()?)?;
     let mut first_rows: Vec<pb::Enterprise> = Vec::new();
-    let mut seen = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
     let mut rows = 0u64;
     for (i, record) in csv.records().enumerate() {
         rows += 1;
         if let Ok(record) = record
             && let Ok(parsed) = parse_row(&columns, &record, i as u64 + 2)
-            && !seen.contains_key(&parsed.enterprise.credit_code)
+            && seen.insert(parsed.enterprise.credit_code.clone())
         {
-            seen.insert(parsed.enterprise.credit_code.clone(), ());
             first_rows.push(parsed.enterprise);
         }
     }
@@ -325,14 +327,23 @@ pub async fn run(file: &Path, server: &str, token: &str) -> anyhow::Result<Repor
             .progress_chars("=> "),
     );
     bar.set_message("enterprises");
-    let mut enterprises = EnterpriseServiceClient::new(channel.clone());
+    let enterprises = EnterpriseServiceClient::new(channel.clone());
+    let mut registrations = futures::stream::iter(first_rows)
+        .map(|enterprise| {
+            let mut client = enterprises.clone();
+            let bearer = &bearer;
+            async move {
+                let code = enterprise.credit_code.clone();
+                (code, register(&mut client, bearer, enterprise).await)
+            }
+        })
+        .buffer_unordered(REGISTRATIONS_IN_FLIGHT);
     let mut enterprise_ids: HashMap<String, Result<String, Rejection>> = HashMap::new();
-    for enterprise in first_rows {
-        let code = enterprise.credit_code.clone();
-        let outcome = register(&mut enterprises, &bearer, enterprise).await?;
-        enterprise_ids.insert(code, outcome);
+    while let Some((code, outcome)) = registrations.next().await {
+        enterprise_ids.insert(code, outcome?);
         bar.inc(1);
     }
+    drop(registrations);
 
     // Pass 2: the needs, streamed as they are read.
     bar.set_position(0);
