@@ -7,6 +7,7 @@ pub mod config;
 pub mod devdb;
 pub mod domain;
 pub mod grpc;
+pub mod import;
 pub mod matching;
 pub mod server;
 pub mod service;

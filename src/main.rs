@@ -1,5 +1,6 @@
-//! The `finmatch` command line: serve, migrate, dev, credentials.
+//! The `finmatch` command line: serve, migrate, dev, credentials, import.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -61,6 +62,21 @@ enum Command {
     Credentials {
         #[command(subcommand)]
         action: CredentialsCommand,
+    },
+    /// Stream financing needs from a CSV file through ImportNeeds (see README, "Importing needs").
+    Import {
+        /// The CSV file; the report is written beside it as FILE.import-report.csv.
+        file: PathBuf,
+        /// The finmatch server's URL.
+        #[arg(
+            long,
+            env = "FINMATCH_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        server: String,
+        /// An OPERATOR or PORTAL token.
+        #[arg(long, env = "FINMATCH_TOKEN", hide_env_values = true)]
+        token: String,
     },
 }
 
@@ -145,6 +161,15 @@ async fn run(command: Command, shutdown: impl Future<Output = ()> + Send) -> any
         }
         Command::Dev { database, server } => dev(database, server, shutdown).await,
         Command::Credentials { action } => credentials(action).await,
+        Command::Import {
+            file,
+            server,
+            token,
+        } => {
+            let report = finmatch::import::run(&file, &server, &token).await?;
+            println!("{}", report.summary(&finmatch::import::report_path(&file)));
+            Ok(())
+        }
     }
 }
 

@@ -20,6 +20,8 @@ use crate::storage;
 /// A server bound to its port, ready to run.
 pub struct Application {
     listener: TcpListener,
+    /// The Prometheus `/metrics` listener, when `metrics_addr` is set.
+    metrics_listener: Option<TcpListener>,
     app: App,
     settings: Settings,
 }
@@ -40,8 +42,17 @@ impl Application {
         let listener = TcpListener::bind(settings.server.listen_addr)
             .await
             .with_context(|| format!("binding {}", settings.server.listen_addr))?;
+        let metrics_listener = match settings.server.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics listener {addr}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
+            metrics_listener,
             app,
             settings,
         })
@@ -54,6 +65,13 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// The address `/metrics` is served on, when metrics are on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
     pub fn app(&self) -> &App {
         &self.app
     }
@@ -63,6 +81,7 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Application {
             listener,
+            metrics_listener,
             app,
             settings,
         } = self;
@@ -78,6 +97,21 @@ impl Application {
         let readiness = tokio::spawn(watch_database(app.clone(), health.clone()));
         let product_cache = tokio::spawn(app.clone().watch_products(settings.database_url.clone()));
         let sweeper = tokio::spawn(app.clone().run_sweeper(server_args.sweep_interval()));
+        let metrics_tasks = match metrics_listener {
+            Some(metrics_listener) => {
+                let handle = grpc::metrics::handle()?;
+                tracing::info!(addr = %metrics_listener.local_addr()?, "serving Prometheus metrics at /metrics");
+                vec![
+                    tokio::spawn(async move {
+                        if let Err(error) = grpc::metrics::serve(metrics_listener, handle).await {
+                            tracing::error!(%error, "the metrics listener failed");
+                        }
+                    }),
+                    tokio::spawn(grpc::metrics::refresh_gauges(app.clone())),
+                ]
+            }
+            None => Vec::new(),
+        };
 
         // Reflection describes every service on the port, health and both reflection versions
         // included, so `grpcurl list` shows what is really served.
@@ -113,6 +147,7 @@ impl Application {
             .layer(grpc::layers::cors())
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(grpc::layers::RequestIdLayer)
+            .layer(grpc::metrics::MetricsLayer)
             .layer(grpc::layers::trace())
             .load_shed()
             .layer(GlobalConcurrencyLimitLayer::new(
@@ -151,6 +186,9 @@ impl Application {
         readiness.abort();
         product_cache.abort();
         sweeper.abort();
+        for task in metrics_tasks {
+            task.abort();
+        }
         result.context("serving")?;
         tracing::info!("stopped");
         Ok(())

@@ -13,6 +13,7 @@ pub mod enterprises;
 pub mod financing;
 pub mod layers;
 pub mod lenders;
+pub mod metrics;
 pub mod partner;
 pub mod reporting;
 pub mod special_loans;

@@ -18,6 +18,7 @@ pub mod error;
 pub mod financing;
 pub mod lenders;
 pub mod paging;
+pub mod reporting;
 pub mod routing;
 pub mod special_loans;
 

@@ -136,6 +136,7 @@ pub mod idempotency;
 pub mod lenders;
 pub mod needs;
 pub mod referrals;
+pub mod reporting;
 pub mod special_loans;
 
 /// A trivial round trip, to tell whether PostgreSQL answers.

@@ -153,6 +153,9 @@ impl Drop for TestDatabase {
 /// One running server and its database.
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
+    /// Where `/metrics` is served, when the server was spawned with a metrics address.
+    #[allow(dead_code)] // read by tests/metrics.rs, which has the process's metrics to itself
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub app: App,
     pub channel: Channel,
     /// An OPERATOR token.
@@ -194,6 +197,7 @@ impl TestApp {
         };
         let application = Application::build(settings).await.expect("server builds");
         let addr = application.local_addr();
+        let metrics_addr = application.metrics_addr();
         let app = application.app().clone();
         let (stop, stopped) = oneshot::channel();
         let server = tokio::spawn(application.run_until(async {
@@ -215,6 +219,7 @@ impl TestApp {
             .token;
         Self {
             addr,
+            metrics_addr,
             app,
             channel,
             operator,
