@@ -367,8 +367,7 @@ impl App {
                         if status == NeedStatus::Withdrawn {
                             return with_referrals(conn, row).await;
                         }
-                        // UNMATCHED needs may be withdrawn too: the enterprise closes the file.
-                        if !(status.is_open() || status == NeedStatus::Unmatched) {
+                        if !status.can_transition(NeedStatus::Withdrawn) {
                             return Err(illegal_transition(id, status, NeedStatus::Withdrawn));
                         }
                         let cancelled = cancel_open_referrals(conn, id, "need withdrawn").await?;
@@ -419,10 +418,9 @@ impl App {
                         .await?
                         .ok_or_else(|| Error::not_found("need", id))?;
                     let status = need_status(&row)?;
-                    if !matches!(
-                        status,
-                        NeedStatus::Submitted | NeedStatus::Routed | NeedStatus::Unmatched
-                    ) {
+                    // UNMATCHED is final (DESIGN §1: states only move forward); a need that
+                    // new lenders could serve is submitted again.
+                    if !matches!(status, NeedStatus::Submitted | NeedStatus::Routed) {
                         return Err(illegal_transition(id, status, NeedStatus::Routed));
                     }
                     if !row.consent_to_share {

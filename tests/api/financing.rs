@@ -958,6 +958,31 @@ async fn sweeper_expires_an_overdue_referral_and_routes_the_need_to_a_fourth_len
         stored.need.unwrap().status,
         pb::NeedStatus::Unmatched as i32
     );
+    // UNMATCHED is final: it is neither re-routed nor withdrawn.
+    let mut client = FinancingServiceClient::new(app.channel.clone());
+    let status = client
+        .reroute_need(authed(
+            pb::RerouteNeedRequest {
+                need_id: id.clone(),
+                ..Default::default()
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(error_reason(&status).as_deref(), Some("ILLEGAL_TRANSITION"));
+    let status = client
+        .withdraw_need(authed(
+            pb::WithdrawNeedRequest {
+                need_id: id.clone(),
+                ..Default::default()
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
