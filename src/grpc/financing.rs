@@ -1,23 +1,19 @@
 //! FinancingService: financing needs, their matching and routing to lenders.
 
-use std::collections::HashMap;
-
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
 use super::auth::principal;
 use super::convert::{self, Bridge, check};
 use super::pb;
-use super::status::ERROR_DOMAIN;
 use crate::domain::{
     DomainError, IndustryPrefix, NeedInput, NewNeed, Note, RegionPrefix, Violations,
 };
 use crate::matching::IneligibleReason;
 use crate::service::financing::{
     IMPORT_BATCH, ImportItem, ImportOutcome, MatchCandidate, Need, NeedQuery, NeedWithReferrals,
-    PreviewSubject, Referral, Submission, reason,
+    PreviewSubject, Referral, Submission,
 };
 use crate::service::paging::PageRequest;
 use crate::service::{App, Error, Idempotency};
@@ -58,7 +54,7 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
                 &encode_submitted,
             )
             .await
-            .map_err(to_status)?;
+            .map_err(Status::from)?;
         let response = match submitted {
             Submission::Created(stored) => submitted_pb(stored),
             Submission::Replayed(bytes) => pb::SubmitNeedResponse::decode(bytes.as_slice())
@@ -364,28 +360,6 @@ fn submitted_pb(stored: NeedWithReferrals) -> pb::SubmitNeedResponse {
     }
 }
 
-/// The status of a SubmitNeed failure. A duplicate open need carries, besides the resource, an
-/// ErrorInfo with reason DUPLICATE_OPEN_NEED and the open need's id, as the contract promises.
-fn to_status(error: Error) -> Status {
-    match error {
-        Error::AlreadyExists {
-            entity: "need",
-            message,
-            existing_id,
-        } => {
-            let id = existing_id.unwrap_or_default();
-            let mut details = ErrorDetails::with_resource_info("need", id.clone(), "", &message);
-            details.set_error_info(
-                reason::DUPLICATE_OPEN_NEED,
-                ERROR_DOMAIN,
-                HashMap::from([("need_id".to_owned(), id)]),
-            );
-            Status::with_error_details(Code::AlreadyExists, message, details)
-        }
-        other => other.into(),
-    }
-}
-
 /// How an ImportNeeds item failed, as SubmitNeed would have said it.
 fn item_error(error: Error) -> pb::ItemError {
     let message = error.to_string();
@@ -408,9 +382,9 @@ fn item_error(error: Error) -> pb::ItemError {
             message,
             ..Default::default()
         },
-        Error::AlreadyExists { .. } => pb::ItemError {
+        Error::AlreadyExists { reason, .. } => pb::ItemError {
             code: Code::AlreadyExists as i32,
-            reason: reason::DUPLICATE_OPEN_NEED.to_owned(),
+            reason: reason.to_owned(),
             message,
             ..Default::default()
         },

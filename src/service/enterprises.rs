@@ -7,7 +7,7 @@ use diesel_async::AsyncConnection as _;
 use uuid::Uuid;
 
 use super::paging::{Cursor, Page, PageRequest};
-use super::{App, Error, Principal, Result, audit};
+use super::{App, Error, Principal, Result, audit, reason};
 use crate::domain::{
     EnterprisePatch, EnterpriseSize, IndustryPrefix, ListCode, NewDesignation, NewEnterprise,
     RegionPrefix, Role,
@@ -224,6 +224,7 @@ impl App {
                     Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
                         return Err(Error::AlreadyExists {
                             entity: "designation",
+                            reason: reason::DUPLICATE_DESIGNATION,
                             message: format!(
                                 "enterprise {enterprise_id} already holds a {list_code} designation; \
                                  revoke it first to change its dates"
@@ -327,6 +328,7 @@ async fn with_designations(
 fn duplicate_credit_code(credit_code: &str, existing_id: Option<Uuid>) -> Error {
     Error::AlreadyExists {
         entity: "enterprise",
+        reason: reason::DUPLICATE_CREDIT_CODE,
         message: match existing_id {
             Some(id) => {
                 format!("enterprise {id} is already registered with credit_code {credit_code}")

@@ -15,6 +15,17 @@ use crate::storage::{self, Failure};
 
 /// Machine-readable reasons carried in `google.rpc.ErrorInfo` for FAILED_PRECONDITION.
 pub mod reason {
+    pub const DUPLICATE_CREDIT_CODE: &str = "DUPLICATE_CREDIT_CODE";
+    pub const DUPLICATE_NAME: &str = "DUPLICATE_NAME";
+    pub const DUPLICATE_CODE: &str = "DUPLICATE_CODE";
+    pub const DUPLICATE_DESIGNATION: &str = "DUPLICATE_DESIGNATION";
+    pub const DUPLICATE_LOAN_REFERENCE: &str = "DUPLICATE_LOAN_REFERENCE";
+    /// An enterprise already has an open need with this purpose.
+    pub const DUPLICATE_OPEN_NEED: &str = "DUPLICATE_OPEN_NEED";
+    /// The need may not be shown to lenders.
+    pub const NO_CONSENT: &str = "NO_CONSENT";
+    /// A lender quota may not drop below what that lender has reserved and confirmed.
+    pub const QUOTA_BELOW_USAGE: &str = "QUOTA_BELOW_USAGE";
     pub const ILLEGAL_TRANSITION: &str = "ILLEGAL_TRANSITION";
     pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
     pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
@@ -39,10 +50,12 @@ pub enum Error {
     /// The entity does not exist, or is not visible to the caller (another lender's referral).
     #[error("{entity} {id} not found")]
     NotFound { entity: &'static str, id: String },
-    /// The entity exists already; `existing_id` names it when the caller may not know it.
+    /// The entity exists already; `reason` is a `DUPLICATE_*` [`reason`] constant and
+    /// `existing_id` names the holder when it is known.
     #[error("{message}")]
     AlreadyExists {
         entity: &'static str,
+        reason: &'static str,
         message: String,
         existing_id: Option<String>,
     },

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::enterprises;
 use super::paging::{Cursor, Page, PageRequest};
 use super::routing::{self, ScoreFactor, match_enterprise, match_need, score_factors, top_up};
-use super::{App, Error, Idempotency, Principal, Result, audit, error};
+use super::{App, Error, Idempotency, Principal, Result, audit, error, reason};
 use crate::domain::{
     Channel, Collateral, DeclineReason, IndustryPrefix, NeedStatus, NewNeed, Purpose,
     ReferralStatus, RegionPrefix, Role,
@@ -28,14 +28,6 @@ const RPC_WITHDRAW: &str = "finmatch.v1.FinancingService/WithdrawNeed";
 const RPC_REROUTE: &str = "finmatch.v1.FinancingService/RerouteNeed";
 /// Audit "rpc" of the background SLA sweeper.
 const SWEEPER: &str = "finmatch.sweeper";
-
-/// ErrorInfo reasons of this service.
-pub mod reason {
-    /// An enterprise already has an open need with this purpose (ALREADY_EXISTS).
-    pub const DUPLICATE_OPEN_NEED: &str = "DUPLICATE_OPEN_NEED";
-    /// The need may not be shown to lenders (FAILED_PRECONDITION).
-    pub const NO_CONSENT: &str = "NO_CONSENT";
-}
 
 /// Transactions retried on a serialization conflict or deadlock, at most this often.
 const TRIES: u32 = 3;
@@ -834,6 +826,7 @@ async fn with_referrals(conn: &mut Connection, row: NeedRow) -> Result<NeedWithR
 fn duplicate_open_need(open: &NeedRow) -> Error {
     Error::AlreadyExists {
         entity: "need",
+        reason: reason::DUPLICATE_OPEN_NEED,
         message: format!(
             "enterprise {} already has open need {} with purpose {} (status {}); \
              withdraw it or wait until it is closed",

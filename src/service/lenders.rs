@@ -5,7 +5,7 @@ use diesel_async::AsyncConnection as _;
 use uuid::Uuid;
 
 use super::paging::{Cursor, Page, PageRequest};
-use super::{App, Error, Principal, Result, audit};
+use super::{App, Error, Principal, Result, audit, reason};
 use crate::domain::{
     Collateral, EnterpriseSize, LenderKind, NewLender, NewProduct, ProductInput, ProductPatch, Role,
 };
@@ -77,6 +77,7 @@ impl App {
                     Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
                         return Err(Error::AlreadyExists {
                             entity: "lender",
+                            reason: reason::DUPLICATE_NAME,
                             message: format!(
                                 "a lender named {:?} is already registered",
                                 input.name().as_str()
@@ -249,6 +250,7 @@ impl App {
 fn duplicate_product(product: &NewProduct) -> Error {
     Error::AlreadyExists {
         entity: "product",
+        reason: reason::DUPLICATE_NAME,
         message: format!(
             "lender {} already has a product named {:?}",
             product.lender_id(),

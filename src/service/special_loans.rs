@@ -26,10 +26,6 @@ use crate::storage::special_loans::{
 };
 use crate::storage::{self, Connection, Failure};
 
-/// FAILED_PRECONDITION reason of SetLenderQuota when a quota would drop below what the lender
-/// has already reserved plus confirmed.
-pub const QUOTA_BELOW_USAGE: &str = "QUOTA_BELOW_USAGE";
-
 const RPC_CREATE: &str = "finmatch.v1.SpecialLoanService/CreateProgram";
 const RPC_SET_QUOTA: &str = "finmatch.v1.SpecialLoanService/SetLenderQuota";
 const RPC_ALLOCATE: &str = "finmatch.v1.SpecialLoanService/AllocateSpecialLoan";
@@ -244,7 +240,7 @@ impl App {
                 let used = current.reserved_minor + current.confirmed_minor;
                 if quota < used {
                     return Err(Error::precondition(
-                        QUOTA_BELOW_USAGE,
+                        reason::QUOTA_BELOW_USAGE,
                         format!(
                             "quota_minor {} is below what lender {lender_id} has already \
                              reserved plus confirmed in program {program_id}, {}, by {}",
@@ -975,6 +971,7 @@ fn illegal_transition(id: Uuid, why: String) -> Error {
 fn duplicate_code(code: &str, existing_id: Option<Uuid>) -> Error {
     Error::AlreadyExists {
         entity: "program",
+        reason: reason::DUPLICATE_CODE,
         message: match existing_id {
             Some(id) => format!("program {id} already has code {code}"),
             None => format!("a program with code {code} already exists"),
@@ -986,6 +983,7 @@ fn duplicate_code(code: &str, existing_id: Option<Uuid>) -> Error {
 fn duplicate_reference(reference: &str, existing_id: Option<Uuid>) -> Error {
     Error::AlreadyExists {
         entity: "allocation",
+        reason: reason::DUPLICATE_LOAN_REFERENCE,
         message: match existing_id {
             Some(id) => format!(
                 "the lender already confirmed allocation {id} with loan_reference {reference:?}"

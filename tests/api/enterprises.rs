@@ -4,7 +4,7 @@ use finmatch::grpc::pb;
 use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
 use tonic::Code;
 
-use crate::helpers::{TestApp, audit_rows, authed, enterprise, violated_fields};
+use crate::helpers::{TestApp, audit_rows, authed, enterprise, error_reason, violated_fields};
 
 fn client(app: &TestApp) -> EnterpriseServiceClient<tonic::transport::Channel> {
     EnterpriseServiceClient::new(app.channel.clone())

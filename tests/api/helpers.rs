@@ -288,7 +288,6 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
 }
 
 /// The `ErrorInfo.reason` of a status, if any.
-#[allow(dead_code)] // for the FAILED_PRECONDITION tests of the later services
 pub fn error_reason(status: &tonic::Status) -> Option<String> {
     use tonic_types::StatusExt;
     status.get_details_error_info().map(|info| info.reason)
