@@ -135,6 +135,7 @@ pub mod enterprises;
 pub mod idempotency;
 pub mod lenders;
 pub mod needs;
+pub mod partner;
 pub mod referrals;
 
 /// A trivial round trip, to tell whether PostgreSQL answers.
