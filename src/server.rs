@@ -76,6 +76,9 @@ impl Application {
                 .await;
         }
         let readiness = tokio::spawn(watch_database(app.clone(), health.clone()));
+        let (referral_feed, feed_control, feed_task) =
+            crate::service::events::ReferralFeed::start(app.clone());
+        let referral_feed_task = tokio::spawn(feed_task);
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -110,6 +113,7 @@ impl Application {
                 server_args.max_concurrent_calls,
             ))
             .layer(grpc::auth::AuthLayer::new(app.clone()))
+            .layer(grpc::partner::FeedLayer::new(referral_feed))
             .into_inner();
 
         let router = builder
@@ -129,6 +133,8 @@ impl Application {
             async move {
                 shutdown.await;
                 tracing::info!("shutting down: refusing new calls, draining the ones in flight");
+                // Watch streams never end by themselves; end them so draining can finish.
+                feed_control.close();
                 for name in grpc::SERVICE_NAMES {
                     health
                         .set_service_status(name, ServingStatus::NotServing)
@@ -140,6 +146,7 @@ impl Application {
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
             .await;
         readiness.abort();
+        referral_feed_task.abort();
         result.context("serving")?;
         tracing::info!("stopped");
         Ok(())

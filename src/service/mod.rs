@@ -14,8 +14,10 @@ pub mod audit;
 pub mod credentials;
 pub mod enterprises;
 pub mod error;
+pub mod events;
 pub mod lenders;
 pub mod paging;
+pub mod partner;
 
 pub use error::{Error, Result, reason};
 
