@@ -110,7 +110,9 @@ impl From<RoleArg> for Role {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
-    match run(cli.command).await {
+    // Installed before anything else, so SIGTERM during start-up also shuts down cleanly.
+    let shutdown = shutdown_signal();
+    match run(cli.command, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -119,7 +121,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
     match command {
         Command::Serve {
             database,
@@ -133,7 +135,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 server,
             };
             let application = Application::build(settings).await?;
-            application.run_until(shutdown_signal()).await
+            application.run_until(shutdown).await
         }
         Command::Migrate { database } => {
             let url = required_url(&database)?;
@@ -141,7 +143,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             eprintln!("{} migration(s) applied", applied.len());
             Ok(())
         }
-        Command::Dev { database, server } => dev(database, server).await,
+        Command::Dev { database, server } => dev(database, server, shutdown).await,
         Command::Credentials { action } => credentials(action).await,
     }
 }
@@ -199,7 +201,11 @@ fn describe(error: Error) -> anyhow::Error {
     }
 }
 
-async fn dev(database: DatabaseArgs, server: ServerArgs) -> anyhow::Result<()> {
+async fn dev(
+    database: DatabaseArgs,
+    server: ServerArgs,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let server_url = devdb::find_or_start_server(database.database_url.as_deref()).await?;
     let database_url = if database.database_url.is_some() {
         database.database_url.clone().unwrap_or_default()
@@ -231,7 +237,7 @@ async fn dev(database: DatabaseArgs, server: ServerArgs) -> anyhow::Result<()> {
         bail!("the listener has no port");
     }
     print_banner(&addr.to_string(), &operator.token);
-    application.run_until(shutdown_signal()).await
+    application.run_until(shutdown).await
 }
 
 fn print_banner(addr: &str, operator_token: &str) {

@@ -76,16 +76,25 @@ impl Application {
                 .await;
         }
         let readiness = tokio::spawn(watch_database(app.clone(), health.clone()));
+        let product_cache = tokio::spawn(app.clone().watch_products(settings.database_url.clone()));
+        let sweeper = tokio::spawn(app.clone().run_sweeper(server_args.sweep_interval()));
         let (referral_feed, feed_control, feed_task) =
             crate::service::events::ReferralFeed::start(app.clone());
         let referral_feed_task = tokio::spawn(feed_task);
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        // Reflection describes every service on the port, health and both reflection versions
+        // included, so `grpcurl list` shows what is really served.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                )
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let mut builder = Server::builder();
         if let (Some(cert), Some(key)) = (&server_args.tls_cert, &server_args.tls_key) {
@@ -146,6 +155,8 @@ impl Application {
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
             .await;
         readiness.abort();
+        product_cache.abort();
+        sweeper.abort();
         referral_feed_task.abort();
         result.context("serving")?;
         tracing::info!("stopped");
@@ -177,24 +188,27 @@ async fn watch_database(app: App, health: tonic_health::server::HealthReporter) 
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that arrives during start-up is not lost.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    #[cfg(unix)]
+    let interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+    async move {
+        #[cfg(unix)]
+        match (terminate, interrupt) {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = terminate.recv() => {},
+                    _ = interrupt.recv() => {},
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
+            _ => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -90,7 +90,8 @@ impl RegionCode {
         ascii(&self.0[..6])
     }
 
-    fn packed(&self) -> u64 {
+    /// The code as a big-endian `u64` (zero-padded), for prefix tests.
+    pub(crate) fn packed(&self) -> u64 {
         u64::from_be_bytes(self.0)
     }
 
@@ -111,9 +112,15 @@ impl RegionCode {
     /// How many leading digits two codes share, counted in whole levels:
     /// 6 (same county), 4 (same prefecture), 2 (same province) or 0.
     pub fn shared_levels(&self, other: &RegionCode) -> u8 {
-        let common = ((self.packed() ^ other.packed()).leading_zeros() / 8).min(6) as u8;
-        common - common % 2
+        shared_levels_packed(self.packed(), other.packed())
     }
+}
+
+/// [`RegionCode::shared_levels`] on packed codes.
+#[inline]
+pub(crate) fn shared_levels_packed(a: u64, b: u64) -> u8 {
+    let common = ((a ^ b).leading_zeros() / 8).min(6) as u8;
+    common - common % 2
 }
 
 /// A prefix of region codes (1 to 6 digits), e.g. `42` (Hubei) or `4213`
@@ -136,7 +143,13 @@ impl RegionPrefix {
     /// Whether `code` lies inside this prefix.
     #[inline]
     pub fn matches(&self, code: &RegionCode) -> bool {
-        code.packed() & prefix_mask(self.len) == u64::from_be_bytes(self.bytes)
+        let (value, mask) = self.packed_with_mask();
+        code.packed() & mask == value
+    }
+
+    /// `(value, mask)`: a packed code `c` matches when `c & mask == value`.
+    pub(crate) fn packed_with_mask(&self) -> (u64, u64) {
+        (u64::from_be_bytes(self.bytes), prefix_mask(self.len))
     }
 }
 
@@ -245,6 +258,11 @@ impl IndustryCode {
     pub fn section(&self) -> char {
         self.bytes[0] as char
     }
+
+    /// The code as a big-endian `u64` (zero-padded), for prefix tests.
+    pub(crate) fn packed(&self) -> u64 {
+        u64::from_be_bytes(self.bytes)
+    }
 }
 
 /// A prefix of industry codes, of the same shape as [`IndustryCode`]: `C`
@@ -268,7 +286,13 @@ impl IndustryPrefix {
     /// longer prefix never matches a shorter code).
     #[inline]
     pub fn matches(&self, code: &IndustryCode) -> bool {
-        u64::from_be_bytes(code.bytes) & prefix_mask(self.len) == u64::from_be_bytes(self.bytes)
+        let (value, mask) = self.packed_with_mask();
+        code.packed() & mask == value
+    }
+
+    /// `(value, mask)`: a packed code `c` matches when `c & mask == value`.
+    pub(crate) fn packed_with_mask(&self) -> (u64, u64) {
+        (u64::from_be_bytes(self.bytes), prefix_mask(self.len))
     }
 }
 

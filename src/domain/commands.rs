@@ -38,6 +38,11 @@ fn optional<T>(
     }
 }
 
+/// The most entries a repeated field of a command may have (prefix lists,
+/// region codes, designations): far above any real product, and a bound on
+/// what one request can make the server hold.
+pub const MAX_LIST_LEN: usize = 1_000;
+
 /// Parses each element of a repeated field, dropping exact duplicates (order
 /// of first appearance kept).
 fn each<T: PartialEq>(
@@ -47,6 +52,16 @@ fn each<T: PartialEq>(
     raw: &[String],
     parse: impl Fn(&str) -> Result<T, DomainError>,
 ) -> Vec<T> {
+    if raw.len() > MAX_LIST_LEN {
+        v.add(
+            path(prefix, name),
+            format!(
+                "must have at most {MAX_LIST_LEN} entries, got {}",
+                raw.len()
+            ),
+        );
+        return Vec::new();
+    }
     let mut out: Vec<T> = Vec::with_capacity(raw.len());
     for (i, item) in raw.iter().enumerate() {
         if let Some(value) = v.field(indexed(prefix, name, i), parse(item))
@@ -1340,6 +1355,18 @@ mod tests {
         assert_eq!(
             description(&v, "collateral_accepted"),
             "must name at least one of CREDIT, GUARANTEE, REAL_ESTATE, EQUIPMENT, RECEIVABLES, IP_PLEDGE, INVENTORY"
+        );
+    }
+
+    #[test]
+    fn repeated_fields_are_bounded() {
+        let many: Vec<String> = (0..=MAX_LIST_LEN).map(|_| "42".to_owned()).collect();
+        let collateral = [Some(Collateral::Credit)];
+        let v = NewProduct::parse(&product_input(&[], &many, &collateral, &[]), "").unwrap_err();
+        assert_eq!(fields(&v), ["region_prefixes"]);
+        assert_eq!(
+            description(&v, "region_prefixes"),
+            "must have at most 1000 entries, got 1001"
         );
     }
 

@@ -12,11 +12,12 @@ mod numbers;
 pub mod special_loan;
 mod text;
 
+pub(crate) use codes::shared_levels_packed;
 pub use codes::{IndustryCode, IndustryPrefix, ListCode, RegionCode, RegionPrefix};
 pub use commands::{
     DesignationInput, EnterpriseInput, EnterprisePatch, EnterprisePatchInput, LenderInput,
-    NeedInput, NewDesignation, NewEnterprise, NewLender, NewNeed, NewProduct, ProductInput,
-    ProductPatch, ProductPatchInput,
+    MAX_LIST_LEN, NeedInput, NewDesignation, NewEnterprise, NewLender, NewNeed, NewProduct,
+    ProductInput, ProductPatch, ProductPatchInput,
 };
 pub use credit_code::{CreditCode, credit_code_with_check};
 pub use dates::{parse_date, parse_uuid};

@@ -1,12 +1,33 @@
-//! FinancingService: not built yet; every RPC answers UNIMPLEMENTED.
+//! FinancingService: financing needs, their matching and routing to lenders.
 
-use tonic::{Request, Response, Status};
+use std::collections::HashMap;
 
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::auth::principal;
+use super::convert::{self, Bridge, check};
 use super::pb;
-use crate::service::{App, Error};
+use super::status::ERROR_DOMAIN;
+use crate::domain::{
+    DomainError, IndustryPrefix, NeedInput, NewNeed, Note, RegionPrefix, Violations,
+};
+use crate::matching::IneligibleReason;
+use crate::service::financing::{
+    IMPORT_BATCH, ImportItem, ImportOutcome, MatchCandidate, Need, NeedQuery, NeedWithReferrals,
+    PreviewSubject, Referral, Submission, reason,
+};
+use crate::service::paging::PageRequest;
+use crate::service::{App, Error, Idempotency};
+
+/// Longest idempotency key accepted.
+const MAX_KEY_LEN: usize = 128;
+/// Most open referrals RerouteNeed may ask for.
+const MAX_TARGET_OPEN: i32 = 10;
 
 pub struct FinancingHandler {
-    #[allow(dead_code)]
     app: App,
 }
 
@@ -20,50 +41,493 @@ impl FinancingHandler {
 impl pb::financing_service_server::FinancingService for FinancingHandler {
     async fn submit_need(
         &self,
-        _request: Request<pb::SubmitNeedRequest>,
+        request: Request<pb::SubmitNeedRequest>,
     ) -> Result<Response<pb::SubmitNeedResponse>, Status> {
-        Err(Error::Unimplemented("FinancingService.SubmitNeed").into())
+        let who = principal(&request)?;
+        let body = request.into_inner();
+        let mut v = Violations::default();
+        let idempotency = idempotency(&body.idempotency_key, body.need.as_ref(), &mut v);
+        let need = v.nested(parse_need(body.need.as_ref()));
+        check(v)?;
+        let submitted = self
+            .app
+            .submit_need(
+                &who,
+                idempotency.expect("checked"),
+                need.expect("checked"),
+                &encode_submitted,
+            )
+            .await
+            .map_err(to_status)?;
+        let response = match submitted {
+            Submission::Created(stored) => submitted_pb(stored),
+            Submission::Replayed(bytes) => pb::SubmitNeedResponse::decode(bytes.as_slice())
+                .map_err(|e| {
+                    Status::from(Error::Internal(anyhow::anyhow!(
+                        "saved SubmitNeed response does not decode: {e}"
+                    )))
+                })?,
+        };
+        Ok(Response::new(response))
     }
 
     async fn import_needs(
         &self,
-        _request: Request<tonic::Streaming<pb::ImportNeedsRequest>>,
+        request: Request<tonic::Streaming<pb::ImportNeedsRequest>>,
     ) -> Result<Response<pb::ImportNeedsResponse>, Status> {
-        Err(Error::Unimplemented("FinancingService.ImportNeeds").into())
+        let who = principal(&request)?;
+        let mut stream = request.into_inner();
+        let mut response = pb::ImportNeedsResponse::default();
+        let mut batch: Vec<ImportItem> = Vec::with_capacity(IMPORT_BATCH);
+        let mut index = 0usize;
+        while let Some(item) = stream.message().await? {
+            let mut v = Violations::default();
+            let idempotency = idempotency(&item.idempotency_key, item.need.as_ref(), &mut v);
+            let need = v.nested(parse_need(item.need.as_ref()));
+            match v.finish() {
+                Ok(()) => batch.push(ImportItem {
+                    index,
+                    idempotency: idempotency.expect("checked"),
+                    need: need.expect("checked"),
+                }),
+                Err(violations) => response.rejected.push(pb::ImportNeedsRejection {
+                    index: index as i64,
+                    idempotency_key: item.idempotency_key,
+                    error: Some(item_error(Error::InvalidArgument(violations))),
+                }),
+            }
+            index += 1;
+            if batch.len() == IMPORT_BATCH {
+                self.import_batch(&who, std::mem::take(&mut batch), &mut response)
+                    .await?;
+            }
+        }
+        self.import_batch(&who, batch, &mut response).await?;
+        response.rejected.sort_by_key(|r| r.index);
+        Ok(Response::new(response))
     }
 
     async fn preview_matches(
         &self,
-        _request: Request<pb::PreviewMatchesRequest>,
+        request: Request<pb::PreviewMatchesRequest>,
     ) -> Result<Response<pb::PreviewMatchesResponse>, Status> {
-        Err(Error::Unimplemented("FinancingService.PreviewMatches").into())
+        use pb::preview_matches_request::Subject;
+        let who = principal(&request)?;
+        let body = request.into_inner();
+        let mut v = Violations::default();
+        let subject = match &body.subject {
+            None => {
+                v.add(
+                    "need_id",
+                    "set need_id (a stored need) or need (an unsaved one)",
+                );
+                None
+            }
+            Some(Subject::NeedId(id)) => {
+                convert::id("need_id", id, &mut v).map(PreviewSubject::Stored)
+            }
+            Some(Subject::Need(need)) => v
+                .nested(parse_need(Some(need)))
+                .map(PreviewSubject::Unsaved),
+        };
+        check(v)?;
+        let candidates = self
+            .app
+            .preview_matches(&who, subject.expect("checked"))
+            .await?;
+        Ok(Response::new(pb::PreviewMatchesResponse {
+            candidates: candidates.into_iter().map(candidate_pb).collect(),
+        }))
     }
 
     async fn get_need(
         &self,
-        _request: Request<pb::GetNeedRequest>,
+        request: Request<pb::GetNeedRequest>,
     ) -> Result<Response<pb::GetNeedResponse>, Status> {
-        Err(Error::Unimplemented("FinancingService.GetNeed").into())
+        let who = principal(&request)?;
+        let mut v = Violations::default();
+        let id = convert::id("need_id", &request.get_ref().need_id, &mut v);
+        check(v)?;
+        let stored = self.app.get_need(&who, id.expect("checked")).await?;
+        Ok(Response::new(pb::GetNeedResponse {
+            need: Some(need_pb(stored.need)),
+            referrals: stored.referrals.into_iter().map(referral_pb).collect(),
+        }))
     }
 
     async fn list_needs(
         &self,
-        _request: Request<pb::ListNeedsRequest>,
+        request: Request<pb::ListNeedsRequest>,
     ) -> Result<Response<pb::ListNeedsResponse>, Status> {
-        Err(Error::Unimplemented("FinancingService.ListNeeds").into())
+        let who = principal(&request)?;
+        let body = request.into_inner();
+        let mut v = Violations::default();
+        let page = PageRequest::parse(body.page_size, &body.page_token, &mut v);
+        let mut statuses = Vec::with_capacity(body.statuses.len());
+        for (i, status) in convert::enums::<pb::NeedStatus>(&body.statuses)
+            .into_iter()
+            .enumerate()
+        {
+            match status {
+                Some(status) => statuses.push(status),
+                None => v.add(
+                    format!("statuses[{i}]"),
+                    DomainError::Missing.to_string() + "; name a need status",
+                ),
+            }
+        }
+        let enterprise_id = convert::optional_id("enterprise_id", &body.enterprise_id, &mut v);
+        let region_prefix = convert::optional(
+            "region_prefix",
+            &body.region_prefix,
+            RegionPrefix::parse,
+            &mut v,
+        );
+        let industry_prefix = convert::optional(
+            "industry_prefix",
+            &body.industry_prefix,
+            IndustryPrefix::parse,
+            &mut v,
+        );
+        let from = convert::instant("create_time_from", body.create_time_from.as_ref(), &mut v);
+        let to = convert::instant("create_time_to", body.create_time_to.as_ref(), &mut v);
+        if let (Some(from), Some(to)) = (from, to)
+            && to <= from
+        {
+            v.add(
+                "create_time_to",
+                format!("must be after create_time_from ({from}), got {to}"),
+            );
+        }
+        check(v)?;
+        let query = NeedQuery {
+            statuses,
+            enterprise_id: enterprise_id.flatten(),
+            region_prefix: region_prefix.flatten(),
+            industry_prefix: industry_prefix.flatten(),
+            created_from: from,
+            created_to: to,
+        };
+        let page = self
+            .app
+            .list_needs(&who, query, page.expect("checked"))
+            .await?;
+        Ok(Response::new(pb::ListNeedsResponse {
+            needs: page.items.into_iter().map(need_pb).collect(),
+            next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
+        }))
     }
 
     async fn withdraw_need(
         &self,
-        _request: Request<pb::WithdrawNeedRequest>,
+        request: Request<pb::WithdrawNeedRequest>,
     ) -> Result<Response<pb::WithdrawNeedResponse>, Status> {
-        Err(Error::Unimplemented("FinancingService.WithdrawNeed").into())
+        let who = principal(&request)?;
+        let body = request.into_inner();
+        let mut v = Violations::default();
+        let id = convert::id("need_id", &body.need_id, &mut v);
+        let reason = v.field("reason", Note::parse(&body.reason));
+        check(v)?;
+        let stored = self
+            .app
+            .withdraw_need(
+                &who,
+                id.expect("checked"),
+                reason.expect("checked").as_str().to_owned(),
+            )
+            .await?;
+        Ok(Response::new(pb::WithdrawNeedResponse {
+            need: Some(need_pb(stored.need)),
+            referrals: stored.referrals.into_iter().map(referral_pb).collect(),
+        }))
     }
 
     async fn reroute_need(
         &self,
-        _request: Request<pb::RerouteNeedRequest>,
+        request: Request<pb::RerouteNeedRequest>,
     ) -> Result<Response<pb::RerouteNeedResponse>, Status> {
-        Err(Error::Unimplemented("FinancingService.RerouteNeed").into())
+        let who = principal(&request)?;
+        let body = request.into_inner();
+        let mut v = Violations::default();
+        let id = convert::id("need_id", &body.need_id, &mut v);
+        let target = match body.target_open_referrals {
+            None => None,
+            Some(n) if (1..=MAX_TARGET_OPEN).contains(&n) => Some(n as usize),
+            Some(n) => {
+                v.add(
+                    "target_open_referrals",
+                    format!("must be between 1 and {MAX_TARGET_OPEN}, got {n}"),
+                );
+                None
+            }
+        };
+        check(v)?;
+        let rerouted = self
+            .app
+            .reroute_need(&who, id.expect("checked"), target)
+            .await?;
+        Ok(Response::new(pb::RerouteNeedResponse {
+            need: Some(need_pb(rerouted.need)),
+            referrals: rerouted.referrals.into_iter().map(referral_pb).collect(),
+        }))
+    }
+}
+
+impl FinancingHandler {
+    /// Stores one batch of import items and records each outcome in `response`.
+    async fn import_batch(
+        &self,
+        who: &crate::service::Principal,
+        batch: Vec<ImportItem>,
+        response: &mut pb::ImportNeedsResponse,
+    ) -> Result<(), Status> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<(usize, String)> = batch
+            .iter()
+            .map(|item| (item.index, item.idempotency.key.clone()))
+            .collect();
+        let outcomes = self.app.import_needs(who, batch, &encode_submitted).await?;
+        for ((index, key), outcome) in keys.into_iter().zip(outcomes) {
+            match outcome {
+                ImportOutcome::Accepted => response.accepted += 1,
+                ImportOutcome::Replayed => response.replayed += 1,
+                ImportOutcome::Rejected(error) => {
+                    response.rejected.push(pb::ImportNeedsRejection {
+                        index: index as i64,
+                        idempotency_key: key,
+                        error: Some(item_error(error)),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The idempotency of a SubmitNeed (or ImportNeeds item): the key, validated, and a fingerprint
+/// of the request without its key, so a retry with the same key can be told from a new request.
+fn idempotency(key: &str, need: Option<&pb::Need>, v: &mut Violations) -> Option<Idempotency> {
+    if key.is_empty() {
+        v.add("idempotency_key", DomainError::Missing.to_string());
+        return None;
+    }
+    if key.len() > MAX_KEY_LEN || !key.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        v.add(
+            "idempotency_key",
+            format!("must be 1 to {MAX_KEY_LEN} printable ASCII characters"),
+        );
+        return None;
+    }
+    // ImportNeedsRequest and SubmitNeedRequest share field numbers, so an imported item and the
+    // same need submitted alone have one fingerprint.
+    let unkeyed = pb::SubmitNeedRequest {
+        idempotency_key: String::new(),
+        need: need.cloned(),
+    };
+    Some(Idempotency {
+        key: key.to_owned(),
+        fingerprint: Sha256::digest(unkeyed.encode_to_vec()).to_vec(),
+    })
+}
+
+/// The need of a request, every bad field reported as `need.<field>`. A missing message reads as
+/// an empty one, so each required field is reported.
+fn parse_need(given: Option<&pb::Need>) -> Result<NewNeed, Violations> {
+    let empty = pb::Need::default();
+    let given = given.unwrap_or(&empty);
+    let collateral = convert::enums::<pb::Collateral>(&given.collateral);
+    let input = NeedInput {
+        enterprise_id: &given.enterprise_id,
+        amount_minor: given.amount_minor,
+        term_months: given.term_months,
+        purpose: pb::Purpose::to_domain(given.purpose),
+        collateral: &collateral,
+        max_rate_bps: given.max_rate_bps,
+        needed_by: &given.needed_by,
+        consent_to_share: given.consent_to_share,
+        channel: pb::Channel::to_domain(given.channel),
+        note: &given.note,
+    };
+    NewNeed::parse(&input, "need.", chrono::Utc::now().date_naive())
+}
+
+fn encode_submitted(stored: &NeedWithReferrals) -> Vec<u8> {
+    submitted_pb(stored.clone()).encode_to_vec()
+}
+
+fn submitted_pb(stored: NeedWithReferrals) -> pb::SubmitNeedResponse {
+    pb::SubmitNeedResponse {
+        need: Some(need_pb(stored.need)),
+        referrals: stored.referrals.into_iter().map(referral_pb).collect(),
+    }
+}
+
+/// The status of a SubmitNeed failure. A duplicate open need carries, besides the resource, an
+/// ErrorInfo with reason DUPLICATE_OPEN_NEED and the open need's id, as the contract promises.
+fn to_status(error: Error) -> Status {
+    match error {
+        Error::AlreadyExists {
+            entity: "need",
+            message,
+            existing_id,
+        } => {
+            let id = existing_id.unwrap_or_default();
+            let mut details = ErrorDetails::with_resource_info("need", id.clone(), "", &message);
+            details.set_error_info(
+                reason::DUPLICATE_OPEN_NEED,
+                ERROR_DOMAIN,
+                HashMap::from([("need_id".to_owned(), id)]),
+            );
+            Status::with_error_details(Code::AlreadyExists, message, details)
+        }
+        other => other.into(),
+    }
+}
+
+/// How an ImportNeeds item failed, as SubmitNeed would have said it.
+fn item_error(error: Error) -> pb::ItemError {
+    let message = error.to_string();
+    match error {
+        Error::InvalidArgument(violations) => pb::ItemError {
+            code: Code::InvalidArgument as i32,
+            reason: String::new(),
+            message,
+            field_violations: violations
+                .violations()
+                .iter()
+                .map(|f| pb::FieldViolation {
+                    field: f.field.clone(),
+                    description: f.description.clone(),
+                })
+                .collect(),
+        },
+        Error::NotFound { .. } => pb::ItemError {
+            code: Code::NotFound as i32,
+            message,
+            ..Default::default()
+        },
+        Error::AlreadyExists { .. } => pb::ItemError {
+            code: Code::AlreadyExists as i32,
+            reason: reason::DUPLICATE_OPEN_NEED.to_owned(),
+            message,
+            ..Default::default()
+        },
+        Error::FailedPrecondition { reason, .. } => pb::ItemError {
+            code: Code::FailedPrecondition as i32,
+            reason: reason.to_owned(),
+            message,
+            ..Default::default()
+        },
+        other => {
+            let status = Status::from(other);
+            pb::ItemError {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+                ..Default::default()
+            }
+        }
+    }
+}
+
+fn ineligibility(reason: IneligibleReason) -> pb::Ineligibility {
+    use pb::Ineligibility as P;
+    match reason {
+        IneligibleReason::ProductInactive => P::ProductInactive,
+        IneligibleReason::LenderInactive => P::LenderInactive,
+        IneligibleReason::AmountOutOfRange => P::AmountOutOfRange,
+        IneligibleReason::TermOutOfRange => P::TermOutOfRange,
+        IneligibleReason::RegionNotServed => P::RegionNotServed,
+        IneligibleReason::IndustryNotServed => P::IndustryNotServed,
+        IneligibleReason::CollateralNotAccepted => P::CollateralNotAccepted,
+        IneligibleReason::BelowMinimumSize => P::SizeBelowMinimum,
+        IneligibleReason::DesignationNotHeld => P::DesignationMissing,
+        IneligibleReason::RateAboveMaximum => P::RateBelowMinimum,
+        IneligibleReason::CapacityUsedUp => P::CapacityExhausted,
+        IneligibleReason::LenderAlreadyTried => P::AlreadyTried,
+        IneligibleReason::NoConsent => P::NoConsent,
+    }
+}
+
+fn candidate_pb(c: MatchCandidate) -> pb::MatchCandidate {
+    pb::MatchCandidate {
+        lender_id: c.lender_id.to_string(),
+        product_id: c.product_id.to_string(),
+        eligible: c.eligible,
+        score: c.score,
+        factors: c.factors.into_iter().map(factor_pb).collect(),
+        ineligible_reasons: c
+            .reasons
+            .into_iter()
+            .map(|(reason, detail)| pb::IneligibleReason {
+                code: ineligibility(reason) as i32,
+                detail,
+            })
+            .collect(),
+        selected: c.selected,
+        lender_name: c.lender_name,
+        product_name: c.product_name,
+    }
+}
+
+fn factor_pb(f: crate::service::routing::ScoreFactor) -> pb::ScoreFactor {
+    pb::ScoreFactor {
+        name: f.name,
+        value_bps: f.value_bps,
+        weight_bps: f.weight_bps,
+        points: f.points,
+        note: f.note,
+    }
+}
+
+pub fn need_pb(need: Need) -> pb::Need {
+    pb::Need {
+        id: need.id.to_string(),
+        enterprise_id: need.enterprise_id.to_string(),
+        amount_minor: need.amount_minor,
+        term_months: need.term_months,
+        purpose: pb::Purpose::from_domain(need.purpose),
+        collateral: need
+            .collateral
+            .into_iter()
+            .map(pb::Collateral::from_domain)
+            .collect(),
+        max_rate_bps: need.max_rate_bps,
+        needed_by: convert::date(need.needed_by),
+        consent_to_share: need.consent_to_share,
+        channel: pb::Channel::from_domain(need.channel),
+        note: need.note,
+        status: pb::NeedStatus::from_domain(need.status),
+        funded_minor: need.funded_minor,
+        create_time: convert::timestamp(need.created_at),
+        update_time: convert::timestamp(need.updated_at),
+    }
+}
+
+/// A referral as the bureau sees it (without the lender view's need and enterprise).
+pub fn referral_pb(referral: Referral) -> pb::Referral {
+    pb::Referral {
+        id: referral.id.to_string(),
+        need_id: referral.need_id.to_string(),
+        lender_id: referral.lender_id.to_string(),
+        product_id: referral.product_id.to_string(),
+        status: pb::ReferralStatus::from_domain(referral.status),
+        score: referral.score,
+        factors: referral.factors.into_iter().map(factor_pb).collect(),
+        sla_deadline: convert::timestamp(referral.sla_deadline),
+        decline_reason: referral
+            .decline_reason
+            .map_or(0, pb::DeclineReason::from_domain),
+        decline_note: referral.decline_note.unwrap_or_default(),
+        info_request_message: referral.info_request.unwrap_or_default(),
+        approved_amount_minor: referral.approved_amount_minor,
+        approved_rate_bps: referral.approved_rate_bps,
+        approved_term_months: referral.approved_term_months,
+        disbursed_minor: 0,
+        create_time: convert::timestamp(referral.created_at),
+        update_time: convert::timestamp(referral.updated_at),
+        need: None,
+        enterprise: None,
     }
 }

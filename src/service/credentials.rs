@@ -101,7 +101,11 @@ impl App {
                 audit::record(
                     conn,
                     who,
-                    "finmatch.v1.LenderService/IssueCredential",
+                    if who.is_some() {
+                        "finmatch.v1.LenderService/IssueCredential"
+                    } else {
+                        "cli/credentials create"
+                    },
                     "credential",
                     row.id,
                     serde_json::json!({
@@ -140,7 +144,11 @@ impl App {
                 audit::record(
                     conn,
                     who,
-                    "finmatch.v1.LenderService/RevokeCredential",
+                    if who.is_some() {
+                        "finmatch.v1.LenderService/RevokeCredential"
+                    } else {
+                        "cli/credentials revoke"
+                    },
                     "credential",
                     id,
                     serde_json::json!({}),

@@ -296,7 +296,7 @@ fn values(product: &NewProduct) -> ProductValues<'_> {
 }
 
 /// The stored product as a validated domain value (the database holds only valid products).
-fn stored_product(row: &ProductRow) -> Result<NewProduct> {
+pub(crate) fn stored_product(row: &ProductRow) -> Result<NewProduct> {
     let lender_id = row.lender_id.to_string();
     let industry = strings(row.industry_prefixes.clone());
     let region = strings(row.region_prefixes.clone());

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::domain::Role;
+use crate::matching::RoutingPolicy;
 use crate::storage::{self, DbPool, PooledConnection};
 
 pub mod audit;
@@ -15,9 +16,11 @@ pub mod credentials;
 pub mod enterprises;
 pub mod error;
 pub mod events;
+pub mod financing;
 pub mod lenders;
 pub mod paging;
 pub mod partner;
+pub mod routing;
 
 pub use error::{Error, Result, reason};
 
@@ -29,13 +32,33 @@ pub struct App {
 
 struct Inner {
     pool: DbPool,
+    /// Products as matching reads them; refreshed, never authoritative (see `routing`).
+    products: routing::ProductCache,
+    policy: RoutingPolicy,
 }
 
 impl App {
     pub fn new(pool: DbPool) -> Self {
+        Self::with_policy(pool, RoutingPolicy::default())
+    }
+
+    /// An app routing by `policy`, which must pass [`RoutingPolicy::validate`].
+    pub fn with_policy(pool: DbPool, policy: RoutingPolicy) -> Self {
         Self {
-            inner: Arc::new(Inner { pool }),
+            inner: Arc::new(Inner {
+                pool,
+                products: routing::ProductCache::default(),
+                policy,
+            }),
         }
+    }
+
+    pub fn policy(&self) -> &RoutingPolicy {
+        &self.inner.policy
+    }
+
+    pub(crate) fn products(&self) -> &routing::ProductCache {
+        &self.inner.products
     }
 
     pub fn pool(&self) -> &DbPool {

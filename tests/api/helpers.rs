@@ -283,7 +283,73 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
 }
 
 /// The `ErrorInfo.reason` of a status, if any.
+#[allow(dead_code)] // for the FAILED_PRECONDITION tests of the later services
 pub fn error_reason(status: &tonic::Status) -> Option<String> {
     use tonic_types::StatusExt;
     status.get_details_error_info().map(|info| info.reason)
+}
+
+/// A valid unified social credit code, different for each `n`.
+pub fn credit_code(n: u32) -> String {
+    finmatch::domain::credit_code_with_check(&format!("9142130073{n:07}"))
+}
+
+/// A lender created through the API by the operator; returns its id.
+pub async fn create_lender(app: &TestApp, name: &str) -> Uuid {
+    use finmatch::grpc::pb;
+    let mut client = pb::lender_service_client::LenderServiceClient::new(app.channel.clone());
+    let lender = client
+        .create_lender(authed(
+            pb::CreateLenderRequest {
+                lender: Some(pb::Lender {
+                    name: name.into(),
+                    kind: pb::LenderKind::CityCommercial as i32,
+                    region_codes: vec!["421300".into()],
+                    ..Default::default()
+                }),
+            },
+            &app.operator,
+        ))
+        .await
+        .expect("create a lender")
+        .into_inner()
+        .lender
+        .unwrap();
+    lender.id.parse().unwrap()
+}
+
+/// An enterprise in Suizhou (421300), manufacturing (C2720), small.
+pub fn enterprise(n: u32) -> finmatch::grpc::pb::Enterprise {
+    use finmatch::grpc::pb;
+    pb::Enterprise {
+        credit_code: credit_code(n),
+        name: format!("Suizhou Medical Supplies No. {n}"),
+        region_code: "421303".into(),
+        industry_code: "C2720".into(),
+        size: pb::EnterpriseSize::Small as i32,
+        above_designated_size: true,
+        employees: 120,
+        annual_revenue_minor: 8_000_000_000,
+        contact_name: "Li Wei".into(),
+        contact_phone: "+86 722 1234567".into(),
+        ..Default::default()
+    }
+}
+
+/// Rows of the audit log for one RPC, read straight from PostgreSQL.
+pub async fn audit_rows(app: &TestApp, rpc: &str) -> Vec<(String, String, String)> {
+    let (client, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .query(
+            "SELECT principal_role, entity_type, entity_id FROM audit_log WHERE rpc = $1 ORDER BY id",
+            &[&rpc],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect()
 }

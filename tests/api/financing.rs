@@ -1,0 +1,1074 @@
+//! FinancingService end to end: preview, submit and routing, idempotency, duplicates, consent,
+//! validation, fair load spreading, import, withdrawal, and the SLA sweeper on one and two
+//! replicas.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{TimeDelta, Utc};
+use finmatch::domain::{Role, credit_code_with_check};
+use finmatch::grpc::pb;
+use pb::enterprise_service_client::EnterpriseServiceClient;
+use pb::financing_service_client::FinancingServiceClient;
+use pb::lender_service_client::LenderServiceClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::helpers::{TestApp, authed, error_reason, violated_fields};
+
+/// Makes credit codes unique across the tests of one run.
+static NEXT_CODE: AtomicU64 = AtomicU64::new(1);
+
+const REGION: &str = "421300";
+const NEEDED_BY: &str = "2030-06-30";
+
+fn financing(app: &TestApp) -> FinancingServiceClient<Channel> {
+    FinancingServiceClient::new(app.channel.clone())
+}
+
+async fn enterprise(app: &TestApp) -> String {
+    let n = NEXT_CODE.fetch_add(1, Ordering::Relaxed);
+    let credit_code = credit_code_with_check(&format!("91{REGION}{n:09}"));
+    EnterpriseServiceClient::new(app.channel.clone())
+        .create_enterprise(authed(
+            pb::CreateEnterpriseRequest {
+                enterprise: Some(pb::Enterprise {
+                    credit_code,
+                    name: format!("Suizhou Works No. {n}"),
+                    region_code: REGION.into(),
+                    industry_code: "C2720".into(),
+                    size: pb::EnterpriseSize::Small as i32,
+                    employees: 120,
+                    annual_revenue_minor: 5_000_000_000,
+                    contact_name: "Li Lei".into(),
+                    ..Default::default()
+                }),
+            },
+            &app.operator,
+        ))
+        .await
+        .expect("create enterprise")
+        .into_inner()
+        .enterprise
+        .unwrap()
+        .id
+}
+
+/// What differs between the test lenders' products.
+#[derive(Clone, Copy)]
+struct Offer {
+    min_rate_bps: i32,
+    max_rate_bps: i32,
+    max_amount_minor: i64,
+    response_sla_hours: i32,
+    daily_capacity: i32,
+}
+
+const OFFER: Offer = Offer {
+    min_rate_bps: 350,
+    max_rate_bps: 450,
+    max_amount_minor: 1_000_000_000,
+    response_sla_hours: 48,
+    daily_capacity: 500,
+};
+
+/// A lender serving the test region with one product; returns (lender_id, product_id).
+async fn lender(app: &TestApp, name: &str, offer: Offer) -> (String, String) {
+    let mut lenders = LenderServiceClient::new(app.channel.clone());
+    let lender_id = lenders
+        .create_lender(authed(
+            pb::CreateLenderRequest {
+                lender: Some(pb::Lender {
+                    name: name.into(),
+                    kind: pb::LenderKind::CityCommercial as i32,
+                    region_codes: vec![REGION.into()],
+                    active: Some(true),
+                    ..Default::default()
+                }),
+            },
+            &app.operator,
+        ))
+        .await
+        .expect("create lender")
+        .into_inner()
+        .lender
+        .unwrap()
+        .id;
+    let product_id = lenders
+        .create_product(authed(
+            pb::CreateProductRequest {
+                product: Some(pb::Product {
+                    lender_id: lender_id.clone(),
+                    name: format!("{name} working capital loan"),
+                    min_amount_minor: 10_000_000,
+                    max_amount_minor: offer.max_amount_minor,
+                    min_term_months: 6,
+                    max_term_months: 36,
+                    collateral_accepted: vec![
+                        pb::Collateral::Credit as i32,
+                        pb::Collateral::RealEstate as i32,
+                    ],
+                    min_size: pb::EnterpriseSize::Micro as i32,
+                    min_rate_bps: offer.min_rate_bps,
+                    max_rate_bps: offer.max_rate_bps,
+                    daily_capacity: offer.daily_capacity,
+                    response_sla_hours: offer.response_sla_hours,
+                    active: Some(true),
+                    ..Default::default()
+                }),
+            },
+            &app.operator,
+        ))
+        .await
+        .expect("create product")
+        .into_inner()
+        .product
+        .unwrap()
+        .id;
+    (lender_id, product_id)
+}
+
+fn need(enterprise_id: &str, purpose: pb::Purpose) -> pb::Need {
+    pb::Need {
+        enterprise_id: enterprise_id.into(),
+        amount_minor: 300_000_000,
+        term_months: 12,
+        purpose: purpose as i32,
+        collateral: vec![pb::Collateral::RealEstate as i32],
+        max_rate_bps: None,
+        needed_by: NEEDED_BY.into(),
+        consent_to_share: true,
+        channel: pb::Channel::Bureau as i32,
+        note: "payroll through the spring".into(),
+        ..Default::default()
+    }
+}
+
+async fn submit(
+    app: &TestApp,
+    key: &str,
+    need: pb::Need,
+) -> Result<pb::SubmitNeedResponse, tonic::Status> {
+    financing(app)
+        .submit_need(authed(
+            pb::SubmitNeedRequest {
+                idempotency_key: key.into(),
+                need: Some(need),
+            },
+            &app.operator,
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn get_need(app: &TestApp, id: &str) -> pb::GetNeedResponse {
+    financing(app)
+        .get_need(authed(
+            pb::GetNeedRequest { need_id: id.into() },
+            &app.operator,
+        ))
+        .await
+        .expect("get need")
+        .into_inner()
+}
+
+/// A plain client on the test database, for counting what the API does not expose.
+async fn database(app: &TestApp) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(connection);
+    client
+}
+
+async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+/// Four eligible lenders at falling prices, one whose product is too small and one serving
+/// another region. Returns the lender ids, cheapest first, and the two ineligible product ids.
+async fn market(app: &TestApp) -> (Vec<String>, String, String) {
+    let mut eligible = Vec::new();
+    for (i, min_rate) in [320, 380, 440, 500].into_iter().enumerate() {
+        let offer = Offer {
+            min_rate_bps: min_rate,
+            max_rate_bps: min_rate + 100,
+            ..OFFER
+        };
+        eligible.push(lender(app, &format!("Bank {i}"), offer).await.0);
+    }
+    let (_, too_small) = lender(
+        app,
+        "Small Ticket Bank",
+        Offer {
+            max_amount_minor: 50_000_000,
+            ..OFFER
+        },
+    )
+    .await;
+    let mut lenders = LenderServiceClient::new(app.channel.clone());
+    let far = lenders
+        .create_lender(authed(
+            pb::CreateLenderRequest {
+                lender: Some(pb::Lender {
+                    name: "Faraway Rural Bank".into(),
+                    kind: pb::LenderKind::Rural as i32,
+                    region_codes: vec!["110000".into()],
+                    active: Some(true),
+                    ..Default::default()
+                }),
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .lender
+        .unwrap()
+        .id;
+    let far_product = lenders
+        .create_product(authed(
+            pb::CreateProductRequest {
+                product: Some(pb::Product {
+                    lender_id: far,
+                    name: "Beijing loan".into(),
+                    min_amount_minor: 10_000_000,
+                    max_amount_minor: 1_000_000_000,
+                    min_term_months: 6,
+                    max_term_months: 36,
+                    collateral_accepted: vec![pb::Collateral::RealEstate as i32],
+                    min_size: pb::EnterpriseSize::Micro as i32,
+                    min_rate_bps: 300,
+                    max_rate_bps: 400,
+                    daily_capacity: 100,
+                    response_sla_hours: 48,
+                    active: Some(true),
+                    ..Default::default()
+                }),
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .product
+        .unwrap()
+        .id;
+    (eligible, too_small, far_product)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_lists_every_product_with_reasons_or_factors_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let (eligible, too_small, far) = market(&app).await;
+    let enterprise_id = enterprise(&app).await;
+
+    let candidates = financing(&app)
+        .preview_matches(authed(
+            pb::PreviewMatchesRequest {
+                subject: Some(pb::preview_matches_request::Subject::Need(need(
+                    &enterprise_id,
+                    pb::Purpose::Payroll,
+                ))),
+            },
+            &app.operator,
+        ))
+        .await
+        .expect("preview")
+        .into_inner()
+        .candidates;
+
+    assert_eq!(candidates.len(), 6);
+    let ranked: Vec<&str> = candidates[..4]
+        .iter()
+        .map(|c| c.lender_id.as_str())
+        .collect();
+    assert_eq!(
+        ranked,
+        eligible.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    for (i, c) in candidates[..4].iter().enumerate() {
+        assert!(c.eligible, "{c:?}");
+        assert!(c.ineligible_reasons.is_empty());
+        assert_eq!(c.factors.len(), 7);
+        assert_eq!(c.factors.iter().map(|f| f.points).sum::<i32>(), c.score);
+        assert_eq!(c.factors.iter().map(|f| f.weight_bps).sum::<i32>(), 10_000);
+        assert!(c.factors.iter().all(|f| !f.note.is_empty()));
+        assert_eq!(c.selected, i < 3, "the top three are selected");
+        assert_eq!(c.lender_name, format!("Bank {i}"));
+    }
+    assert!(candidates[0].score > candidates[1].score);
+    assert!(candidates[2].score > candidates[3].score);
+    let reasons: HashMap<&str, Vec<i32>> = candidates[4..]
+        .iter()
+        .map(|c| {
+            assert!(!c.eligible);
+            assert!(!c.selected);
+            assert_eq!(c.score, 0);
+            assert!(c.factors.is_empty());
+            (
+                c.product_id.as_str(),
+                c.ineligible_reasons.iter().map(|r| r.code).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons[too_small.as_str()],
+        [pb::Ineligibility::AmountOutOfRange as i32]
+    );
+    assert_eq!(
+        reasons[far.as_str()],
+        [pb::Ineligibility::RegionNotServed as i32]
+    );
+    let db = database(&app).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM needs").await, 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM referrals").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_routes_exactly_the_three_best_distinct_lenders_of_the_preview() {
+    let app = TestApp::spawn().await;
+    let (eligible, _, _) = market(&app).await;
+    let enterprise_id = enterprise(&app).await;
+    let wanted = need(&enterprise_id, pb::Purpose::Payroll);
+    let preview = financing(&app)
+        .preview_matches(authed(
+            pb::PreviewMatchesRequest {
+                subject: Some(pb::preview_matches_request::Subject::Need(wanted.clone())),
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .candidates;
+    let selected: Vec<(String, i32)> = preview
+        .iter()
+        .filter(|c| c.selected)
+        .map(|c| (c.product_id.clone(), c.score))
+        .collect();
+
+    let submitted = submit(&app, "submit-1", wanted).await.expect("submit");
+
+    let need = submitted.need.unwrap();
+    assert_eq!(need.status, pb::NeedStatus::Routed as i32);
+    let routed: Vec<(String, i32)> = submitted
+        .referrals
+        .iter()
+        .map(|r| (r.product_id.clone(), r.score))
+        .collect();
+    assert_eq!(routed, selected);
+    let lenders: Vec<&str> = submitted
+        .referrals
+        .iter()
+        .map(|r| r.lender_id.as_str())
+        .collect();
+    assert_eq!(lenders, [&eligible[0], &eligible[1], &eligible[2]]);
+    for referral in &submitted.referrals {
+        assert_eq!(referral.status, pb::ReferralStatus::Pending as i32);
+        assert_eq!(referral.need_id, need.id);
+        assert_eq!(referral.factors.len(), 7);
+        let created = referral.create_time.unwrap().seconds;
+        let deadline = referral.sla_deadline.unwrap().seconds;
+        assert_eq!(
+            deadline - created,
+            48 * 3600,
+            "deadline is the product's SLA"
+        );
+    }
+    let stored = get_need(&app, &need.id).await;
+    assert_eq!(stored.referrals.len(), 3);
+    let db = database(&app).await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM referral_events WHERE kind = 'CREATED'"
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT coalesce(sum(referrals), 0)::int8 FROM product_daily_usage"
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM audit_log WHERE rpc = 'finmatch.v1.FinancingService/SubmitNeed'"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_returns_the_first_response_and_key_reuse_is_refused() {
+    let app = TestApp::spawn().await;
+    market(&app).await;
+    let enterprise_id = enterprise(&app).await;
+    let wanted = need(&enterprise_id, pb::Purpose::Payroll);
+
+    let first = submit(&app, "key-1", wanted.clone()).await.unwrap();
+    let again = submit(&app, "key-1", wanted.clone()).await.unwrap();
+    assert_eq!(again, first);
+
+    let mut other = wanted;
+    other.amount_minor += 1;
+    let reused = submit(&app, "key-1", other).await.unwrap_err();
+    assert_eq!(reused.code(), Code::FailedPrecondition);
+    assert_eq!(
+        error_reason(&reused).as_deref(),
+        Some("IDEMPOTENCY_KEY_REUSED")
+    );
+    let db = database(&app).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM needs").await, 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM referrals").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_open_need_for_the_same_purpose_is_already_exists_naming_the_first() {
+    use tonic_types::StatusExt;
+    let app = TestApp::spawn().await;
+    market(&app).await;
+    let enterprise_id = enterprise(&app).await;
+    let first = submit(&app, "a", need(&enterprise_id, pb::Purpose::Payroll))
+        .await
+        .unwrap()
+        .need
+        .unwrap();
+
+    let duplicate = submit(&app, "b", need(&enterprise_id, pb::Purpose::Payroll))
+        .await
+        .unwrap_err();
+
+    assert_eq!(duplicate.code(), Code::AlreadyExists);
+    assert_eq!(
+        error_reason(&duplicate).as_deref(),
+        Some("DUPLICATE_OPEN_NEED")
+    );
+    let info = duplicate.get_details_error_info().unwrap();
+    assert_eq!(info.metadata["need_id"], first.id);
+    assert!(duplicate.message().contains(&first.id));
+    // Another purpose is a different need.
+    let other = submit(&app, "c", need(&enterprise_id, pb::Purpose::Equipment))
+        .await
+        .unwrap();
+    assert_eq!(other.need.unwrap().status, pb::NeedStatus::Routed as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn need_without_consent_is_stored_but_never_routed() {
+    let app = TestApp::spawn().await;
+    market(&app).await;
+    let enterprise_id = enterprise(&app).await;
+    let mut private = need(&enterprise_id, pb::Purpose::Payroll);
+    private.consent_to_share = false;
+
+    let submitted = submit(&app, "private", private).await.unwrap();
+
+    let stored = submitted.need.unwrap();
+    assert_eq!(stored.status, pb::NeedStatus::Submitted as i32);
+    assert!(submitted.referrals.is_empty());
+    assert!(get_need(&app, &stored.id).await.referrals.is_empty());
+    let preview = financing(&app)
+        .preview_matches(authed(
+            pb::PreviewMatchesRequest {
+                subject: Some(pb::preview_matches_request::Subject::NeedId(
+                    stored.id.clone(),
+                )),
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .candidates;
+    assert_eq!(preview.len(), 6);
+    assert!(preview.iter().all(|c| {
+        !c.eligible
+            && !c.selected
+            && c.ineligible_reasons
+                .iter()
+                .any(|r| r.code == pb::Ineligibility::NoConsent as i32)
+    }));
+    let reroute = financing(&app)
+        .reroute_need(authed(
+            pb::RerouteNeedRequest {
+                need_id: stored.id,
+                target_open_referrals: None,
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reroute.code(), Code::FailedPrecondition);
+    assert_eq!(error_reason(&reroute).as_deref(), Some("NO_CONSENT"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_names_every_bad_field_and_stores_nothing() {
+    let app = TestApp::spawn().await;
+    let bad = pb::Need {
+        enterprise_id: "not-a-uuid".into(),
+        amount_minor: 0,
+        term_months: 0,
+        purpose: 0,
+        collateral: vec![],
+        max_rate_bps: Some(-5),
+        needed_by: "2020-13-01".into(),
+        channel: 0,
+        ..Default::default()
+    };
+
+    let status = submit(&app, "", bad).await.unwrap_err();
+
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        violated_fields(&status),
+        [
+            "idempotency_key",
+            "need.amount_minor",
+            "need.channel",
+            "need.collateral",
+            "need.enterprise_id",
+            "need.max_rate_bps",
+            "need.needed_by",
+            "need.purpose",
+            "need.term_months",
+        ]
+    );
+    let unknown = submit(
+        &app,
+        "k",
+        need("7b0e4f4c-6f1b-4c55-9a3e-2f3f1f0c9d11", pb::Purpose::Payroll),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    let db = database(&app).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM needs").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lenders_cannot_use_the_financing_service() {
+    let app = TestApp::spawn().await;
+    let (lender_id, _) = lender(&app, "Bank", OFFER).await;
+    let token = app
+        .token(Role::Lender, Some(lender_id.parse().unwrap()))
+        .await;
+    let status = financing(&app)
+        .list_needs(authed(pb::ListNeedsRequest::default(), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_equal_lenders_share_fifty_needs_evenly() {
+    let app = TestApp::spawn().await;
+    let mut lenders = Vec::new();
+    for i in 0..5 {
+        lenders.push(lender(&app, &format!("Equal Bank {i}"), OFFER).await.0);
+    }
+    let mut shares: BTreeMap<String, usize> = lenders.iter().map(|l| (l.clone(), 0)).collect();
+
+    for i in 0..50 {
+        let enterprise_id = enterprise(&app).await;
+        let submitted = submit(
+            &app,
+            &format!("even-{i}"),
+            need(&enterprise_id, pb::Purpose::WorkingCapital),
+        )
+        .await
+        .unwrap();
+        assert_eq!(submitted.referrals.len(), 3);
+        for referral in submitted.referrals {
+            *shares.get_mut(&referral.lender_id).unwrap() += 1;
+        }
+    }
+
+    // 50 needs × 3 referrals over 5 lenders: 30 each.
+    for (lender, share) in &shares {
+        assert!(
+            (29..=31).contains(share),
+            "{lender} got {share}: {shares:?}"
+        );
+    }
+    assert_eq!(shares.values().sum::<usize>(), 150);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submits_never_exceed_a_products_daily_capacity() {
+    let app = TestApp::spawn().await;
+    let (tight, tight_product) = lender(
+        &app,
+        "Tight Bank",
+        Offer {
+            daily_capacity: 2,
+            ..OFFER
+        },
+    )
+    .await;
+    let mut owners = Vec::new();
+    for _ in 0..6 {
+        owners.push(enterprise(&app).await);
+    }
+
+    let keys: Vec<String> = (0..owners.len()).map(|i| format!("cap-{i}")).collect();
+    let submits = owners
+        .iter()
+        .zip(&keys)
+        .map(|(owner, key)| submit(&app, key, need(owner, pb::Purpose::Payroll)));
+    let results = futures::future::join_all(submits).await;
+
+    let mut routed = 0;
+    let mut unmatched = Vec::new();
+    for result in results {
+        let submitted = result.expect("submit");
+        let status = submitted.need.as_ref().unwrap().status;
+        if status == pb::NeedStatus::Routed as i32 {
+            routed += 1;
+            assert_eq!(submitted.referrals[0].lender_id, tight);
+        } else {
+            assert_eq!(status, pb::NeedStatus::Unmatched as i32);
+            assert!(submitted.referrals.is_empty());
+            unmatched.push(submitted.need.unwrap().id);
+        }
+    }
+    assert_eq!((routed, unmatched.len()), (2, 4));
+    let preview = financing(&app)
+        .preview_matches(authed(
+            pb::PreviewMatchesRequest {
+                subject: Some(pb::preview_matches_request::Subject::NeedId(
+                    unmatched[0].clone(),
+                )),
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .candidates;
+    assert_eq!(preview[0].product_id, tight_product);
+    assert_eq!(
+        preview[0]
+            .ineligible_reasons
+            .iter()
+            .map(|r| r.code)
+            .collect::<Vec<_>>(),
+        [pb::Ineligibility::CapacityExhausted as i32]
+    );
+}
+
+fn import_item(key: String, need: pb::Need) -> pb::ImportNeedsRequest {
+    pb::ImportNeedsRequest {
+        idempotency_key: key,
+        need: Some(need),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_accepts_good_items_reports_bad_ones_and_a_repeat_adds_nothing() {
+    let app = TestApp::spawn().await;
+    lender(&app, "Import Bank", OFFER).await;
+    let purposes = [
+        pb::Purpose::WorkingCapital,
+        pb::Purpose::Payroll,
+        pb::Purpose::RawMaterials,
+        pb::Purpose::Equipment,
+        pb::Purpose::Expansion,
+        pb::Purpose::Conversion,
+        pb::Purpose::Refinancing,
+    ];
+    let mut enterprises = Vec::new();
+    for _ in 0..29 {
+        enterprises.push(enterprise(&app).await);
+    }
+    let mut items = Vec::new();
+    for i in 0..200 {
+        let owner = &enterprises[i / purposes.len()];
+        items.push(import_item(
+            format!("row-{i}"),
+            need(owner, purposes[i % purposes.len()]),
+        ));
+    }
+    let mut zero = need(&enterprises[28], pb::Purpose::Refinancing);
+    zero.amount_minor = 0;
+    items.insert(17, import_item("row-bad-amount".into(), zero));
+    items.insert(
+        150,
+        import_item(
+            "row-bad-enterprise".into(),
+            need("7b0e4f4c-6f1b-4c55-9a3e-2f3f1f0c9d11", pb::Purpose::Payroll),
+        ),
+    );
+
+    let first = import(&app, items.clone()).await;
+
+    assert_eq!((first.accepted, first.replayed), (200, 0));
+    assert_eq!(first.rejected.len(), 2);
+    let bad_amount = &first.rejected[0];
+    assert_eq!(
+        (bad_amount.index, bad_amount.idempotency_key.as_str()),
+        (17, "row-bad-amount")
+    );
+    let error = bad_amount.error.as_ref().unwrap();
+    assert_eq!(error.code, Code::InvalidArgument as i32);
+    assert_eq!(error.field_violations[0].field, "need.amount_minor");
+    let bad_enterprise = &first.rejected[1];
+    assert_eq!(bad_enterprise.index, 150);
+    assert_eq!(
+        bad_enterprise.error.as_ref().unwrap().code,
+        Code::NotFound as i32
+    );
+
+    let again = import(&app, items).await;
+    assert_eq!((again.accepted, again.replayed), (0, 200));
+    assert_eq!(again.rejected.len(), 2);
+    let db = database(&app).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM needs").await, 200);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM needs WHERE status = 'ROUTED'").await,
+        200
+    );
+    let listed = financing(&app)
+        .list_needs(authed(
+            pb::ListNeedsRequest {
+                page_size: 1000,
+                statuses: vec![pb::NeedStatus::Routed as i32],
+                ..Default::default()
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.needs.len(), 200);
+    assert_eq!(listed.next_page_token, "");
+}
+
+async fn import(app: &TestApp, items: Vec<pb::ImportNeedsRequest>) -> pb::ImportNeedsResponse {
+    financing(app)
+        .import_needs(authed(tokio_stream::iter(items), &app.operator))
+        .await
+        .expect("import")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_needs_pages_and_filters() {
+    let app = TestApp::spawn().await;
+    let first = enterprise(&app).await;
+    let second = enterprise(&app).await;
+    for (i, purpose) in [
+        pb::Purpose::Payroll,
+        pb::Purpose::Equipment,
+        pb::Purpose::Expansion,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        submit(&app, &format!("l-{i}"), need(&first, purpose))
+            .await
+            .unwrap();
+    }
+    submit(&app, "l-x", need(&second, pb::Purpose::Payroll))
+        .await
+        .unwrap();
+    let mut client = financing(&app);
+    let page = |token: String| pb::ListNeedsRequest {
+        page_size: 2,
+        page_token: token,
+        enterprise_id: first.clone(),
+        ..Default::default()
+    };
+    let one = client
+        .list_needs(authed(page(String::new()), &app.operator))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(one.needs.len(), 2);
+    assert_ne!(one.next_page_token, "");
+    let two = client
+        .list_needs(authed(page(one.next_page_token), &app.operator))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(two.needs.len(), 1);
+    assert_eq!(two.next_page_token, "");
+    assert!(two.needs.iter().all(|n| n.enterprise_id == first));
+    // No lenders: every need is UNMATCHED.
+    let unmatched = client
+        .list_needs(authed(
+            pb::ListNeedsRequest {
+                statuses: vec![pb::NeedStatus::Unmatched as i32],
+                region_prefix: "4213".into(),
+                ..Default::default()
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(unmatched.needs.len(), 4);
+    let bad = client
+        .list_needs(authed(
+            pb::ListNeedsRequest {
+                page_size: -1,
+                statuses: vec![0],
+                ..Default::default()
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&bad), ["page_size", "statuses[0]"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdrawing_a_need_cancels_its_open_referrals() {
+    let app = TestApp::spawn().await;
+    market(&app).await;
+    let enterprise_id = enterprise(&app).await;
+    let submitted = submit(&app, "w", need(&enterprise_id, pb::Purpose::Payroll))
+        .await
+        .unwrap();
+    let id = submitted.need.unwrap().id;
+    let withdraw = || {
+        let mut client = financing(&app);
+        let request = authed(
+            pb::WithdrawNeedRequest {
+                need_id: id.clone(),
+                reason: "financed by a shareholder loan".into(),
+            },
+            &app.operator,
+        );
+        async move { client.withdraw_need(request).await }
+    };
+
+    let withdrawn = withdraw().await.unwrap().into_inner();
+
+    assert_eq!(
+        withdrawn.need.as_ref().unwrap().status,
+        pb::NeedStatus::Withdrawn as i32
+    );
+    assert_eq!(withdrawn.referrals.len(), 3);
+    assert!(
+        withdrawn
+            .referrals
+            .iter()
+            .all(|r| r.status == pb::ReferralStatus::Cancelled as i32)
+    );
+    let again = withdraw().await.unwrap().into_inner();
+    assert_eq!(again.need, withdrawn.need);
+    let db = database(&app).await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM referral_events WHERE kind = 'CANCELLED'"
+        )
+        .await,
+        3
+    );
+    // The purpose is free again.
+    let next = submit(&app, "w2", need(&enterprise_id, pb::Purpose::Payroll))
+        .await
+        .unwrap();
+    assert_eq!(next.need.unwrap().status, pb::NeedStatus::Routed as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeper_expires_an_overdue_referral_and_routes_the_need_to_a_fourth_lender() {
+    let app = TestApp::spawn().await;
+    let mut lenders = Vec::new();
+    // The cheapest bank answers within a day; the others have three.
+    for (i, (rate, sla)) in [(300, 24), (340, 72), (380, 72), (420, 72)]
+        .into_iter()
+        .enumerate()
+    {
+        let offer = Offer {
+            min_rate_bps: rate,
+            max_rate_bps: rate + 100,
+            response_sla_hours: sla,
+            ..OFFER
+        };
+        lenders.push(lender(&app, &format!("Bank {i}"), offer).await.0);
+    }
+    let enterprise_id = enterprise(&app).await;
+    let submitted = submit(&app, "s", need(&enterprise_id, pb::Purpose::Payroll))
+        .await
+        .unwrap();
+    let id = submitted.need.unwrap().id;
+    let first: Vec<&str> = submitted
+        .referrals
+        .iter()
+        .map(|r| r.lender_id.as_str())
+        .collect();
+    assert_eq!(first, [&lenders[0], &lenders[1], &lenders[2]]);
+
+    let report = app
+        .app
+        .sweep_once(Utc::now() + TimeDelta::hours(25))
+        .await
+        .expect("sweep");
+
+    assert_eq!(
+        (report.expired_referrals, report.rerouted_referrals),
+        (1, 1)
+    );
+    let stored = get_need(&app, &id).await;
+    assert_eq!(stored.need.unwrap().status, pb::NeedStatus::Routed as i32);
+    let statuses: Vec<(&str, i32)> = stored
+        .referrals
+        .iter()
+        .map(|r| (r.lender_id.as_str(), r.status))
+        .collect();
+    assert_eq!(statuses.len(), 4);
+    assert!(statuses.contains(&(lenders[0].as_str(), pb::ReferralStatus::Expired as i32)));
+    assert!(statuses.contains(&(lenders[3].as_str(), pb::ReferralStatus::Pending as i32)));
+    let db = database(&app).await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM referral_events WHERE kind = 'EXPIRED'"
+        )
+        .await,
+        1
+    );
+    // Nothing more is overdue at that time.
+    let quiet = app
+        .app
+        .sweep_once(Utc::now() + TimeDelta::hours(25))
+        .await
+        .unwrap();
+    assert_eq!(quiet.expired_referrals, 0);
+    // Once every lender has been tried and the rest expire, the need is UNMATCHED.
+    let late = app
+        .app
+        .sweep_once(Utc::now() + TimeDelta::hours(200))
+        .await
+        .unwrap();
+    assert_eq!((late.expired_referrals, late.unmatched_needs), (3, 1));
+    let stored = get_need(&app, &id).await;
+    assert_eq!(
+        stored.need.unwrap().status,
+        pb::NeedStatus::Unmatched as i32
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_sweeping_at_once_handle_each_expired_referral_exactly_once() {
+    let app = TestApp::spawn().await;
+    let replica = app.replica().await;
+    for i in 0..6 {
+        lender(
+            &app,
+            &format!("Bank {i}"),
+            Offer {
+                min_rate_bps: 300 + 40 * i,
+                max_rate_bps: 400 + 40 * i,
+                response_sla_hours: 24,
+                ..OFFER
+            },
+        )
+        .await;
+    }
+    for i in 0..20 {
+        let enterprise_id = enterprise(&app).await;
+        submit(
+            &app,
+            &format!("r-{i}"),
+            need(&enterprise_id, pb::Purpose::Payroll),
+        )
+        .await
+        .unwrap();
+    }
+    let at = Utc::now() + TimeDelta::hours(25);
+
+    let (a, b) = tokio::join!(app.app.sweep_once(at), replica.app.sweep_once(at));
+
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.expired_referrals + b.expired_referrals, 60);
+    assert_eq!(a.rerouted_referrals + b.rerouted_referrals, 60);
+    let db = database(&app).await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM (SELECT referral_id FROM referral_events WHERE kind = 'EXPIRED' \
+             GROUP BY referral_id HAVING count(*) = 1) once"
+        )
+        .await,
+        60
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM referral_events WHERE kind = 'EXPIRED'"
+        )
+        .await,
+        60
+    );
+    // Every need now has its three replacements: six referrals, six distinct lenders.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM (SELECT need_id FROM referrals GROUP BY need_id \
+             HAVING count(*) = 6 AND count(DISTINCT lender_id) = 6 \
+             AND count(*) FILTER (WHERE status = 'PENDING') = 3) full_needs"
+        )
+        .await,
+        20
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM needs WHERE routing_attempts = 6").await,
+        20
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reroute_adds_lenders_up_to_the_target_and_a_retry_adds_nothing() {
+    let app = TestApp::spawn().await;
+    let (eligible, _, _) = market(&app).await;
+    let enterprise_id = enterprise(&app).await;
+    let id = submit(&app, "rr", need(&enterprise_id, pb::Purpose::Payroll))
+        .await
+        .unwrap()
+        .need
+        .unwrap()
+        .id;
+    let reroute = |target| {
+        let mut client = financing(&app);
+        let request = authed(
+            pb::RerouteNeedRequest {
+                need_id: id.clone(),
+                target_open_referrals: Some(target),
+            },
+            &app.operator,
+        );
+        async move { client.reroute_need(request).await }
+    };
+
+    let more = reroute(4).await.unwrap().into_inner();
+    assert_eq!(more.referrals.len(), 1);
+    assert_eq!(more.referrals[0].lender_id, eligible[3]);
+    let retry = reroute(4).await.unwrap().into_inner();
+    assert!(retry.referrals.is_empty());
+    assert_eq!(retry.need.unwrap().status, pb::NeedStatus::Routed as i32);
+
+    let portal = app.token(Role::Portal, None).await;
+    let denied = financing(&app)
+        .reroute_need(authed(
+            pb::RerouteNeedRequest {
+                need_id: id.clone(),
+                target_open_referrals: None,
+            },
+            &portal,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+}

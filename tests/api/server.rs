@@ -1,0 +1,270 @@
+//! The server as an operator and a browser meet it: health, reflection, gRPC-Web, shutdown.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+use crate::helpers::{TestApp, TestDatabase};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_serving_without_a_token() {
+    let app = TestApp::spawn().await;
+    let mut health = HealthClient::new(app.channel.clone());
+    for service in [
+        "",
+        "finmatch.v1.EnterpriseService",
+        "finmatch.v1.PartnerService",
+    ] {
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("health of {service:?}: {s}"));
+        assert_eq!(
+            response.into_inner().status,
+            ServingStatus::Serving as i32,
+            "{service:?}"
+        );
+    }
+}
+
+async fn reflect(app: &TestApp, request: MessageRequest) -> MessageResponse {
+    let mut client = ServerReflectionClient::new(app.channel.clone());
+    let outbound = tokio_stream::iter(vec![ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    }]);
+    let mut inbound = client
+        .server_reflection_info(outbound)
+        .await
+        .expect("reflection needs no token")
+        .into_inner();
+    inbound
+        .message()
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_every_service_and_describes_messages() {
+    let app = TestApp::spawn().await;
+    let MessageResponse::ListServicesResponse(list) =
+        reflect(&app, MessageRequest::ListServices(String::new())).await
+    else {
+        panic!("expected a service list");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "finmatch.v1.EnterpriseService",
+            "finmatch.v1.FinancingService",
+            "finmatch.v1.LenderService",
+            "finmatch.v1.PartnerService",
+            "finmatch.v1.ReportingService",
+            "finmatch.v1.SpecialLoanService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]
+    );
+    let MessageResponse::FileDescriptorResponse(files) = reflect(
+        &app,
+        MessageRequest::FileContainingSymbol("finmatch.v1.Enterprise".into()),
+    )
+    .await
+    else {
+        panic!("expected file descriptors");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+/// Sends one HTTP/1.1 request and returns the whole response as text (lossy).
+fn http1(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_grpc_web_post_to_health_answers() {
+    let app = TestApp::spawn().await;
+    let addr = app.addr;
+    let response = tokio::task::spawn_blocking(move || {
+        let mut request = format!(
+            "POST /grpc.health.v1.Health/Check HTTP/1.1\r\nHost: {addr}\r\n\
+             Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\n\
+             Origin: http://portal.example\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes();
+        // One uncompressed, empty message: an empty HealthCheckRequest.
+        request.extend_from_slice(&[0, 0, 0, 0, 0]);
+        http1(addr, &request)
+    })
+    .await
+    .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response
+            .to_lowercase()
+            .contains("content-type: application/grpc-web"),
+        "{response}"
+    );
+    assert!(
+        response
+            .to_lowercase()
+            .contains("access-control-allow-origin"),
+        "{response}"
+    );
+    assert!(
+        response.contains("grpc-status:0"),
+        "trailers in the body: {response}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflight_allows_grpc_web_headers() {
+    let app = TestApp::spawn().await;
+    let addr = app.addr;
+    let response = tokio::task::spawn_blocking(move || {
+        let request = format!(
+            "OPTIONS /finmatch.v1.EnterpriseService/ListEnterprises HTTP/1.1\r\nHost: {addr}\r\n\
+             Origin: http://portal.example\r\nAccess-Control-Request-Method: POST\r\n\
+             Access-Control-Request-Headers: authorization,content-type,x-grpc-web\r\n\
+             Connection: close\r\n\r\n"
+        );
+        http1(addr, request.as_bytes())
+    })
+    .await
+    .unwrap();
+    let lower = response.to_lowercase();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        lower.contains("access-control-allow-origin: *"),
+        "{response}"
+    );
+    assert!(lower.contains("access-control-allow-headers"), "{response}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_returns_ok_and_stops_serving() {
+    let app = TestApp::spawn().await;
+    let addr = app.addr;
+    app.shutdown().await.expect("a clean shutdown");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the port is closed after shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_exits_zero_on_sigterm() {
+    let database = TestDatabase::create().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_finmatch"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("FINMATCH_DATABASE_URL", &database.url)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start finmatch serve");
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "finmatch serve did not start listening");
+    let pid = child.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits within 20 s of SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_postgres_calls_are_unavailable_and_the_server_stays_up() {
+    use finmatch::config::{ServerArgs, Settings};
+    use finmatch::grpc::pb;
+    use finmatch::server::Application;
+
+    // Nothing listens on port 1: the pool cannot connect.
+    let settings = Settings {
+        database_url: "postgres://postgres@127.0.0.1:1/finmatch".into(),
+        db_pool_size: 2,
+        migrate: false,
+        server: ServerArgs {
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            ..ServerArgs::default()
+        },
+    };
+    let application = Application::build(settings)
+        .await
+        .expect("starts without a database");
+    let addr = application.local_addr();
+    let server = tokio::spawn(application.run_until(std::future::pending()));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::enterprise_service_client::EnterpriseServiceClient::new(channel.clone());
+    for _ in 0..2 {
+        let status = client
+            .list_enterprises(crate::helpers::authed(
+                pb::ListEnterprisesRequest::default(),
+                "fmk_any",
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unavailable,
+            "{}",
+            status.message()
+        );
+        assert!(
+            !status.message().contains("postgres://"),
+            "no internals: {}",
+            status.message()
+        );
+    }
+    let health = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("health still answers");
+    assert_eq!(health.into_inner().status, ServingStatus::Serving as i32);
+    server.abort();
+}
