@@ -7,6 +7,7 @@
 //! use case follows), so two banks answering on one need take turns instead of deadlocking.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel_async::AsyncConnection as _;
@@ -14,8 +15,9 @@ use uuid::Uuid;
 
 use super::enterprises::{Enterprise, to_enterprise};
 use super::paging::{Cursor, Page, PageRequest};
+use super::routing::{Catalog, match_enterprise, top_up};
 use super::{App, Error, Idempotency, Principal, Result, audit, error, reason};
-use crate::domain::{DeclineReason, Note, Reference, ReferralStatus};
+use crate::domain::{DeclineReason, NeedStatus, Note, Reference, ReferralStatus};
 use crate::storage::needs::NeedRow;
 use crate::storage::partner::{DisbursementRow, NewDisbursement, ReferralChanges, ReferralFilter};
 use crate::storage::referrals::{NewReferralEvent, OPEN_STATUSES, ReferralRow};
@@ -244,6 +246,14 @@ impl App {
             let decision = decision.clone();
             let idempotency = idempotency.clone();
             async move {
+                // Routing reads the product catalog; refresh it before taking any lock.
+                let catalog = match decision {
+                    Decision::Decline { .. } => {
+                        let mut conn = self.conn().await?;
+                        Some(self.catalog(&mut conn).await?)
+                    }
+                    Decision::Approve { .. } => None,
+                };
                 self.conn()
                     .await?
                     .transaction(async move |conn| {
@@ -335,7 +345,22 @@ impl App {
                                 });
                                 let row =
                                     change(conn, &who, RPC_DECIDE, &row, &changes, detail).await?;
-                                self.route_onwards(conn, &need).await?;
+                                let catalog = catalog.clone().ok_or_else(|| {
+                                    Error::Internal(anyhow::anyhow!("decline without catalog"))
+                                })?;
+                                let routed = self.route_onwards(conn, catalog, &need).await?;
+                                audit::record(
+                                    conn,
+                                    Some(&who),
+                                    RPC_DECIDE,
+                                    "need",
+                                    need.id,
+                                    serde_json::json!({
+                                        "declined_referral": row.id,
+                                        "new_referrals": routed,
+                                    }),
+                                )
+                                .await?;
                                 row
                             }
                         };
@@ -374,11 +399,31 @@ impl App {
         .await
     }
 
-    /// Sends the need of a declined referral to the next best untried lender (or makes it
-    /// UNMATCHED when none is left). The caller holds the need's lock.
-    async fn route_onwards(&self, _conn: &mut Connection, _need: &NeedRow) -> Result<()> {
-        // Routing lives with FinancingService (branch `financing`); wired here once merged.
-        Ok(())
+    /// Sends the need of a declined referral to the next best untried lenders until it has the
+    /// policy's number of open referrals again (the routing SubmitNeed and the SLA sweeper use);
+    /// with none left and nothing open it becomes UNMATCHED. A need that already has an approval
+    /// (APPROVED) is not routed further. The caller holds the need's lock.
+    async fn route_onwards(
+        &self,
+        conn: &mut Connection,
+        catalog: Arc<Catalog>,
+        need: &NeedRow,
+    ) -> Result<Vec<Uuid>> {
+        if !matches!(need.status.as_str(), "SUBMITTED" | "ROUTED") {
+            return Ok(Vec::new());
+        }
+        let now = Utc::now();
+        let enterprise = super::enterprises::load(conn, need.enterprise_id).await?;
+        let enterprise = match_enterprise(&enterprise, now.date_naive())?;
+        let policy = self.policy();
+        let created = top_up(conn, catalog, policy, need, &enterprise, policy.top_k, now).await?;
+        let next = if storage::referrals::count_open(conn, need.id).await? == 0 {
+            NeedStatus::Unmatched
+        } else {
+            NeedStatus::Routed
+        };
+        storage::needs::set_status(conn, need.id, next.as_str(), created.len() as i32).await?;
+        Ok(created.into_iter().map(|r| r.id).collect())
     }
 }
 

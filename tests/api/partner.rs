@@ -6,6 +6,7 @@ use chrono::{TimeDelta, Utc};
 use finmatch::domain::Role;
 use finmatch::grpc::pb;
 use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
+use finmatch::grpc::pb::financing_service_client::FinancingServiceClient;
 use finmatch::grpc::pb::lender_service_client::LenderServiceClient;
 use finmatch::grpc::pb::partner_service_client::PartnerServiceClient;
 use finmatch::grpc::pb::watch_referrals_response::Payload;
@@ -26,14 +27,18 @@ struct Bank {
     token: String,
 }
 
-/// A need routed to some banks (inserted directly, as routing would: the need ROUTED, one PENDING
-/// referral per bank with its CREATED event).
+/// A need and its referrals, one per bank it was routed to.
 struct Routed {
     need_id: Uuid,
     referrals: Vec<Uuid>,
 }
 
 async fn bank(app: &TestApp, name: &str) -> Bank {
+    bank_up_to(app, name, 1_000_000_000).await
+}
+
+/// A bank whose product takes needs up to `max_amount_minor`.
+async fn bank_up_to(app: &TestApp, name: &str, max_amount_minor: i64) -> Bank {
     let mut lenders = LenderServiceClient::new(app.channel.clone());
     let lender = lenders
         .create_lender(authed(
@@ -59,7 +64,7 @@ async fn bank(app: &TestApp, name: &str) -> Bank {
                     lender_id: lender.id.clone(),
                     name: format!("{name} working capital"),
                     min_amount_minor: 100,
-                    max_amount_minor: 1_000_000_000,
+                    max_amount_minor,
                     min_term_months: 6,
                     max_term_months: 36,
                     collateral_accepted: vec![pb::Collateral::Credit as i32],
@@ -115,8 +120,66 @@ async fn enterprise(app: &TestApp) -> Uuid {
     created.id.parse().unwrap()
 }
 
-/// A need of `amount_minor` of a new enterprise, routed to `banks`.
-async fn routed(app: &TestApp, amount_minor: i64, consent: bool, banks: &[&Bank]) -> Routed {
+/// A need of `amount_minor` of a new enterprise, submitted through FinancingService on `app`;
+/// routing must send it to exactly `banks` (each test sets up the banks so it does). The
+/// referrals are returned in the order of `banks`.
+async fn routed(app: &TestApp, amount_minor: i64, banks: &[&Bank]) -> Routed {
+    let enterprise_id = enterprise(app).await;
+    let submitted = FinancingServiceClient::new(app.channel.clone())
+        .submit_need(authed(
+            pb::SubmitNeedRequest {
+                idempotency_key: Uuid::new_v4().to_string(),
+                need: Some(pb::Need {
+                    enterprise_id: enterprise_id.to_string(),
+                    amount_minor,
+                    term_months: 12,
+                    purpose: pb::Purpose::WorkingCapital as i32,
+                    collateral: vec![pb::Collateral::Credit as i32],
+                    needed_by: (Utc::now().date_naive() + TimeDelta::days(60))
+                        .format("%Y-%m-%d")
+                        .to_string(),
+                    consent_to_share: true,
+                    channel: pb::Channel::Bureau as i32,
+                    ..Default::default()
+                }),
+            },
+            &app.operator,
+        ))
+        .await
+        .expect("submit need")
+        .into_inner();
+    let mut routed_to: Vec<String> = submitted
+        .referrals
+        .iter()
+        .map(|r| r.lender_id.clone())
+        .collect();
+    routed_to.sort();
+    let mut expected: Vec<String> = banks.iter().map(|b| b.lender_id.to_string()).collect();
+    expected.sort();
+    assert_eq!(
+        routed_to, expected,
+        "the need is routed to the banks of the test"
+    );
+    let referrals = banks
+        .iter()
+        .map(|b| {
+            let r = submitted
+                .referrals
+                .iter()
+                .find(|r| r.lender_id == b.lender_id.to_string())
+                .unwrap();
+            r.id.parse().unwrap()
+        })
+        .collect();
+    Routed {
+        need_id: submitted.need.unwrap().id.parse().unwrap(),
+        referrals,
+    }
+}
+
+/// A referral of `bank` for a need stored without consent to share. Routing never creates one;
+/// it is inserted here to prove the lender's view withholds contact data all the same.
+async fn unconsented(app: &TestApp, bank: &Bank) -> Uuid {
     let enterprise_id = enterprise(app).await;
     let creator = app
         .app
@@ -134,13 +197,13 @@ async fn routed(app: &TestApp, amount_minor: i64, consent: bool, banks: &[&Bank]
         &mut conn,
         &storage::needs::NewNeed {
             enterprise_id,
-            amount_minor,
+            amount_minor: 1_000_000,
             term_months: 12,
             purpose: "WORKING_CAPITAL",
             collateral: vec!["CREDIT"],
             max_rate_bps: None,
             needed_by: Utc::now().date_naive() + TimeDelta::days(60),
-            consent_to_share: consent,
+            consent_to_share: false,
             channel: "BUREAU",
             note: "",
             status: "ROUTED",
@@ -150,41 +213,21 @@ async fn routed(app: &TestApp, amount_minor: i64, consent: bool, banks: &[&Bank]
     )
     .await
     .unwrap();
-    let mut referrals = Vec::new();
-    for bank in banks {
-        let referral = storage::referrals::insert(
-            &mut conn,
-            &storage::referrals::NewReferral {
-                need_id: need.id,
-                lender_id: bank.lender_id,
-                product_id: bank.product_id,
-                status: "PENDING",
-                score: 700,
-                factors: serde_json::json!([]),
-                sla_deadline: Utc::now() + TimeDelta::hours(48),
-            },
-        )
-        .await
-        .unwrap();
-        storage::referrals::insert_event(
-            &mut conn,
-            &storage::referrals::NewReferralEvent {
-                referral_id: referral.id,
-                lender_id: referral.lender_id,
-                need_id: referral.need_id,
-                kind: "CREATED",
-                status: "PENDING",
-                detail: serde_json::json!({}),
-            },
-        )
-        .await
-        .unwrap();
-        referrals.push(referral.id);
-    }
-    Routed {
-        need_id: need.id,
-        referrals,
-    }
+    storage::referrals::insert(
+        &mut conn,
+        &storage::referrals::NewReferral {
+            need_id: need.id,
+            lender_id: bank.lender_id,
+            product_id: bank.product_id,
+            status: "PENDING",
+            score: 700,
+            factors: serde_json::json!([]),
+            sla_deadline: Utc::now() + TimeDelta::hours(48),
+        },
+    )
+    .await
+    .unwrap()
+    .id
 }
 
 fn partner(app: &TestApp) -> PartnerServiceClient<tonic::transport::Channel> {
@@ -348,10 +391,11 @@ async fn quiet(stream: &mut tonic::Streaming<pb::WatchReferralsResponse>, for_: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bank_sees_only_its_own_referrals_and_gets_not_found_for_the_others() {
     let app = TestApp::spawn().await;
-    let a = bank(&app, "Bank A").await;
+    // Bank A lends up to 15,000 yuan, so the 20,000 yuan need goes to bank B alone.
+    let a = bank_up_to(&app, "Bank A", 1_500_000).await;
     let b = bank(&app, "Bank B").await;
-    let shared = routed(&app, 1_000_000, true, &[&a, &b]).await;
-    let only_b = routed(&app, 2_000_000, true, &[&b]).await;
+    let shared = routed(&app, 1_000_000, &[&a, &b]).await;
+    let only_b = routed(&app, 2_000_000, &[&b]).await;
     let (a_ref, b_ref) = (shared.referrals[0], shared.referrals[1]);
 
     let listed = partner(&app)
@@ -433,7 +477,7 @@ async fn a_bank_sees_only_its_own_referrals_and_gets_not_found_for_the_others() 
 async fn operators_and_portals_are_permission_denied() {
     let app = TestApp::spawn().await;
     let a = bank(&app, "Bank A").await;
-    let r = routed(&app, 1_000_000, true, &[&a]).await;
+    let r = routed(&app, 1_000_000, &[&a]).await;
     let portal = app.token(Role::Portal, None).await;
     for token in [&app.operator, &portal] {
         let mut client = partner(&app);
@@ -469,8 +513,8 @@ async fn operators_and_portals_are_permission_denied() {
 async fn get_referral_shows_need_and_enterprise_with_contact_only_under_consent() {
     let app = TestApp::spawn().await;
     let a = bank(&app, "Bank A").await;
-    let consented = routed(&app, 1_000_000, true, &[&a]).await;
-    let private = routed(&app, 1_000_000, false, &[&a]).await;
+    let consented = routed(&app, 1_000_000, &[&a]).await;
+    let private = unconsented(&app, &a).await;
 
     let shown = get(&app, &a, consented.referrals[0]).await.unwrap();
     assert_eq!(need_of(&shown).id, consented.need_id.to_string());
@@ -479,7 +523,7 @@ async fn get_referral_shows_need_and_enterprise_with_contact_only_under_consent(
     assert_eq!(enterprise.contact_name, "王经理");
     assert_eq!(enterprise.contact_phone, "13912345678");
 
-    let hidden = get(&app, &a, private.referrals[0]).await.unwrap();
+    let hidden = get(&app, &a, private).await.unwrap();
     let enterprise = hidden.enterprise.as_ref().unwrap();
     assert!(enterprise.name.starts_with("随州市测试制药有限公司"));
     assert_eq!(enterprise.contact_name, "");
@@ -492,7 +536,7 @@ async fn list_referrals_filters_by_status_and_time_and_pages() {
     let a = bank(&app, "Bank A").await;
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(routed(&app, 1_000_000, true, &[&a]).await.referrals[0]);
+        ids.push(routed(&app, 1_000_000, &[&a]).await.referrals[0]);
     }
     acknowledge(&app, &a, ids[1]).await;
     let mut client = partner(&app);
@@ -583,7 +627,7 @@ async fn list_referrals_filters_by_status_and_time_and_pages() {
 async fn acknowledge_request_information_and_acknowledge_again() {
     let app = TestApp::spawn().await;
     let a = bank(&app, "Bank A").await;
-    let id = routed(&app, 1_000_000, true, &[&a]).await.referrals[0];
+    let id = routed(&app, 1_000_000, &[&a]).await.referrals[0];
     let mut client = partner(&app);
 
     // A PENDING referral must be acknowledged before asking for information.
@@ -658,7 +702,7 @@ async fn acknowledge_request_information_and_acknowledge_again() {
 async fn approval_checks_state_product_ranges_and_the_unfunded_amount() {
     let app = TestApp::spawn().await;
     let a = bank(&app, "Bank A").await;
-    let r = routed(&app, 1_000_000, true, &[&a]).await;
+    let r = routed(&app, 1_000_000, &[&a]).await;
     let id = r.referrals[0];
     let mut client = partner(&app);
 
@@ -747,7 +791,7 @@ async fn approval_checks_state_product_ranges_and_the_unfunded_amount() {
 async fn decline_records_reason_and_note_and_requires_a_note_for_other() {
     let app = TestApp::spawn().await;
     let a = bank(&app, "Bank A").await;
-    let id = routed(&app, 1_000_000, true, &[&a]).await.referrals[0];
+    let id = routed(&app, 1_000_000, &[&a]).await.referrals[0];
     let mut client = partner(&app);
 
     let bare_other = client
@@ -802,10 +846,46 @@ async fn decline_records_reason_and_note_and_requires_a_note_for_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decline_routes_the_need_to_the_next_best_untried_lender() {
+    let app = TestApp::spawn().await;
+    // Four equally good banks; bank D lends less, so it ranks last and is left out at first.
+    let a = bank(&app, "Bank A").await;
+    let b = bank(&app, "Bank B").await;
+    let c = bank(&app, "Bank C").await;
+    let d = bank_up_to(&app, "Bank D", 1_000_000).await;
+    let r = routed(&app, 900_000, &[&a, &b, &c]).await;
+    let mut d_stream = watch(&app, &d, 0).await;
+    quiet(&mut d_stream, Duration::from_millis(300)).await;
+
+    partner(&app)
+        .decide_referral(authed(
+            decline(r.referrals[0], "no", pb::DeclineReason::OutsideAppetite, ""),
+            &a.token,
+        ))
+        .await
+        .unwrap();
+
+    // Bank D gets the need, and learns it from its stream.
+    let created = events(&mut d_stream, 1, Duration::from_secs(2)).await;
+    assert_eq!(created[0].kind, pb::ReferralEventKind::Created as i32);
+    let new_referral = created[0].referral.clone().unwrap();
+    assert_eq!(new_referral.need_id, r.need_id.to_string());
+    assert_eq!(new_referral.lender_id, d.lender_id.to_string());
+    let view = get(&app, &d, new_referral.id.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status(&view), pb::ReferralStatus::Pending);
+    assert_eq!(
+        pb::NeedStatus::try_from(need_of(&view).status).unwrap(),
+        pb::NeedStatus::Routed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disbursement_replays_identically_and_rejects_a_changed_payload() {
     let app = TestApp::spawn().await;
     let a = bank(&app, "Bank A").await;
-    let r = routed(&app, 1_000_000, true, &[&a]).await;
+    let r = routed(&app, 1_000_000, &[&a]).await;
     let id = r.referrals[0];
 
     // Not approved yet.
@@ -869,7 +949,7 @@ async fn partial_then_full_funding_funds_the_need_and_cancels_the_other_referral
     let a = bank(&app, "Bank A").await;
     let b = bank(&app, "Bank B").await;
     let c = bank(&app, "Bank C").await;
-    let r = routed(&app, 1_000_000, true, &[&a, &b, &c]).await;
+    let r = routed(&app, 1_000_000, &[&a, &b, &c]).await;
     let (ra, rb, rc) = (r.referrals[0], r.referrals[1], r.referrals[2]);
     approved(&app, &a, ra, 1_000_000).await;
     approved(&app, &b, rb, 500_000).await;
@@ -933,7 +1013,7 @@ async fn two_banks_funding_one_need_at_once_never_fund_it_twice() {
     let a = bank(&app, "Bank A").await;
     let b = bank(&app, "Bank B").await;
     for round in 0..20 {
-        let r = routed(&app, 1_000_000, true, &[&a, &b]).await;
+        let r = routed(&app, 1_000_000, &[&a, &b]).await;
         let (ra, rb) = (r.referrals[0], r.referrals[1]);
         approved(&app, &a, ra, 1_000_000).await;
         approved(&app, &b, rb, 1_000_000).await;
@@ -968,7 +1048,7 @@ async fn two_banks_funding_one_need_at_once_never_fund_it_twice() {
 async fn watch_replays_stored_events_then_live_ones_and_resumes_without_gap_or_repeat() {
     let app = TestApp::spawn().await;
     let a = bank(&app, "Bank A").await;
-    let first = routed(&app, 1_000_000, true, &[&a]).await.referrals[0];
+    let first = routed(&app, 1_000_000, &[&a]).await.referrals[0];
     acknowledge(&app, &a, first).await;
 
     let mut stream = watch(&app, &a, 0).await;
@@ -986,7 +1066,7 @@ async fn watch_replays_stored_events_then_live_ones_and_resumes_without_gap_or_r
     );
 
     // Live: a new referral appears on the open stream.
-    let second = routed(&app, 2_000_000, true, &[&a]).await.referrals[0];
+    let second = routed(&app, 2_000_000, &[&a]).await.referrals[0];
     let live = events(&mut stream, 1, Duration::from_secs(2)).await;
     assert_eq!(live[0].referral.as_ref().unwrap().id, second.to_string());
     let last_seen = live[0].cursor;
@@ -994,7 +1074,7 @@ async fn watch_replays_stored_events_then_live_ones_and_resumes_without_gap_or_r
 
     // Changes while disconnected, then resume from the last cursor seen.
     acknowledge(&app, &a, second).await;
-    let third = routed(&app, 3_000_000, true, &[&a]).await.referrals[0];
+    let third = routed(&app, 3_000_000, &[&a]).await.referrals[0];
     let mut resumed = watch(&app, &a, last_seen).await;
     let missed = events(&mut resumed, 2, Duration::from_secs(5)).await;
     assert_eq!(missed[0].referral.as_ref().unwrap().id, second.to_string());
@@ -1018,7 +1098,7 @@ async fn watch_pages_through_more_stored_events_than_one_read() {
     let app = TestApp::spawn().await;
     let a = bank(&app, "Bank A").await;
     for _ in 0..3 {
-        let ids = routed(&app, 1_000_000, true, &[&a]).await;
+        let ids = routed(&app, 1_000_000, &[&a]).await;
         let _ = ids;
     }
     // 250 events of bank A, more than two pages.
@@ -1057,7 +1137,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_through_another_within_a_sec
     assert_eq!(replica.database_url(), app.database_url());
     let a = bank(&app, "Bank A").await;
     let mut stream = watch(&app, &a, 0).await;
-    let id = routed(&replica, 1_000_000, true, &[&a]).await.referrals[0];
+    let id = routed(&replica, 1_000_000, &[&a]).await.referrals[0];
     let created = events(&mut stream, 1, Duration::from_secs(1)).await;
     assert_eq!(created[0].referral.as_ref().unwrap().id, id.to_string());
     // A change made through replica B's API reaches the watcher on replica A.
