@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::principal;
 use super::convert::{self, Bridge, check};
+use super::financing::{need_pb, referral_pb};
 use super::pb;
 use crate::domain::{
     self, DeclineReason, DomainError, Note, Reference, ReferralStatus, Violations,
@@ -19,9 +20,7 @@ use crate::service::partner::{
     Decided, Decision, DisbursementInput, LenderReferral, ReferralQuery,
 };
 use crate::service::{App, Error, Idempotency};
-use crate::storage::needs::NeedRow;
 use crate::storage::partner::DisbursementRow;
-use crate::storage::referrals::ReferralRow;
 
 /// Longest idempotency key and loan reference, in characters (printable ASCII).
 const MAX_KEY_LEN: usize = 128;
@@ -404,95 +403,18 @@ fn event_pb(event: ReferralEvent) -> pb::ReferralEvent {
     pb::ReferralEvent {
         cursor: event.cursor,
         kind: pb::ReferralEventKind::from_domain(event.kind),
-        referral: Some(referral_pb(event.referral, 0)),
+        referral: Some(referral_pb(event.referral)),
         time: convert::timestamp(event.time),
     }
 }
 
+/// A referral as its lender sees it.
 fn lender_referral_pb(r: LenderReferral) -> pb::Referral {
-    let mut out = referral_pb(r.referral, r.disbursed_minor);
-    out.need = r.need.map(need_pb);
-    out.enterprise = r.enterprise.map(super::enterprises::to_pb);
-    out
-}
-
-fn referral_pb(row: ReferralRow, disbursed_minor: i64) -> pb::Referral {
-    let factors = match row.factors {
-        serde_json::Value::Array(items) => items.iter().map(factor_pb).collect(),
-        _ => Vec::new(),
-    };
     pb::Referral {
-        id: row.id.to_string(),
-        need_id: row.need_id.to_string(),
-        lender_id: row.lender_id.to_string(),
-        product_id: row.product_id.to_string(),
-        status: convert::enum_number::<pb::ReferralStatus>(&row.status),
-        score: row.score,
-        factors,
-        sla_deadline: convert::timestamp(row.sla_deadline),
-        decline_reason: row
-            .decline_reason
-            .as_deref()
-            .map_or(0, convert::enum_number::<pb::DeclineReason>),
-        decline_note: row.decline_note.unwrap_or_default(),
-        info_request_message: row.info_request.unwrap_or_default(),
-        approved_amount_minor: row.approved_amount_minor,
-        approved_rate_bps: row.approved_rate_bps,
-        approved_term_months: row.approved_term_months,
-        disbursed_minor,
-        create_time: convert::timestamp(row.created_at),
-        update_time: convert::timestamp(row.updated_at),
-        need: None,
-        enterprise: None,
-    }
-}
-
-fn factor_pb(value: &serde_json::Value) -> pb::ScoreFactor {
-    let int = |name: &str| {
-        value
-            .get(name)
-            .and_then(serde_json::Value::as_i64)
-            .and_then(|n| i32::try_from(n).ok())
-            .unwrap_or(0)
-    };
-    let text = |name: &str| {
-        value
-            .get(name)
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
-    pb::ScoreFactor {
-        name: text("name"),
-        value_bps: int("value_bps"),
-        weight_bps: int("weight_bps"),
-        points: int("points"),
-        note: text("note"),
-    }
-}
-
-fn need_pb(row: NeedRow) -> pb::Need {
-    pb::Need {
-        id: row.id.to_string(),
-        enterprise_id: row.enterprise_id.to_string(),
-        amount_minor: row.amount_minor,
-        term_months: row.term_months,
-        purpose: convert::enum_number::<pb::Purpose>(&row.purpose),
-        collateral: row
-            .collateral
-            .iter()
-            .flatten()
-            .map(|c| convert::enum_number::<pb::Collateral>(c))
-            .collect(),
-        max_rate_bps: row.max_rate_bps,
-        needed_by: convert::date(row.needed_by),
-        consent_to_share: row.consent_to_share,
-        channel: convert::enum_number::<pb::Channel>(&row.channel),
-        note: row.note,
-        status: convert::enum_number::<pb::NeedStatus>(&row.status),
-        funded_minor: row.funded_minor,
-        create_time: convert::timestamp(row.created_at),
-        update_time: convert::timestamp(row.updated_at),
+        disbursed_minor: r.disbursed_minor,
+        need: r.need.map(need_pb),
+        enterprise: r.enterprise.map(super::enterprises::to_pb),
+        ..referral_pb(r.referral)
     }
 }
 

@@ -35,10 +35,10 @@ use futures::stream::BoxStream;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::financing::{Referral, to_referral};
 use super::{App, Error, Principal, Result};
 use crate::domain::{ReferralEventKind, ReferralStatus};
 use crate::storage::partner::EventLogPosition;
-use crate::storage::referrals::ReferralRow;
 use crate::storage::{self, Connection};
 
 /// The NOTIFY channel the `referral_events` trigger signals on.
@@ -104,7 +104,7 @@ pub struct ReferralEvent {
     pub cursor: i64,
     pub kind: ReferralEventKind,
     /// The referral with the status the event gave it (other fields as they are now).
-    pub referral: ReferralRow,
+    pub referral: Referral,
     pub time: DateTime<Utc>,
 }
 
@@ -323,7 +323,7 @@ impl Watch {
             self.buffer.push_back(ReferralEvent {
                 cursor: event.cursor,
                 kind,
-                referral,
+                referral: to_referral(referral)?,
                 time: event.created_at,
             });
         }

@@ -14,6 +14,7 @@ use diesel_async::AsyncConnection as _;
 use uuid::Uuid;
 
 use super::enterprises::{Enterprise, to_enterprise};
+use super::financing::{Need, Referral, to_need, to_referral};
 use super::paging::{Cursor, Page, PageRequest};
 use super::routing::{Catalog, match_enterprise, top_up};
 use super::{App, Error, Idempotency, Principal, Result, audit, error, reason};
@@ -44,11 +45,11 @@ const TRIES: u32 = 3;
 /// A referral as its lender sees it.
 #[derive(Debug, Clone)]
 pub struct LenderReferral {
-    pub referral: ReferralRow,
+    pub referral: Referral,
     /// Sum of the disbursements recorded on the referral.
     pub disbursed_minor: i64,
     /// Filled where the contract says the lender sees the need.
-    pub need: Option<NeedRow>,
+    pub need: Option<Need>,
     /// Filled where the contract says the lender sees the enterprise; contact data blanked
     /// unless the need's owner consented to share.
     pub enterprise: Option<Enterprise>,
@@ -549,9 +550,9 @@ async fn disburse(
     Ok(Recorded {
         disbursement,
         referral: LenderReferral {
-            referral: row,
+            referral: to_referral(row)?,
             disbursed_minor,
-            need: Some(funded),
+            need: Some(to_need(funded)?),
             enterprise: None,
         },
     })
@@ -592,9 +593,9 @@ async fn replay_disbursement(
     Ok(Recorded {
         disbursement: existing,
         referral: LenderReferral {
-            referral: row,
+            referral: to_referral(row)?,
             disbursed_minor,
-            need: Some(need),
+            need: Some(to_need(need)?),
             enterprise: None,
         },
     })
@@ -753,7 +754,7 @@ fn referral_status(row: &ReferralRow) -> Result<ReferralStatus> {
 async fn bare(conn: &mut Connection, row: ReferralRow) -> Result<LenderReferral> {
     let disbursed_minor = disbursed_on(conn, row.id).await?;
     Ok(LenderReferral {
-        referral: row,
+        referral: to_referral(row)?,
         disbursed_minor,
         need: None,
         enterprise: None,
@@ -801,8 +802,8 @@ async fn with_context(
             }
             Ok(LenderReferral {
                 disbursed_minor: disbursed.get(&row.id).copied().unwrap_or(0),
-                referral: row,
-                need: Some(need),
+                referral: to_referral(row)?,
+                need: Some(to_need(need)?),
                 enterprise,
             })
         })
