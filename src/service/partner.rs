@@ -258,12 +258,14 @@ impl App {
                 self.conn()
                     .await?
                     .transaction(async move |conn| {
+                        // Checked under the need's lock: a concurrent twin waits here for the
+                        // first call to commit, then replays it instead of deciding again.
+                        let need = lock_need_of(conn, lender_id, id).await?;
                         if let Some(saved) =
                             audit::replayed(conn, &who, RPC_DECIDE, &idempotency).await?
                         {
                             return Ok(Decided::Replayed(saved));
                         }
-                        let need = lock_need_of(conn, lender_id, id).await?;
                         let row = locked(conn, lender_id, id).await?;
                         let status = referral_status(&row)?;
                         let row = match &decision {
@@ -435,10 +437,12 @@ async fn disburse(
     input: &DisbursementInput,
 ) -> Result<Recorded> {
     let reference = input.loan_reference.as_str();
+    // Looked up under the need's lock: a concurrent twin waits for the first call to commit,
+    // then replays it (rather than failing on the funding it just added).
+    let need = lock_need_of(conn, lender_id, input.referral_id).await?;
     if let Some(existing) = storage::partner::find_disbursement(conn, lender_id, reference).await? {
         return replay_disbursement(conn, lender_id, existing, input).await;
     }
-    let need = lock_need_of(conn, lender_id, input.referral_id).await?;
     let row = locked(conn, lender_id, input.referral_id).await?;
     let status = referral_status(&row)?;
     if !matches!(status, ReferralStatus::Approved | ReferralStatus::Disbursed) {

@@ -1170,3 +1170,64 @@ async fn shutdown_ends_watch_streams_with_unavailable() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_of_one_decision_and_one_disbursement_take_effect_once() {
+    let app = TestApp::spawn().await;
+    let replica = app.replica().await;
+    let a = bank(&app, "Bank A").await;
+    for round in 0..5 {
+        let id = routed(&app, 1_000_000, &[&a]).await.referrals[0];
+        acknowledge(&app, &a, id).await;
+        let key = format!("approve-{round}");
+        let decide = |app: &TestApp| {
+            let mut client = partner(app);
+            let request = authed(approve(id, &key, 1_000_000, 450), &a.token);
+            async move {
+                client
+                    .decide_referral(request)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        };
+        let (one, two) = tokio::join!(decide(&app), decide(&replica));
+        let (one, two) = (one.unwrap(), two.unwrap());
+        assert_eq!(one, two, "round {round}");
+
+        let reference = format!("LN-{round}");
+        let (one, two) = tokio::join!(
+            disburse(&app, &a, disbursement(id, &reference, 600_000)),
+            disburse(&replica, &a, disbursement(id, &reference, 600_000)),
+        );
+        let (one, two) = (one.unwrap(), two.unwrap());
+        assert_eq!(one.disbursement, two.disbursement, "round {round}");
+        let view = get(&app, &a, id).await.unwrap();
+        assert_eq!(view.disbursed_minor, 600_000, "round {round}");
+        assert_eq!(need_of(&view).funded_minor, 600_000, "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_watch_gets_heartbeats_and_outlives_the_call_timeout() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let first = routed(&app, 1_000_000, &[&a]).await.referrals[0];
+    let mut stream = watch(&app, &a, 0).await;
+    let created = events(&mut stream, 1, Duration::from_secs(5)).await;
+    assert_eq!(created[0].referral.as_ref().unwrap().id, first.to_string());
+
+    let message = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("a heartbeat within 20 s")
+        .unwrap()
+        .unwrap();
+    match message.payload {
+        Some(Payload::Heartbeat(beat)) => assert_eq!(beat.cursor, created[0].cursor),
+        other => panic!("expected a heartbeat, got {other:?}"),
+    }
+    // Past the server's 30 s call timeout the stream still delivers.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let second = routed(&app, 2_000_000, &[&a]).await.referrals[0];
+    let live = events(&mut stream, 1, Duration::from_secs(20)).await;
+    assert_eq!(live[0].referral.as_ref().unwrap().id, second.to_string());
+}
