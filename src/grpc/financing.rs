@@ -524,7 +524,7 @@ pub fn referral_pb(referral: Referral) -> pb::Referral {
         approved_amount_minor: referral.approved_amount_minor,
         approved_rate_bps: referral.approved_rate_bps,
         approved_term_months: referral.approved_term_months,
-        disbursed_minor: 0,
+        disbursed_minor: referral.disbursed_minor,
         create_time: convert::timestamp(referral.created_at),
         update_time: convert::timestamp(referral.updated_at),
         need: None,

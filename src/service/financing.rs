@@ -1,7 +1,7 @@
 //! Financing needs: submission (with routing), import, preview, reading, withdrawal,
 //! re-routing, and the SLA sweeper.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel_async::AsyncConnection as _;
@@ -81,6 +81,8 @@ pub struct Referral {
     pub approved_amount_minor: Option<i64>,
     pub approved_rate_bps: Option<i32>,
     pub approved_term_months: Option<i32>,
+    /// Sum of the disbursements recorded against the referral.
+    pub disbursed_minor: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -181,16 +183,12 @@ impl App {
         let submission = error::retry_conflicts(TRIES, || {
             let (who, idempotency, need) = (who.clone(), idempotency.clone(), need.clone());
             async move {
-                let catalog = {
-                    let mut conn = self.conn().await?;
-                    self.catalog(&mut conn).await?
-                };
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| {
-                        submit_in(conn, self, catalog, &who, &idempotency, &need, encode).await
-                    })
-                    .await
+                let mut conn = self.conn().await?;
+                let catalog = self.catalog(&mut conn).await?;
+                conn.transaction(async move |conn| {
+                    submit_in(conn, self, catalog, &who, &idempotency, &need, encode).await
+                })
+                .await
             }
         })
         .await?;
@@ -222,22 +220,17 @@ impl App {
         error::retry_conflicts(TRIES, || {
             let who = who.clone();
             async move {
-                let catalog = {
-                    let mut conn = self.conn().await?;
-                    self.catalog(&mut conn).await?
-                };
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| {
-                        let mut outcomes = Vec::with_capacity(items.len());
-                        for item in items {
-                            let outcome =
-                                import_one(conn, self, &catalog, &who, item, encode).await?;
-                            outcomes.push(outcome);
-                        }
-                        Ok::<_, Error>(outcomes)
-                    })
-                    .await
+                let mut conn = self.conn().await?;
+                let catalog = self.catalog(&mut conn).await?;
+                conn.transaction(async move |conn| {
+                    let mut outcomes = Vec::with_capacity(items.len());
+                    for item in items {
+                        let outcome = import_one(conn, self, &catalog, &who, item, encode).await?;
+                        outcomes.push(outcome);
+                    }
+                    Ok::<_, Error>(outcomes)
+                })
+                .await
             }
         })
         .await
@@ -272,7 +265,7 @@ impl App {
         };
         let enterprise = enterprises::load(&mut conn, enterprise_id).await?;
         let enterprise = match_enterprise(&enterprise, now.date_naive())?;
-        let market = routing::market(&mut conn, catalog, now).await?;
+        let market = self.market(&mut conn, catalog, now).await?;
         let candidates = evaluate(
             &need,
             &enterprise,
@@ -418,105 +411,81 @@ impl App {
         error::retry_conflicts(TRIES, || {
             let who = who.clone();
             async move {
-                let catalog = {
-                    let mut conn = self.conn().await?;
-                    self.catalog(&mut conn).await?
-                };
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| {
-                        let now = Utc::now();
-                        let row = storage::needs::find_for_update(conn, id)
-                            .await?
-                            .ok_or_else(|| Error::not_found("need", id))?;
-                        let status = need_status(&row)?;
-                        if !matches!(
-                            status,
-                            NeedStatus::Submitted | NeedStatus::Routed | NeedStatus::Unmatched
-                        ) {
-                            return Err(illegal_transition(id, status, NeedStatus::Routed));
-                        }
-                        if !row.consent_to_share {
-                            return Err(Error::precondition(
-                                reason::NO_CONSENT,
-                                format!(
-                                    "need {id} has no consent_to_share; it may not be routed to lenders"
-                                ),
-                            )
-                            .with_metadata("need_id", id));
-                        }
-                        let enterprise = enterprises::load(conn, row.enterprise_id).await?;
-                        let enterprise = match_enterprise(&enterprise, now.date_naive())?;
-                        let created =
-                            top_up(conn, catalog, self.policy(), &row, &enterprise, target, now)
-                                .await?;
-                        let open = storage::referrals::count_open(conn, id).await?;
-                        let next = if open == 0 {
-                            NeedStatus::Unmatched
-                        } else if created.is_empty() {
-                            status
-                        } else {
-                            NeedStatus::Routed
-                        };
-                        let row = storage::needs::set_status(
-                            conn,
-                            id,
-                            next.as_str(),
-                            created.len() as i32,
+                let mut conn = self.conn().await?;
+                let catalog = self.catalog(&mut conn).await?;
+                conn.transaction(async move |conn| {
+                    let now = Utc::now();
+                    let row = storage::needs::find_for_update(conn, id)
+                        .await?
+                        .ok_or_else(|| Error::not_found("need", id))?;
+                    let status = need_status(&row)?;
+                    if !matches!(
+                        status,
+                        NeedStatus::Submitted | NeedStatus::Routed | NeedStatus::Unmatched
+                    ) {
+                        return Err(illegal_transition(id, status, NeedStatus::Routed));
+                    }
+                    if !row.consent_to_share {
+                        return Err(Error::precondition(
+                            reason::NO_CONSENT,
+                            format!(
+                                "need {id} has no consent_to_share; it may not be routed to lenders"
+                            ),
                         )
-                        .await?;
-                        audit::record(
-                            conn,
-                            Some(&who),
-                            RPC_REROUTE,
-                            "need",
-                            id,
-                            serde_json::json!({
-                                "from": status.as_str(),
-                                "to": next.as_str(),
-                                "target_open_referrals": target,
-                                "referrals": created.iter().map(|r| r.id).collect::<Vec<_>>(),
-                            }),
-                        )
-                        .await?;
-                        Ok(NeedWithReferrals {
-                            need: to_need(row)?,
-                            referrals: created.into_iter().map(to_referral).collect::<Result<_>>()?,
-                        })
+                        .with_metadata("need_id", id));
+                    }
+                    let enterprise = enterprises::load(conn, row.enterprise_id).await?;
+                    let enterprise = match_enterprise(&enterprise, now.date_naive())?;
+                    let created =
+                        top_up(conn, self, catalog, &row, &enterprise, target, now).await?;
+                    let open = storage::referrals::count_open(conn, id).await?;
+                    let next = if open == 0 {
+                        NeedStatus::Unmatched
+                    } else if created.is_empty() {
+                        status
+                    } else {
+                        NeedStatus::Routed
+                    };
+                    let row =
+                        storage::needs::set_status(conn, id, next.as_str(), created.len() as i32)
+                            .await?;
+                    audit::record(
+                        conn,
+                        Some(&who),
+                        RPC_REROUTE,
+                        "need",
+                        id,
+                        serde_json::json!({
+                            "from": status.as_str(),
+                            "to": next.as_str(),
+                            "target_open_referrals": target,
+                            "referrals": created.iter().map(|r| r.id).collect::<Vec<_>>(),
+                        }),
+                    )
+                    .await?;
+                    Ok(NeedWithReferrals {
+                        need: to_need(row)?,
+                        referrals: created
+                            .into_iter()
+                            .map(to_referral)
+                            .collect::<Result<_>>()?,
                     })
-                    .await
+                })
+                .await
             }
         })
         .await
     }
 
-    /// One pass of the SLA sweeper at `now`: expires undecided referrals past their deadline
-    /// and routes their needs to the next best untried lenders (up to the policy's limit; with
-    /// none left and nothing open the need becomes UNMATCHED), then expires open needs whose
-    /// `needed_by` is before `now`'s date. Work is claimed with `FOR UPDATE SKIP LOCKED`, so
+    /// One pass of the SLA sweeper at `now`: expires open needs whose `needed_by` is before
+    /// `now`'s date (cancelling their open referrals), then expires undecided referrals past
+    /// their deadline and routes their needs to the next best untried lenders (up to the
+    /// policy's limit; with none left and nothing open the need becomes UNMATCHED). Work is claimed with `FOR UPDATE SKIP LOCKED`, so
     /// replicas sweeping at once never handle one referral or need twice.
     #[tracing::instrument(skip(self))]
     pub async fn sweep_once(&self, now: DateTime<Utc>) -> Result<SweepReport> {
         let mut report = SweepReport::default();
-        loop {
-            let (claimed, batch) = error::retry_conflicts(TRIES, || async {
-                let catalog = {
-                    let mut conn = self.conn().await?;
-                    self.catalog(&mut conn).await?
-                };
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| expire_referrals(conn, self, catalog, now).await)
-                    .await
-            })
-            .await?;
-            report.expired_referrals += batch.expired_referrals;
-            report.rerouted_referrals += batch.rerouted_referrals;
-            report.unmatched_needs += batch.unmatched_needs;
-            if claimed < SWEEP_BATCH as usize {
-                break;
-            }
-        }
+        // Needs first: a need past needed_by is closed, not routed again.
         loop {
             let expired = error::retry_conflicts(TRIES, || async {
                 self.conn()
@@ -527,6 +496,21 @@ impl App {
             .await?;
             report.expired_needs += expired;
             if expired < SWEEP_BATCH as usize {
+                break;
+            }
+        }
+        loop {
+            let (claimed, batch) = error::retry_conflicts(TRIES, || async {
+                let mut conn = self.conn().await?;
+                let catalog = self.catalog(&mut conn).await?;
+                conn.transaction(async move |conn| expire_referrals(conn, self, catalog, now).await)
+                    .await
+            })
+            .await?;
+            report.expired_referrals += batch.expired_referrals;
+            report.rerouted_referrals += batch.rerouted_referrals;
+            report.unmatched_needs += batch.unmatched_needs;
+            if claimed < SWEEP_BATCH as usize {
                 break;
             }
         }
@@ -607,8 +591,8 @@ async fn submit_in(
         let enterprise = match_enterprise(&enterprise, now.date_naive())?;
         referrals = top_up(
             conn,
+            app,
             catalog,
-            app.policy(),
             &row,
             &enterprise,
             app.policy().top_k,
@@ -735,8 +719,8 @@ async fn expire_referrals(
             let enterprise = match_enterprise(&enterprise, now.date_naive())?;
             created = top_up(
                 conn,
+                app,
                 catalog.clone(),
-                app.policy(),
                 &row,
                 &enterprise,
                 app.policy().top_k,
@@ -828,13 +812,24 @@ async fn cancel_open_referrals(
 }
 
 async fn with_referrals(conn: &mut Connection, row: NeedRow) -> Result<NeedWithReferrals> {
-    let referrals = storage::referrals::for_needs(conn, &[row.id]).await?;
+    let rows = storage::referrals::for_needs(conn, &[row.id]).await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let disbursed: HashMap<Uuid, i64> = storage::referrals::disbursed(conn, &ids)
+        .await?
+        .into_iter()
+        .map(|d| (d.referral_id, d.disbursed_minor))
+        .collect();
+    let mut referrals = Vec::with_capacity(rows.len());
+    for row in rows {
+        let disbursed_minor = disbursed.get(&row.id).copied().unwrap_or(0);
+        referrals.push(Referral {
+            disbursed_minor,
+            ..to_referral(row)?
+        });
+    }
     Ok(NeedWithReferrals {
         need: to_need(row)?,
-        referrals: referrals
-            .into_iter()
-            .map(to_referral)
-            .collect::<Result<_>>()?,
+        referrals,
     })
 }
 
@@ -937,6 +932,7 @@ pub(crate) fn to_referral(row: ReferralRow) -> Result<Referral> {
         approved_amount_minor: row.approved_amount_minor,
         approved_rate_bps: row.approved_rate_bps,
         approved_term_months: row.approved_term_months,
+        disbursed_minor: 0,
         created_at: row.created_at,
         updated_at: row.updated_at,
     })

@@ -34,6 +34,8 @@ struct Inner {
     pool: DbPool,
     /// Products as matching reads them; refreshed, never authoritative (see `routing`).
     products: routing::ProductCache,
+    /// Lenders' records, reused for a few seconds (see `routing`).
+    stats: routing::StatsCache,
     policy: RoutingPolicy,
 }
 
@@ -48,6 +50,7 @@ impl App {
             inner: Arc::new(Inner {
                 pool,
                 products: routing::ProductCache::default(),
+                stats: routing::StatsCache::default(),
                 policy,
             }),
         }
@@ -59,6 +62,10 @@ impl App {
 
     pub(crate) fn products(&self) -> &routing::ProductCache {
         &self.inner.products
+    }
+
+    pub(crate) fn stats_cache(&self) -> &routing::StatsCache {
+        &self.inner.stats
     }
 
     pub fn pool(&self) -> &DbPool {

@@ -7,7 +7,7 @@
 //! capacity: the daily count is taken atomically in SQL when a referral is created.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
@@ -35,6 +35,9 @@ pub const PRODUCTS_CHANGED: &str = "finmatch_products_changed";
 
 /// How far back a lender's approvals and answers count towards its score.
 const STATS_WINDOW: TimeDelta = TimeDelta::days(90);
+/// How long lender records are reused before they are counted again. Counting scans months of
+/// referrals; a score input that lags by seconds changes no guarantee.
+const STATS_TTL: TimeDelta = TimeDelta::seconds(30);
 
 /// One factor of a referral's score, as stored in `referrals.factors` and shown to callers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,44 +228,100 @@ pub(crate) struct Market {
     pub day: NaiveDate,
 }
 
-pub(crate) async fn market(
-    conn: &mut Connection,
-    catalog: Arc<Catalog>,
-    now: DateTime<Utc>,
-) -> Result<Market> {
-    let day = now.date_naive();
-    let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
-    let mut activity = Activity::default();
-    for row in storage::referrals::lender_stats(conn, now - STATS_WINDOW, now).await? {
-        activity.lender_stats.insert(
-            row.lender_id,
-            LenderStats {
-                approvals: count(row.approvals),
-                decisions: count(row.decisions),
-                sla_met: count(row.sla_met),
-                sla_due: count(row.sla_due),
-                referrals_today: 0,
-            },
-        );
-    }
-    for usage in storage::referrals::usage_on(conn, day).await? {
-        let referrals = count(i64::from(usage.referrals));
-        activity
-            .product_referrals_today
-            .insert(usage.product_id, referrals);
-        if let Some(product) = catalog.products.get(usage.product_id) {
+impl App {
+    /// The catalog with what has happened so far, as of `now`: today's usage per product (read
+    /// every time: capacity and the fair spreading of load depend on it) and every lender's
+    /// record (reused for [`STATS_TTL`]: a soft scoring input over months of referrals).
+    pub(crate) async fn market(
+        &self,
+        conn: &mut Connection,
+        catalog: Arc<Catalog>,
+        now: DateTime<Utc>,
+    ) -> Result<Market> {
+        let day = now.date_naive();
+        let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+        let mut activity = Activity {
+            lender_stats: self.lender_stats(conn, now).await?.as_ref().clone(),
+            ..Activity::default()
+        };
+        for usage in storage::referrals::usage_on(conn, day).await? {
+            let referrals = count(i64::from(usage.referrals));
             activity
-                .lender_stats
-                .entry(product.lender_id)
-                .or_default()
-                .referrals_today += referrals;
+                .product_referrals_today
+                .insert(usage.product_id, referrals);
+            if let Some(product) = catalog.products.get(usage.product_id) {
+                activity
+                    .lender_stats
+                    .entry(product.lender_id)
+                    .or_default()
+                    .referrals_today += referrals;
+            }
         }
+        Ok(Market {
+            catalog,
+            activity,
+            day,
+        })
     }
-    Ok(Market {
-        catalog,
-        activity,
-        day,
-    })
+
+    /// Every lender's record over [`STATS_WINDOW`], without today's counts.
+    async fn lender_stats(
+        &self,
+        conn: &mut Connection,
+        now: DateTime<Utc>,
+    ) -> Result<LenderRecords> {
+        if let Some((at, stats)) = self.stats_cache().get()
+            && (now - at).abs() < STATS_TTL
+        {
+            return Ok(stats);
+        }
+        let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+        let stats: HashMap<Uuid, LenderStats> =
+            storage::referrals::lender_stats(conn, now - STATS_WINDOW, now)
+                .await?
+                .into_iter()
+                .map(|row| {
+                    (
+                        row.lender_id,
+                        LenderStats {
+                            approvals: count(row.approvals),
+                            decisions: count(row.decisions),
+                            sla_met: count(row.sla_met),
+                            sla_due: count(row.sla_due),
+                            referrals_today: 0,
+                        },
+                    )
+                })
+                .collect();
+        let stats = Arc::new(stats);
+        self.stats_cache().set(now, stats.clone());
+        Ok(stats)
+    }
+}
+
+/// Every lender's record, by lender id.
+type LenderRecords = Arc<HashMap<Uuid, LenderStats>>;
+
+/// Lender records computed at one instant, shared for a short while.
+#[derive(Debug, Default)]
+pub struct StatsCache {
+    current: Mutex<Option<(DateTime<Utc>, LenderRecords)>>,
+}
+
+impl StatsCache {
+    fn get(&self) -> Option<(DateTime<Utc>, LenderRecords)> {
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set(&self, at: DateTime<Utc>, stats: LenderRecords) {
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((at, stats));
+    }
 }
 
 /// The enterprise as matching sees it, with the designations valid on `day`.
@@ -345,20 +404,21 @@ pub(crate) fn wanted(
 /// its status. Returns the referrals created, best first.
 pub(crate) async fn top_up(
     conn: &mut Connection,
+    app: &App,
     catalog: Arc<Catalog>,
-    policy: &RoutingPolicy,
     need: &NeedRow,
     enterprise: &MatchEnterprise,
     target_open: usize,
     now: DateTime<Utc>,
 ) -> Result<Vec<ReferralRow>> {
+    let policy = app.policy();
     let tried = storage::referrals::tried_lenders(conn, need.id).await?;
     let open = storage::referrals::count_open(conn, need.id).await?;
     let want = wanted(policy, target_open, open as usize, tried.len());
     if want == 0 || !need.consent_to_share {
         return Ok(Vec::new());
     }
-    let market = market(conn, catalog, now).await?;
+    let market = app.market(conn, catalog, now).await?;
     let match_need = match_need(need)?;
     let candidates = evaluate(
         &match_need,

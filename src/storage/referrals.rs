@@ -240,3 +240,25 @@ pub async fn lender_stats(
     .load(conn)
     .await
 }
+
+#[derive(Debug, Clone, QueryableByName)]
+pub struct DisbursedRow {
+    #[diesel(sql_type = SqlUuid)]
+    pub referral_id: Uuid,
+    #[diesel(sql_type = BigInt)]
+    pub disbursed_minor: i64,
+}
+
+/// The sum of disbursements recorded against each of these referrals (absent = none).
+pub async fn disbursed(
+    conn: &mut Connection,
+    referral_ids: &[Uuid],
+) -> QueryResult<Vec<DisbursedRow>> {
+    diesel::sql_query(
+        "SELECT referral_id, sum(amount_minor)::int8 AS disbursed_minor \
+         FROM disbursements WHERE referral_id = ANY($1) GROUP BY referral_id",
+    )
+    .bind::<diesel::sql_types::Array<SqlUuid>, _>(referral_ids)
+    .load(conn)
+    .await
+}

@@ -1072,3 +1072,147 @@ async fn reroute_adds_lenders_up_to_the_target_and_a_retry_adds_nothing() {
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeper_expires_a_need_past_needed_by_and_it_can_no_longer_be_withdrawn() {
+    let app = TestApp::spawn().await;
+    market(&app).await;
+    let enterprise_id = enterprise(&app).await;
+    let mut urgent = need(&enterprise_id, pb::Purpose::Payroll);
+    urgent.needed_by = Utc::now().date_naive().format("%Y-%m-%d").to_string();
+    let id = submit(&app, "urgent", urgent)
+        .await
+        .unwrap()
+        .need
+        .unwrap()
+        .id;
+
+    let report = app
+        .app
+        .sweep_once(Utc::now() + TimeDelta::days(2))
+        .await
+        .unwrap();
+
+    assert_eq!(report.expired_needs, 1);
+    let stored = get_need(&app, &id).await;
+    assert_eq!(stored.need.unwrap().status, pb::NeedStatus::Expired as i32);
+    assert_eq!(stored.referrals.len(), 3);
+    assert!(
+        stored
+            .referrals
+            .iter()
+            .all(|r| r.status == pb::ReferralStatus::Cancelled as i32)
+    );
+    let refused = financing(&app)
+        .withdraw_need(authed(
+            pb::WithdrawNeedRequest {
+                need_id: id,
+                reason: String::new(),
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(
+        error_reason(&refused).as_deref(),
+        Some("ILLEGAL_TRANSITION")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_need_shows_what_was_disbursed_on_each_referral() {
+    let app = TestApp::spawn().await;
+    market(&app).await;
+    let enterprise_id = enterprise(&app).await;
+    let submitted = submit(&app, "d", need(&enterprise_id, pb::Purpose::Payroll))
+        .await
+        .unwrap();
+    let referral = &submitted.referrals[0];
+    let db = database(&app).await;
+    // What PartnerService will write when the lender approves and disburses.
+    db.batch_execute(&format!(
+        "UPDATE referrals SET status = 'APPROVED', approved_amount_minor = 300000000, \
+         approved_rate_bps = 385, approved_term_months = 12 WHERE id = '{id}';
+         INSERT INTO disbursements (referral_id, need_id, lender_id, loan_reference, amount_minor, \
+           rate_bps, term_months, disbursed_on) \
+         SELECT id, need_id, lender_id, ref, 100000000, 385, 12, '2026-12-01' FROM referrals, \
+           (VALUES ('L-1'), ('L-2')) AS refs (ref) WHERE id = '{id}';",
+        id = referral.id
+    ))
+    .await
+    .unwrap();
+
+    let stored = get_need(&app, &submitted.need.unwrap().id).await;
+
+    let disbursed: HashMap<&str, i64> = stored
+        .referrals
+        .iter()
+        .map(|r| (r.id.as_str(), r.disbursed_minor))
+        .collect();
+    assert_eq!(disbursed[referral.id.as_str()], 200_000_000);
+    assert_eq!(disbursed.values().sum::<i64>(), 200_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_deactivated_on_another_replica_is_not_routed_to() {
+    let app = TestApp::spawn().await;
+    let replica = app.replica().await;
+    let (eligible, _, _) = market(&app).await;
+    let enterprise_id = enterprise(&app).await;
+    let preview = |app: &TestApp| {
+        let mut client = financing(app);
+        let request = authed(
+            pb::PreviewMatchesRequest {
+                subject: Some(pb::preview_matches_request::Subject::Need(need(
+                    &enterprise_id,
+                    pb::Purpose::Payroll,
+                ))),
+            },
+            &app.operator,
+        );
+        async move { client.preview_matches(request).await.unwrap().into_inner() }
+    };
+    // Both replicas have loaded their catalogs.
+    assert_eq!(preview(&app).await.candidates.len(), 6);
+    assert_eq!(preview(&replica).await.candidates.len(), 6);
+    let cheapest = preview(&app).await.candidates[0].clone();
+    assert_eq!(cheapest.lender_id, eligible[0]);
+
+    LenderServiceClient::new(replica.channel.clone())
+        .update_product(authed(
+            pb::UpdateProductRequest {
+                product: Some(pb::Product {
+                    id: cheapest.product_id.clone(),
+                    active: Some(false),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["active".into()],
+                }),
+            },
+            &replica.operator,
+        ))
+        .await
+        .expect("deactivate the product on the replica");
+
+    let after = preview(&app).await.candidates;
+    let stale = after
+        .iter()
+        .find(|c| c.product_id == cheapest.product_id)
+        .unwrap();
+    assert!(!stale.eligible);
+    assert_eq!(
+        stale.ineligible_reasons[0].code,
+        pb::Ineligibility::ProductInactive as i32
+    );
+    let submitted = submit(&app, "after", need(&enterprise_id, pb::Purpose::Payroll))
+        .await
+        .unwrap();
+    let lenders: Vec<&str> = submitted
+        .referrals
+        .iter()
+        .map(|r| r.lender_id.as_str())
+        .collect();
+    assert_eq!(lenders, [&eligible[1], &eligible[2], &eligible[3]]);
+}
