@@ -11,14 +11,14 @@
 //! Why a horizon: cursors come from an identity column, handed out at INSERT, while rows become
 //! visible at COMMIT. A transaction holding cursor 10 can commit after one holding cursor 11; a
 //! reader that sent 11 and resumes "after 11" would never see 10. A time-based delay only
-//! narrows that window (a slow transaction outlives any delay). The horizon closes it: when the
-//! feed reads the identity sequence's last value `L` (which counts cursors of in-flight
-//! transactions too) together with the snapshot's `xmax`, every cursor `<= L` belongs to a
-//! transaction with an id below `xmax` (every event insert follows the write of the referral row
-//! it records, so its transaction has its id before it takes a cursor). Once every transaction
-//! below `xmax` has finished, each cursor `<= L` is committed or will never exist: `L` is final.
-//! When nothing is in flight `L` is final at once; otherwise the feed probes again shortly. The
-//! price is that a long-running write transaction anywhere in the cluster holds delivery back
+//! narrows that window (a slow transaction outlives any delay). The horizon closes it: the feed
+//! reads the identity sequence's last value `L` (which counts cursors of in-flight transactions
+//! too), then the write transactions of this database in progress. Every cursor `<= L` was taken
+//! by a transaction that had finished by then or is in that list (every event insert follows the
+//! write of the referral row it records, so its transaction has its id before it takes a
+//! cursor). Once every listed transaction has finished, each cursor `<= L` is committed or will
+//! never exist: `L` is final. When nothing is in flight `L` is final at once; otherwise the feed
+//! probes again shortly. The price: a long write transaction in this database holds delivery back
 //! until it ends; nothing is ever delivered out of order or skipped.
 //!
 //! Memory: a stream is pulled by the transport (HTTP/2 flow control), holds at most one page of
@@ -157,7 +157,7 @@ async fn follow(app: &App, sender: &watch::Sender<Option<Horizon>>) -> Result<()
             return Ok(());
         }
         let now = storage::partner::event_log_position(&mut conn).await?;
-        let (horizon, next_fence) = advance(current(sender), fence, now);
+        let (horizon, next_fence) = advance(current(sender), fence.take(), now);
         fence = next_fence;
         sender.send_if_modified(|h| match h {
             Some(h) if !h.open || h.cursor >= horizon => false,
@@ -203,14 +203,14 @@ fn advance(
     fence: Option<EventLogPosition>,
     now: EventLogPosition,
 ) -> (i64, Option<EventLogPosition>) {
-    if now.xmin >= now.xmax {
+    if now.in_flight.is_empty() {
         // Nothing in flight: everything handed out is final.
         return (horizon.max(now.last_cursor), None);
     }
     let mut horizon = horizon;
     let mut fence = fence;
-    if let Some(f) = fence
-        && now.xmin >= f.xmax
+    if let Some(f) = &fence
+        && !f.in_flight.iter().any(|xid| now.in_flight.contains(xid))
     {
         // Every transaction in flight at the fence has finished.
         horizon = horizon.max(f.last_cursor);
@@ -341,36 +341,34 @@ fn corrupt(value: &str) -> Error {
 mod tests {
     use super::*;
 
-    fn at(last_cursor: i64, xmin: i64, xmax: i64) -> EventLogPosition {
+    fn at(last_cursor: i64, in_flight: &[i64]) -> EventLogPosition {
         EventLogPosition {
             last_cursor,
-            xmin,
-            xmax,
+            in_flight: in_flight.to_vec(),
         }
     }
 
     #[test]
     fn nothing_in_flight_makes_every_cursor_final() {
-        assert_eq!(advance(3, None, at(9, 50, 50)), (9, None));
+        assert_eq!(advance(3, None, at(9, &[])), (9, None));
     }
 
     #[test]
     fn in_flight_transactions_hold_the_horizon_until_they_finish() {
-        // Cursors up to 9 handed out while transactions 40..50 ran.
-        let (h, fence) = advance(3, None, at(9, 40, 50));
-        assert_eq!(h, 3);
-        assert_eq!(fence, Some(at(9, 40, 50)));
+        // Cursors up to 9 handed out while transactions 40 and 45 ran.
+        let (h, fence) = advance(3, None, at(9, &[40, 45]));
+        assert_eq!((h, fence.clone()), (3, Some(at(9, &[40, 45]))));
         // Transaction 45 still runs: nothing moves, the fence stays as it was.
-        let (h, fence) = advance(h, fence, at(12, 45, 60));
-        assert_eq!((h, fence), (3, Some(at(9, 40, 50))));
-        // Everything below 50 finished: 9 is final; 12 waits behind a new fence.
-        let (h, fence) = advance(h, fence, at(12, 55, 60));
-        assert_eq!((h, fence), (9, Some(at(12, 55, 60))));
+        let (h, fence) = advance(h, fence, at(12, &[45, 50]));
+        assert_eq!((h, fence.clone()), (3, Some(at(9, &[40, 45]))));
+        // 40 and 45 finished: 9 is final; 12 waits behind a new fence.
+        let (h, fence) = advance(h, fence, at(12, &[50, 51]));
+        assert_eq!((h, fence), (9, Some(at(12, &[50, 51]))));
     }
 
     #[test]
     fn the_horizon_never_moves_back() {
-        assert_eq!(advance(20, None, at(9, 50, 50)), (20, None));
-        assert_eq!(advance(20, None, at(9, 40, 50)), (20, None));
+        assert_eq!(advance(20, None, at(9, &[])), (20, None));
+        assert_eq!(advance(20, None, at(9, &[40])), (20, None));
     }
 }

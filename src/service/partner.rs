@@ -418,8 +418,8 @@ impl App {
         let now = Utc::now();
         let enterprise = super::enterprises::load(conn, need.enterprise_id).await?;
         let enterprise = match_enterprise(&enterprise, now.date_naive())?;
-        let policy = self.policy();
-        let created = top_up(conn, catalog, policy, need, &enterprise, policy.top_k, now).await?;
+        let target = self.policy().top_k;
+        let created = top_up(conn, self, catalog, need, &enterprise, target, now).await?;
         let next = if storage::referrals::count_open(conn, need.id).await? == 0 {
             NeedStatus::Unmatched
         } else {

@@ -75,19 +75,14 @@ pub struct ReferralFilter<'a> {
     pub created_to: Option<DateTime<Utc>>,
 }
 
-/// Where the event log stands, read in one statement: the last cursor handed out (by committed
-/// and in-flight transactions alike) and the span of transaction ids in progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
+/// Where the event log stands: the last cursor handed out (by committed and in-flight
+/// transactions alike), and the transactions of this database in progress after it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventLogPosition {
     /// The identity sequence's last value; 0 before the first event.
-    #[diesel(sql_type = BigInt)]
     pub last_cursor: i64,
-    /// The oldest transaction id still in progress (= `xmax` when none is).
-    #[diesel(sql_type = BigInt)]
-    pub xmin: i64,
-    /// The first transaction id not yet assigned.
-    #[diesel(sql_type = BigInt)]
-    pub xmax: i64,
+    /// Ids of the write transactions of this database in progress (other than the caller's).
+    pub in_flight: Vec<i64>,
 }
 
 /// The lender's referral, if it exists and is the lender's.
@@ -312,17 +307,38 @@ pub async fn events(
         .await
 }
 
-/// Where the event log stands now (see [`EventLogPosition`]).
+/// Where the event log stands now (see [`EventLogPosition`]). Two statements, in this order:
+/// a transaction that took a cursor before the first is either finished or listed by the second.
 pub async fn event_log_position(conn: &mut Connection) -> QueryResult<EventLogPosition> {
+    #[derive(QueryableByName)]
+    struct LastCursor {
+        #[diesel(sql_type = BigInt)]
+        last_cursor: i64,
+    }
+    #[derive(QueryableByName)]
+    struct InFlight {
+        #[diesel(sql_type = BigInt)]
+        xid: i64,
+    }
     // The identity sequence is read outside MVCC: `last_value` counts cursors handed out by
     // transactions still in progress too, which is exactly what the watch horizon needs.
-    diesel::sql_query(
-        "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END \
-                   FROM referral_events_cursor_seq) AS last_cursor, \
-                pg_snapshot_xmin(s)::text::bigint AS xmin, \
-                pg_snapshot_xmax(s)::text::bigint AS xmax \
-         FROM pg_current_snapshot() AS s",
+    let last: LastCursor = diesel::sql_query(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS last_cursor \
+         FROM referral_events_cursor_seq",
     )
     .get_result(conn)
-    .await
+    .await?;
+    // Only this database's transactions can insert events; finmatch's sessions share one role,
+    // so their backend_xid is visible without extra privileges.
+    let in_flight: Vec<InFlight> = diesel::sql_query(
+        "SELECT backend_xid::text::bigint AS xid FROM pg_stat_activity \
+         WHERE datname = current_database() AND backend_xid IS NOT NULL \
+           AND pid <> pg_backend_pid()",
+    )
+    .load(conn)
+    .await?;
+    Ok(EventLogPosition {
+        last_cursor: last.last_cursor,
+        in_flight: in_flight.into_iter().map(|t| t.xid).collect(),
+    })
 }
