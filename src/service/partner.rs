@@ -633,10 +633,10 @@ async fn product_of(
 }
 
 async fn disbursed_on(conn: &mut Connection, referral_id: Uuid) -> Result<i64> {
-    Ok(storage::partner::disbursed(conn, &[referral_id])
+    Ok(storage::referrals::disbursed(conn, &[referral_id])
         .await?
         .first()
-        .map_or(0, |(_, sum)| *sum))
+        .map_or(0, |d| d.disbursed_minor))
 }
 
 /// Applies a lender's change with its event and audit row.
@@ -773,9 +773,10 @@ async fn with_context(
 ) -> Result<Vec<LenderReferral>> {
     let referral_ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let need_ids: Vec<Uuid> = rows.iter().map(|r| r.need_id).collect();
-    let disbursed: HashMap<Uuid, i64> = storage::partner::disbursed(conn, &referral_ids)
+    let disbursed: HashMap<Uuid, i64> = storage::referrals::disbursed(conn, &referral_ids)
         .await?
         .into_iter()
+        .map(|d| (d.referral_id, d.disbursed_minor))
         .collect();
     let needs: HashMap<Uuid, NeedRow> = storage::partner::needs(conn, &need_ids)
         .await?

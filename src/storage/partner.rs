@@ -192,32 +192,6 @@ pub async fn enterprises(conn: &mut Connection, ids: &[Uuid]) -> QueryResult<Vec
         .await
 }
 
-/// Sum of the disbursements recorded on each of these referrals (referrals without any are
-/// absent).
-pub async fn disbursed(
-    conn: &mut Connection,
-    referral_ids: &[Uuid],
-) -> QueryResult<Vec<(Uuid, i64)>> {
-    #[derive(QueryableByName)]
-    struct Sum {
-        #[diesel(sql_type = diesel::sql_types::Uuid)]
-        referral_id: Uuid,
-        #[diesel(sql_type = BigInt)]
-        disbursed_minor: i64,
-    }
-    let sums: Vec<Sum> = diesel::sql_query(
-        "SELECT referral_id, sum(amount_minor)::bigint AS disbursed_minor \
-         FROM disbursements WHERE referral_id = ANY($1) GROUP BY referral_id",
-    )
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(referral_ids)
-    .load(conn)
-    .await?;
-    Ok(sums
-        .into_iter()
-        .map(|s| (s.referral_id, s.disbursed_minor))
-        .collect())
-}
-
 /// The lender's disbursement with this loan reference, if recorded.
 pub async fn find_disbursement(
     conn: &mut Connection,
