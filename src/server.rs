@@ -112,6 +112,9 @@ impl Application {
             }
             None => Vec::new(),
         };
+        let (referral_feed, feed_control, feed_task) =
+            crate::service::events::ReferralFeed::start(app.clone());
+        let referral_feed_task = tokio::spawn(feed_task);
 
         // Reflection describes every service on the port, health and both reflection versions
         // included, so `grpcurl list` shows what is really served.
@@ -154,6 +157,7 @@ impl Application {
                 server_args.max_concurrent_calls,
             ))
             .layer(grpc::auth::AuthLayer::new(app.clone()))
+            .layer(grpc::partner::FeedLayer::new(referral_feed))
             .into_inner();
 
         let router = builder
@@ -173,6 +177,8 @@ impl Application {
             async move {
                 shutdown.await;
                 tracing::info!("shutting down: refusing new calls, draining the ones in flight");
+                // Watch streams never end by themselves; end them so draining can finish.
+                feed_control.close();
                 for name in grpc::SERVICE_NAMES {
                     health
                         .set_service_status(name, ServingStatus::NotServing)
@@ -189,6 +195,7 @@ impl Application {
         for task in metrics_tasks {
             task.abort();
         }
+        referral_feed_task.abort();
         result.context("serving")?;
         tracing::info!("stopped");
         Ok(())

@@ -1,12 +1,32 @@
-//! PartnerService: not built yet; every RPC answers UNIMPLEMENTED.
+//! PartnerService: a partner bank's referrals, answers, loan outcomes and event stream.
 
+use std::task::{Context, Poll};
+
+use futures::StreamExt as _;
+use prost::Message as _;
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
+use super::auth::principal;
+use super::convert::{self, Bridge, check};
+use super::financing::{need_pb, referral_pb};
 use super::pb;
-use crate::service::{App, Error};
+use crate::domain::{
+    self, DeclineReason, DomainError, Note, Reference, ReferralStatus, Violations,
+};
+use crate::service::events::{ReferralEvent, ReferralFeed, WatchItem};
+use crate::service::paging::PageRequest;
+use crate::service::partner::{
+    Decided, Decision, DisbursementInput, LenderReferral, ReferralQuery,
+};
+use crate::service::{App, Error, Idempotency};
+use crate::storage::partner::DisbursementRow;
+
+/// Longest idempotency key and loan reference, in characters (printable ASCII).
+const MAX_KEY_LEN: usize = 128;
+const MAX_LOAN_REFERENCE_LEN: usize = 64;
 
 pub struct PartnerHandler {
-    #[allow(dead_code)]
     app: App,
 }
 
@@ -20,9 +40,46 @@ impl PartnerHandler {
 impl pb::partner_service_server::PartnerService for PartnerHandler {
     async fn list_referrals(
         &self,
-        _request: Request<pb::ListReferralsRequest>,
+        request: Request<pb::ListReferralsRequest>,
     ) -> Result<Response<pb::ListReferralsResponse>, Status> {
-        Err(Error::Unimplemented("PartnerService.ListReferrals").into())
+        let who = principal(&request)?;
+        let body = request.into_inner();
+        let mut v = Violations::default();
+        let page = PageRequest::parse(body.page_size, &body.page_token, &mut v);
+        let mut statuses = Vec::new();
+        for (i, status) in convert::enums::<pb::ReferralStatus>(&body.statuses)
+            .into_iter()
+            .enumerate()
+        {
+            match status {
+                Some(s) => statuses.push(s),
+                None => v.add(
+                    format!("statuses[{i}]"),
+                    ReferralStatus::unspecified().to_string(),
+                ),
+            }
+        }
+        let from = convert::instant("create_time_from", body.create_time_from.as_ref(), &mut v);
+        let to = convert::instant("create_time_to", body.create_time_to.as_ref(), &mut v);
+        if let (Some(from), Some(to)) = (from, to)
+            && to <= from
+        {
+            v.add("create_time_to", "must be after create_time_from");
+        }
+        check(v)?;
+        let query = ReferralQuery {
+            statuses,
+            created_from: from,
+            created_to: to,
+        };
+        let page = self
+            .app
+            .list_referrals(&who, query, page.expect("checked"))
+            .await?;
+        Ok(Response::new(pb::ListReferralsResponse {
+            referrals: page.items.into_iter().map(lender_referral_pb).collect(),
+            next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
+        }))
     }
 
     type WatchReferralsStream =
@@ -30,43 +87,348 @@ impl pb::partner_service_server::PartnerService for PartnerHandler {
 
     async fn watch_referrals(
         &self,
-        _request: Request<pb::WatchReferralsRequest>,
+        request: Request<pb::WatchReferralsRequest>,
     ) -> Result<Response<Self::WatchReferralsStream>, Status> {
-        Err(Error::Unimplemented("PartnerService.WatchReferrals").into())
+        let who = principal(&request)?;
+        let feed = request
+            .extensions()
+            .get::<ReferralFeed>()
+            .cloned()
+            .ok_or_else(|| Status::from(Error::Unavailable))?;
+        let after = request.get_ref().after_cursor;
+        if after < 0 {
+            return Err(Error::invalid("after_cursor", "must not be negative").into());
+        }
+        let stream = self.app.watch_referrals(&who, &feed, after)?;
+        Ok(Response::new(
+            stream
+                .map(|item| {
+                    item.map(watch_item_pb).map_err(|e| match e {
+                        Error::Unavailable => Status::unavailable(
+                            "the watch stream ended (server shutting down or database \
+                             unreachable); reconnect with the last cursor received",
+                        ),
+                        other => other.into(),
+                    })
+                })
+                .boxed(),
+        ))
     }
 
     async fn get_referral(
         &self,
-        _request: Request<pb::GetReferralRequest>,
+        request: Request<pb::GetReferralRequest>,
     ) -> Result<Response<pb::GetReferralResponse>, Status> {
-        Err(Error::Unimplemented("PartnerService.GetReferral").into())
+        let who = principal(&request)?;
+        let mut v = Violations::default();
+        let id = convert::id("referral_id", &request.get_ref().referral_id, &mut v);
+        check(v)?;
+        let referral = self.app.get_referral(&who, id.expect("checked")).await?;
+        Ok(Response::new(pb::GetReferralResponse {
+            referral: Some(lender_referral_pb(referral)),
+        }))
     }
 
     async fn acknowledge_referral(
         &self,
-        _request: Request<pb::AcknowledgeReferralRequest>,
+        request: Request<pb::AcknowledgeReferralRequest>,
     ) -> Result<Response<pb::AcknowledgeReferralResponse>, Status> {
-        Err(Error::Unimplemented("PartnerService.AcknowledgeReferral").into())
+        let who = principal(&request)?;
+        let mut v = Violations::default();
+        let id = convert::id("referral_id", &request.get_ref().referral_id, &mut v);
+        check(v)?;
+        let referral = self
+            .app
+            .acknowledge_referral(&who, id.expect("checked"))
+            .await?;
+        Ok(Response::new(pb::AcknowledgeReferralResponse {
+            referral: Some(lender_referral_pb(referral)),
+        }))
     }
 
     async fn request_information(
         &self,
-        _request: Request<pb::RequestInformationRequest>,
+        request: Request<pb::RequestInformationRequest>,
     ) -> Result<Response<pb::RequestInformationResponse>, Status> {
-        Err(Error::Unimplemented("PartnerService.RequestInformation").into())
+        let who = principal(&request)?;
+        let body = request.into_inner();
+        let mut v = Violations::default();
+        let id = convert::id("referral_id", &body.referral_id, &mut v);
+        let message = if body.message.trim().is_empty() {
+            v.add("message", DomainError::Missing.to_string());
+            None
+        } else {
+            v.field("message", Note::parse(&body.message))
+        };
+        check(v)?;
+        let referral = self
+            .app
+            .request_information(&who, id.expect("checked"), message.expect("checked"))
+            .await?;
+        Ok(Response::new(pb::RequestInformationResponse {
+            referral: Some(lender_referral_pb(referral)),
+        }))
     }
 
     async fn decide_referral(
         &self,
-        _request: Request<pb::DecideReferralRequest>,
+        request: Request<pb::DecideReferralRequest>,
     ) -> Result<Response<pb::DecideReferralResponse>, Status> {
-        Err(Error::Unimplemented("PartnerService.DecideReferral").into())
+        let who = principal(&request)?;
+        let body = request.into_inner();
+        let mut v = Violations::default();
+        let id = convert::id("referral_id", &body.referral_id, &mut v);
+        let idempotency = idempotency(&body, &mut v);
+        let decision = parse_decision(body.decision.as_ref(), &mut v);
+        check(v)?;
+        let encode = |decided: &LenderReferral| {
+            pb::DecideReferralResponse {
+                referral: Some(lender_referral_pb(decided.clone())),
+            }
+            .encode_to_vec()
+        };
+        let response = match self
+            .app
+            .decide_referral(
+                &who,
+                id.expect("checked"),
+                decision.expect("checked"),
+                idempotency.expect("checked"),
+                &encode,
+            )
+            .await?
+        {
+            Decided::Fresh(referral) => pb::DecideReferralResponse {
+                referral: Some(lender_referral_pb(*referral)),
+            },
+            Decided::Replayed(saved) => pb::DecideReferralResponse::decode(saved.as_slice())
+                .map_err(|e| Status::from(Error::Internal(e.into())))?,
+        };
+        Ok(Response::new(response))
     }
 
     async fn record_disbursement(
         &self,
-        _request: Request<pb::RecordDisbursementRequest>,
+        request: Request<pb::RecordDisbursementRequest>,
     ) -> Result<Response<pb::RecordDisbursementResponse>, Status> {
-        Err(Error::Unimplemented("PartnerService.RecordDisbursement").into())
+        let who = principal(&request)?;
+        let body = request.into_inner();
+        let mut v = Violations::default();
+        let referral_id = convert::id("referral_id", &body.referral_id, &mut v);
+        let loan_reference = loan_reference(&body.loan_reference, &mut v);
+        let amount = v.field("amount_minor", domain::AmountMinor::new(body.amount_minor));
+        let rate = v.field("rate_bps", domain::Bps::new(body.rate_bps));
+        let term = v.field("term_months", domain::TermMonths::new(body.term_months));
+        let disbursed_on = v.field("disbursed_on", domain::parse_date(&body.disbursed_on));
+        if let Some(day) = disbursed_on
+            && day > chrono::Utc::now().date_naive()
+        {
+            v.add("disbursed_on", "must not be after today (UTC)");
+        }
+        check(v)?;
+        let recorded = self
+            .app
+            .record_disbursement(
+                &who,
+                DisbursementInput {
+                    referral_id: referral_id.expect("checked"),
+                    loan_reference: loan_reference.expect("checked"),
+                    amount_minor: amount.expect("checked").get(),
+                    rate_bps: rate.expect("checked").get(),
+                    term_months: term.expect("checked").get(),
+                    disbursed_on: disbursed_on.expect("checked"),
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::RecordDisbursementResponse {
+            disbursement: Some(disbursement_pb(recorded.disbursement)),
+            referral: Some(lender_referral_pb(recorded.referral)),
+        }))
+    }
+}
+
+/// Puts the server's [`ReferralFeed`] into every request's extensions, where
+/// `WatchReferrals` finds it (the way the auth layer hands over the caller).
+#[derive(Clone)]
+pub struct FeedLayer {
+    feed: ReferralFeed,
+}
+
+impl FeedLayer {
+    pub fn new(feed: ReferralFeed) -> Self {
+        Self { feed }
+    }
+}
+
+impl<S> tower::Layer<S> for FeedLayer {
+    type Service = WithFeed<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WithFeed {
+            inner,
+            feed: self.feed.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct WithFeed<S> {
+    inner: S,
+    feed: ReferralFeed,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for WithFeed<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(self.feed.clone());
+        self.inner.call(request)
+    }
+}
+
+/// The key, validated, and a fingerprint of the request without it.
+fn idempotency(body: &pb::DecideReferralRequest, v: &mut Violations) -> Option<Idempotency> {
+    let key = body.idempotency_key.as_str();
+    if key.is_empty() {
+        v.add("idempotency_key", DomainError::Missing.to_string());
+        return None;
+    }
+    if key.len() > MAX_KEY_LEN || !printable_ascii(key) {
+        v.add(
+            "idempotency_key",
+            format!("must be 1 to {MAX_KEY_LEN} printable ASCII characters"),
+        );
+        return None;
+    }
+    let unkeyed = pb::DecideReferralRequest {
+        idempotency_key: String::new(),
+        ..body.clone()
+    };
+    Some(Idempotency {
+        key: key.to_owned(),
+        fingerprint: Sha256::digest(unkeyed.encode_to_vec()).to_vec(),
+    })
+}
+
+fn printable_ascii(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..=0x7e).contains(&b))
+}
+
+fn loan_reference(raw: &str, v: &mut Violations) -> Option<Reference> {
+    if raw.is_empty() {
+        v.add("loan_reference", DomainError::Missing.to_string());
+        return None;
+    }
+    if raw.len() > MAX_LOAN_REFERENCE_LEN || !printable_ascii(raw) || raw.trim() != raw {
+        v.add(
+            "loan_reference",
+            format!(
+                "must be 1 to {MAX_LOAN_REFERENCE_LEN} printable ASCII characters \
+                 without leading or trailing spaces"
+            ),
+        );
+        return None;
+    }
+    v.field("loan_reference", Reference::parse(raw))
+}
+
+fn parse_decision(
+    decision: Option<&pb::decide_referral_request::Decision>,
+    v: &mut Violations,
+) -> Option<Decision> {
+    use pb::decide_referral_request::Decision as D;
+    match decision {
+        None => {
+            v.add("decision", "exactly one of approve or decline is required");
+            None
+        }
+        Some(D::Approve(a)) => {
+            // The product's and the need's limits are checked by the use case.
+            let amount = v.field(
+                "approve.amount_minor",
+                domain::AmountMinor::new(a.amount_minor),
+            );
+            let rate = v.field("approve.rate_bps", domain::Bps::new(a.rate_bps));
+            let term = v.field(
+                "approve.term_months",
+                domain::TermMonths::new(a.term_months),
+            );
+            Some(Decision::Approve {
+                amount_minor: amount?.get(),
+                rate_bps: rate?.get(),
+                term_months: term?.get(),
+            })
+        }
+        Some(D::Decline(d)) => {
+            let reason = v.field(
+                "decline.reason",
+                DeclineReason::required(pb::DeclineReason::to_domain(d.reason)),
+            );
+            let note = v.field("decline.note", Note::parse(&d.note));
+            if reason == Some(DeclineReason::Other) && note.as_ref().is_some_and(Note::is_empty) {
+                v.add("decline.note", "is required when the reason is OTHER");
+            }
+            Some(Decision::Decline {
+                reason: reason?,
+                note: note?,
+            })
+        }
+    }
+}
+
+fn watch_item_pb(item: WatchItem) -> pb::WatchReferralsResponse {
+    use pb::watch_referrals_response::Payload;
+    let payload = match item {
+        WatchItem::Event(event) => Payload::Event(event_pb(*event)),
+        WatchItem::Heartbeat { time, cursor } => Payload::Heartbeat(pb::WatchReferralsHeartbeat {
+            time: convert::timestamp(time),
+            cursor,
+        }),
+    };
+    pb::WatchReferralsResponse {
+        payload: Some(payload),
+    }
+}
+
+fn event_pb(event: ReferralEvent) -> pb::ReferralEvent {
+    pb::ReferralEvent {
+        cursor: event.cursor,
+        kind: pb::ReferralEventKind::from_domain(event.kind),
+        referral: Some(referral_pb(event.referral)),
+        time: convert::timestamp(event.time),
+    }
+}
+
+/// A referral as its lender sees it.
+fn lender_referral_pb(r: LenderReferral) -> pb::Referral {
+    pb::Referral {
+        disbursed_minor: r.disbursed_minor,
+        need: r.need.map(need_pb),
+        enterprise: r.enterprise.map(super::enterprises::to_pb),
+        ..referral_pb(r.referral)
+    }
+}
+
+fn disbursement_pb(row: DisbursementRow) -> pb::Disbursement {
+    pb::Disbursement {
+        id: row.id.to_string(),
+        referral_id: row.referral_id.to_string(),
+        need_id: row.need_id.to_string(),
+        lender_id: row.lender_id.to_string(),
+        loan_reference: row.loan_reference,
+        amount_minor: row.amount_minor,
+        rate_bps: row.rate_bps,
+        term_months: row.term_months,
+        disbursed_on: convert::date(row.disbursed_on),
+        create_time: convert::timestamp(row.created_at),
     }
 }

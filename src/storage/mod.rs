@@ -135,6 +135,7 @@ pub mod enterprises;
 pub mod idempotency;
 pub mod lenders;
 pub mod needs;
+pub mod partner;
 pub mod referrals;
 pub mod reporting;
 pub mod special_loans;

@@ -130,6 +130,12 @@ async fn a_second_enterprise_with_the_same_credit_code_already_exists() {
         "names the holder: {}",
         status.message()
     );
+    assert_eq!(
+        error_reason(&status).as_deref(),
+        Some("DUPLICATE_CREDIT_CODE")
+    );
+    let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+    assert_eq!(info.metadata.get("enterprise_id"), Some(&first.id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

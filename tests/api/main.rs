@@ -8,6 +8,7 @@ mod fixtures;
 mod helpers;
 mod import;
 mod lenders;
+mod partner;
 mod reporting;
 mod server;
 mod special_loans;

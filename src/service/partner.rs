@@ -1,0 +1,816 @@
+//! The partner bank's use cases: its referrals, its answers and its loan outcomes.
+//!
+//! The lender is always the one the caller's credential is bound to (`who.require_lender`), and
+//! every query filters by it in SQL: another lender's referral is NOT_FOUND, exactly like an
+//! unknown id. Every change writes, in one transaction, the referral, a referral event and an
+//! audit row. Use cases that touch the need lock the need first (the order every need-changing
+//! use case follows), so two banks answering on one need take turns instead of deadlocking.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use diesel_async::AsyncConnection as _;
+use uuid::Uuid;
+
+use super::enterprises::{Enterprise, to_enterprise};
+use super::financing::{Need, Referral, to_need, to_referral};
+use super::paging::{Cursor, Page, PageRequest};
+use super::routing::{Catalog, match_enterprise, top_up};
+use super::{App, Error, Idempotency, Principal, Result, audit, error, reason};
+use crate::domain::{DeclineReason, NeedStatus, Note, Reference, ReferralStatus};
+use crate::storage::needs::NeedRow;
+use crate::storage::partner::{DisbursementRow, NewDisbursement, ReferralChanges, ReferralFilter};
+use crate::storage::referrals::{NewReferralEvent, OPEN_STATUSES, ReferralRow};
+use crate::storage::{self, Connection, Failure};
+
+/// FAILED_PRECONDITION reasons of PartnerService beyond the shared ones.
+pub mod partner_reason {
+    /// An approval or disbursement above the need's unfunded amount.
+    pub const AMOUNT_EXCEEDS_UNFUNDED: &str = "AMOUNT_EXCEEDS_UNFUNDED";
+    /// Disbursements on a referral above its approved amount.
+    pub const AMOUNT_EXCEEDS_APPROVED: &str = "AMOUNT_EXCEEDS_APPROVED";
+}
+use partner_reason::{AMOUNT_EXCEEDS_APPROVED, AMOUNT_EXCEEDS_UNFUNDED};
+
+const RPC_ACKNOWLEDGE: &str = "finmatch.v1.PartnerService/AcknowledgeReferral";
+const RPC_REQUEST_INFORMATION: &str = "finmatch.v1.PartnerService/RequestInformation";
+const RPC_DECIDE: &str = "finmatch.v1.PartnerService/DecideReferral";
+const RPC_DISBURSE: &str = "finmatch.v1.PartnerService/RecordDisbursement";
+
+/// How often a transaction that lost a race (serialization failure, deadlock, a concurrent
+/// twin of an idempotent call) is run again.
+const TRIES: u32 = 3;
+
+/// A referral as its lender sees it.
+#[derive(Debug, Clone)]
+pub struct LenderReferral {
+    pub referral: Referral,
+    /// Sum of the disbursements recorded on the referral.
+    pub disbursed_minor: i64,
+    /// Filled where the contract says the lender sees the need.
+    pub need: Option<Need>,
+    /// Filled where the contract says the lender sees the enterprise; contact data blanked
+    /// unless the need's owner consented to share.
+    pub enterprise: Option<Enterprise>,
+}
+
+/// Filters of [`App::list_referrals`].
+#[derive(Debug, Clone, Default)]
+pub struct ReferralQuery {
+    pub statuses: Vec<ReferralStatus>,
+    pub created_from: Option<DateTime<Utc>>,
+    pub created_to: Option<DateTime<Utc>>,
+}
+
+/// A lender's decision on a referral, validated at the edge except for the product's and the
+/// need's limits, which only the database knows.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    Approve {
+        amount_minor: i64,
+        rate_bps: i32,
+        term_months: i32,
+    },
+    Decline {
+        reason: DeclineReason,
+        note: Note,
+    },
+}
+
+/// A loan outcome as the lender reports it.
+#[derive(Debug, Clone)]
+pub struct DisbursementInput {
+    pub referral_id: Uuid,
+    pub loan_reference: Reference,
+    pub amount_minor: i64,
+    pub rate_bps: i32,
+    pub term_months: i32,
+    pub disbursed_on: NaiveDate,
+}
+
+/// The result of RecordDisbursement: the disbursement and the referral with its need.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub disbursement: DisbursementRow,
+    pub referral: LenderReferral,
+}
+
+/// What a DecideReferral call did.
+#[derive(Debug, Clone)]
+pub enum Decided {
+    /// Decided now.
+    Fresh(Box<LenderReferral>),
+    /// An earlier call with the same key and request decided; its saved response.
+    Replayed(Vec<u8>),
+}
+
+/// Encodes a decision's response for replay; supplied by the transport, which owns the format.
+pub type DecisionEncoder<'a> = &'a (dyn Fn(&LenderReferral) -> Vec<u8> + Send + Sync);
+
+impl App {
+    /// One page of the caller's referrals in creation order, each with need and enterprise.
+    pub async fn list_referrals(
+        &self,
+        who: &Principal,
+        query: ReferralQuery,
+        page: PageRequest,
+    ) -> Result<Page<LenderReferral>> {
+        let lender_id = who.require_lender("ListReferrals")?;
+        let mut conn = self.conn().await?;
+        let filter = ReferralFilter {
+            statuses: query.statuses.iter().map(|s| s.as_str()).collect(),
+            created_from: query.created_from,
+            created_to: query.created_to,
+        };
+        let rows = storage::partner::list(
+            &mut conn,
+            lender_id,
+            &filter,
+            page.after.map(|c| (c.created_at, c.id)),
+            page.fetch_limit(),
+        )
+        .await?;
+        let page = page.page(rows, |row| Cursor {
+            created_at: row.created_at,
+            id: row.id,
+        });
+        let items = with_context(&mut conn, page.items).await?;
+        Ok(Page {
+            items,
+            next: page.next,
+        })
+    }
+
+    /// The caller's referral with need and enterprise; NOT_FOUND for another lender's.
+    pub async fn get_referral(&self, who: &Principal, id: Uuid) -> Result<LenderReferral> {
+        let lender_id = who.require_lender("GetReferral")?;
+        let mut conn = self.conn().await?;
+        let row = storage::partner::find(&mut conn, lender_id, id)
+            .await?
+            .ok_or_else(|| Error::not_found("referral", id))?;
+        let mut items = with_context(&mut conn, vec![row]).await?;
+        Ok(items.remove(0))
+    }
+
+    /// PENDING or INFO_REQUESTED → ACKNOWLEDGED; an ACKNOWLEDGED referral is returned unchanged.
+    #[tracing::instrument(skip(self, who))]
+    pub async fn acknowledge_referral(&self, who: &Principal, id: Uuid) -> Result<LenderReferral> {
+        let lender_id = who.require_lender("AcknowledgeReferral")?;
+        let who = who.clone();
+        self.conn()
+            .await?
+            .transaction(async move |conn| {
+                let row = locked(conn, lender_id, id).await?;
+                let status = referral_status(&row)?;
+                if status == ReferralStatus::Acknowledged {
+                    return bare(conn, row).await;
+                }
+                require_from(
+                    &row,
+                    status,
+                    &[ReferralStatus::Pending, ReferralStatus::InfoRequested],
+                    ReferralStatus::Acknowledged,
+                )?;
+                let changes = ReferralChanges {
+                    status: Some(ReferralStatus::Acknowledged.as_str()),
+                    ..Default::default()
+                };
+                let row = change(
+                    conn,
+                    &who,
+                    RPC_ACKNOWLEDGE,
+                    &row,
+                    &changes,
+                    serde_json::json!({}),
+                )
+                .await?;
+                bare(conn, row).await
+            })
+            .await
+    }
+
+    /// ACKNOWLEDGED → INFO_REQUESTED with the lender's message; repeating the same message on an
+    /// INFO_REQUESTED referral returns it unchanged.
+    #[tracing::instrument(skip(self, who, message))]
+    pub async fn request_information(
+        &self,
+        who: &Principal,
+        id: Uuid,
+        message: Note,
+    ) -> Result<LenderReferral> {
+        let lender_id = who.require_lender("RequestInformation")?;
+        let who = who.clone();
+        self.conn()
+            .await?
+            .transaction(async move |conn| {
+                let row = locked(conn, lender_id, id).await?;
+                let status = referral_status(&row)?;
+                if status == ReferralStatus::InfoRequested
+                    && row.info_request.as_deref() == Some(message.as_str())
+                {
+                    return bare(conn, row).await;
+                }
+                require_from(
+                    &row,
+                    status,
+                    &[ReferralStatus::Acknowledged],
+                    ReferralStatus::InfoRequested,
+                )?;
+                let changes = ReferralChanges {
+                    status: Some(ReferralStatus::InfoRequested.as_str()),
+                    info_request: Some(message.as_str()),
+                    ..Default::default()
+                };
+                let detail = serde_json::json!({ "message": message.as_str() });
+                let row =
+                    change(conn, &who, RPC_REQUEST_INFORMATION, &row, &changes, detail).await?;
+                bare(conn, row).await
+            })
+            .await
+    }
+
+    /// Approves (ACKNOWLEDGED → APPROVED, need ROUTED → APPROVED) or declines (PENDING,
+    /// ACKNOWLEDGED or INFO_REQUESTED → DECLINED, the need routed onwards), idempotent by key.
+    #[tracing::instrument(skip(self, who, decision, idempotency, encode))]
+    pub async fn decide_referral(
+        &self,
+        who: &Principal,
+        id: Uuid,
+        decision: Decision,
+        idempotency: Idempotency,
+        encode: DecisionEncoder<'_>,
+    ) -> Result<Decided> {
+        let lender_id = who.require_lender("DecideReferral")?;
+        error::retry_conflicts(TRIES, || {
+            let who = who.clone();
+            let decision = decision.clone();
+            let idempotency = idempotency.clone();
+            async move {
+                // Routing reads the product catalog; refresh it before taking any lock.
+                let catalog = match decision {
+                    Decision::Decline { .. } => {
+                        let mut conn = self.conn().await?;
+                        Some(self.catalog(&mut conn).await?)
+                    }
+                    Decision::Approve { .. } => None,
+                };
+                self.conn()
+                    .await?
+                    .transaction(async move |conn| {
+                        // Checked under the need's lock: a concurrent twin waits here for the
+                        // first call to commit, then replays it instead of deciding again.
+                        let need = lock_need_of(conn, lender_id, id).await?;
+                        if let Some(saved) =
+                            audit::replayed(conn, &who, RPC_DECIDE, &idempotency).await?
+                        {
+                            return Ok(Decided::Replayed(saved));
+                        }
+                        let row = locked(conn, lender_id, id).await?;
+                        let status = referral_status(&row)?;
+                        let row = match &decision {
+                            Decision::Approve {
+                                amount_minor,
+                                rate_bps,
+                                term_months,
+                            } => {
+                                require_from(
+                                    &row,
+                                    status,
+                                    &[ReferralStatus::Acknowledged],
+                                    ReferralStatus::Approved,
+                                )?;
+                                let product = product_of(conn, &row).await?;
+                                let mut v = crate::domain::Violations::default();
+                                within(
+                                    &mut v,
+                                    "approve.amount_minor",
+                                    *amount_minor,
+                                    product.min_amount_minor,
+                                    product.max_amount_minor,
+                                );
+                                within(
+                                    &mut v,
+                                    "approve.rate_bps",
+                                    *rate_bps,
+                                    product.min_rate_bps,
+                                    product.max_rate_bps,
+                                );
+                                within(
+                                    &mut v,
+                                    "approve.term_months",
+                                    *term_months,
+                                    product.min_term_months,
+                                    product.max_term_months,
+                                );
+                                v.finish()?;
+                                let unfunded = need.amount_minor - need.funded_minor;
+                                if *amount_minor > unfunded {
+                                    return Err(exceeds_unfunded(need.id, *amount_minor, unfunded));
+                                }
+                                let changes = ReferralChanges {
+                                    status: Some(ReferralStatus::Approved.as_str()),
+                                    approved_amount_minor: Some(*amount_minor),
+                                    approved_rate_bps: Some(*rate_bps),
+                                    approved_term_months: Some(*term_months),
+                                    ..Default::default()
+                                };
+                                let detail = serde_json::json!({
+                                    "amount_minor": amount_minor,
+                                    "rate_bps": rate_bps,
+                                    "term_months": term_months,
+                                });
+                                let row =
+                                    change(conn, &who, RPC_DECIDE, &row, &changes, detail).await?;
+                                storage::partner::approve_need(conn, need.id).await?;
+                                row
+                            }
+                            Decision::Decline { reason, note } => {
+                                require_from(
+                                    &row,
+                                    status,
+                                    &[
+                                        ReferralStatus::Pending,
+                                        ReferralStatus::Acknowledged,
+                                        ReferralStatus::InfoRequested,
+                                    ],
+                                    ReferralStatus::Declined,
+                                )?;
+                                let changes = ReferralChanges {
+                                    status: Some(ReferralStatus::Declined.as_str()),
+                                    decline_reason: Some(reason.as_str()),
+                                    decline_note: Some(note.as_str()),
+                                    ..Default::default()
+                                };
+                                let detail = serde_json::json!({
+                                    "reason": reason.as_str(),
+                                    "note": note.as_str(),
+                                });
+                                let row =
+                                    change(conn, &who, RPC_DECIDE, &row, &changes, detail).await?;
+                                let catalog = catalog.clone().ok_or_else(|| {
+                                    Error::Internal(anyhow::anyhow!("decline without catalog"))
+                                })?;
+                                let routed = self.route_onwards(conn, catalog, &need).await?;
+                                audit::record(
+                                    conn,
+                                    Some(&who),
+                                    RPC_DECIDE,
+                                    "need",
+                                    need.id,
+                                    serde_json::json!({
+                                        "declined_referral": row.id,
+                                        "new_referrals": routed,
+                                    }),
+                                )
+                                .await?;
+                                row
+                            }
+                        };
+                        let decided = bare(conn, row).await?;
+                        audit::remember(conn, &who, RPC_DECIDE, &idempotency, &encode(&decided))
+                            .await?;
+                        Ok(Decided::Fresh(Box::new(decided)))
+                    })
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Records a loan outcome on an APPROVED (or, for a further tranche, DISBURSED) referral,
+    /// idempotent on (lender, loan reference). The need's funding grows by a conditional UPDATE
+    /// that can never fund it beyond its amount; when it is reached the need is FUNDED and every
+    /// other open referral CANCELLED.
+    #[tracing::instrument(skip(self, who, input), fields(referral_id = %input.referral_id))]
+    pub async fn record_disbursement(
+        &self,
+        who: &Principal,
+        input: DisbursementInput,
+    ) -> Result<Recorded> {
+        let lender_id = who.require_lender("RecordDisbursement")?;
+        error::retry_conflicts(TRIES, || {
+            let who = who.clone();
+            let input = input.clone();
+            async move {
+                self.conn()
+                    .await?
+                    .transaction(async move |conn| disburse(conn, &who, lender_id, &input).await)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Sends the need of a declined referral to the next best untried lenders until it has the
+    /// policy's number of open referrals again (the routing SubmitNeed and the SLA sweeper use);
+    /// with none left and nothing open it becomes UNMATCHED. A need that already has an approval
+    /// (APPROVED) is not routed further. The caller holds the need's lock.
+    async fn route_onwards(
+        &self,
+        conn: &mut Connection,
+        catalog: Arc<Catalog>,
+        need: &NeedRow,
+    ) -> Result<Vec<Uuid>> {
+        if !matches!(need.status.as_str(), "SUBMITTED" | "ROUTED") {
+            return Ok(Vec::new());
+        }
+        let now = Utc::now();
+        let enterprise = super::enterprises::load(conn, need.enterprise_id).await?;
+        let enterprise = match_enterprise(&enterprise, now.date_naive())?;
+        let target = self.policy().top_k;
+        let created = top_up(conn, self, catalog, need, &enterprise, target, now).await?;
+        let next = if storage::referrals::count_open(conn, need.id).await? == 0 {
+            NeedStatus::Unmatched
+        } else {
+            NeedStatus::Routed
+        };
+        storage::needs::set_status(conn, need.id, next.as_str(), created.len() as i32).await?;
+        Ok(created.into_iter().map(|r| r.id).collect())
+    }
+}
+
+async fn disburse(
+    conn: &mut Connection,
+    who: &Principal,
+    lender_id: Uuid,
+    input: &DisbursementInput,
+) -> Result<Recorded> {
+    let reference = input.loan_reference.as_str();
+    // Looked up under the need's lock: a concurrent twin waits for the first call to commit,
+    // then replays it (rather than failing on the funding it just added).
+    let need = lock_need_of(conn, lender_id, input.referral_id).await?;
+    if let Some(existing) = storage::partner::find_disbursement(conn, lender_id, reference).await? {
+        return replay_disbursement(conn, lender_id, existing, input).await;
+    }
+    let row = locked(conn, lender_id, input.referral_id).await?;
+    let status = referral_status(&row)?;
+    if !matches!(status, ReferralStatus::Approved | ReferralStatus::Disbursed) {
+        return Err(illegal(&row, status, ReferralStatus::Disbursed));
+    }
+    let product = product_of(conn, &row).await?;
+    let mut v = crate::domain::Violations::default();
+    within(
+        &mut v,
+        "rate_bps",
+        input.rate_bps,
+        product.min_rate_bps,
+        product.max_rate_bps,
+    );
+    within(
+        &mut v,
+        "term_months",
+        input.term_months,
+        product.min_term_months,
+        product.max_term_months,
+    );
+    v.finish()?;
+    let already = disbursed_on(conn, row.id).await?;
+    let approved = row.approved_amount_minor.unwrap_or(0);
+    if already + input.amount_minor > approved {
+        return Err(Error::precondition(
+            AMOUNT_EXCEEDS_APPROVED,
+            format!(
+                "referral {} was approved for {approved} and has {already} disbursed; \
+                 {} more would exceed the approval",
+                row.id, input.amount_minor
+            ),
+        )
+        .with_metadata("approved_minor", approved)
+        .with_metadata("disbursed_minor", already));
+    }
+    let Some(funded) = storage::partner::add_funding(conn, need.id, input.amount_minor).await?
+    else {
+        return Err(exceeds_unfunded(
+            need.id,
+            input.amount_minor,
+            need.amount_minor - need.funded_minor,
+        ));
+    };
+    let disbursement = match storage::partner::insert_disbursement(
+        conn,
+        &NewDisbursement {
+            referral_id: row.id,
+            need_id: row.need_id,
+            lender_id,
+            loan_reference: reference,
+            amount_minor: input.amount_minor,
+            rate_bps: input.rate_bps,
+            term_months: input.term_months,
+            disbursed_on: input.disbursed_on,
+        },
+    )
+    .await
+    {
+        // A concurrent call with the same reference won; running again replays it.
+        Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
+            return Err(Error::Internal(anyhow::Error::new(error::Conflict)));
+        }
+        other => other?,
+    };
+    let changes = ReferralChanges {
+        status: Some(ReferralStatus::Disbursed.as_str()),
+        ..Default::default()
+    };
+    let detail = serde_json::json!({
+        "disbursement_id": disbursement.id,
+        "loan_reference": reference,
+        "amount_minor": input.amount_minor,
+        "need_funded_minor": funded.funded_minor,
+    });
+    let row = change(conn, who, RPC_DISBURSE, &row, &changes, detail).await?;
+    if funded.status == "FUNDED" {
+        // Fully funded through this referral: nobody else may fund it again.
+        let cancelled = storage::referrals::set_status_where(
+            conn,
+            need.id,
+            &OPEN_STATUSES,
+            ReferralStatus::Cancelled.as_str(),
+        )
+        .await?;
+        for other in &cancelled {
+            append_event(
+                conn,
+                other,
+                ReferralStatus::Cancelled,
+                serde_json::json!({ "cause": "need funded", "funded_by_referral_id": row.id }),
+            )
+            .await?;
+        }
+        audit::record(
+            conn,
+            Some(who),
+            RPC_DISBURSE,
+            "need",
+            need.id,
+            serde_json::json!({
+                "to": "FUNDED",
+                "cancelled_referrals": cancelled.iter().map(|r| r.id).collect::<Vec<_>>(),
+            }),
+        )
+        .await?;
+    }
+    let disbursed_minor = already + input.amount_minor;
+    Ok(Recorded {
+        disbursement,
+        referral: LenderReferral {
+            referral: to_referral(row)?,
+            disbursed_minor,
+            need: Some(to_need(funded)?),
+            enterprise: None,
+        },
+    })
+}
+
+/// The first result of a disbursement already recorded under this reference, when the payload
+/// is the same; IDEMPOTENCY_KEY_REUSED otherwise.
+async fn replay_disbursement(
+    conn: &mut Connection,
+    lender_id: Uuid,
+    existing: DisbursementRow,
+    input: &DisbursementInput,
+) -> Result<Recorded> {
+    let same = existing.referral_id == input.referral_id
+        && existing.amount_minor == input.amount_minor
+        && existing.rate_bps == input.rate_bps
+        && existing.term_months == input.term_months
+        && existing.disbursed_on == input.disbursed_on;
+    if !same {
+        return Err(Error::precondition(
+            reason::IDEMPOTENCY_KEY_REUSED,
+            format!(
+                "loan_reference {:?} is already recorded with a different disbursement; \
+                 a loan reference names one loan",
+                existing.loan_reference
+            ),
+        )
+        .with_metadata("loan_reference", &existing.loan_reference)
+        .with_metadata("disbursement_id", existing.id));
+    }
+    let row = storage::partner::find(conn, lender_id, existing.referral_id)
+        .await?
+        .ok_or_else(|| Error::not_found("referral", existing.referral_id))?;
+    let need = storage::needs::find(conn, row.need_id)
+        .await?
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("referral {} without need", row.id)))?;
+    let disbursed_minor = disbursed_on(conn, row.id).await?;
+    Ok(Recorded {
+        disbursement: existing,
+        referral: LenderReferral {
+            referral: to_referral(row)?,
+            disbursed_minor,
+            need: Some(to_need(need)?),
+            enterprise: None,
+        },
+    })
+}
+
+/// The caller's referral, locked; NOT_FOUND for another lender's.
+async fn locked(conn: &mut Connection, lender_id: Uuid, id: Uuid) -> Result<ReferralRow> {
+    storage::partner::find_for_update(conn, lender_id, id)
+        .await?
+        .ok_or_else(|| Error::not_found("referral", id))
+}
+
+/// The need of the caller's referral, locked (taken before the referral's lock, in the order
+/// every need-changing use case follows).
+async fn lock_need_of(conn: &mut Connection, lender_id: Uuid, id: Uuid) -> Result<NeedRow> {
+    let row = storage::partner::find(conn, lender_id, id)
+        .await?
+        .ok_or_else(|| Error::not_found("referral", id))?;
+    storage::needs::find_for_update(conn, row.need_id)
+        .await?
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("referral {id} without need")))
+}
+
+async fn product_of(
+    conn: &mut Connection,
+    row: &ReferralRow,
+) -> Result<storage::lenders::ProductRow> {
+    storage::lenders::find_product(conn, row.product_id)
+        .await?
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("referral {} without product", row.id)))
+}
+
+async fn disbursed_on(conn: &mut Connection, referral_id: Uuid) -> Result<i64> {
+    Ok(storage::referrals::disbursed(conn, &[referral_id])
+        .await?
+        .first()
+        .map_or(0, |d| d.disbursed_minor))
+}
+
+/// Applies a lender's change with its event and audit row.
+async fn change(
+    conn: &mut Connection,
+    who: &Principal,
+    rpc: &str,
+    row: &ReferralRow,
+    changes: &ReferralChanges<'_>,
+    detail: serde_json::Value,
+) -> Result<ReferralRow> {
+    let to: ReferralStatus = changes
+        .status
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("a referral change without status")))?;
+    let updated = storage::partner::update(conn, row.lender_id, row.id, changes).await?;
+    append_event(conn, &updated, to, detail.clone()).await?;
+    audit::record(
+        conn,
+        Some(who),
+        rpc,
+        "referral",
+        row.id,
+        serde_json::json!({ "from": row.status, "to": to.as_str(), "detail": detail }),
+    )
+    .await?;
+    Ok(updated)
+}
+
+async fn append_event(
+    conn: &mut Connection,
+    row: &ReferralRow,
+    status: ReferralStatus,
+    detail: serde_json::Value,
+) -> Result<()> {
+    storage::referrals::insert_event(
+        conn,
+        &NewReferralEvent {
+            referral_id: row.id,
+            lender_id: row.lender_id,
+            need_id: row.need_id,
+            kind: status.event_kind().as_str(),
+            status: status.as_str(),
+            detail,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// ILLEGAL_TRANSITION unless the use case accepts `status` as a start and the state machine
+/// allows the move.
+fn require_from(
+    row: &ReferralRow,
+    status: ReferralStatus,
+    from: &[ReferralStatus],
+    to: ReferralStatus,
+) -> Result<()> {
+    if from.contains(&status) && status.can_transition(to) {
+        Ok(())
+    } else {
+        Err(illegal(row, status, to))
+    }
+}
+
+fn illegal(row: &ReferralRow, status: ReferralStatus, to: ReferralStatus) -> Error {
+    Error::precondition(
+        reason::ILLEGAL_TRANSITION,
+        format!(
+            "referral {} is {}; it cannot become {}",
+            row.id,
+            status.as_str(),
+            to.as_str()
+        ),
+    )
+    .with_metadata("referral_id", row.id)
+    .with_metadata("status", status.as_str())
+    .with_metadata("requested_status", to.as_str())
+}
+
+fn exceeds_unfunded(need_id: Uuid, amount_minor: i64, unfunded_minor: i64) -> Error {
+    Error::precondition(
+        AMOUNT_EXCEEDS_UNFUNDED,
+        format!(
+            "need {need_id} has {unfunded_minor} unfunded; {amount_minor} would fund it beyond its amount"
+        ),
+    )
+    .with_metadata("need_id", need_id)
+    .with_metadata("unfunded_minor", unfunded_minor)
+}
+
+/// Adds a violation unless `min <= value <= max` (the product's range).
+fn within<T: PartialOrd + std::fmt::Display>(
+    v: &mut crate::domain::Violations,
+    field: &str,
+    value: T,
+    min: T,
+    max: T,
+) {
+    if value < min || value > max {
+        v.add(
+            field,
+            format!("must be within the product's range {min} to {max}, got {value}"),
+        );
+    }
+}
+
+fn referral_status(row: &ReferralRow) -> Result<ReferralStatus> {
+    row.status.parse().map_err(|_| {
+        Error::Internal(anyhow::anyhow!(
+            "referral {} has unknown status {:?}",
+            row.id,
+            row.status
+        ))
+    })
+}
+
+/// The referral alone (need and enterprise unset), with its disbursed sum.
+async fn bare(conn: &mut Connection, row: ReferralRow) -> Result<LenderReferral> {
+    let disbursed_minor = disbursed_on(conn, row.id).await?;
+    Ok(LenderReferral {
+        referral: to_referral(row)?,
+        disbursed_minor,
+        need: None,
+        enterprise: None,
+    })
+}
+
+/// Fills need, enterprise (contact data only with consent) and disbursed sums, in four queries
+/// for the whole page.
+async fn with_context(
+    conn: &mut Connection,
+    rows: Vec<ReferralRow>,
+) -> Result<Vec<LenderReferral>> {
+    let referral_ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let need_ids: Vec<Uuid> = rows.iter().map(|r| r.need_id).collect();
+    let disbursed: HashMap<Uuid, i64> = storage::referrals::disbursed(conn, &referral_ids)
+        .await?
+        .into_iter()
+        .map(|d| (d.referral_id, d.disbursed_minor))
+        .collect();
+    let needs: HashMap<Uuid, NeedRow> = storage::partner::needs(conn, &need_ids)
+        .await?
+        .into_iter()
+        .map(|n| (n.id, n))
+        .collect();
+    let enterprise_ids: Vec<Uuid> = needs.values().map(|n| n.enterprise_id).collect();
+    let mut designations: HashMap<Uuid, Vec<_>> = HashMap::new();
+    for d in storage::enterprises::active_designations(conn, &enterprise_ids).await? {
+        designations.entry(d.enterprise_id).or_default().push(d);
+    }
+    let mut enterprises = HashMap::new();
+    for row in storage::partner::enterprises(conn, &enterprise_ids).await? {
+        let held = designations.get(&row.id).cloned().unwrap_or_default();
+        enterprises.insert(row.id, to_enterprise(row, held)?);
+    }
+    rows.into_iter()
+        .map(|row| {
+            let need = needs.get(&row.need_id).cloned().ok_or_else(|| {
+                Error::Internal(anyhow::anyhow!("referral {} without need", row.id))
+            })?;
+            let mut enterprise = enterprises.get(&need.enterprise_id).cloned();
+            if !need.consent_to_share
+                && let Some(e) = enterprise.as_mut()
+            {
+                e.contact_name = String::new();
+                e.contact_phone = None;
+            }
+            Ok(LenderReferral {
+                disbursed_minor: disbursed.get(&row.id).copied().unwrap_or(0),
+                referral: to_referral(row)?,
+                need: Some(to_need(need)?),
+                enterprise,
+            })
+        })
+        .collect()
+}

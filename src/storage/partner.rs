@@ -1,0 +1,318 @@
+//! The partner bank's view: referrals, events and disbursements scoped to one lender.
+//!
+//! Every function that reads or changes a referral takes the caller's `lender_id` and filters by
+//! it in SQL, so another lender's referral is simply not there.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use diesel::IntoSql as _;
+use diesel::prelude::*;
+use diesel::sql_types::BigInt;
+use diesel_async::RunQueryDsl;
+use uuid::Uuid;
+
+use super::Connection;
+use super::enterprises::EnterpriseRow;
+use super::needs::NeedRow;
+use super::referrals::ReferralRow;
+use super::schema::{disbursements, enterprises, needs, referral_events, referrals};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = disbursements)]
+pub struct DisbursementRow {
+    pub id: Uuid,
+    pub referral_id: Uuid,
+    pub need_id: Uuid,
+    pub lender_id: Uuid,
+    pub loan_reference: String,
+    pub amount_minor: i64,
+    pub rate_bps: i32,
+    pub term_months: i32,
+    pub disbursed_on: NaiveDate,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = disbursements)]
+pub struct NewDisbursement<'a> {
+    pub referral_id: Uuid,
+    pub need_id: Uuid,
+    pub lender_id: Uuid,
+    pub loan_reference: &'a str,
+    pub amount_minor: i64,
+    pub rate_bps: i32,
+    pub term_months: i32,
+    pub disbursed_on: NaiveDate,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = referral_events)]
+pub struct EventRow {
+    pub cursor: i64,
+    pub referral_id: Uuid,
+    pub kind: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The columns a lender's action changes; `None` leaves a column as it is.
+#[derive(Debug, Default, AsChangeset)]
+#[diesel(table_name = referrals)]
+pub struct ReferralChanges<'a> {
+    pub status: Option<&'a str>,
+    pub info_request: Option<&'a str>,
+    pub decline_reason: Option<&'a str>,
+    pub decline_note: Option<&'a str>,
+    pub approved_amount_minor: Option<i64>,
+    pub approved_rate_bps: Option<i32>,
+    pub approved_term_months: Option<i32>,
+}
+
+/// Filters of ListReferrals; empty and `None` mean "any".
+#[derive(Debug, Default, Clone)]
+pub struct ReferralFilter<'a> {
+    pub statuses: Vec<&'a str>,
+    pub created_from: Option<DateTime<Utc>>,
+    pub created_to: Option<DateTime<Utc>>,
+}
+
+/// Where the event log stands: the last cursor handed out (by committed and in-flight
+/// transactions alike), and the transactions of this database in progress after it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventLogPosition {
+    /// The identity sequence's last value; 0 before the first event.
+    pub last_cursor: i64,
+    /// Ids of the write transactions of this database in progress (other than the caller's).
+    pub in_flight: Vec<i64>,
+}
+
+/// The lender's referral, if it exists and is the lender's.
+pub async fn find(
+    conn: &mut Connection,
+    lender_id: Uuid,
+    id: Uuid,
+) -> QueryResult<Option<ReferralRow>> {
+    referrals::table
+        .filter(referrals::id.eq(id))
+        .filter(referrals::lender_id.eq(lender_id))
+        .select(ReferralRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Like [`find`], locking the row until the end of the transaction.
+pub async fn find_for_update(
+    conn: &mut Connection,
+    lender_id: Uuid,
+    id: Uuid,
+) -> QueryResult<Option<ReferralRow>> {
+    referrals::table
+        .filter(referrals::id.eq(id))
+        .filter(referrals::lender_id.eq(lender_id))
+        .select(ReferralRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// One page of the lender's referrals in (created_at, id) order, after `after` if given.
+pub async fn list(
+    conn: &mut Connection,
+    lender_id: Uuid,
+    filter: &ReferralFilter<'_>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> QueryResult<Vec<ReferralRow>> {
+    let mut query = referrals::table
+        .filter(referrals::lender_id.eq(lender_id))
+        .select(ReferralRow::as_select())
+        .order_by((referrals::created_at, referrals::id))
+        .limit(limit)
+        .into_boxed();
+    if !filter.statuses.is_empty() {
+        query = query.filter(referrals::status.eq_any(filter.statuses.clone()));
+    }
+    if let Some(from) = filter.created_from {
+        query = query.filter(referrals::created_at.ge(from));
+    }
+    if let Some(to) = filter.created_to {
+        query = query.filter(referrals::created_at.lt(to));
+    }
+    if let Some((created_at, id)) = after {
+        query = query.filter(
+            referrals::created_at
+                .gt(created_at)
+                .or(referrals::created_at
+                    .eq(created_at)
+                    .and(referrals::id.gt(id))),
+        );
+    }
+    query.load(conn).await
+}
+
+/// Applies a lender's change to its referral; `first_response_at` is set on the first one.
+pub async fn update(
+    conn: &mut Connection,
+    lender_id: Uuid,
+    id: Uuid,
+    changes: &ReferralChanges<'_>,
+) -> QueryResult<ReferralRow> {
+    diesel::update(
+        referrals::table
+            .filter(referrals::id.eq(id))
+            .filter(referrals::lender_id.eq(lender_id)),
+    )
+    .set((
+        changes,
+        referrals::first_response_at.eq(diesel::dsl::sql::<
+            diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+        >("COALESCE(first_response_at, now())")),
+    ))
+    .returning(ReferralRow::as_returning())
+    .get_result(conn)
+    .await
+}
+
+/// Needs by id (for the referrals of one page).
+pub async fn needs(conn: &mut Connection, ids: &[Uuid]) -> QueryResult<Vec<NeedRow>> {
+    needs::table
+        .filter(needs::id.eq_any(ids))
+        .select(NeedRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// Enterprises by id (for the referrals of one page).
+pub async fn enterprises(conn: &mut Connection, ids: &[Uuid]) -> QueryResult<Vec<EnterpriseRow>> {
+    enterprises::table
+        .filter(enterprises::id.eq_any(ids))
+        .select(EnterpriseRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// The lender's disbursement with this loan reference, if recorded.
+pub async fn find_disbursement(
+    conn: &mut Connection,
+    lender_id: Uuid,
+    loan_reference: &str,
+) -> QueryResult<Option<DisbursementRow>> {
+    disbursements::table
+        .filter(disbursements::lender_id.eq(lender_id))
+        .filter(disbursements::loan_reference.eq(loan_reference))
+        .select(DisbursementRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+pub async fn insert_disbursement(
+    conn: &mut Connection,
+    new: &NewDisbursement<'_>,
+) -> QueryResult<DisbursementRow> {
+    diesel::insert_into(disbursements::table)
+        .values(new)
+        .returning(DisbursementRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// Adds `amount_minor` to the need's funding in one conditional UPDATE, and makes it FUNDED when
+/// that reaches its amount. None (nothing changed) when the need is not open or the amount would
+/// fund it beyond its amount: the check and the write are one statement, so no interleaving of
+/// concurrent disbursements on any replica can overfund a need.
+pub async fn add_funding(
+    conn: &mut Connection,
+    need_id: Uuid,
+    amount_minor: i64,
+) -> QueryResult<Option<NeedRow>> {
+    diesel::update(
+        needs::table
+            .filter(needs::id.eq(need_id))
+            .filter(needs::status.eq_any(super::needs::OPEN_STATUSES))
+            .filter((needs::funded_minor + amount_minor).le(needs::amount_minor)),
+    )
+    .set((
+        needs::funded_minor.eq(needs::funded_minor + amount_minor),
+        needs::status.eq(diesel::dsl::case_when(
+            (needs::funded_minor + amount_minor).eq(needs::amount_minor),
+            "FUNDED".into_sql::<diesel::sql_types::Text>(),
+        )
+        .otherwise(needs::status)),
+    ))
+    .returning(NeedRow::as_returning())
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+/// Moves the need from ROUTED to APPROVED (its first approval); no-op in other statuses.
+pub async fn approve_need(conn: &mut Connection, need_id: Uuid) -> QueryResult<()> {
+    diesel::update(
+        needs::table
+            .filter(needs::id.eq(need_id))
+            .filter(needs::status.eq("ROUTED")),
+    )
+    .set(needs::status.eq("APPROVED"))
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// The lender's events with `after < cursor <= up_to`, in cursor order, with the referral each
+/// belongs to as it is now.
+pub async fn events(
+    conn: &mut Connection,
+    lender_id: Uuid,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+) -> QueryResult<Vec<(EventRow, ReferralRow)>> {
+    referral_events::table
+        .inner_join(referrals::table.on(referrals::id.eq(referral_events::referral_id)))
+        .filter(referral_events::lender_id.eq(lender_id))
+        .filter(referral_events::cursor.gt(after))
+        .filter(referral_events::cursor.le(up_to))
+        .order_by(referral_events::cursor)
+        .limit(limit)
+        .select((EventRow::as_select(), ReferralRow::as_select()))
+        .load(conn)
+        .await
+}
+
+/// Where the event log stands now (see [`EventLogPosition`]). Two statements, in this order:
+/// a transaction that took a cursor before the first is either finished or listed by the second.
+pub async fn event_log_position(conn: &mut Connection) -> QueryResult<EventLogPosition> {
+    #[derive(QueryableByName)]
+    struct LastCursor {
+        #[diesel(sql_type = BigInt)]
+        last_cursor: i64,
+    }
+    #[derive(QueryableByName)]
+    struct InFlight {
+        #[diesel(sql_type = BigInt)]
+        xid: i64,
+    }
+    // The identity sequence is read outside MVCC: `last_value` counts cursors handed out by
+    // transactions still in progress too, which is exactly what the watch horizon needs.
+    let last: LastCursor = diesel::sql_query(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS last_cursor \
+         FROM referral_events_cursor_seq",
+    )
+    .get_result(conn)
+    .await?;
+    // Only this database's transactions can insert events; finmatch's sessions share one role,
+    // so their backend_xid is visible without extra privileges.
+    let in_flight: Vec<InFlight> = diesel::sql_query(
+        "SELECT backend_xid::text::bigint AS xid FROM pg_stat_activity \
+         WHERE datname = current_database() AND backend_xid IS NOT NULL \
+           AND pid <> pg_backend_pid()",
+    )
+    .load(conn)
+    .await?;
+    Ok(EventLogPosition {
+        last_cursor: last.last_cursor,
+        in_flight: in_flight.into_iter().map(|t| t.xid).collect(),
+    })
+}

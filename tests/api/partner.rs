@@ -1,0 +1,1233 @@
+//! PartnerService: two partner banks against one (or two replicas of one) server.
+
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use finmatch::domain::Role;
+use finmatch::grpc::pb;
+use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
+use finmatch::grpc::pb::financing_service_client::FinancingServiceClient;
+use finmatch::grpc::pb::lender_service_client::LenderServiceClient;
+use finmatch::grpc::pb::partner_service_client::PartnerServiceClient;
+use finmatch::grpc::pb::watch_referrals_response::Payload;
+use finmatch::storage;
+use tonic::Code;
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, authed, error_reason, violated_fields};
+
+/// Every product in these tests: 1 to 10,000,000 yuan, 300 to 600 bps, 6 to 36 months.
+const MIN_RATE_BPS: i32 = 300;
+const MAX_RATE_BPS: i32 = 600;
+
+/// A bank with one product and a token.
+struct Bank {
+    lender_id: Uuid,
+    product_id: Uuid,
+    token: String,
+}
+
+/// A need and its referrals, one per bank it was routed to.
+struct Routed {
+    need_id: Uuid,
+    referrals: Vec<Uuid>,
+}
+
+async fn bank(app: &TestApp, name: &str) -> Bank {
+    bank_up_to(app, name, 1_000_000_000).await
+}
+
+/// A bank whose product takes needs up to `max_amount_minor`.
+async fn bank_up_to(app: &TestApp, name: &str, max_amount_minor: i64) -> Bank {
+    let mut lenders = LenderServiceClient::new(app.channel.clone());
+    let lender = lenders
+        .create_lender(authed(
+            pb::CreateLenderRequest {
+                lender: Some(pb::Lender {
+                    name: name.into(),
+                    kind: pb::LenderKind::CityCommercial as i32,
+                    region_codes: vec!["421300".into()],
+                    ..Default::default()
+                }),
+            },
+            &app.operator,
+        ))
+        .await
+        .expect("create lender")
+        .into_inner()
+        .lender
+        .unwrap();
+    let product = lenders
+        .create_product(authed(
+            pb::CreateProductRequest {
+                product: Some(pb::Product {
+                    lender_id: lender.id.clone(),
+                    name: format!("{name} working capital"),
+                    min_amount_minor: 100,
+                    max_amount_minor,
+                    min_term_months: 6,
+                    max_term_months: 36,
+                    collateral_accepted: vec![pb::Collateral::Credit as i32],
+                    min_size: pb::EnterpriseSize::Micro as i32,
+                    min_rate_bps: MIN_RATE_BPS,
+                    max_rate_bps: MAX_RATE_BPS,
+                    daily_capacity: 1000,
+                    response_sla_hours: 48,
+                    ..Default::default()
+                }),
+            },
+            &app.operator,
+        ))
+        .await
+        .expect("create product")
+        .into_inner()
+        .product
+        .unwrap();
+    let lender_id: Uuid = lender.id.parse().unwrap();
+    Bank {
+        lender_id,
+        product_id: product.id.parse().unwrap(),
+        token: app.token(Role::Lender, Some(lender_id)).await,
+    }
+}
+
+async fn enterprise(app: &TestApp) -> Uuid {
+    let n = rand::random::<u32>() % 100_000;
+    let credit_code = finmatch::domain::credit_code_with_check(&format!("91421300MA4F{n:05}"));
+    let created = EnterpriseServiceClient::new(app.channel.clone())
+        .create_enterprise(authed(
+            pb::CreateEnterpriseRequest {
+                enterprise: Some(pb::Enterprise {
+                    credit_code,
+                    name: format!("随州市测试制药有限公司{n}"),
+                    region_code: "421302".into(),
+                    industry_code: "C2720".into(),
+                    size: pb::EnterpriseSize::Small as i32,
+                    employees: 120,
+                    annual_revenue_minor: 5_000_000_000,
+                    contact_name: "王经理".into(),
+                    contact_phone: "13912345678".into(),
+                    ..Default::default()
+                }),
+            },
+            &app.operator,
+        ))
+        .await
+        .expect("create enterprise")
+        .into_inner()
+        .enterprise
+        .unwrap();
+    created.id.parse().unwrap()
+}
+
+/// A need of `amount_minor` of a new enterprise, submitted through FinancingService on `app`;
+/// routing must send it to exactly `banks` (each test sets up the banks so it does). The
+/// referrals are returned in the order of `banks`.
+async fn routed(app: &TestApp, amount_minor: i64, banks: &[&Bank]) -> Routed {
+    let enterprise_id = enterprise(app).await;
+    let submitted = FinancingServiceClient::new(app.channel.clone())
+        .submit_need(authed(
+            pb::SubmitNeedRequest {
+                idempotency_key: Uuid::new_v4().to_string(),
+                need: Some(pb::Need {
+                    enterprise_id: enterprise_id.to_string(),
+                    amount_minor,
+                    term_months: 12,
+                    purpose: pb::Purpose::WorkingCapital as i32,
+                    collateral: vec![pb::Collateral::Credit as i32],
+                    needed_by: (Utc::now().date_naive() + TimeDelta::days(60))
+                        .format("%Y-%m-%d")
+                        .to_string(),
+                    consent_to_share: true,
+                    channel: pb::Channel::Bureau as i32,
+                    ..Default::default()
+                }),
+            },
+            &app.operator,
+        ))
+        .await
+        .expect("submit need")
+        .into_inner();
+    let mut routed_to: Vec<String> = submitted
+        .referrals
+        .iter()
+        .map(|r| r.lender_id.clone())
+        .collect();
+    routed_to.sort();
+    let mut expected: Vec<String> = banks.iter().map(|b| b.lender_id.to_string()).collect();
+    expected.sort();
+    assert_eq!(
+        routed_to, expected,
+        "the need is routed to the banks of the test"
+    );
+    let referrals = banks
+        .iter()
+        .map(|b| {
+            let r = submitted
+                .referrals
+                .iter()
+                .find(|r| r.lender_id == b.lender_id.to_string())
+                .unwrap();
+            r.id.parse().unwrap()
+        })
+        .collect();
+    Routed {
+        need_id: submitted.need.unwrap().id.parse().unwrap(),
+        referrals,
+    }
+}
+
+/// A referral of `bank` for a need stored without consent to share. Routing never creates one;
+/// it is inserted here to prove the lender's view withholds contact data all the same.
+async fn unconsented(app: &TestApp, bank: &Bank) -> Uuid {
+    let enterprise_id = enterprise(app).await;
+    let creator = app
+        .app
+        .bootstrap_credential(finmatch::service::credentials::NewCredential {
+            role: Role::Portal,
+            lender_id: None,
+            label: "fixture".into(),
+        })
+        .await
+        .unwrap()
+        .credential
+        .id;
+    let mut conn = app.app.conn().await.unwrap();
+    let need = storage::needs::insert(
+        &mut conn,
+        &storage::needs::NewNeed {
+            enterprise_id,
+            amount_minor: 1_000_000,
+            term_months: 12,
+            purpose: "WORKING_CAPITAL",
+            collateral: vec!["CREDIT"],
+            max_rate_bps: None,
+            needed_by: Utc::now().date_naive() + TimeDelta::days(60),
+            consent_to_share: false,
+            channel: "BUREAU",
+            note: "",
+            status: "ROUTED",
+            idempotency_key: None,
+            created_by: creator,
+        },
+    )
+    .await
+    .unwrap();
+    storage::referrals::insert(
+        &mut conn,
+        &storage::referrals::NewReferral {
+            need_id: need.id,
+            lender_id: bank.lender_id,
+            product_id: bank.product_id,
+            status: "PENDING",
+            score: 700,
+            factors: serde_json::json!([]),
+            sla_deadline: Utc::now() + TimeDelta::hours(48),
+        },
+    )
+    .await
+    .unwrap()
+    .id
+}
+
+fn partner(app: &TestApp) -> PartnerServiceClient<tonic::transport::Channel> {
+    PartnerServiceClient::new(app.channel.clone())
+}
+
+async fn acknowledge(app: &TestApp, bank: &Bank, id: Uuid) -> pb::Referral {
+    partner(app)
+        .acknowledge_referral(authed(
+            pb::AcknowledgeReferralRequest {
+                referral_id: id.to_string(),
+            },
+            &bank.token,
+        ))
+        .await
+        .expect("acknowledge")
+        .into_inner()
+        .referral
+        .unwrap()
+}
+
+fn approve(id: Uuid, key: &str, amount_minor: i64, rate_bps: i32) -> pb::DecideReferralRequest {
+    pb::DecideReferralRequest {
+        referral_id: id.to_string(),
+        idempotency_key: key.into(),
+        decision: Some(pb::decide_referral_request::Decision::Approve(
+            pb::ReferralApproval {
+                amount_minor,
+                rate_bps,
+                term_months: 12,
+            },
+        )),
+    }
+}
+
+fn decline(
+    id: Uuid,
+    key: &str,
+    reason: pb::DeclineReason,
+    note: &str,
+) -> pb::DecideReferralRequest {
+    pb::DecideReferralRequest {
+        referral_id: id.to_string(),
+        idempotency_key: key.into(),
+        decision: Some(pb::decide_referral_request::Decision::Decline(
+            pb::ReferralDecline {
+                reason: reason as i32,
+                note: note.into(),
+            },
+        )),
+    }
+}
+
+async fn approved(app: &TestApp, bank: &Bank, id: Uuid, amount_minor: i64) -> pb::Referral {
+    acknowledge(app, bank, id).await;
+    partner(app)
+        .decide_referral(authed(
+            approve(id, &format!("approve-{id}"), amount_minor, 450),
+            &bank.token,
+        ))
+        .await
+        .expect("approve")
+        .into_inner()
+        .referral
+        .unwrap()
+}
+
+fn disbursement(id: Uuid, reference: &str, amount_minor: i64) -> pb::RecordDisbursementRequest {
+    pb::RecordDisbursementRequest {
+        referral_id: id.to_string(),
+        loan_reference: reference.into(),
+        amount_minor,
+        rate_bps: 450,
+        term_months: 12,
+        disbursed_on: Utc::now().date_naive().format("%Y-%m-%d").to_string(),
+    }
+}
+
+async fn disburse(
+    app: &TestApp,
+    bank: &Bank,
+    request: pb::RecordDisbursementRequest,
+) -> Result<pb::RecordDisbursementResponse, tonic::Status> {
+    partner(app)
+        .record_disbursement(authed(request, &bank.token))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn get(app: &TestApp, bank: &Bank, id: Uuid) -> Result<pb::Referral, tonic::Status> {
+    partner(app)
+        .get_referral(authed(
+            pb::GetReferralRequest {
+                referral_id: id.to_string(),
+            },
+            &bank.token,
+        ))
+        .await
+        .map(|r| r.into_inner().referral.unwrap())
+}
+
+fn status(referral: &pb::Referral) -> pb::ReferralStatus {
+    pb::ReferralStatus::try_from(referral.status).unwrap()
+}
+
+fn need_of(referral: &pb::Referral) -> &pb::Need {
+    referral.need.as_ref().expect("need filled")
+}
+
+/// Reads `n` events (skipping heartbeats) from a watch stream, each within `within`.
+async fn events(
+    stream: &mut tonic::Streaming<pb::WatchReferralsResponse>,
+    n: usize,
+    within: Duration,
+) -> Vec<pb::ReferralEvent> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let message = tokio::time::timeout(within, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("no event within {within:?} after {} events", out.len()))
+            .expect("stream open")
+            .expect("stream not ended");
+        if let Some(Payload::Event(event)) = message.payload {
+            out.push(event);
+        }
+    }
+    out
+}
+
+async fn watch(
+    app: &TestApp,
+    bank: &Bank,
+    after_cursor: i64,
+) -> tonic::Streaming<pb::WatchReferralsResponse> {
+    partner(app)
+        .watch_referrals(authed(
+            pb::WatchReferralsRequest { after_cursor },
+            &bank.token,
+        ))
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+/// No event arrives for a while (heartbeats aside).
+async fn quiet(stream: &mut tonic::Streaming<pb::WatchReferralsResponse>, for_: Duration) {
+    let deadline = tokio::time::Instant::now() + for_;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Err(_) => return,
+            Ok(message) => {
+                let message = message.expect("stream open").expect("stream not ended");
+                if let Some(Payload::Event(event)) = message.payload {
+                    panic!("unexpected event {event:?}");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bank_sees_only_its_own_referrals_and_gets_not_found_for_the_others() {
+    let app = TestApp::spawn().await;
+    // Bank A lends up to 15,000 yuan, so the 20,000 yuan need goes to bank B alone.
+    let a = bank_up_to(&app, "Bank A", 1_500_000).await;
+    let b = bank(&app, "Bank B").await;
+    let shared = routed(&app, 1_000_000, &[&a, &b]).await;
+    let only_b = routed(&app, 2_000_000, &[&b]).await;
+    let (a_ref, b_ref) = (shared.referrals[0], shared.referrals[1]);
+
+    let listed = partner(&app)
+        .list_referrals(authed(pb::ListReferralsRequest::default(), &a.token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.referrals.len(), 1);
+    assert_eq!(listed.referrals[0].id, a_ref.to_string());
+    assert_eq!(listed.referrals[0].lender_id, a.lender_id.to_string());
+    let listed_b = partner(&app)
+        .list_referrals(authed(pb::ListReferralsRequest::default(), &b.token))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = listed_b.referrals.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&b_ref.to_string().as_str()));
+    assert!(ids.contains(&only_b.referrals[0].to_string().as_str()));
+
+    // Every RPC naming bank B's referral answers bank A exactly as for an unknown id.
+    for id in [b_ref, only_b.referrals[0], Uuid::new_v4()] {
+        let mut client = partner(&app);
+        let codes = [
+            get(&app, &a, id).await.unwrap_err().code(),
+            client
+                .acknowledge_referral(authed(
+                    pb::AcknowledgeReferralRequest {
+                        referral_id: id.to_string(),
+                    },
+                    &a.token,
+                ))
+                .await
+                .unwrap_err()
+                .code(),
+            client
+                .request_information(authed(
+                    pb::RequestInformationRequest {
+                        referral_id: id.to_string(),
+                        message: "latest statements please".into(),
+                    },
+                    &a.token,
+                ))
+                .await
+                .unwrap_err()
+                .code(),
+            client
+                .decide_referral(authed(approve(id, &format!("k-{id}"), 1000, 450), &a.token))
+                .await
+                .unwrap_err()
+                .code(),
+            client
+                .decide_referral(authed(
+                    decline(id, &format!("d-{id}"), pb::DeclineReason::Capacity, ""),
+                    &a.token,
+                ))
+                .await
+                .unwrap_err()
+                .code(),
+            disburse(&app, &a, disbursement(id, &format!("L-{id}"), 1000))
+                .await
+                .unwrap_err()
+                .code(),
+        ];
+        assert_eq!(codes, [Code::NotFound; 6], "referral {id}");
+    }
+    // Nothing of bank B changed.
+    let b_view = get(&app, &b, b_ref).await.unwrap();
+    assert_eq!(status(&b_view), pb::ReferralStatus::Pending);
+
+    // Bank A's stream carries only its own CREATED event.
+    let mut stream = watch(&app, &a, 0).await;
+    let seen = events(&mut stream, 1, Duration::from_secs(5)).await;
+    assert_eq!(seen[0].referral.as_ref().unwrap().id, a_ref.to_string());
+    quiet(&mut stream, Duration::from_millis(500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_and_portals_are_permission_denied() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let r = routed(&app, 1_000_000, &[&a]).await;
+    let portal = app.token(Role::Portal, None).await;
+    for token in [&app.operator, &portal] {
+        let mut client = partner(&app);
+        let list = client
+            .list_referrals(authed(pb::ListReferralsRequest::default(), token))
+            .await
+            .unwrap_err();
+        assert_eq!(list.code(), Code::PermissionDenied);
+        let got = client
+            .get_referral(authed(
+                pb::GetReferralRequest {
+                    referral_id: r.referrals[0].to_string(),
+                },
+                token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(got.code(), Code::PermissionDenied);
+        let watched = client
+            .watch_referrals(authed(pb::WatchReferralsRequest { after_cursor: 0 }, token))
+            .await
+            .unwrap_err();
+        assert_eq!(watched.code(), Code::PermissionDenied);
+        let decided = client
+            .decide_referral(authed(approve(r.referrals[0], "k", 1000, 450), token))
+            .await
+            .unwrap_err();
+        assert_eq!(decided.code(), Code::PermissionDenied);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_referral_shows_need_and_enterprise_with_contact_only_under_consent() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let consented = routed(&app, 1_000_000, &[&a]).await;
+    let private = unconsented(&app, &a).await;
+
+    let shown = get(&app, &a, consented.referrals[0]).await.unwrap();
+    assert_eq!(need_of(&shown).id, consented.need_id.to_string());
+    assert_eq!(need_of(&shown).amount_minor, 1_000_000);
+    let enterprise = shown.enterprise.as_ref().unwrap();
+    assert_eq!(enterprise.contact_name, "王经理");
+    assert_eq!(enterprise.contact_phone, "13912345678");
+
+    let hidden = get(&app, &a, private).await.unwrap();
+    let enterprise = hidden.enterprise.as_ref().unwrap();
+    assert!(enterprise.name.starts_with("随州市测试制药有限公司"));
+    assert_eq!(enterprise.contact_name, "");
+    assert_eq!(enterprise.contact_phone, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_referrals_filters_by_status_and_time_and_pages() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(routed(&app, 1_000_000, &[&a]).await.referrals[0]);
+    }
+    acknowledge(&app, &a, ids[1]).await;
+    let mut client = partner(&app);
+    let acknowledged = client
+        .list_referrals(authed(
+            pb::ListReferralsRequest {
+                statuses: vec![pb::ReferralStatus::Acknowledged as i32],
+                ..Default::default()
+            },
+            &a.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acknowledged.referrals.len(), 1);
+    assert_eq!(acknowledged.referrals[0].id, ids[1].to_string());
+
+    let first = client
+        .list_referrals(authed(
+            pb::ListReferralsRequest {
+                page_size: 2,
+                ..Default::default()
+            },
+            &a.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.referrals.len(), 2);
+    assert!(!first.next_page_token.is_empty());
+    let second = client
+        .list_referrals(authed(
+            pb::ListReferralsRequest {
+                page_size: 2,
+                page_token: first.next_page_token.clone(),
+                ..Default::default()
+            },
+            &a.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.referrals.len(), 1);
+    assert_eq!(second.next_page_token, "");
+    let mut all: Vec<String> = first
+        .referrals
+        .iter()
+        .chain(&second.referrals)
+        .map(|r| r.id.clone())
+        .collect();
+    all.sort();
+    let mut expected: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    expected.sort();
+    assert_eq!(all, expected);
+
+    let future = client
+        .list_referrals(authed(
+            pb::ListReferralsRequest {
+                create_time_from: Some(prost_types::Timestamp {
+                    seconds: (Utc::now() + TimeDelta::hours(1)).timestamp(),
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            &a.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(future.referrals.is_empty());
+
+    let bad = client
+        .list_referrals(authed(
+            pb::ListReferralsRequest {
+                page_size: -1,
+                statuses: vec![0],
+                ..Default::default()
+            },
+            &a.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&bad), ["page_size", "statuses[0]"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledge_request_information_and_acknowledge_again() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let id = routed(&app, 1_000_000, &[&a]).await.referrals[0];
+    let mut client = partner(&app);
+
+    // A PENDING referral must be acknowledged before asking for information.
+    let early = client
+        .request_information(authed(
+            pb::RequestInformationRequest {
+                referral_id: id.to_string(),
+                message: "audited accounts 2019".into(),
+            },
+            &a.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(early.code(), Code::FailedPrecondition);
+    assert_eq!(error_reason(&early).as_deref(), Some("ILLEGAL_TRANSITION"));
+
+    let acked = acknowledge(&app, &a, id).await;
+    assert_eq!(status(&acked), pb::ReferralStatus::Acknowledged);
+    // Acknowledging again is a safe retry: unchanged.
+    let again = acknowledge(&app, &a, id).await;
+    assert_eq!(again.update_time, acked.update_time);
+
+    let asked = client
+        .request_information(authed(
+            pb::RequestInformationRequest {
+                referral_id: id.to_string(),
+                message: "audited accounts 2019".into(),
+            },
+            &a.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap();
+    assert_eq!(status(&asked), pb::ReferralStatus::InfoRequested);
+    assert_eq!(asked.info_request_message, "audited accounts 2019");
+
+    let empty = client
+        .request_information(authed(
+            pb::RequestInformationRequest {
+                referral_id: id.to_string(),
+                message: " ".into(),
+            },
+            &a.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&empty), ["message"]);
+
+    let back = acknowledge(&app, &a, id).await;
+    assert_eq!(status(&back), pb::ReferralStatus::Acknowledged);
+
+    let mut stream = watch(&app, &a, 0).await;
+    let kinds: Vec<i32> = events(&mut stream, 4, Duration::from_secs(5))
+        .await
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            pb::ReferralEventKind::Created as i32,
+            pb::ReferralEventKind::Acknowledged as i32,
+            pb::ReferralEventKind::InfoRequested as i32,
+            pb::ReferralEventKind::Acknowledged as i32,
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_checks_state_product_ranges_and_the_unfunded_amount() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let r = routed(&app, 1_000_000, &[&a]).await;
+    let id = r.referrals[0];
+    let mut client = partner(&app);
+
+    let pending = client
+        .decide_referral(authed(approve(id, "k1", 500_000, 450), &a.token))
+        .await
+        .unwrap_err();
+    assert_eq!(pending.code(), Code::FailedPrecondition);
+    assert_eq!(
+        error_reason(&pending).as_deref(),
+        Some("ILLEGAL_TRANSITION")
+    );
+
+    acknowledge(&app, &a, id).await;
+    let mut outside = approve(id, "k2", 500_000, MAX_RATE_BPS + 1);
+    if let Some(pb::decide_referral_request::Decision::Approve(terms)) = &mut outside.decision {
+        terms.term_months = 48;
+    }
+    let outside = client
+        .decide_referral(authed(outside, &a.token))
+        .await
+        .unwrap_err();
+    assert_eq!(outside.code(), Code::InvalidArgument);
+    assert_eq!(
+        violated_fields(&outside),
+        ["approve.rate_bps", "approve.term_months"]
+    );
+
+    let too_much = client
+        .decide_referral(authed(approve(id, "k3", 1_000_001, 450), &a.token))
+        .await
+        .unwrap_err();
+    assert_eq!(too_much.code(), Code::FailedPrecondition);
+    assert_eq!(
+        error_reason(&too_much).as_deref(),
+        Some("AMOUNT_EXCEEDS_UNFUNDED")
+    );
+
+    let ok = client
+        .decide_referral(authed(approve(id, "k4", 800_000, 450), &a.token))
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap();
+    assert_eq!(status(&ok), pb::ReferralStatus::Approved);
+    assert_eq!(ok.approved_amount_minor, Some(800_000));
+    assert_eq!(ok.approved_rate_bps, Some(450));
+    assert_eq!(ok.approved_term_months, Some(12));
+
+    // Same key, same request: the first response. Same key, other request: rejected.
+    let replay = client
+        .decide_referral(authed(approve(id, "k4", 800_000, 450), &a.token))
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap();
+    assert_eq!(replay, ok);
+    let reused = client
+        .decide_referral(authed(approve(id, "k4", 700_000, 450), &a.token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error_reason(&reused).as_deref(),
+        Some("IDEMPOTENCY_KEY_REUSED")
+    );
+    // A new decision on a decided referral is illegal.
+    let twice = client
+        .decide_referral(authed(
+            decline(id, "k5", pb::DeclineReason::Capacity, ""),
+            &a.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&twice).as_deref(), Some("ILLEGAL_TRANSITION"));
+
+    let view = get(&app, &a, id).await.unwrap();
+    assert_eq!(
+        pb::NeedStatus::try_from(need_of(&view).status).unwrap(),
+        pb::NeedStatus::Approved
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decline_records_reason_and_note_and_requires_a_note_for_other() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let id = routed(&app, 1_000_000, &[&a]).await.referrals[0];
+    let mut client = partner(&app);
+
+    let bare_other = client
+        .decide_referral(authed(
+            decline(id, "d1", pb::DeclineReason::Other, ""),
+            &a.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&bare_other), ["decline.note"]);
+    let unspecified = client
+        .decide_referral(authed(
+            decline(id, "d2", pb::DeclineReason::Unspecified, ""),
+            &a.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&unspecified), ["decline.reason"]);
+
+    // A PENDING referral may be declined without acknowledging first.
+    let declined = client
+        .decide_referral(authed(
+            decline(
+                id,
+                "d3",
+                pb::DeclineReason::InsufficientCollateral,
+                "needs a guarantee",
+            ),
+            &a.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap();
+    assert_eq!(status(&declined), pb::ReferralStatus::Declined);
+    assert_eq!(
+        declined.decline_reason,
+        pb::DeclineReason::InsufficientCollateral as i32
+    );
+    assert_eq!(declined.decline_note, "needs a guarantee");
+    let ack = client
+        .acknowledge_referral(authed(
+            pb::AcknowledgeReferralRequest {
+                referral_id: id.to_string(),
+            },
+            &a.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&ack).as_deref(), Some("ILLEGAL_TRANSITION"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decline_routes_the_need_to_the_next_best_untried_lender() {
+    let app = TestApp::spawn().await;
+    // Four equally good banks; bank D lends less, so it ranks last and is left out at first.
+    let a = bank(&app, "Bank A").await;
+    let b = bank(&app, "Bank B").await;
+    let c = bank(&app, "Bank C").await;
+    let d = bank_up_to(&app, "Bank D", 1_000_000).await;
+    let r = routed(&app, 900_000, &[&a, &b, &c]).await;
+    let mut d_stream = watch(&app, &d, 0).await;
+    quiet(&mut d_stream, Duration::from_millis(300)).await;
+
+    partner(&app)
+        .decide_referral(authed(
+            decline(r.referrals[0], "no", pb::DeclineReason::OutsideAppetite, ""),
+            &a.token,
+        ))
+        .await
+        .unwrap();
+
+    // Bank D gets the need, and learns it from its stream.
+    let created = events(&mut d_stream, 1, Duration::from_secs(2)).await;
+    assert_eq!(created[0].kind, pb::ReferralEventKind::Created as i32);
+    let new_referral = created[0].referral.clone().unwrap();
+    assert_eq!(new_referral.need_id, r.need_id.to_string());
+    assert_eq!(new_referral.lender_id, d.lender_id.to_string());
+    let view = get(&app, &d, new_referral.id.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status(&view), pb::ReferralStatus::Pending);
+    assert_eq!(
+        pb::NeedStatus::try_from(need_of(&view).status).unwrap(),
+        pb::NeedStatus::Routed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disbursement_replays_identically_and_rejects_a_changed_payload() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let r = routed(&app, 1_000_000, &[&a]).await;
+    let id = r.referrals[0];
+
+    // Not approved yet.
+    let early = disburse(&app, &a, disbursement(id, "LN-1", 400_000))
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&early).as_deref(), Some("ILLEGAL_TRANSITION"));
+
+    approved(&app, &a, id, 600_000).await;
+    let first = disburse(&app, &a, disbursement(id, "LN-1", 400_000))
+        .await
+        .unwrap();
+    let d = first.disbursement.clone().unwrap();
+    assert_eq!(d.loan_reference, "LN-1");
+    assert_eq!(d.amount_minor, 400_000);
+    let referral = first.referral.clone().unwrap();
+    assert_eq!(status(&referral), pb::ReferralStatus::Disbursed);
+    assert_eq!(referral.disbursed_minor, 400_000);
+    assert_eq!(need_of(&referral).funded_minor, 400_000);
+
+    let replay = disburse(&app, &a, disbursement(id, "LN-1", 400_000))
+        .await
+        .unwrap();
+    assert_eq!(replay.disbursement, first.disbursement);
+    assert_eq!(
+        need_of(replay.referral.as_ref().unwrap()).funded_minor,
+        400_000
+    );
+
+    let changed = disburse(&app, &a, disbursement(id, "LN-1", 300_000))
+        .await
+        .unwrap_err();
+    assert_eq!(changed.code(), Code::FailedPrecondition);
+    assert_eq!(
+        error_reason(&changed).as_deref(),
+        Some("IDEMPOTENCY_KEY_REUSED")
+    );
+
+    // More than approved in total.
+    let over = disburse(&app, &a, disbursement(id, "LN-2", 200_001))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error_reason(&over).as_deref(),
+        Some("AMOUNT_EXCEEDS_APPROVED")
+    );
+    let mut bad = disbursement(id, "LN-3", 1000);
+    bad.rate_bps = MIN_RATE_BPS - 1;
+    bad.disbursed_on = "2026-02-30".into();
+    let bad = disburse(&app, &a, bad).await.unwrap_err();
+    assert_eq!(violated_fields(&bad), ["disbursed_on"]);
+
+    let view = get(&app, &a, id).await.unwrap();
+    assert_eq!(view.disbursed_minor, 400_000);
+    assert_eq!(need_of(&view).funded_minor, 400_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_then_full_funding_funds_the_need_and_cancels_the_other_referrals() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let b = bank(&app, "Bank B").await;
+    let c = bank(&app, "Bank C").await;
+    let r = routed(&app, 1_000_000, &[&a, &b, &c]).await;
+    let (ra, rb, rc) = (r.referrals[0], r.referrals[1], r.referrals[2]);
+    approved(&app, &a, ra, 1_000_000).await;
+    approved(&app, &b, rb, 500_000).await;
+    let mut b_stream = watch(&app, &b, 0).await;
+    let b_before = events(&mut b_stream, 3, Duration::from_secs(5)).await;
+
+    let partial = disburse(&app, &a, disbursement(ra, "A-1", 300_000))
+        .await
+        .unwrap();
+    let need = need_of(partial.referral.as_ref().unwrap()).clone();
+    assert_eq!(need.funded_minor, 300_000);
+    assert_eq!(
+        pb::NeedStatus::try_from(need.status).unwrap(),
+        pb::NeedStatus::Approved
+    );
+    // The rest of the need is larger than what bank B approved.
+    let full = disburse(&app, &a, disbursement(ra, "A-2", 700_000))
+        .await
+        .unwrap();
+    let need = need_of(full.referral.as_ref().unwrap()).clone();
+    assert_eq!(need.funded_minor, 1_000_000);
+    assert_eq!(
+        pb::NeedStatus::try_from(need.status).unwrap(),
+        pb::NeedStatus::Funded
+    );
+    assert_eq!(full.referral.as_ref().unwrap().disbursed_minor, 1_000_000);
+
+    assert_eq!(
+        status(&get(&app, &b, rb).await.unwrap()),
+        pb::ReferralStatus::Cancelled
+    );
+    assert_eq!(
+        status(&get(&app, &c, rc).await.unwrap()),
+        pb::ReferralStatus::Cancelled
+    );
+    // Bank B learns it from its stream; it can no longer disburse.
+    let cancelled = events(&mut b_stream, 1, Duration::from_secs(5)).await;
+    assert!(cancelled[0].cursor > b_before[2].cursor);
+    assert_eq!(cancelled[0].kind, pb::ReferralEventKind::Cancelled as i32);
+    assert_eq!(cancelled[0].referral.as_ref().unwrap().id, rb.to_string());
+    let late = disburse(&app, &b, disbursement(rb, "B-1", 100))
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition);
+    assert_eq!(error_reason(&late).as_deref(), Some("ILLEGAL_TRANSITION"));
+    let mut conn = app.app.conn().await.unwrap();
+    let stored = storage::needs::find(&mut conn, r.need_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (stored.funded_minor, stored.status.as_str()),
+        (1_000_000, "FUNDED")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_banks_funding_one_need_at_once_never_fund_it_twice() {
+    let app = TestApp::spawn().await;
+    let replica = app.replica().await;
+    let a = bank(&app, "Bank A").await;
+    let b = bank(&app, "Bank B").await;
+    for round in 0..20 {
+        let r = routed(&app, 1_000_000, &[&a, &b]).await;
+        let (ra, rb) = (r.referrals[0], r.referrals[1]);
+        approved(&app, &a, ra, 1_000_000).await;
+        approved(&app, &b, rb, 1_000_000).await;
+        // Each bank on its own replica, at the same moment.
+        let (first, second) = tokio::join!(
+            disburse(&app, &a, disbursement(ra, &format!("A-{round}"), 1_000_000)),
+            disburse(
+                &replica,
+                &b,
+                disbursement(rb, &format!("B-{round}"), 1_000_000)
+            ),
+        );
+        let outcomes = [&first, &second];
+        let won = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: {first:?} / {second:?}");
+        let lost = outcomes
+            .iter()
+            .find_map(|o| o.as_ref().err())
+            .expect("one failed");
+        assert_eq!(lost.code(), Code::FailedPrecondition, "round {round}");
+        let mut conn = app.app.conn().await.unwrap();
+        let need = storage::needs::find(&mut conn, r.need_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(need.funded_minor, 1_000_000, "round {round}");
+        assert_eq!(need.status, "FUNDED", "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_replays_stored_events_then_live_ones_and_resumes_without_gap_or_repeat() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let first = routed(&app, 1_000_000, &[&a]).await.referrals[0];
+    acknowledge(&app, &a, first).await;
+
+    let mut stream = watch(&app, &a, 0).await;
+    let stored = events(&mut stream, 2, Duration::from_secs(5)).await;
+    assert_eq!(stored[0].kind, pb::ReferralEventKind::Created as i32);
+    assert_eq!(stored[1].kind, pb::ReferralEventKind::Acknowledged as i32);
+    assert!(stored[0].cursor < stored[1].cursor);
+    assert_eq!(
+        status(stored[0].referral.as_ref().unwrap()),
+        pb::ReferralStatus::Pending
+    );
+    assert_eq!(
+        status(stored[1].referral.as_ref().unwrap()),
+        pb::ReferralStatus::Acknowledged
+    );
+
+    // Live: a new referral appears on the open stream.
+    let second = routed(&app, 2_000_000, &[&a]).await.referrals[0];
+    let live = events(&mut stream, 1, Duration::from_secs(2)).await;
+    assert_eq!(live[0].referral.as_ref().unwrap().id, second.to_string());
+    let last_seen = live[0].cursor;
+    drop(stream);
+
+    // Changes while disconnected, then resume from the last cursor seen.
+    acknowledge(&app, &a, second).await;
+    let third = routed(&app, 3_000_000, &[&a]).await.referrals[0];
+    let mut resumed = watch(&app, &a, last_seen).await;
+    let missed = events(&mut resumed, 2, Duration::from_secs(5)).await;
+    assert_eq!(missed[0].referral.as_ref().unwrap().id, second.to_string());
+    assert_eq!(missed[0].kind, pb::ReferralEventKind::Acknowledged as i32);
+    assert_eq!(missed[1].referral.as_ref().unwrap().id, third.to_string());
+    assert!(missed[0].cursor > last_seen);
+    quiet(&mut resumed, Duration::from_millis(500)).await;
+
+    let negative = partner(&app)
+        .watch_referrals(authed(
+            pb::WatchReferralsRequest { after_cursor: -1 },
+            &a.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&negative), ["after_cursor"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_pages_through_more_stored_events_than_one_read() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    for _ in 0..3 {
+        let ids = routed(&app, 1_000_000, &[&a]).await;
+        let _ = ids;
+    }
+    // 250 events of bank A, more than two pages.
+    let mut conn = app.app.conn().await.unwrap();
+    let row = storage::partner::list(&mut conn, a.lender_id, &Default::default(), None, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    for _ in 0..247 {
+        storage::referrals::insert_event(
+            &mut conn,
+            &storage::referrals::NewReferralEvent {
+                referral_id: row.id,
+                lender_id: row.lender_id,
+                need_id: row.need_id,
+                kind: "CREATED",
+                status: "PENDING",
+                detail: serde_json::json!({}),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let mut stream = watch(&app, &a, 0).await;
+    let all = events(&mut stream, 250, Duration::from_secs(5)).await;
+    assert!(all.windows(2).all(|w| w[0].cursor < w[1].cursor));
+    quiet(&mut stream, Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_on_one_replica_sees_changes_made_through_another_within_a_second() {
+    let app = TestApp::spawn().await;
+    let replica = app.replica().await;
+    // Two servers, one database.
+    assert_ne!(replica.addr, app.addr);
+    assert_eq!(replica.database_url(), app.database_url());
+    let a = bank(&app, "Bank A").await;
+    let mut stream = watch(&app, &a, 0).await;
+    let id = routed(&replica, 1_000_000, &[&a]).await.referrals[0];
+    let created = events(&mut stream, 1, Duration::from_secs(1)).await;
+    assert_eq!(created[0].referral.as_ref().unwrap().id, id.to_string());
+    // A change made through replica B's API reaches the watcher on replica A.
+    acknowledge(&replica, &a, id).await;
+    let acked = events(&mut stream, 1, Duration::from_secs(1)).await;
+    assert_eq!(acked[0].kind, pb::ReferralEventKind::Acknowledged as i32);
+    assert!(acked[0].cursor > created[0].cursor);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_watch_streams_with_unavailable() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let mut stream = watch(&app, &a, 0).await;
+    let stopping = tokio::spawn(async move { app.shutdown().await });
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    assert_eq!(ended.unwrap_err().code(), Code::Unavailable);
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("the server stops")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_of_one_decision_and_one_disbursement_take_effect_once() {
+    let app = TestApp::spawn().await;
+    let replica = app.replica().await;
+    let a = bank(&app, "Bank A").await;
+    for round in 0..5 {
+        let id = routed(&app, 1_000_000, &[&a]).await.referrals[0];
+        acknowledge(&app, &a, id).await;
+        let key = format!("approve-{round}");
+        let decide = |app: &TestApp| {
+            let mut client = partner(app);
+            let request = authed(approve(id, &key, 1_000_000, 450), &a.token);
+            async move {
+                client
+                    .decide_referral(request)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        };
+        let (one, two) = tokio::join!(decide(&app), decide(&replica));
+        let (one, two) = (one.unwrap(), two.unwrap());
+        assert_eq!(one, two, "round {round}");
+
+        let reference = format!("LN-{round}");
+        let (one, two) = tokio::join!(
+            disburse(&app, &a, disbursement(id, &reference, 600_000)),
+            disburse(&replica, &a, disbursement(id, &reference, 600_000)),
+        );
+        let (one, two) = (one.unwrap(), two.unwrap());
+        assert_eq!(one.disbursement, two.disbursement, "round {round}");
+        let view = get(&app, &a, id).await.unwrap();
+        assert_eq!(view.disbursed_minor, 600_000, "round {round}");
+        assert_eq!(need_of(&view).funded_minor, 600_000, "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_watch_gets_heartbeats_and_outlives_the_call_timeout() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let first = routed(&app, 1_000_000, &[&a]).await.referrals[0];
+    let mut stream = watch(&app, &a, 0).await;
+    let created = events(&mut stream, 1, Duration::from_secs(5)).await;
+    assert_eq!(created[0].referral.as_ref().unwrap().id, first.to_string());
+
+    let message = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("a heartbeat within 20 s")
+        .unwrap()
+        .unwrap();
+    match message.payload {
+        Some(Payload::Heartbeat(beat)) => assert_eq!(beat.cursor, created[0].cursor),
+        other => panic!("expected a heartbeat, got {other:?}"),
+    }
+    // Past the server's 30 s call timeout the stream still delivers.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let second = routed(&app, 2_000_000, &[&a]).await.referrals[0];
+    let live = events(&mut stream, 1, Duration::from_secs(20)).await;
+    assert_eq!(live[0].referral.as_ref().unwrap().id, second.to_string());
+}
