@@ -4,7 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+use crate::matching::RoutingPolicy;
 
 /// How logs are written (to stderr; stdout is kept for command output such as tokens).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -70,9 +74,27 @@ pub struct ServerArgs {
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "FINMATCH_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
+
+    /// JSON file with the routing policy (factor weights, top_k, …); fields left out keep their
+    /// defaults. See README "Routing policy".
+    #[arg(long, env = "FINMATCH_ROUTING_POLICY")]
+    pub routing_policy: Option<PathBuf>,
 }
 
 impl ServerArgs {
+    /// The routing policy: the defaults, overridden by the file's fields when one is given.
+    pub fn routing_policy(&self) -> anyhow::Result<RoutingPolicy> {
+        match &self.routing_policy {
+            None => Ok(RoutingPolicy::default()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the routing policy {}", path.display()))?;
+                parse_routing_policy(&text)
+                    .with_context(|| format!("in the routing policy {}", path.display()))
+            }
+        }
+    }
+
     pub fn sweep_interval(&self) -> Duration {
         Duration::from_secs(self.sweep_interval_secs.max(1))
     }
@@ -94,6 +116,7 @@ impl Default for ServerArgs {
             max_concurrent_calls: 512,
             call_timeout_secs: 30,
             max_message_bytes: 4 * 1024 * 1024,
+            routing_policy: None,
         }
     }
 }
@@ -105,4 +128,89 @@ pub struct Settings {
     pub db_pool_size: usize,
     pub migrate: bool,
     pub server: ServerArgs,
+}
+
+/// The routing policy file: every field optional, unknown fields refused (a typo must not pass
+/// silently as a default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    weights: WeightsFile,
+    top_k: Option<usize>,
+    max_lenders_per_need: Option<usize>,
+    rate_best_bps: Option<i32>,
+    rate_worst_bps: Option<i32>,
+    prior_observations: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightsFile {
+    rate_bps: Option<i32>,
+    amount_fit_bps: Option<i32>,
+    approval_history_bps: Option<i32>,
+    responsiveness_bps: Option<i32>,
+    capacity_headroom_bps: Option<i32>,
+    policy_priority_bps: Option<i32>,
+    locality_bps: Option<i32>,
+}
+
+/// Parses a routing policy file (JSON) over the defaults and validates the result.
+pub fn parse_routing_policy(text: &str) -> anyhow::Result<RoutingPolicy> {
+    let file: PolicyFile = serde_json::from_str(text)?;
+    let mut policy = RoutingPolicy::default();
+    let w = &mut policy.weights;
+    let f = file.weights;
+    w.rate_bps = f.rate_bps.unwrap_or(w.rate_bps);
+    w.amount_fit_bps = f.amount_fit_bps.unwrap_or(w.amount_fit_bps);
+    w.approval_history_bps = f.approval_history_bps.unwrap_or(w.approval_history_bps);
+    w.responsiveness_bps = f.responsiveness_bps.unwrap_or(w.responsiveness_bps);
+    w.capacity_headroom_bps = f.capacity_headroom_bps.unwrap_or(w.capacity_headroom_bps);
+    w.policy_priority_bps = f.policy_priority_bps.unwrap_or(w.policy_priority_bps);
+    w.locality_bps = f.locality_bps.unwrap_or(w.locality_bps);
+    policy.top_k = file.top_k.unwrap_or(policy.top_k);
+    policy.max_lenders_per_need = file
+        .max_lenders_per_need
+        .unwrap_or(policy.max_lenders_per_need);
+    policy.rate_best_bps = file.rate_best_bps.unwrap_or(policy.rate_best_bps);
+    policy.rate_worst_bps = file.rate_worst_bps.unwrap_or(policy.rate_worst_bps);
+    policy.prior_observations = file.prior_observations.unwrap_or(policy.prior_observations);
+    policy
+        .validate()
+        .map_err(|v| anyhow::anyhow!("invalid routing policy: {v}"))?;
+    Ok(policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_file_overrides_only_the_fields_it_names() {
+        let policy = parse_routing_policy(
+            r#"{"top_k": 2, "weights": {"rate_bps": 3000, "locality_bps": 0}}"#,
+        )
+        .unwrap();
+        assert_eq!(policy.top_k, 2);
+        assert_eq!(policy.weights.rate_bps, 3000);
+        assert_eq!(policy.weights.locality_bps, 0);
+        assert_eq!(
+            policy.max_lenders_per_need,
+            RoutingPolicy::default().max_lenders_per_need
+        );
+    }
+
+    #[test]
+    fn a_policy_file_with_a_typo_or_bad_weights_is_refused() {
+        assert!(parse_routing_policy(r#"{"topk": 2}"#).is_err());
+        let error = parse_routing_policy(r#"{"weights": {"rate_bps": 9000}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("invalid routing policy"), "{error}");
+        assert_eq!(
+            parse_routing_policy("{}").unwrap(),
+            RoutingPolicy::default()
+        );
+    }
 }

@@ -38,7 +38,7 @@ impl Application {
             }
         }
         let pool = storage::pool(&settings.database_url, settings.db_pool_size)?;
-        let app = App::new(pool);
+        let app = App::with_policy(pool, settings.server.routing_policy()?);
         let listener = TcpListener::bind(settings.server.listen_addr)
             .await
             .with_context(|| format!("binding {}", settings.server.listen_addr))?;
