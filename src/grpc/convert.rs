@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use prost_types::Timestamp;
+use sha2::Digest as _;
 use uuid::Uuid;
 
 use super::pb;
@@ -187,6 +188,34 @@ pub fn mask_paths<'a>(
         }
     }
     paths
+}
+
+/// Longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// The idempotency of a retry-sensitive call: its key (required, 1 to 128 printable ASCII
+/// characters) and a fingerprint of the request with the key cleared (`unkeyed`), so a retry with
+/// the same key can be told from a different request.
+pub fn idempotency(
+    key: &str,
+    unkeyed: &impl prost::Message,
+    violations: &mut Violations,
+) -> Option<crate::service::Idempotency> {
+    if key.is_empty() {
+        violations.add("idempotency_key", DomainError::Missing.to_string());
+        return None;
+    }
+    if key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        violations.add(
+            "idempotency_key",
+            format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"),
+        );
+        return None;
+    }
+    Some(crate::service::Idempotency {
+        key: key.to_owned(),
+        fingerprint: sha2::Sha256::digest(unkeyed.encode_to_vec()).to_vec(),
+    })
 }
 
 /// Fails with every violation collected, or passes on.

@@ -1,7 +1,6 @@
 //! FinancingService: financing needs, their matching and routing to lenders.
 
 use prost::Message as _;
-use sha2::{Digest, Sha256};
 use tonic::{Code, Request, Response, Status};
 
 use super::auth::principal;
@@ -18,8 +17,6 @@ use crate::service::financing::{
 use crate::service::paging::PageRequest;
 use crate::service::{App, Error, Idempotency};
 
-/// Longest idempotency key accepted.
-const MAX_KEY_LEN: usize = 128;
 /// Most open referrals RerouteNeed may ask for.
 const MAX_TARGET_OPEN: i32 = 10;
 
@@ -302,30 +299,15 @@ impl FinancingHandler {
     }
 }
 
-/// The idempotency of a SubmitNeed (or ImportNeeds item): the key, validated, and a fingerprint
-/// of the request without its key, so a retry with the same key can be told from a new request.
+/// The idempotency of a SubmitNeed (or ImportNeeds item). ImportNeedsRequest and
+/// SubmitNeedRequest share field numbers, so an imported item and the same need submitted alone
+/// have one fingerprint.
 fn idempotency(key: &str, need: Option<&pb::Need>, v: &mut Violations) -> Option<Idempotency> {
-    if key.is_empty() {
-        v.add("idempotency_key", DomainError::Missing.to_string());
-        return None;
-    }
-    if key.len() > MAX_KEY_LEN || !key.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
-        v.add(
-            "idempotency_key",
-            format!("must be 1 to {MAX_KEY_LEN} printable ASCII characters"),
-        );
-        return None;
-    }
-    // ImportNeedsRequest and SubmitNeedRequest share field numbers, so an imported item and the
-    // same need submitted alone have one fingerprint.
     let unkeyed = pb::SubmitNeedRequest {
         idempotency_key: String::new(),
         need: need.cloned(),
     };
-    Some(Idempotency {
-        key: key.to_owned(),
-        fingerprint: Sha256::digest(unkeyed.encode_to_vec()).to_vec(),
-    })
+    convert::idempotency(key, &unkeyed, v)
 }
 
 /// The need of a request, every bad field reported as `need.<field>`. A missing message reads as

@@ -4,7 +4,6 @@ use std::task::{Context, Poll};
 
 use futures::StreamExt as _;
 use prost::Message as _;
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::auth::principal;
@@ -22,8 +21,7 @@ use crate::service::partner::{
 use crate::service::{App, Error, Idempotency};
 use crate::storage::partner::DisbursementRow;
 
-/// Longest idempotency key and loan reference, in characters (printable ASCII).
-const MAX_KEY_LEN: usize = 128;
+/// Longest loan reference, in characters (printable ASCII).
 const MAX_LOAN_REFERENCE_LEN: usize = 64;
 
 pub struct PartnerHandler {
@@ -297,26 +295,11 @@ where
 
 /// The key, validated, and a fingerprint of the request without it.
 fn idempotency(body: &pb::DecideReferralRequest, v: &mut Violations) -> Option<Idempotency> {
-    let key = body.idempotency_key.as_str();
-    if key.is_empty() {
-        v.add("idempotency_key", DomainError::Missing.to_string());
-        return None;
-    }
-    if key.len() > MAX_KEY_LEN || !printable_ascii(key) {
-        v.add(
-            "idempotency_key",
-            format!("must be 1 to {MAX_KEY_LEN} printable ASCII characters"),
-        );
-        return None;
-    }
     let unkeyed = pb::DecideReferralRequest {
         idempotency_key: String::new(),
         ..body.clone()
     };
-    Some(Idempotency {
-        key: key.to_owned(),
-        fingerprint: Sha256::digest(unkeyed.encode_to_vec()).to_vec(),
-    })
+    convert::idempotency(&body.idempotency_key, &unkeyed, v)
 }
 
 fn printable_ascii(s: &str) -> bool {

@@ -1,6 +1,5 @@
 //! SpecialLoanService: special-loan programs, lender quotas and allocations.
 
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::auth::principal;
@@ -10,14 +9,13 @@ use crate::domain::{
     self, AllocationStatus, AmountMinor, Bps, DomainError, ListCode, Name, NonNegativeMinor, Note,
     Reference, TermMonths, Violations,
 };
+use crate::service::App;
 use crate::service::paging::PageRequest;
 use crate::service::special_loans::{
     Allocation, AllocationQuery, AllocationRequest, NewProgram, Program,
 };
-use crate::service::{App, Idempotency};
 
-/// Longest idempotency key and loan reference the contract accepts.
-const MAX_KEY_LEN: usize = 128;
+/// Longest loan reference the contract accepts.
 const MAX_LOAN_REFERENCE_LEN: usize = 64;
 /// The contract's ranges where they are narrower than the domain types'.
 const MAX_TERM_MONTHS: i32 = 360;
@@ -94,7 +92,14 @@ impl pb::special_loan_service_server::SpecialLoanService for SpecialLoanHandler 
         let who = principal(&request)?;
         let body = request.into_inner();
         let mut v = Violations::default();
-        let key = idempotency_key(&body.idempotency_key, &mut v);
+        let idempotency = convert::idempotency(
+            &body.idempotency_key,
+            &pb::AllocateSpecialLoanRequest {
+                idempotency_key: String::new(),
+                ..body.clone()
+            },
+            &mut v,
+        );
         let program_id = convert::id("program_id", &body.program_id, &mut v);
         let lender_id = convert::id("lender_id", &body.lender_id, &mut v);
         let enterprise_id = convert::id("enterprise_id", &body.enterprise_id, &mut v);
@@ -110,13 +115,7 @@ impl pb::special_loan_service_server::SpecialLoanService for SpecialLoanHandler 
         );
         let loan_date = v.field("loan_date", domain::parse_date(&body.loan_date));
         check(v)?;
-        let idempotency = Idempotency {
-            key: key.expect("checked"),
-            fingerprint: fingerprint(&pb::AllocateSpecialLoanRequest {
-                idempotency_key: String::new(),
-                ..body
-            }),
-        };
+        let idempotency = idempotency.expect("checked");
         let request = AllocationRequest {
             program_id: program_id.expect("checked"),
             lender_id: lender_id.expect("checked"),
@@ -320,11 +319,6 @@ fn at_least(value: i32, min: i32, max: i32) -> Result<i32, DomainError> {
     }
 }
 
-/// A client's idempotency key: 1 to 128 printable ASCII characters, required.
-fn idempotency_key(raw: &str, violations: &mut Violations) -> Option<String> {
-    violations.field("idempotency_key", printable_ascii(raw, MAX_KEY_LEN))
-}
-
 /// A lender's loan reference: 1 to 64 printable ASCII characters.
 fn loan_reference(raw: &str) -> Result<Reference, DomainError> {
     let reference = Reference::parse(raw)?;
@@ -354,11 +348,6 @@ fn printable_ascii(raw: &str, max: usize) -> Result<String, DomainError> {
         });
     }
     Ok(raw.to_owned())
-}
-
-/// SHA-256 of the encoded request (its idempotency key already cleared by the caller).
-fn fingerprint(message: &impl prost::Message) -> Vec<u8> {
-    Sha256::digest(message.encode_to_vec()).to_vec()
 }
 
 pub fn program_to_pb(program: Program) -> pb::Program {
