@@ -26,6 +26,10 @@ pub mod reason {
     pub const NO_CONSENT: &str = "NO_CONSENT";
     /// A lender quota may not drop below what that lender has reserved and confirmed.
     pub const QUOTA_BELOW_USAGE: &str = "QUOTA_BELOW_USAGE";
+    /// An approval or disbursement above the need's unfunded amount.
+    pub const AMOUNT_EXCEEDS_UNFUNDED: &str = "AMOUNT_EXCEEDS_UNFUNDED";
+    /// Disbursements on a referral above its approved amount.
+    pub const AMOUNT_EXCEEDS_APPROVED: &str = "AMOUNT_EXCEEDS_APPROVED";
     pub const ILLEGAL_TRANSITION: &str = "ILLEGAL_TRANSITION";
     pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
     pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";

@@ -24,15 +24,6 @@ use crate::storage::partner::{DisbursementRow, NewDisbursement, ReferralChanges,
 use crate::storage::referrals::{NewReferralEvent, OPEN_STATUSES, ReferralRow};
 use crate::storage::{self, Connection, Failure};
 
-/// FAILED_PRECONDITION reasons of PartnerService beyond the shared ones.
-pub mod partner_reason {
-    /// An approval or disbursement above the need's unfunded amount.
-    pub const AMOUNT_EXCEEDS_UNFUNDED: &str = "AMOUNT_EXCEEDS_UNFUNDED";
-    /// Disbursements on a referral above its approved amount.
-    pub const AMOUNT_EXCEEDS_APPROVED: &str = "AMOUNT_EXCEEDS_APPROVED";
-}
-use partner_reason::{AMOUNT_EXCEEDS_APPROVED, AMOUNT_EXCEEDS_UNFUNDED};
-
 const RPC_ACKNOWLEDGE: &str = "finmatch.v1.PartnerService/AcknowledgeReferral";
 const RPC_REQUEST_INFORMATION: &str = "finmatch.v1.PartnerService/RequestInformation";
 const RPC_DECIDE: &str = "finmatch.v1.PartnerService/DecideReferral";
@@ -469,7 +460,7 @@ async fn disburse(
     let approved = row.approved_amount_minor.unwrap_or(0);
     if already + input.amount_minor > approved {
         return Err(Error::precondition(
-            AMOUNT_EXCEEDS_APPROVED,
+            reason::AMOUNT_EXCEEDS_APPROVED,
             format!(
                 "referral {} was approved for {approved} and has {already} disbursed; \
                  {} more would exceed the approval",
@@ -719,7 +710,7 @@ fn illegal(row: &ReferralRow, status: ReferralStatus, to: ReferralStatus) -> Err
 
 fn exceeds_unfunded(need_id: Uuid, amount_minor: i64, unfunded_minor: i64) -> Error {
     Error::precondition(
-        AMOUNT_EXCEEDS_UNFUNDED,
+        reason::AMOUNT_EXCEEDS_UNFUNDED,
         format!(
             "need {need_id} has {unfunded_minor} unfunded; {amount_minor} would fund it beyond its amount"
         ),
