@@ -9,7 +9,9 @@ use uuid::Uuid;
 
 use super::enterprises;
 use super::paging::{Cursor, Page, PageRequest};
-use super::routing::{self, ScoreFactor, match_enterprise, match_need, score_factors, top_up};
+use super::routing::{
+    self, ScoreFactor, match_enterprise, match_need, route_onwards, score_factors, top_up,
+};
 use super::{App, Error, Idempotency, Principal, Result, audit, error, reason};
 use crate::domain::{
     Channel, Collateral, DeclineReason, IndustryPrefix, NeedStatus, NewNeed, Purpose,
@@ -424,21 +426,12 @@ impl App {
                         )
                         .with_metadata("need_id", id));
                     }
-                    let enterprise = enterprises::load(conn, row.enterprise_id).await?;
-                    let enterprise = match_enterprise(&enterprise, now.date_naive())?;
-                    let created =
-                        top_up(conn, self, catalog, &row, &enterprise, target, now).await?;
-                    let open = storage::referrals::count_open(conn, id).await?;
-                    let next = if open == 0 {
-                        NeedStatus::Unmatched
-                    } else if created.is_empty() {
-                        status
-                    } else {
-                        NeedStatus::Routed
-                    };
-                    let row =
-                        storage::needs::set_status(conn, id, next.as_str(), created.len() as i32)
-                            .await?;
+                    let routing::Onwards {
+                        created,
+                        to: next,
+                        need: row,
+                        ..
+                    } = route_onwards(conn, self, catalog, &row, target, now).await?;
                     audit::record(
                         conn,
                         Some(&who),
@@ -705,25 +698,12 @@ async fn expire_referrals(
         let mut created = Vec::new();
         let mut next = status;
         if matches!(status, NeedStatus::Submitted | NeedStatus::Routed) {
-            let enterprise = enterprises::load(conn, row.enterprise_id).await?;
-            let enterprise = match_enterprise(&enterprise, now.date_naive())?;
-            created = top_up(
-                conn,
-                app,
-                catalog.clone(),
-                &row,
-                &enterprise,
-                app.policy().top_k,
-                now,
-            )
-            .await?;
-            if storage::referrals::count_open(conn, need_id).await? == 0 {
-                next = NeedStatus::Unmatched;
+            let onwards =
+                route_onwards(conn, app, catalog.clone(), &row, app.policy().top_k, now).await?;
+            if onwards.to == NeedStatus::Unmatched {
                 report.unmatched_needs += 1;
-            } else if !created.is_empty() {
-                next = NeedStatus::Routed;
             }
-            storage::needs::set_status(conn, need_id, next.as_str(), created.len() as i32).await?;
+            (created, next) = (onwards.created, onwards.to);
         }
         report.rerouted_referrals += created.len();
         audit::record(

@@ -7,7 +7,6 @@
 //! use case follows), so two banks answering on one need take turns instead of deadlocking.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel_async::AsyncConnection as _;
@@ -16,9 +15,9 @@ use uuid::Uuid;
 use super::enterprises::{Enterprise, to_enterprise};
 use super::financing::{Need, Referral, to_need, to_referral};
 use super::paging::{Cursor, Page, PageRequest};
-use super::routing::{Catalog, match_enterprise, top_up};
+use super::routing::route_onwards;
 use super::{App, Error, Idempotency, Principal, Result, audit, error, reason};
-use crate::domain::{DeclineReason, NeedStatus, Note, Reference, ReferralStatus};
+use crate::domain::{DeclineReason, Note, Reference, ReferralStatus};
 use crate::storage::needs::NeedRow;
 use crate::storage::partner::{DisbursementRow, NewDisbursement, ReferralChanges, ReferralFilter};
 use crate::storage::referrals::{NewReferralEvent, OPEN_STATUSES, ReferralRow};
@@ -342,7 +341,25 @@ impl App {
                                 let catalog = catalog.clone().ok_or_else(|| {
                                     Error::Internal(anyhow::anyhow!("decline without catalog"))
                                 })?;
-                                let routed = self.route_onwards(conn, catalog, &need).await?;
+                                // A decline sends the need on to the next best untried lender.
+                                let routed =
+                                    if matches!(need.status.as_str(), "SUBMITTED" | "ROUTED") {
+                                        route_onwards(
+                                            conn,
+                                            self,
+                                            catalog,
+                                            &need,
+                                            self.policy().top_k,
+                                            Utc::now(),
+                                        )
+                                        .await?
+                                        .created
+                                        .into_iter()
+                                        .map(|r| r.id)
+                                        .collect()
+                                    } else {
+                                        Vec::new()
+                                    };
                                 audit::record(
                                     conn,
                                     Some(&who),
@@ -391,33 +408,6 @@ impl App {
             }
         })
         .await
-    }
-
-    /// Sends the need of a declined referral to the next best untried lenders until it has the
-    /// policy's number of open referrals again (the routing SubmitNeed and the SLA sweeper use);
-    /// with none left and nothing open it becomes UNMATCHED. A need that already has an approval
-    /// (APPROVED) is not routed further. The caller holds the need's lock.
-    async fn route_onwards(
-        &self,
-        conn: &mut Connection,
-        catalog: Arc<Catalog>,
-        need: &NeedRow,
-    ) -> Result<Vec<Uuid>> {
-        if !matches!(need.status.as_str(), "SUBMITTED" | "ROUTED") {
-            return Ok(Vec::new());
-        }
-        let now = Utc::now();
-        let enterprise = super::enterprises::load(conn, need.enterprise_id).await?;
-        let enterprise = match_enterprise(&enterprise, now.date_naive())?;
-        let target = self.policy().top_k;
-        let created = top_up(conn, self, catalog, need, &enterprise, target, now).await?;
-        let next = if storage::referrals::count_open(conn, need.id).await? == 0 {
-            NeedStatus::Unmatched
-        } else {
-            NeedStatus::Routed
-        };
-        storage::needs::set_status(conn, need.id, next.as_str(), created.len() as i32).await?;
-        Ok(created.into_iter().map(|r| r.id).collect())
     }
 }
 

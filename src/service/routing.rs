@@ -19,7 +19,8 @@ use super::enterprises::Enterprise;
 use super::lenders::stored_product;
 use super::{App, Error, Result};
 use crate::domain::{
-    AmountMinor, Bps, Collateral, CollateralSet, IndustryCode, ListCode, RegionCode, TermMonths,
+    AmountMinor, Bps, Collateral, CollateralSet, IndustryCode, ListCode, NeedStatus, RegionCode,
+    TermMonths,
 };
 use crate::matching::{
     Activity, Candidate, LenderStats, MatchEnterprise, MatchNeed, MatchProduct, ProductCatalog,
@@ -395,6 +396,49 @@ pub(crate) fn wanted(
     target_open
         .saturating_sub(open)
         .min(policy.remaining_attempts(tried))
+}
+
+/// What [`route_onwards`] did to a need.
+pub(crate) struct Onwards {
+    /// The referrals created, best first.
+    pub created: Vec<ReferralRow>,
+    /// The need's status afterwards.
+    pub to: NeedStatus,
+    /// The need as stored afterwards.
+    pub need: NeedRow,
+}
+
+/// The one step re-routing, the SLA sweeper and a decline share: tops a SUBMITTED or ROUTED need
+/// (locked by the caller) up to `target_open` open referrals with the next best untried lenders,
+/// then moves it to ROUTED when something was added, or UNMATCHED when it is left with no open
+/// referral; otherwise it keeps its status.
+pub(crate) async fn route_onwards(
+    conn: &mut Connection,
+    app: &App,
+    catalog: Arc<Catalog>,
+    need: &NeedRow,
+    target_open: usize,
+    now: DateTime<Utc>,
+) -> Result<Onwards> {
+    let from: NeedStatus = need.status.parse().map_err(|_| {
+        Error::Internal(anyhow::anyhow!(
+            "need {} has unknown status {:?}",
+            need.id,
+            need.status
+        ))
+    })?;
+    let enterprise = super::enterprises::load(conn, need.enterprise_id).await?;
+    let enterprise = match_enterprise(&enterprise, now.date_naive())?;
+    let created = top_up(conn, app, catalog, need, &enterprise, target_open, now).await?;
+    let to = if storage::referrals::count_open(conn, need.id).await? == 0 {
+        NeedStatus::Unmatched
+    } else if created.is_empty() {
+        from
+    } else {
+        NeedStatus::Routed
+    };
+    let need = storage::needs::set_status(conn, need.id, to.as_str(), created.len() as i32).await?;
+    Ok(Onwards { created, to, need })
 }
 
 /// Routes the need to the best eligible lenders it has not tried until it has `target_open`
