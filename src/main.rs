@@ -1,4 +1,4 @@
-//! The `finmatch` command line: serve, migrate, dev, credentials, import.
+//! The `finmatch` command line: serve, migrate, dev, seed-demo, credentials, import.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,7 +51,17 @@ enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
     },
-    /// Everything a newcomer needs: find or start PostgreSQL, migrate, print a token and examples, serve.
+    /// Load the demo data set (spring 2020 in Suizhou: 9 banks, 196 enterprises, the special
+    /// re-lending program and the banks' answers) into FINMATCH_DATABASE_URL; idempotent.
+    SeedDemo {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The routing policy the demo's needs are routed by (as for `serve`).
+        #[arg(long, env = "FINMATCH_ROUTING_POLICY")]
+        routing_policy: Option<PathBuf>,
+    },
+    /// Everything a newcomer needs: find or start PostgreSQL, migrate, load the demo data set,
+    /// print operator and bank tokens and examples, serve.
     Dev {
         #[command(flatten)]
         database: DatabaseArgs,
@@ -159,6 +169,20 @@ async fn run(command: Command, shutdown: impl Future<Output = ()> + Send) -> any
             eprintln!("{} migration(s) applied", applied.len());
             Ok(())
         }
+        Command::SeedDemo {
+            database,
+            routing_policy,
+        } => {
+            let url = required_url(&database)?;
+            let policy = ServerArgs {
+                routing_policy,
+                ..ServerArgs::default()
+            }
+            .routing_policy()?;
+            let loaded = seed_demo(&url, policy).await?;
+            println!("{}", loaded.summary());
+            Ok(())
+        }
         Command::Dev { database, server } => dev(database, server, shutdown).await,
         Command::Credentials { action } => credentials(action).await,
         Command::Import {
@@ -238,6 +262,10 @@ async fn dev(
         devdb::ensure_database(&server_url, "finmatch").await?
     };
     eprintln!("PostgreSQL: {}", devdb::redact(&database_url));
+    // Loaded before the server (and its SLA sweeper) starts.
+    eprintln!("loading the demo data set (the first time takes a little while)…");
+    let loaded = seed_demo(&database_url, server.routing_policy()?).await?;
+    eprintln!("{}", loaded.summary());
     let settings = Settings {
         database_url,
         db_pool_size: database.db_pool_size,
@@ -247,39 +275,64 @@ async fn dev(
     let application = Application::build(settings).await?;
     let app = application.app().clone();
     let addr = application.local_addr();
+    if addr.port() == 0 {
+        bail!("the listener has no port");
+    }
+    let started = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S");
     let operator = app
         .bootstrap_credential(NewCredential {
             role: Role::Operator,
             lender_id: None,
-            label: format!(
-                "dev operator {}",
-                chrono::Utc::now().format("%Y-%m-%d %H:%M:%S")
-            ),
+            label: format!("dev operator {started}"),
         })
         .await
         .map_err(describe)?;
-    if addr.port() == 0 {
-        bail!("the listener has no port");
+    let mut banks = Vec::new();
+    for (bank, lender_id) in &loaded.lenders {
+        let issued = app
+            .bootstrap_credential(NewCredential {
+                role: Role::Lender,
+                lender_id: Some(*lender_id),
+                label: format!("dev {} {started}", bank.short),
+            })
+            .await
+            .map_err(describe)?;
+        banks.push((bank.short, bank.name, issued.token));
     }
-    print_banner(&addr.to_string(), &operator.token);
+    print_banner(&addr.to_string(), &operator.token, &banks);
     application.run_until(shutdown).await
 }
 
-fn print_banner(addr: &str, operator_token: &str) {
+/// Migrates the database at `url` and loads the demo data set into it.
+async fn seed_demo(
+    url: &str,
+    policy: finmatch::matching::RoutingPolicy,
+) -> anyhow::Result<finmatch::demo::Loaded> {
+    storage::run_migrations(url).await?;
+    let app = App::with_policy(storage::pool(url, 4)?, policy);
+    finmatch::demo::load(&app).await
+}
+
+fn print_banner(addr: &str, operator_token: &str, banks: &[(&str, &str, String)]) {
+    let bank_exports: String = banks
+        .iter()
+        .map(|(short, name, token)| format!("  export BANK_{short}={token}   # {name}\n"))
+        .collect();
     println!(
         r#"
-finmatch is serving on {addr} (gRPC and gRPC-Web; Ctrl-C stops it).
+finmatch is serving on {addr} (gRPC and gRPC-Web; Ctrl-C stops it), with the demo data set:
+spring 2020 in Suizhou (region 4213xx), 9 partner banks, 196 enterprises, ¥3.56 billion of needs.
 
-Operator token (also: export it for the examples below):
+Operator token (export it for the examples below and the README's operator's guide):
   export TOKEN={operator_token}
-
+Bank tokens (a bank sees only its own referrals):
+{bank_exports}
 Try it with grpcurl (no .proto files needed, the server has reflection):
   grpcurl -plaintext {addr} list
-  grpcurl -plaintext {addr} grpc.health.v1.Health/Check
-  grpcurl -plaintext {addr} describe finmatch.v1.Enterprise
-  grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"lender":{{"name":"Suizhou Rural Commercial Bank","kind":"LENDER_KIND_RURAL","region_codes":["421300"]}}}}' {addr} finmatch.v1.LenderService/CreateLender
-  grpcurl -plaintext -H "authorization: Bearer $TOKEN" {addr} finmatch.v1.LenderService/ListLenders
-  grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"page_size":10}}' {addr} finmatch.v1.EnterpriseService/ListEnterprises
+  grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{}}' {addr} finmatch.v1.ReportingService/GetSummary
+  grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"page_size":20}}' {addr} finmatch.v1.LenderService/ListLenders
+  grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"list_code":"NATIONAL_KEY_SUPPLY","page_size":50}}' {addr} finmatch.v1.EnterpriseService/ListEnterprises
+  grpcurl -plaintext -H "authorization: Bearer $BANK_ICBC" -d '{{"page_size":5}}' {addr} finmatch.v1.PartnerService/ListReferrals
 "#
     );
 }

@@ -331,7 +331,8 @@ fn parse_need(given: Option<&pb::Need>) -> Result<NewNeed, Violations> {
     NewNeed::parse(&input, "need.", chrono::Utc::now().date_naive())
 }
 
-fn encode_submitted(stored: &NeedWithReferrals) -> Vec<u8> {
+/// The SubmitNeed response as saved for replays (also used by the demo loader).
+pub(crate) fn encode_submitted(stored: &NeedWithReferrals) -> Vec<u8> {
     submitted_pb(stored.clone()).encode_to_vec()
 }
 

@@ -179,12 +179,6 @@ impl pb::partner_service_server::PartnerService for PartnerHandler {
         let idempotency = idempotency(&body, &mut v);
         let decision = parse_decision(body.decision.as_ref(), &mut v);
         check(v)?;
-        let encode = |decided: &LenderReferral| {
-            pb::DecideReferralResponse {
-                referral: Some(lender_referral_pb(decided.clone())),
-            }
-            .encode_to_vec()
-        };
         let response = match self
             .app
             .decide_referral(
@@ -192,7 +186,7 @@ impl pb::partner_service_server::PartnerService for PartnerHandler {
                 id.expect("checked"),
                 decision.expect("checked"),
                 idempotency.expect("checked"),
-                &encode,
+                &encode_decided,
             )
             .await?
         {
@@ -392,6 +386,14 @@ fn event_pb(event: ReferralEvent) -> pb::ReferralEvent {
 }
 
 /// A referral as its lender sees it.
+/// The DecideReferral response as saved for replays (also used by the demo loader).
+pub(crate) fn encode_decided(decided: &LenderReferral) -> Vec<u8> {
+    pb::DecideReferralResponse {
+        referral: Some(lender_referral_pb(decided.clone())),
+    }
+    .encode_to_vec()
+}
+
 fn lender_referral_pb(r: LenderReferral) -> pb::Referral {
     pb::Referral {
         disbursed_minor: r.disbursed_minor,

@@ -1,0 +1,845 @@
+//! `finmatch seed-demo`: loads the demo data set (see [`data`]) through the same use cases the
+//! API runs, as the bureau and the banks would have driven them in spring 2020.
+//!
+//! The operator registers the banks, their products, the enterprises and their list
+//! memberships, opens the special re-lending program and submits every need; each bank then
+//! answers the referrals it receives (acknowledges, declines with reasons, approves, disburses,
+//! reserves and confirms special-loan quota) as the need's [`Fate`] says. Needs still open
+//! at the end are past their 2020 `needed_by`, and one sweep expires them, as the SLA sweeper
+//! would have.
+//!
+//! Loading is idempotent: what exists (matched by bank name, product name, credit code,
+//! program code, the enterprise's need) is reused, and each bank acts only on referrals in the
+//! state its script expects, so a second load adds nothing and an interrupted one resumes.
+//! While it runs it holds an advisory lock that keeps the SLA sweeper of any server on the
+//! same database from expiring the 2020 needs under it.
+
+pub mod data;
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+
+use anyhow::{Context, anyhow, bail};
+use chrono::{NaiveDate, Utc};
+use sha2::Digest as _;
+use uuid::Uuid;
+
+use crate::domain::{
+    AllocationStatus, AmountMinor, Bps, Channel, DesignationInput, EnterpriseInput, LenderInput,
+    ListCode, Name, NeedInput, NeedStatus, NewDesignation, NewEnterprise, NewLender, NewNeed,
+    NewProduct, NonNegativeMinor, Note, ProductInput, Reference, ReferralStatus, Role, TermMonths,
+    Violations,
+};
+use crate::service::credentials::NewCredential;
+use crate::service::financing::{NeedQuery, NeedWithReferrals, Referral};
+use crate::service::paging::PageRequest;
+use crate::service::partner::{Decision, DisbursementInput};
+use crate::service::special_loans::{AllocationQuery, AllocationRequest, NewProgram};
+use crate::service::{App, Error, Idempotency, Principal};
+use data::{BANKS, BankSpec, DemoEnterprise, Fate, PROGRAM, ProductSpec};
+
+/// What a load found and did.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Each bank of [`BANKS`] with its lender id, in order.
+    pub lenders: Vec<(&'static BankSpec, Uuid)>,
+    pub program_id: Uuid,
+    /// Enterprises registered by this load (0 when the data set was already there).
+    pub enterprises_created: usize,
+    /// Needs submitted by this load.
+    pub needs_submitted: usize,
+    /// Actions the banks and the bureau took in this load's response round.
+    pub actions: usize,
+}
+
+impl Loaded {
+    /// One line for a person at a terminal.
+    pub fn summary(&self) -> String {
+        if self.enterprises_created == 0 && self.needs_submitted == 0 && self.actions == 0 {
+            return "demo data set already loaded; nothing added".to_owned();
+        }
+        format!(
+            "demo data set loaded: {} banks, {} enterprises and {} needs added, {} responses replayed",
+            self.lenders.len(),
+            self.enterprises_created,
+            self.needs_submitted,
+            self.actions
+        )
+    }
+}
+
+/// Loads the demo data set into the database behind `app` (migrated).
+pub async fn load(app: &App) -> anyhow::Result<Loaded> {
+    let mut guard = app.conn().await?;
+    crate::storage::locks::lock_demo_load(&mut guard).await?;
+    let outcome = Loader::run(app).await;
+    crate::storage::locks::unlock_demo_load(&mut guard).await?;
+    drop(guard);
+    let loaded = outcome?;
+    // What is still open waited in vain: its 2020 needed_by has passed.
+    app.sweep_once(Utc::now()).await?;
+    Ok(loaded)
+}
+
+/// A bank as the loader acts for it.
+struct Bank {
+    spec: &'static BankSpec,
+    lender_id: Uuid,
+    who: Principal,
+}
+
+struct Loader<'a> {
+    app: &'a App,
+    operator: Principal,
+    banks: Vec<Bank>,
+    /// Product id → its bank (index into `banks`) and spec.
+    products: HashMap<Uuid, (usize, &'static ProductSpec)>,
+    program_id: Uuid,
+    /// The loader's own credentials, revoked when it is done.
+    credentials: Vec<Uuid>,
+    enterprises_created: usize,
+    needs_submitted: usize,
+    actions: usize,
+}
+
+/// One thing the bureau or a bank does next with a need.
+#[derive(Debug)]
+enum Step {
+    Acknowledge(Uuid),
+    RequestInformation(Uuid),
+    Decline(Uuid, usize),
+    Approve {
+        referral: Uuid,
+        amount_minor: i64,
+        rate_bps: i32,
+        term_months: i32,
+    },
+    Disburse {
+        referral: Uuid,
+        loan_reference: String,
+        disbursed_on: NaiveDate,
+    },
+    Reserve {
+        referral: Uuid,
+        rate_bps: i32,
+        loan_date: NaiveDate,
+    },
+    Confirm {
+        allocation: Uuid,
+        loan_reference: String,
+        disbursed_on: NaiveDate,
+    },
+    Withdraw,
+}
+
+/// Steps one need may take before the loader gives up on it (a need sees at most six banks).
+const MAX_STEPS: usize = 40;
+
+impl<'a> Loader<'a> {
+    async fn run(app: &'a App) -> anyhow::Result<Loaded> {
+        let mut credentials = Vec::new();
+        let operator = loader_credential(app, Role::Operator, None, "demo loader").await?;
+        credentials.push(operator.credential_id);
+        let mut loader = Loader {
+            app,
+            operator,
+            banks: Vec::new(),
+            products: HashMap::new(),
+            program_id: Uuid::nil(),
+            credentials,
+            enterprises_created: 0,
+            needs_submitted: 0,
+            actions: 0,
+        };
+        let outcome = loader.load_all().await;
+        for id in std::mem::take(&mut loader.credentials) {
+            app.revoke_credential_as_system(id).await?;
+        }
+        outcome?;
+        Ok(Loaded {
+            lenders: loader.banks.iter().map(|b| (b.spec, b.lender_id)).collect(),
+            program_id: loader.program_id,
+            enterprises_created: loader.enterprises_created,
+            needs_submitted: loader.needs_submitted,
+            actions: loader.actions,
+        })
+    }
+
+    async fn load_all(&mut self) -> anyhow::Result<()> {
+        self.banks_and_products().await?;
+        self.program().await?;
+        for enterprise in data::enterprises() {
+            self.enterprise(&enterprise).await.with_context(|| {
+                format!("loading {} ({})", enterprise.name, enterprise.credit_code)
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn banks_and_products(&mut self) -> anyhow::Result<()> {
+        let existing: HashMap<String, Uuid> = self
+            .app
+            .list_lenders(&self.operator, None, PageRequest::first(1000))
+            .await?
+            .items
+            .into_iter()
+            .map(|l| (l.name, l.id))
+            .collect();
+        let regions: Vec<String> = data::REGIONS
+            .iter()
+            .map(|(code, _)| (*code).to_owned())
+            .collect();
+        for spec in &BANKS {
+            let lender_id = match existing.get(spec.name) {
+                Some(&id) => id,
+                None => {
+                    let input = LenderInput {
+                        name: spec.name,
+                        kind: Some(spec.kind),
+                        region_codes: &regions,
+                    };
+                    let lender = NewLender::parse(&input, "lender.").map_err(invalid)?;
+                    self.app
+                        .create_lender(&self.operator, lender, true)
+                        .await?
+                        .id
+                }
+            };
+            let who = loader_credential(
+                self.app,
+                Role::Lender,
+                Some(lender_id),
+                &format!("demo loader: {}", spec.short),
+            )
+            .await?;
+            self.credentials.push(who.credential_id);
+            let offered: HashMap<String, Uuid> = self
+                .app
+                .list_products(
+                    &self.operator,
+                    Some(lender_id),
+                    None,
+                    PageRequest::first(1000),
+                )
+                .await?
+                .items
+                .into_iter()
+                .map(|p| (p.name, p.id))
+                .collect();
+            for product in spec.all_products() {
+                let id = match offered.get(product.name) {
+                    Some(&id) => id,
+                    None => {
+                        let new = new_product(lender_id, product)?;
+                        self.app.create_product(&self.operator, new).await?.id
+                    }
+                };
+                self.products.insert(id, (self.banks.len(), product));
+            }
+            self.banks.push(Bank {
+                spec,
+                lender_id,
+                who,
+            });
+        }
+        Ok(())
+    }
+
+    async fn program(&mut self) -> anyhow::Result<()> {
+        let program = NewProgram {
+            code: ListCode::parse(PROGRAM.code)?,
+            name: Name::parse(PROGRAM.name)?,
+            total_quota: AmountMinor::new(minor(PROGRAM.total_quota_yuan))?,
+            rate_cap: Bps::new(PROGRAM.rate_cap_bps)?,
+            subsidy_ratio: Bps::new(PROGRAM.subsidy_ratio_bps)?,
+            max_effective_rate: Some(Bps::new(PROGRAM.max_effective_rate_bps)?),
+            per_enterprise_cap: None,
+            max_term: TermMonths::new(PROGRAM.max_term_months)?,
+            required_designations: vec![
+                ListCode::parse(data::NATIONAL_LIST)?,
+                ListCode::parse(data::PROVINCIAL_LIST)?,
+            ],
+            loan_date_from: PROGRAM.loan_date_from,
+            loan_date_to: None,
+            one_bank_per_enterprise: true,
+        };
+        self.program_id = match self.app.create_program(&self.operator, program).await {
+            Ok(created) => created.id,
+            Err(Error::AlreadyExists {
+                existing_id: Some(id),
+                ..
+            }) => id.parse()?,
+            Err(other) => return Err(other.into()),
+        };
+        for bank in &self.banks {
+            if let Some(quota) = bank.spec.special_quota_yuan {
+                self.app
+                    .set_lender_quota(
+                        &self.operator,
+                        self.program_id,
+                        bank.lender_id,
+                        NonNegativeMinor::new(minor(quota))?,
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn enterprise(&mut self, e: &DemoEnterprise) -> anyhow::Result<()> {
+        let id = self.register(e).await?;
+        if let Some(designation) = &e.designation {
+            let granted_on = designation.granted_on.to_string();
+            let input = DesignationInput {
+                list_code: designation.list_code,
+                granted_on: &granted_on,
+                expires_on: "",
+                reference: designation.reference,
+            };
+            let new = NewDesignation::parse(&input, "designation.").map_err(invalid)?;
+            match self.app.grant_designation(&self.operator, id, new).await {
+                Ok(_) | Err(Error::AlreadyExists { .. }) => {}
+                Err(other) => return Err(other.into()),
+            }
+        }
+        let need_id = self.submit(e, id).await?;
+        self.respond(e, id, need_id).await
+    }
+
+    async fn register(&mut self, e: &DemoEnterprise) -> anyhow::Result<Uuid> {
+        let input = EnterpriseInput {
+            credit_code: &e.credit_code,
+            name: &e.name,
+            region_code: e.region_code,
+            industry_code: e.industry_code,
+            size: Some(e.size),
+            above_designated_size: e.above_designated_size,
+            employees: e.employees,
+            annual_revenue_minor: minor(e.annual_revenue_yuan),
+            contact_name: &e.contact_name,
+            contact_phone: &e.contact_phone,
+        };
+        let new = NewEnterprise::parse(&input, "enterprise.").map_err(invalid)?;
+        match self.app.create_enterprise(&self.operator, new).await {
+            Ok(created) => {
+                self.enterprises_created += 1;
+                Ok(created.id)
+            }
+            Err(Error::AlreadyExists {
+                existing_id: Some(id),
+                ..
+            }) => Ok(id.parse()?),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// The enterprise's need: the one already submitted, or submitted now as of its 2020 date.
+    async fn submit(&mut self, e: &DemoEnterprise, enterprise_id: Uuid) -> anyhow::Result<Uuid> {
+        let query = NeedQuery {
+            enterprise_id: Some(enterprise_id),
+            ..NeedQuery::default()
+        };
+        let existing = self
+            .app
+            .list_needs(&self.operator, query, PageRequest::first(1))
+            .await?;
+        if let Some(need) = existing.items.first() {
+            return Ok(need.id);
+        }
+        let id = enterprise_id.to_string();
+        let needed_by = e.need.needed_by.to_string();
+        let collateral: Vec<_> = e.need.collateral.iter().copied().map(Some).collect();
+        let input = NeedInput {
+            enterprise_id: &id,
+            amount_minor: minor(e.need.amount_yuan),
+            term_months: e.need.term_months,
+            purpose: Some(e.need.purpose),
+            collateral: &collateral,
+            max_rate_bps: e.need.max_rate_bps,
+            needed_by: &needed_by,
+            consent_to_share: e.need.consent_to_share,
+            channel: Some(Channel::Bureau),
+            note: &e.need.note,
+        };
+        // Validated as of the day the bureau took it in.
+        let need = NewNeed::parse(&input, "need.", e.need.submitted_on).map_err(invalid)?;
+        let key = idempotency(format!("demo-need-{}", e.credit_code), &need);
+        let submitted = self
+            .app
+            .submit_need(
+                &self.operator,
+                key,
+                need,
+                &crate::grpc::financing::encode_submitted,
+            )
+            .await?;
+        self.needs_submitted += 1;
+        match submitted {
+            crate::service::financing::Submission::Created(stored) => Ok(stored.need.id),
+            crate::service::financing::Submission::Replayed(_) => {
+                bail!("the need was submitted concurrently; load again")
+            }
+        }
+    }
+
+    /// Plays the response round for one need until its script has nothing left to do.
+    async fn respond(
+        &mut self,
+        e: &DemoEnterprise,
+        enterprise_id: Uuid,
+        need_id: Uuid,
+    ) -> anyhow::Result<()> {
+        for _ in 0..MAX_STEPS {
+            let state = self.app.get_need(&self.operator, need_id).await?;
+            let Some((step, bank)) = self.next_step(e, enterprise_id, &state).await? else {
+                return Ok(());
+            };
+            self.perform(e, enterprise_id, need_id, step, bank).await?;
+            self.actions += 1;
+        }
+        bail!("need {need_id} did not settle in {MAX_STEPS} steps")
+    }
+
+    /// The next step of the need's script and the bank that takes it (None: the bureau).
+    async fn next_step(
+        &self,
+        e: &DemoEnterprise,
+        enterprise_id: Uuid,
+        state: &NeedWithReferrals,
+    ) -> anyhow::Result<Option<(Step, Option<usize>)>> {
+        let need = &state.need;
+        if matches!(
+            need.status,
+            NeedStatus::Withdrawn | NeedStatus::Expired | NeedStatus::Unmatched
+        ) {
+            return Ok(None);
+        }
+        let mut open: Vec<&Referral> = state
+            .referrals
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.status,
+                    ReferralStatus::Pending
+                        | ReferralStatus::Acknowledged
+                        | ReferralStatus::InfoRequested
+                        | ReferralStatus::Approved
+                )
+            })
+            .collect();
+        open.sort_by_key(|r| (Reverse(r.score), r.created_at, r.id));
+        let declined = state
+            .referrals
+            .iter()
+            .filter(|r| r.status == ReferralStatus::Declined)
+            .count();
+        let bank_of = |r: &Referral| self.products.get(&r.product_id).map(|&(bank, _)| bank);
+        let step = match e.fate {
+            Fate::Withdrawn => {
+                (need.status != NeedStatus::Funded).then_some((Step::Withdraw, None))
+            }
+            Fate::NoAnswer { acknowledged } => open
+                .first()
+                .filter(|r| acknowledged && r.status == ReferralStatus::Pending)
+                .map(|r| (Step::Acknowledge(r.id), bank_of(r))),
+            Fate::InformationRequested => open.first().and_then(|r| {
+                let step = match r.status {
+                    ReferralStatus::Pending => Step::Acknowledge(r.id),
+                    ReferralStatus::Acknowledged => Step::RequestInformation(r.id),
+                    _ => return None,
+                };
+                Some((step, bank_of(r)))
+            }),
+            Fate::Declined => open.first().map(|r| {
+                let step = match r.status {
+                    // Half the banks look at the need before turning it down.
+                    ReferralStatus::Pending if declined % 2 == 0 => Step::Acknowledge(r.id),
+                    _ => Step::Decline(r.id, e.index + declined),
+                };
+                (step, bank_of(r))
+            }),
+            Fate::ApprovedOnly => {
+                if state
+                    .referrals
+                    .iter()
+                    .any(|r| r.status == ReferralStatus::Approved)
+                {
+                    None
+                } else {
+                    open.first()
+                        .map(|r| (self.approve_or_acknowledge(e, r, None), bank_of(r)))
+                }
+            }
+            Fate::Funded {
+                declines,
+                disbursed_on,
+            } => {
+                if need.status == NeedStatus::Funded {
+                    None
+                } else if let Some(r) = open.iter().find(|r| r.status == ReferralStatus::Approved) {
+                    let bank = bank_of(r);
+                    let loan_reference = loan_reference(bank.map(|b| self.banks[b].spec), e);
+                    Some((
+                        Step::Disburse {
+                            referral: r.id,
+                            loan_reference,
+                            disbursed_on,
+                        },
+                        bank,
+                    ))
+                } else if declined < declines {
+                    open.first().map(|r| {
+                        let step = match r.status {
+                            ReferralStatus::Pending => Step::Acknowledge(r.id),
+                            _ => Step::Decline(r.id, e.index + declined),
+                        };
+                        (step, bank_of(r))
+                    })
+                } else {
+                    open.first()
+                        .map(|r| (self.approve_or_acknowledge(e, r, None), bank_of(r)))
+                }
+            }
+            Fate::SpecialLoan {
+                rate_bps,
+                loan_date,
+            } => {
+                self.special_step(e, enterprise_id, state, &open, rate_bps, loan_date)
+                    .await?
+            }
+        };
+        Ok(step)
+    }
+
+    /// Acknowledges a PENDING referral or approves an acknowledged one for the whole need.
+    fn approve_or_acknowledge(
+        &self,
+        e: &DemoEnterprise,
+        r: &Referral,
+        rate_bps: Option<i32>,
+    ) -> Step {
+        if r.status == ReferralStatus::Pending {
+            return Step::Acknowledge(r.id);
+        }
+        let product = self.products.get(&r.product_id).map(|&(_, p)| p);
+        let rate_bps = rate_bps.unwrap_or_else(|| match product {
+            // A little above the product's floor, never above the enterprise's ceiling.
+            Some(p) => (p.min_rate_bps + 10 * (e.index % 4) as i32)
+                .min(p.max_rate_bps)
+                .min(e.need.max_rate_bps.unwrap_or(i32::MAX)),
+            None => e.need.max_rate_bps.unwrap_or(500),
+        });
+        Step::Approve {
+            referral: r.id,
+            amount_minor: minor(e.need.amount_yuan),
+            rate_bps,
+            term_months: e.need.term_months,
+        }
+    }
+
+    /// The special-loan script: a designated bank's special re-lending referral is approved,
+    /// quota reserved, the loan disbursed and the allocation confirmed.
+    async fn special_step(
+        &self,
+        e: &DemoEnterprise,
+        enterprise_id: Uuid,
+        state: &NeedWithReferrals,
+        open: &[&Referral],
+        rate_bps: i32,
+        loan_date: NaiveDate,
+    ) -> anyhow::Result<Option<(Step, Option<usize>)>> {
+        let allocation = self.allocation_of(enterprise_id).await?;
+        let special = |r: &Referral| {
+            self.products
+                .get(&r.product_id)
+                .is_some_and(|&(_, p)| p.special)
+        };
+        // Once a bank has approved, it is the bank (one enterprise, one bank).
+        let chosen = match state.referrals.iter().find(|r| {
+            special(r)
+                && matches!(
+                    r.status,
+                    ReferralStatus::Approved | ReferralStatus::Disbursed
+                )
+        }) {
+            Some(r) => r,
+            None => {
+                let remaining = self.quota_remaining().await?;
+                *open
+                    .iter()
+                    .filter(|r| special(r))
+                    .max_by_key(|r| {
+                        let lender = r.lender_id;
+                        (
+                            remaining.get(&lender).copied().unwrap_or(0),
+                            Reverse(lender),
+                        )
+                    })
+                    .ok_or_else(|| {
+                        anyhow!("routing offered no special re-lending product to this need")
+                    })?
+            }
+        };
+        let bank = self.products.get(&chosen.product_id).map(|&(b, _)| b);
+        let loan_reference = loan_reference(bank.map(|b| self.banks[b].spec), e);
+        let step = match (chosen.status, allocation) {
+            (ReferralStatus::Pending | ReferralStatus::Acknowledged, _) => {
+                self.approve_or_acknowledge(e, chosen, Some(rate_bps))
+            }
+            (ReferralStatus::Approved, None) => Step::Reserve {
+                referral: chosen.id,
+                rate_bps,
+                loan_date,
+            },
+            (ReferralStatus::Approved, Some(_)) => Step::Disburse {
+                referral: chosen.id,
+                loan_reference,
+                disbursed_on: loan_date,
+            },
+            (ReferralStatus::Disbursed, Some((id, AllocationStatus::Reserved))) => Step::Confirm {
+                allocation: id,
+                loan_reference,
+                disbursed_on: loan_date,
+            },
+            (ReferralStatus::Disbursed, Some(_)) => return Ok(None),
+            (status, allocation) => bail!(
+                "special-loan referral {} is {} with allocation {allocation:?}",
+                chosen.id,
+                status.as_str()
+            ),
+        };
+        Ok(Some((step, bank)))
+    }
+
+    async fn perform(
+        &self,
+        e: &DemoEnterprise,
+        enterprise_id: Uuid,
+        need_id: Uuid,
+        step: Step,
+        bank: Option<usize>,
+    ) -> anyhow::Result<()> {
+        let bank = || {
+            bank.map(|b| &self.banks[b])
+                .ok_or_else(|| anyhow!("{step:?} on a product that is not the demo's"))
+        };
+        match &step {
+            Step::Withdraw => {
+                self.app
+                    .withdraw_need(
+                        &self.operator,
+                        need_id,
+                        "the enterprise raised the funds from its shareholders".to_owned(),
+                    )
+                    .await?;
+            }
+            Step::Acknowledge(id) => {
+                self.app.acknowledge_referral(&bank()?.who, *id).await?;
+            }
+            Step::RequestInformation(id) => {
+                let message =
+                    Note::parse("please send the 2019 balance sheet and the February payroll")?;
+                self.app
+                    .request_information(&bank()?.who, *id, message)
+                    .await?;
+            }
+            Step::Decline(id, n) => {
+                let (reason, note) = data::decline_reason(*n);
+                let decision = Decision::Decline {
+                    reason,
+                    note: Note::parse(note)?,
+                };
+                self.decide(bank()?, *id, decision).await?;
+            }
+            Step::Approve {
+                referral,
+                amount_minor,
+                rate_bps,
+                term_months,
+            } => {
+                let decision = Decision::Approve {
+                    amount_minor: *amount_minor,
+                    rate_bps: *rate_bps,
+                    term_months: *term_months,
+                };
+                self.decide(bank()?, *referral, decision).await?;
+            }
+            Step::Disburse {
+                referral,
+                loan_reference,
+                disbursed_on,
+            } => {
+                let bank = bank()?;
+                let current = self.app.get_referral(&bank.who, *referral).await?.referral;
+                let input = DisbursementInput {
+                    referral_id: *referral,
+                    loan_reference: Reference::parse(loan_reference)?,
+                    amount_minor: current.approved_amount_minor.unwrap_or(0),
+                    rate_bps: current.approved_rate_bps.unwrap_or(0),
+                    term_months: current.approved_term_months.unwrap_or(0),
+                    disbursed_on: *disbursed_on,
+                };
+                self.app.record_disbursement(&bank.who, input).await?;
+            }
+            Step::Reserve {
+                referral,
+                rate_bps,
+                loan_date,
+            } => {
+                let bank = bank()?;
+                let request = AllocationRequest {
+                    program_id: self.program_id,
+                    lender_id: bank.lender_id,
+                    enterprise_id,
+                    referral_id: Some(*referral),
+                    amount: AmountMinor::new(minor(e.need.amount_yuan))?,
+                    rate: Bps::new(*rate_bps)?,
+                    term: TermMonths::new(e.need.term_months)?,
+                    loan_date: *loan_date,
+                };
+                let key = idempotency(format!("demo-allocation-{}", e.credit_code), &request);
+                self.app
+                    .allocate_special_loan(&bank.who, key, request)
+                    .await?;
+            }
+            Step::Confirm {
+                allocation,
+                loan_reference,
+                disbursed_on,
+            } => {
+                self.app
+                    .confirm_allocation(
+                        &bank()?.who,
+                        *allocation,
+                        Reference::parse(loan_reference)?,
+                        *disbursed_on,
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn decide(&self, bank: &Bank, referral: Uuid, decision: Decision) -> anyhow::Result<()> {
+        let key = idempotency(format!("demo-decision-{referral}"), &decision);
+        self.app
+            .decide_referral(
+                &bank.who,
+                referral,
+                decision,
+                key,
+                &crate::grpc::partner::encode_decided,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The enterprise's live allocation in the program, if any.
+    async fn allocation_of(
+        &self,
+        enterprise_id: Uuid,
+    ) -> anyhow::Result<Option<(Uuid, AllocationStatus)>> {
+        let query = AllocationQuery {
+            program_id: Some(self.program_id),
+            enterprise_id: Some(enterprise_id),
+            statuses: vec![AllocationStatus::Reserved, AllocationStatus::Confirmed],
+            ..AllocationQuery::default()
+        };
+        let page = self
+            .app
+            .list_allocations(&self.operator, query, PageRequest::first(1))
+            .await?;
+        Ok(page.items.first().map(|a| (a.id, a.status)))
+    }
+
+    /// Each designated bank's unused program quota.
+    async fn quota_remaining(&self) -> anyhow::Result<HashMap<Uuid, i64>> {
+        let program = self
+            .app
+            .get_program(&self.operator, self.program_id)
+            .await?;
+        Ok(program
+            .balance
+            .lenders
+            .iter()
+            .map(|l| (l.lender_id, l.remaining_minor))
+            .collect())
+    }
+}
+
+/// A credential for the loader's own calls, so the audit log names who did what.
+async fn loader_credential(
+    app: &App,
+    role: Role,
+    lender_id: Option<Uuid>,
+    label: &str,
+) -> anyhow::Result<Principal> {
+    let issued = app
+        .bootstrap_credential(NewCredential {
+            role,
+            lender_id,
+            label: label.to_owned(),
+        })
+        .await?;
+    Ok(Principal {
+        credential_id: issued.credential.id,
+        role,
+        lender_id,
+    })
+}
+
+fn new_product(lender_id: Uuid, p: &ProductSpec) -> anyhow::Result<NewProduct> {
+    let lender = lender_id.to_string();
+    let industries: Vec<String> = p.industries.iter().map(|s| (*s).to_owned()).collect();
+    let regions = vec![data::CITY_PREFIX.to_owned()];
+    let collateral: Vec<_> = p.collateral.iter().copied().map(Some).collect();
+    let lists: Vec<String> = if p.special {
+        vec![
+            data::NATIONAL_LIST.to_owned(),
+            data::PROVINCIAL_LIST.to_owned(),
+        ]
+    } else {
+        Vec::new()
+    };
+    let input = ProductInput {
+        lender_id: &lender,
+        name: p.name,
+        min_amount_minor: minor(p.min_yuan),
+        max_amount_minor: minor(p.max_yuan),
+        min_term_months: p.min_term,
+        max_term_months: p.max_term,
+        industry_prefixes: &industries,
+        region_prefixes: &regions,
+        collateral_accepted: &collateral,
+        min_size: Some(p.min_size),
+        min_rate_bps: p.min_rate_bps,
+        max_rate_bps: p.max_rate_bps,
+        required_designations: &lists,
+        daily_capacity: p.daily_capacity,
+        response_sla_hours: p.sla_hours,
+        active: true,
+    };
+    NewProduct::parse(&input, "product.").map_err(invalid)
+}
+
+/// The bank's reference for the enterprise's loan, e.g. `ICBC-2020-017`.
+fn loan_reference(bank: Option<&BankSpec>, e: &DemoEnterprise) -> String {
+    format!("{}-2020-{:03}", bank.map_or("DEMO", |b| b.short), e.index)
+}
+
+/// A fixed key per demo action, fingerprinted by the request it stands for.
+fn idempotency(key: String, request: &impl std::fmt::Debug) -> Idempotency {
+    Idempotency {
+        key,
+        fingerprint: sha2::Sha256::digest(format!("{request:?}")).to_vec(),
+    }
+}
+
+fn minor(yuan: i64) -> i64 {
+    yuan * 100
+}
+
+/// The data set is constant: a violation is a bug in it.
+fn invalid(violations: Violations) -> anyhow::Error {
+    anyhow!("the demo data set is invalid: {violations}")
+}
