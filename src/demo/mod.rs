@@ -568,11 +568,12 @@ impl<'a> Loader<'a> {
                 *open
                     .iter()
                     .filter(|r| special(r))
+                    // The most quota left; among equals the first in BANKS order.
                     .max_by_key(|r| {
-                        let lender = r.lender_id;
+                        let bank = self.products.get(&r.product_id).map_or(0, |&(b, _)| b);
                         (
-                            remaining.get(&lender).copied().unwrap_or(0),
-                            Reverse(lender),
+                            remaining.get(&r.lender_id).copied().unwrap_or(0),
+                            Reverse(bank),
                         )
                     })
                     .ok_or_else(|| {
