@@ -65,7 +65,7 @@ pub struct BankSpec {
     pub name: &'static str,
     pub kind: LenderKind,
     /// Its quota in the special re-lending program; `Some` for the designated banks, which
-    /// also offer the special re-lending product.
+    /// also offer a special re-lending product.
     pub special_quota_yuan: Option<i64>,
     pub products: &'static [ProductSpec],
 }
@@ -97,29 +97,31 @@ use Collateral::{Credit, Equipment, Guarantee, Inventory, RealEstate, Receivable
 use EnterpriseSize::{Medium, Micro, Small};
 
 /// The special re-lending product of a designated bank: unsecured or secured, at most the
-/// program's rate cap and term, for enterprises on either key list.
-pub const SPECIAL_PRODUCT: ProductSpec = ProductSpec {
-    name: "Special re-lending loan for key epidemic-prevention enterprises (2020)",
-    min_yuan: 1_000_000,
-    max_yuan: 50_000_000,
-    min_term: 3,
-    max_term: 12,
-    industries: &[],
-    collateral: &[
-        Credit,
-        Guarantee,
-        RealEstate,
-        Equipment,
-        Receivables,
-        Inventory,
-    ],
-    min_size: Micro,
-    min_rate_bps: 250,
-    max_rate_bps: 315,
-    special: true,
-    daily_capacity: 200,
-    sla_hours: 24,
-};
+/// program's rate cap and term, for enterprises on either key list. Banks size it differently.
+const fn special_product(min_yuan: i64, max_yuan: i64) -> ProductSpec {
+    ProductSpec {
+        name: "Special re-lending loan for key epidemic-prevention enterprises (2020)",
+        min_yuan,
+        max_yuan,
+        min_term: 3,
+        max_term: 12,
+        industries: &[],
+        collateral: &[
+            Credit,
+            Guarantee,
+            RealEstate,
+            Equipment,
+            Receivables,
+            Inventory,
+        ],
+        min_size: Micro,
+        min_rate_bps: 250,
+        max_rate_bps: 315,
+        special: true,
+        daily_capacity: 200,
+        sla_hours: 24,
+    }
+}
 
 /// The nine partner banks: seven national banks' city branches and two local banks.
 pub const BANKS: [BankSpec; 9] = [
@@ -128,21 +130,24 @@ pub const BANKS: [BankSpec; 9] = [
         name: "Agricultural Development Bank of China, Suizhou Branch",
         kind: LenderKind::Policy,
         special_quota_yuan: Some(50_000_000),
-        products: &[ProductSpec {
-            name: "Agricultural processing working-capital loan",
-            min_yuan: 5_000_000,
-            max_yuan: 200_000_000,
-            min_term: 6,
-            max_term: 36,
-            industries: &["C13", "C14", "C15"],
-            collateral: &[Guarantee, RealEstate, Inventory],
-            min_size: Small,
-            min_rate_bps: 385,
-            max_rate_bps: 520,
-            special: false,
-            daily_capacity: 300,
-            sla_hours: 72,
-        }],
+        products: &[
+            ProductSpec {
+                name: "Agricultural processing working-capital loan",
+                min_yuan: 5_000_000,
+                max_yuan: 200_000_000,
+                min_term: 6,
+                max_term: 36,
+                industries: &["C13", "C14", "C15"],
+                collateral: &[Guarantee, RealEstate, Inventory],
+                min_size: Small,
+                min_rate_bps: 385,
+                max_rate_bps: 520,
+                special: false,
+                daily_capacity: 300,
+                sla_hours: 72,
+            },
+            special_product(1_000_000, 30_000_000),
+        ],
     },
     BankSpec {
         short: "ICBC",
@@ -180,6 +185,7 @@ pub const BANKS: [BankSpec; 9] = [
                 daily_capacity: 500,
                 sla_hours: 24,
             },
+            special_product(1_000_000, 50_000_000),
         ],
     },
     BankSpec {
@@ -218,6 +224,7 @@ pub const BANKS: [BankSpec; 9] = [
                 daily_capacity: 300,
                 sla_hours: 72,
             },
+            special_product(1_000_000, 40_000_000),
         ],
     },
     BankSpec {
@@ -256,6 +263,7 @@ pub const BANKS: [BankSpec; 9] = [
                 daily_capacity: 300,
                 sla_hours: 48,
             },
+            special_product(500_000, 30_000_000),
         ],
     },
     BankSpec {
@@ -294,6 +302,7 @@ pub const BANKS: [BankSpec; 9] = [
                 daily_capacity: 300,
                 sla_hours: 72,
             },
+            special_product(2_000_000, 50_000_000),
         ],
     },
     BankSpec {
@@ -360,21 +369,24 @@ pub const BANKS: [BankSpec; 9] = [
         name: "Hubei Bank, Suizhou Branch",
         kind: LenderKind::CityCommercial,
         special_quota_yuan: Some(50_000_000),
-        products: &[ProductSpec {
-            name: "Special-vehicle industry chain loan",
-            min_yuan: 1_000_000,
-            max_yuan: 50_000_000,
-            min_term: 6,
-            max_term: 24,
-            industries: &["C36"],
-            collateral: &[Guarantee, Equipment, Receivables, RealEstate],
-            min_size: Small,
-            min_rate_bps: 480,
-            max_rate_bps: 650,
-            special: false,
-            daily_capacity: 300,
-            sla_hours: 48,
-        }],
+        products: &[
+            ProductSpec {
+                name: "Special-vehicle industry chain loan",
+                min_yuan: 1_000_000,
+                max_yuan: 50_000_000,
+                min_term: 6,
+                max_term: 24,
+                industries: &["C36"],
+                collateral: &[Guarantee, Equipment, Receivables, RealEstate],
+                min_size: Small,
+                min_rate_bps: 480,
+                max_rate_bps: 650,
+                special: false,
+                daily_capacity: 300,
+                sla_hours: 48,
+            },
+            special_product(1_000_000, 20_000_000),
+        ],
     },
     BankSpec {
         short: "SZRCB",
@@ -415,15 +427,6 @@ pub const BANKS: [BankSpec; 9] = [
         ],
     },
 ];
-
-impl BankSpec {
-    /// The bank's products, with the special re-lending product last for a designated bank.
-    pub fn all_products(&self) -> impl Iterator<Item = &ProductSpec> {
-        self.products
-            .iter()
-            .chain(self.special_quota_yuan.map(|_| &SPECIAL_PRODUCT))
-    }
-}
 
 /// A demo enterprise with its one financing need and what happens to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -844,7 +847,7 @@ mod tests {
         assert_eq!(total, 3_560_000_000);
         let largest = BANKS
             .iter()
-            .flat_map(|b| b.all_products())
+            .flat_map(|b| b.products.iter())
             .map(|p| p.max_yuan)
             .max()
             .unwrap();
@@ -900,7 +903,10 @@ mod tests {
             assert!(loan_date >= PROGRAM.loan_date_from);
             assert!(loan_date >= e.designation.as_ref().unwrap().granted_on);
             assert!(e.need.needed_by >= loan_date);
-            assert!(e.need.amount_yuan <= SPECIAL_PRODUCT.max_yuan);
+            assert!(
+                e.need.amount_yuan <= 20_000_000,
+                "fits every special product"
+            );
         }
     }
 

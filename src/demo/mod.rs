@@ -226,7 +226,7 @@ impl<'a> Loader<'a> {
                 .into_iter()
                 .map(|p| (p.name, p.id))
                 .collect();
-            for product in spec.all_products() {
+            for product in spec.products.iter() {
                 let id = match offered.get(product.name) {
                     Some(&id) => id,
                     None => {
@@ -427,13 +427,16 @@ impl<'a> Loader<'a> {
                 )
             })
             .collect();
-        open.sort_by_key(|r| (Reverse(r.score), r.created_at, r.id));
+        // Best first; referrals routed together share a creation time, so equals go in BANKS
+        // order (not by their random ids), and every load plays the same round.
+        let bank_order = |r: &Referral| self.products.get(&r.product_id).map(|&(bank, _)| bank);
+        open.sort_by_key(|r| (Reverse(r.score), r.created_at, bank_order(r)));
         let declined = state
             .referrals
             .iter()
             .filter(|r| r.status == ReferralStatus::Declined)
             .count();
-        let bank_of = |r: &Referral| self.products.get(&r.product_id).map(|&(bank, _)| bank);
+        let bank_of = bank_order;
         let step = match e.fate {
             Fate::Withdrawn => {
                 (need.status != NeedStatus::Funded).then_some((Step::Withdraw, None))

@@ -226,3 +226,37 @@ async fn sweepers_leave_overdue_needs_alone_while_a_demo_load_runs() {
     assert_eq!(after.expired_needs, 1);
     app.shutdown().await.unwrap();
 }
+
+/// Every need's status, funding and referrals (bank, status, decline reason) in routing order.
+async fn round_of(url: &str) -> Vec<String> {
+    let (db, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    db.query(
+        "SELECT e.credit_code || ' ' || n.status || ' ' || n.funded_minor || ' ' || coalesce(( \
+             SELECT string_agg(l.name || ':' || r.status || ':' || coalesce(r.decline_reason, ''), \
+                               ', ' ORDER BY r.created_at, l.name) \
+             FROM referrals r JOIN lenders l ON l.id = r.lender_id WHERE r.need_id = n.id), '') \
+         FROM needs n JOIN enterprises e ON e.id = n.enterprise_id ORDER BY e.credit_code",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.get(0))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_load_plays_the_same_round() {
+    let mut rounds = Vec::new();
+    for _ in 0..2 {
+        let database = TestDatabase::create().await;
+        let app = finmatch::service::App::new(finmatch::storage::pool(&database.url, 4).unwrap());
+        finmatch::demo::load(&app).await.expect("load the demo");
+        rounds.push(round_of(&database.url).await);
+    }
+    assert_eq!(rounds[0].len(), 196);
+    assert_eq!(rounds[0], rounds[1]);
+}
