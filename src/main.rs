@@ -262,22 +262,23 @@ async fn dev(
         devdb::ensure_database(&server_url, "finmatch").await?
     };
     eprintln!("PostgreSQL: {}", devdb::redact(&database_url));
-    // Loaded before the server (and its SLA sweeper) starts.
-    eprintln!("loading the demo data set (the first time takes a little while)…");
-    let loaded = seed_demo(&database_url, server.routing_policy()?).await?;
-    eprintln!("{}", loaded.summary());
     let settings = Settings {
         database_url,
         db_pool_size: database.db_pool_size,
         migrate: true,
         server,
     };
+    // Built first, so a taken port fails at once. Its SLA sweeper leaves the demo's 2020 needs
+    // alone while they load (see `demo`).
     let application = Application::build(settings).await?;
     let app = application.app().clone();
     let addr = application.local_addr();
     if addr.port() == 0 {
         bail!("the listener has no port");
     }
+    eprintln!("loading the demo data set (the first time takes a little while)…");
+    let loaded = finmatch::demo::load(&app).await?;
+    eprintln!("{}", loaded.summary());
     let started = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S");
     let operator = app
         .bootstrap_credential(NewCredential {

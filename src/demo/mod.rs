@@ -59,7 +59,7 @@ impl Loaded {
             return "demo data set already loaded; nothing added".to_owned();
         }
         format!(
-            "demo data set loaded: {} banks, {} enterprises and {} needs added, {} responses replayed",
+            "demo data set loaded: {} banks, {} enterprises and {} needs added, {} bank and bureau actions played",
             self.lenders.len(),
             self.enterprises_created,
             self.needs_submitted,
