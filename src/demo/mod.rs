@@ -73,9 +73,11 @@ pub async fn load(app: &App) -> anyhow::Result<Loaded> {
     let mut guard = app.conn().await?;
     crate::storage::locks::lock_demo_load(&mut guard).await?;
     let outcome = Loader::run(app).await;
-    crate::storage::locks::unlock_demo_load(&mut guard).await?;
+    let unlocked = crate::storage::locks::unlock_demo_load(&mut guard).await;
     drop(guard);
+    // The load's own error says more than a failed unlock after it.
     let loaded = outcome?;
+    unlocked?;
     // What is still open waited in vain: its 2020 needed_by has passed.
     app.sweep_once(Utc::now()).await?;
     Ok(loaded)

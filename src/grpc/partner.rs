@@ -385,7 +385,6 @@ fn event_pb(event: ReferralEvent) -> pb::ReferralEvent {
     }
 }
 
-/// A referral as its lender sees it.
 /// The DecideReferral response as saved for replays (also used by the demo loader).
 pub(crate) fn encode_decided(decided: &LenderReferral) -> Vec<u8> {
     pb::DecideReferralResponse {
@@ -394,6 +393,7 @@ pub(crate) fn encode_decided(decided: &LenderReferral) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// A referral as its lender sees it.
 fn lender_referral_pb(r: LenderReferral) -> pb::Referral {
     pb::Referral {
         disbursed_minor: r.disbursed_minor,
