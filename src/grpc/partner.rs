@@ -10,9 +10,7 @@ use super::auth::principal;
 use super::convert::{self, Bridge, check};
 use super::financing::{need_pb, referral_pb};
 use super::pb;
-use crate::domain::{
-    self, DeclineReason, DomainError, Note, Reference, ReferralStatus, Violations,
-};
+use crate::domain::{self, DeclineReason, DomainError, Note, ReferralStatus, Violations};
 use crate::service::events::{ReferralEvent, ReferralFeed, WatchItem};
 use crate::service::paging::PageRequest;
 use crate::service::partner::{
@@ -20,9 +18,6 @@ use crate::service::partner::{
 };
 use crate::service::{App, Error, Idempotency};
 use crate::storage::partner::DisbursementRow;
-
-/// Longest loan reference, in characters (printable ASCII).
-const MAX_LOAN_REFERENCE_LEN: usize = 64;
 
 pub struct PartnerHandler {
     app: App,
@@ -207,7 +202,10 @@ impl pb::partner_service_server::PartnerService for PartnerHandler {
         let body = request.into_inner();
         let mut v = Violations::default();
         let referral_id = convert::id("referral_id", &body.referral_id, &mut v);
-        let loan_reference = loan_reference(&body.loan_reference, &mut v);
+        let loan_reference = v.field(
+            "loan_reference",
+            convert::loan_reference(&body.loan_reference),
+        );
         let amount = v.field("amount_minor", domain::AmountMinor::new(body.amount_minor));
         let rate = v.field("rate_bps", domain::Bps::new(body.rate_bps));
         let term = v.field("term_months", domain::TermMonths::new(body.term_months));
@@ -294,28 +292,6 @@ fn idempotency(body: &pb::DecideReferralRequest, v: &mut Violations) -> Option<I
         ..body.clone()
     };
     convert::idempotency(&body.idempotency_key, &unkeyed, v)
-}
-
-fn printable_ascii(s: &str) -> bool {
-    s.bytes().all(|b| (0x20..=0x7e).contains(&b))
-}
-
-fn loan_reference(raw: &str, v: &mut Violations) -> Option<Reference> {
-    if raw.is_empty() {
-        v.add("loan_reference", DomainError::Missing.to_string());
-        return None;
-    }
-    if raw.len() > MAX_LOAN_REFERENCE_LEN || !printable_ascii(raw) || raw.trim() != raw {
-        v.add(
-            "loan_reference",
-            format!(
-                "must be 1 to {MAX_LOAN_REFERENCE_LEN} printable ASCII characters \
-                 without leading or trailing spaces"
-            ),
-        );
-        return None;
-    }
-    v.field("loan_reference", Reference::parse(raw))
 }
 
 fn parse_decision(

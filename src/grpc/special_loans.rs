@@ -7,7 +7,7 @@ use super::convert::{self, Bridge, check};
 use super::pb;
 use crate::domain::{
     self, AllocationStatus, AmountMinor, Bps, DomainError, ListCode, Name, NonNegativeMinor, Note,
-    Reference, TermMonths, Violations,
+    TermMonths, Violations,
 };
 use crate::service::App;
 use crate::service::paging::PageRequest;
@@ -15,8 +15,6 @@ use crate::service::special_loans::{
     Allocation, AllocationQuery, AllocationRequest, NewProgram, Program,
 };
 
-/// Longest loan reference the contract accepts.
-const MAX_LOAN_REFERENCE_LEN: usize = 64;
 /// The contract's ranges where they are narrower than the domain types'.
 const MAX_TERM_MONTHS: i32 = 360;
 const MIN_RATE_BPS: i32 = 1;
@@ -143,7 +141,10 @@ impl pb::special_loan_service_server::SpecialLoanService for SpecialLoanHandler 
         let body = request.into_inner();
         let mut v = Violations::default();
         let id = convert::id("allocation_id", &body.allocation_id, &mut v);
-        let loan_reference = v.field("loan_reference", loan_reference(&body.loan_reference));
+        let loan_reference = v.field(
+            "loan_reference",
+            convert::loan_reference(&body.loan_reference),
+        );
         let disbursed_on = v.field("disbursed_on", domain::parse_date(&body.disbursed_on));
         let today = chrono::Utc::now().date_naive();
         if let Some(day) = disbursed_on
@@ -317,37 +318,6 @@ fn at_least(value: i32, min: i32, max: i32) -> Result<i32, DomainError> {
             max: i64::from(max),
         })
     }
-}
-
-/// A lender's loan reference: 1 to 64 printable ASCII characters.
-fn loan_reference(raw: &str) -> Result<Reference, DomainError> {
-    let reference = Reference::parse(raw)?;
-    printable_ascii(reference.as_str(), MAX_LOAN_REFERENCE_LEN)?;
-    Ok(reference)
-}
-
-fn printable_ascii(raw: &str, max: usize) -> Result<String, DomainError> {
-    if raw.is_empty() {
-        return Err(DomainError::Missing);
-    }
-    if raw.len() > max {
-        return Err(DomainError::TooLong {
-            max,
-            actual: raw.chars().count(),
-        });
-    }
-    if let Some((i, c)) = raw
-        .chars()
-        .enumerate()
-        .find(|&(_, c)| !(c.is_ascii_graphic() || c == ' '))
-    {
-        return Err(DomainError::IllegalCharacter {
-            position: i + 1,
-            found: c,
-            allowed: "printable ASCII characters",
-        });
-    }
-    Ok(raw.to_owned())
 }
 
 pub fn program_to_pb(program: Program) -> pb::Program {
