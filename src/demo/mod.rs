@@ -410,39 +410,26 @@ impl<'a> Loader<'a> {
         state: &NeedWithReferrals,
     ) -> anyhow::Result<Option<(Step, Option<usize>)>> {
         let need = &state.need;
-        if matches!(
-            need.status,
-            NeedStatus::Withdrawn | NeedStatus::Expired | NeedStatus::Unmatched
-        ) {
+        // Closed needs have nothing left to do, except confirming a funded special loan.
+        if !need.status.is_open() && need.status != NeedStatus::Funded {
             return Ok(None);
         }
         let mut open: Vec<&Referral> = state
             .referrals
             .iter()
-            .filter(|r| {
-                matches!(
-                    r.status,
-                    ReferralStatus::Pending
-                        | ReferralStatus::Acknowledged
-                        | ReferralStatus::InfoRequested
-                        | ReferralStatus::Approved
-                )
-            })
+            .filter(|r| r.status.is_open())
             .collect();
         // Best first; referrals routed together share a creation time, so equals go in BANKS
         // order (not by their random ids), and every load plays the same round.
-        let bank_order = |r: &Referral| self.products.get(&r.product_id).map(|&(bank, _)| bank);
-        open.sort_by_key(|r| (Reverse(r.score), r.created_at, bank_order(r)));
+        let bank_of = |r: &Referral| self.products.get(&r.product_id).map(|&(bank, _)| bank);
+        open.sort_by_key(|r| (Reverse(r.score), r.created_at, bank_of(r)));
         let declined = state
             .referrals
             .iter()
             .filter(|r| r.status == ReferralStatus::Declined)
             .count();
-        let bank_of = bank_order;
         let step = match e.fate {
-            Fate::Withdrawn => {
-                (need.status != NeedStatus::Funded).then_some((Step::Withdraw, None))
-            }
+            Fate::Withdrawn => need.status.is_open().then_some((Step::Withdraw, None)),
             Fate::NoAnswer { acknowledged } => open
                 .first()
                 .filter(|r| acknowledged && r.status == ReferralStatus::Pending)
