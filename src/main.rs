@@ -52,13 +52,11 @@ enum Command {
         database: DatabaseArgs,
     },
     /// Load the demo data set (spring 2020 in Suizhou: 9 banks, 196 enterprises, the special
-    /// re-lending program and the banks' answers) into FINMATCH_DATABASE_URL; idempotent.
+    /// re-lending program and the banks' answers) into FINMATCH_DATABASE_URL; idempotent. Its
+    /// needs are routed by the default routing policy, whatever the servers use.
     SeedDemo {
         #[command(flatten)]
         database: DatabaseArgs,
-        /// The routing policy the demo's needs are routed by (as for `serve`).
-        #[arg(long, env = "FINMATCH_ROUTING_POLICY")]
-        routing_policy: Option<PathBuf>,
     },
     /// Everything a newcomer needs: find or start PostgreSQL, migrate, load the demo data set,
     /// print operator and bank tokens and examples, serve.
@@ -169,17 +167,13 @@ async fn run(command: Command, shutdown: impl Future<Output = ()> + Send) -> any
             eprintln!("{} migration(s) applied", applied.len());
             Ok(())
         }
-        Command::SeedDemo {
-            database,
-            routing_policy,
-        } => {
+        Command::SeedDemo { database } => {
             let url = required_url(&database)?;
-            let policy = ServerArgs {
-                routing_policy,
-                ..ServerArgs::default()
-            }
-            .routing_policy()?;
-            let loaded = seed_demo(&url, policy).await?;
+            storage::run_migrations(&url).await?;
+            let loaded = tokio::select! {
+                loaded = seed_demo(&url) => loaded?,
+                () = shutdown => bail!("interrupted; load again to go on where it stopped"),
+            };
             println!("{}", loaded.summary());
             Ok(())
         }
@@ -263,13 +257,12 @@ async fn dev(
     };
     eprintln!("PostgreSQL: {}", devdb::redact(&database_url));
     let settings = Settings {
-        database_url,
+        database_url: database_url.clone(),
         db_pool_size: database.db_pool_size,
         migrate: true,
         server,
     };
-    // Built first, so a taken port fails at once. Its SLA sweeper leaves the demo's 2020 needs
-    // alone while they load (see `demo`).
+    // Built (and migrated) first, so a taken port fails at once; it serves once the demo is in.
     let application = Application::build(settings).await?;
     let app = application.app().clone();
     let addr = application.local_addr();
@@ -277,7 +270,14 @@ async fn dev(
         bail!("the listener has no port");
     }
     eprintln!("loading the demo data set (the first time takes a little while)…");
-    let loaded = finmatch::demo::load(&app).await?;
+    tokio::pin!(shutdown);
+    let loaded = tokio::select! {
+        loaded = seed_demo(&database_url) => loaded.context(
+            "loading the demo data set; a database with other data may need a fresh one \
+             (drop the database `finmatch`, or set FINMATCH_DATABASE_URL)",
+        )?,
+        () = &mut shutdown => return Ok(()),
+    };
     eprintln!("{}", loaded.summary());
     let started = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S");
     let operator = app
@@ -304,13 +304,10 @@ async fn dev(
     application.run_until(shutdown).await
 }
 
-/// Migrates the database at `url` and loads the demo data set into it.
-async fn seed_demo(
-    url: &str,
-    policy: finmatch::matching::RoutingPolicy,
-) -> anyhow::Result<finmatch::demo::Loaded> {
-    storage::run_migrations(url).await?;
-    let app = App::with_policy(storage::pool(url, 4)?, policy);
+/// Loads the demo data set into the (migrated) database at `url`, routing by the default policy
+/// so that every load plays the same round.
+async fn seed_demo(url: &str) -> anyhow::Result<finmatch::demo::Loaded> {
+    let app = App::new(storage::pool(url, 4)?);
     finmatch::demo::load(&app).await
 }
 

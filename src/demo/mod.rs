@@ -9,10 +9,12 @@
 //! would have.
 //!
 //! Loading is idempotent: what exists (matched by bank name, product name, credit code,
-//! program code, the enterprise's need) is reused, and each bank acts only on referrals in the
-//! state its script expects, so a second load adds nothing and an interrupted one resumes.
-//! While it runs it holds an advisory lock that keeps the SLA sweeper of any server on the
-//! same database from expiring the 2020 needs under it.
+//! program code, the enterprise's need) is reused, and each bank acts only on referrals of the
+//! demo's products in the state its script expects, so a second load adds nothing. While it
+//! runs it holds an advisory lock that keeps the SLA sweeper of any server on the same database
+//! from expiring the 2020 needs under it. An interrupted load resumes where it stopped, unless
+//! a sweeper expired the needs it left open in between: then a special loan cannot be finished,
+//! and the load fails saying so rather than report a different story.
 
 pub mod data;
 
@@ -28,12 +30,13 @@ use crate::domain::{
     AllocationStatus, AmountMinor, Bps, Channel, DesignationInput, EnterpriseInput, LenderInput,
     ListCode, Name, NeedInput, NeedStatus, NewDesignation, NewEnterprise, NewLender, NewNeed,
     NewProduct, NonNegativeMinor, Note, ProductInput, Reference, ReferralStatus, Role, TermMonths,
-    Violations,
+    Violations, format_cny,
 };
 use crate::service::credentials::NewCredential;
 use crate::service::financing::{NeedQuery, NeedWithReferrals, Referral};
 use crate::service::paging::PageRequest;
 use crate::service::partner::{Decision, DisbursementInput};
+use crate::service::special_loans::Program;
 use crate::service::special_loans::{AllocationQuery, AllocationRequest, NewProgram};
 use crate::service::{App, Error, Idempotency, Principal};
 use data::{BANKS, BankSpec, DemoEnterprise, Fate, PROGRAM, ProductSpec};
@@ -70,7 +73,9 @@ impl Loaded {
 
 /// Loads the demo data set into the database behind `app` (migrated).
 pub async fn load(app: &App) -> anyhow::Result<Loaded> {
-    let mut guard = app.conn().await?;
+    // A connection of its own, out of the pool: when it goes, whatever the reason, the session
+    // and its lock go with it.
+    let mut guard = deadpool::managed::Object::take(app.conn().await?);
     crate::storage::locks::lock_demo_load(&mut guard).await?;
     let outcome = Loader::run(app).await;
     let unlocked = crate::storage::locks::unlock_demo_load(&mut guard).await;
@@ -154,10 +159,16 @@ impl<'a> Loader<'a> {
             actions: 0,
         };
         let outcome = loader.load_all().await;
+        let mut revoked = Ok(());
         for id in std::mem::take(&mut loader.credentials) {
-            app.revoke_credential_as_system(id).await?;
+            if let Err(e) = app.revoke_credential_as_system(id).await {
+                tracing::error!(credential_id = %id, error = %e, "could not revoke a demo loader credential");
+                revoked = Err(e);
+            }
         }
+        // The load's own error says more than a failed revocation after it.
         outcome?;
+        revoked?;
         Ok(Loaded {
             lenders: loader.banks.iter().map(|b| (b.spec, b.lender_id)).collect(),
             program_id: loader.program_id,
@@ -265,16 +276,37 @@ impl<'a> Loader<'a> {
             loan_date_to: None,
             one_bank_per_enterprise: true,
         };
-        self.program_id = match self.app.create_program(&self.operator, program).await {
-            Ok(created) => created.id,
+        let existing = match self.app.create_program(&self.operator, program).await {
+            Ok(created) => created,
             Err(Error::AlreadyExists {
                 existing_id: Some(id),
                 ..
-            }) => id.parse()?,
+            }) => {
+                let existing = self.app.get_program(&self.operator, id.parse()?).await?;
+                if !is_the_demo_program(&existing) {
+                    bail!(
+                        "a program {} with other rules exists already (total quota {}, rate cap {} bps); \
+                         load the demo into a fresh database",
+                        PROGRAM.code,
+                        format_cny(existing.total_quota_minor),
+                        existing.rate_cap_bps
+                    );
+                }
+                existing
+            }
             Err(other) => return Err(other.into()),
         };
+        self.program_id = existing.id;
         for bank in &self.banks {
-            if let Some(quota) = bank.spec.special_quota_yuan {
+            let Some(quota) = bank.spec.special_quota_yuan else {
+                continue;
+            };
+            let set = existing
+                .balance
+                .lenders
+                .iter()
+                .any(|l| l.lender_id == bank.lender_id && l.quota_minor == minor(quota));
+            if !set {
                 self.app
                     .set_lender_quota(
                         &self.operator,
@@ -305,7 +337,19 @@ impl<'a> Loader<'a> {
             }
         }
         let need_id = self.submit(e, id).await?;
-        self.respond(e, id, need_id).await
+        self.respond(e, id, need_id).await?;
+        if matches!(e.fate, Fate::SpecialLoan { .. })
+            && !matches!(
+                self.allocation_of(id).await?,
+                Some((_, AllocationStatus::Confirmed))
+            )
+        {
+            bail!(
+                "its special loan could not be finished: the need was closed before (a sweeper \
+                 expired it between two loads?); load the demo into a fresh database"
+            );
+        }
+        Ok(())
     }
 
     async fn register(&mut self, e: &DemoEnterprise) -> anyhow::Result<Uuid> {
@@ -414,10 +458,11 @@ impl<'a> Loader<'a> {
         if !need.status.is_open() && need.status != NeedStatus::Funded {
             return Ok(None);
         }
+        // Referrals of products that are not the demo's get no answer from the script.
         let mut open: Vec<&Referral> = state
             .referrals
             .iter()
-            .filter(|r| r.status.is_open())
+            .filter(|r| r.status.is_open() && self.products.contains_key(&r.product_id))
             .collect();
         // Best first; referrals routed together share a creation time, so equals go in BANKS
         // order (not by their random ids), and every load plays the same round.
@@ -758,6 +803,18 @@ impl<'a> Loader<'a> {
             .map(|l| (l.lender_id, l.remaining_minor))
             .collect())
     }
+}
+
+/// Whether a program found by the demo's code has the demo's rules.
+fn is_the_demo_program(p: &Program) -> bool {
+    p.total_quota_minor == minor(PROGRAM.total_quota_yuan)
+        && p.rate_cap_bps == PROGRAM.rate_cap_bps
+        && p.subsidy_ratio_bps == PROGRAM.subsidy_ratio_bps
+        && p.max_effective_rate_bps == Some(PROGRAM.max_effective_rate_bps)
+        && p.max_term_months == PROGRAM.max_term_months
+        && p.loan_date_from == PROGRAM.loan_date_from
+        && p.loan_date_to.is_none()
+        && p.one_bank_per_enterprise
 }
 
 /// A credential for the loader's own calls, so the audit log names who did what.
