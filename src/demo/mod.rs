@@ -36,8 +36,7 @@ use crate::service::credentials::NewCredential;
 use crate::service::financing::{NeedQuery, NeedWithReferrals, Referral};
 use crate::service::paging::PageRequest;
 use crate::service::partner::{Decision, DisbursementInput};
-use crate::service::special_loans::Program;
-use crate::service::special_loans::{AllocationQuery, AllocationRequest, NewProgram};
+use crate::service::special_loans::{AllocationQuery, AllocationRequest, NewProgram, Program};
 use crate::service::{App, Error, Idempotency, Principal};
 use data::{BANKS, BankSpec, DemoEnterprise, Fate, PROGRAM, ProductSpec};
 
