@@ -140,11 +140,27 @@ pub mod partner;
 pub mod referrals;
 pub mod reporting;
 pub mod special_loans;
+pub mod sql;
 
 /// A trivial round trip, to tell whether PostgreSQL answers.
 pub async fn ping(conn: &mut Connection) -> diesel::QueryResult<()> {
     use diesel_async::RunQueryDsl;
     diesel::sql_query("SELECT 1")
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Sends `payload` on `channel` when the caller's transaction commits (nothing if it rolls back).
+pub async fn notify(
+    conn: &mut Connection,
+    channel: &str,
+    payload: &str,
+) -> diesel::QueryResult<()> {
+    use diesel_async::RunQueryDsl;
+    sql::Prepared::new("SELECT pg_notify($1, $2)")
+        .bind::<diesel::sql_types::Text, _>(channel)
+        .bind::<diesel::sql_types::Text, _>(payload)
         .execute(conn)
         .await
         .map(|_| ())
