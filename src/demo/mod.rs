@@ -76,7 +76,11 @@ pub async fn load(app: &App) -> anyhow::Result<Loaded> {
     // and its lock go with it.
     let mut guard = deadpool::managed::Object::take(app.conn().await?);
     crate::storage::locks::lock_demo_load(&mut guard).await?;
+    // Scores must not depend on how long the load takes (lender records are otherwise counted
+    // again every 30 s), or two loads would play different rounds.
+    let pin = app.pin_lender_stats();
     let outcome = Loader::run(app).await;
+    drop(pin);
     let unlocked = crate::storage::locks::unlock_demo_load(&mut guard).await;
     drop(guard);
     // The load's own error says more than a failed unlock after it.

@@ -14,7 +14,7 @@ use crate::service::financing::{
     IMPORT_BATCH, ImportItem, ImportOutcome, MatchCandidate, Need, NeedQuery, NeedWithReferrals,
     PreviewSubject, Referral, Submission,
 };
-use crate::service::paging::PageRequest;
+use crate::service::paging::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, OffsetToken, PageRequest};
 use crate::service::{App, Error, Idempotency};
 
 /// Most open referrals RerouteNeed may ask for.
@@ -123,13 +123,51 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
                 .nested(parse_need(Some(need)))
                 .map(PreviewSubject::Unsaved),
         };
+        // A token belongs to the subject it was made for.
+        let digest = {
+            use sha2::Digest as _;
+            let subject = pb::PreviewMatchesRequest {
+                page_size: 0,
+                page_token: String::new(),
+                ..body.clone()
+            };
+            sha2::Sha256::digest(subject.encode_to_vec()).to_vec()
+        };
+        let size = match body.page_size {
+            0 => DEFAULT_PAGE_SIZE as usize,
+            n if n < 0 => {
+                v.add("page_size", "must not be negative");
+                0
+            }
+            n => (n as i64).min(MAX_PAGE_SIZE) as usize,
+        };
+        let offset = if body.page_token.is_empty() {
+            0
+        } else {
+            OffsetToken::decode(&body.page_token, &digest).unwrap_or_else(|| {
+                v.add(
+                    "page_token",
+                    "not a token returned by PreviewMatches for this need; omit it to start \
+                     from the first page",
+                );
+                0
+            })
+        };
         check(v)?;
-        let candidates = self
+        let page = self
             .app
-            .preview_matches(&who, subject.expect("checked"))
+            .preview_matches(&who, subject.expect("checked"), offset, size)
             .await?;
+        let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
         Ok(Response::new(pb::PreviewMatchesResponse {
-            candidates: candidates.into_iter().map(candidate_pb).collect(),
+            next_page_token: if page.more {
+                OffsetToken::encode(offset + size, &digest)
+            } else {
+                String::new()
+            },
+            eligible_count: count(page.eligible),
+            ineligible_count: count(page.ineligible),
+            candidates: page.candidates.into_iter().map(candidate_pb).collect(),
         }))
     }
 

@@ -18,17 +18,31 @@ pub async fn record(
     storage::audit::insert(
         conn,
         &storage::audit::NewAuditEntry {
-            principal_id: who.map(|p| p.credential_id),
-            principal_role: who.map_or("SYSTEM", |p| p.role.as_str()),
-            lender_id: who.and_then(|p| p.lender_id),
-            rpc,
-            entity_type,
             entity_id: &entity_id,
-            detail,
+            ..entry(who, rpc, entity_type, detail)
         },
     )
     .await?;
     Ok(())
+}
+
+/// The audit row of a call whose statement names the entity itself (see
+/// `storage::needs::insert_routed`).
+pub fn entry<'a>(
+    who: Option<&'a Principal>,
+    rpc: &'a str,
+    entity_type: &'a str,
+    detail: serde_json::Value,
+) -> storage::audit::NewAuditEntry<'a> {
+    storage::audit::NewAuditEntry {
+        principal_id: who.map(|p| p.credential_id),
+        principal_role: who.map_or("SYSTEM", |p| p.role.as_str()),
+        lender_id: who.and_then(|p| p.lender_id),
+        rpc,
+        entity_type,
+        entity_id: "",
+        detail,
+    }
 }
 
 /// Keys are scoped to the caller: a lender's keys survive the rotation of its credentials.
@@ -71,16 +85,22 @@ pub async fn remember(
     idempotency: &Idempotency,
     response: &[u8],
 ) -> Result<()> {
-    storage::idempotency::insert(
-        conn,
-        &storage::idempotency::NewIdempotencyKey {
-            principal_id: scope(who),
-            rpc,
-            key: &idempotency.key,
-            request_hash: &idempotency.fingerprint,
-            response: Some(response),
-        },
-    )
-    .await?;
+    storage::idempotency::insert(conn, &replay_record(who, rpc, idempotency, response)).await?;
     Ok(())
+}
+
+/// The replay record of a call made with a key, as [`remember`] writes it.
+pub fn replay_record<'a>(
+    who: &Principal,
+    rpc: &'a str,
+    idempotency: &'a Idempotency,
+    response: &'a [u8],
+) -> storage::idempotency::NewIdempotencyKey<'a> {
+    storage::idempotency::NewIdempotencyKey {
+        principal_id: scope(who),
+        rpc,
+        key: &idempotency.key,
+        request_hash: &idempotency.fingerprint,
+        response: Some(response),
+    }
 }

@@ -157,12 +157,7 @@ impl App {
         self.conn()
             .await?
             .transaction(async move |conn| {
-                if storage::enterprises::find_for_update(conn, id)
-                    .await?
-                    .is_none()
-                {
-                    return Err(Error::not_found("enterprise", id));
-                }
+                lock_for_change(conn, id).await?;
                 let changes = changes(&patch);
                 if let Some(code) = &patch.credit_code
                     && let Some(holder) =
@@ -191,6 +186,7 @@ impl App {
                 to_enterprise(row, designations)
             })
             .await
+            .inspect(|_| self.enterprise_cache().evict(id))
     }
 
     /// Adds the enterprise to a list. ALREADY_EXISTS when it already holds an unrevoked
@@ -205,12 +201,7 @@ impl App {
         who.require("GrantDesignation", REGISTRARS)?;
         let who = who.clone();
         self.conn().await?.transaction(async move |conn| {
-                if storage::enterprises::find_for_update(conn, enterprise_id)
-                    .await?
-                    .is_none()
-                {
-                    return Err(Error::not_found("enterprise", enterprise_id));
-                }
+                lock_for_change(conn, enterprise_id).await?;
                 let list_code = designation.list_code().as_str();
                 let reference = designation.reference().map(|r| r.as_str()).unwrap_or("");
                 let new = storage::enterprises::NewDesignation {
@@ -251,6 +242,7 @@ impl App {
                 load(conn, enterprise_id).await
             })
         .await
+        .inspect(|_| self.enterprise_cache().evict(enterprise_id))
     }
 
     /// Removes the enterprise from a list at once; NOT_FOUND when it holds no such designation.
@@ -266,12 +258,7 @@ impl App {
         self.conn()
             .await?
             .transaction(async move |conn| {
-                if storage::enterprises::find_for_update(conn, enterprise_id)
-                    .await?
-                    .is_none()
-                {
-                    return Err(Error::not_found("enterprise", enterprise_id));
-                }
+                lock_for_change(conn, enterprise_id).await?;
                 let row = storage::enterprises::revoke_designation(
                     conn,
                     enterprise_id,
@@ -296,10 +283,24 @@ impl App {
                 load(conn, enterprise_id).await
             })
             .await
+            .inspect(|_| self.enterprise_cache().evict(enterprise_id))
     }
 }
 
 /// The enterprise with its designations; NOT_FOUND when absent.
+/// Locks the enterprise for a change (NOT_FOUND when there is none) and tells every replica, at
+/// commit, to forget what it cached of it.
+async fn lock_for_change(conn: &mut Connection, id: Uuid) -> Result<()> {
+    if storage::enterprises::find_for_update(conn, id)
+        .await?
+        .is_none()
+    {
+        return Err(Error::not_found("enterprise", id));
+    }
+    storage::notify(conn, super::market::ENTERPRISES_CHANGED, &id.to_string()).await?;
+    Ok(())
+}
+
 pub(crate) async fn load(conn: &mut Connection, id: Uuid) -> Result<Enterprise> {
     let row = storage::enterprises::find(conn, id)
         .await?

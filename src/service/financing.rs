@@ -1,16 +1,17 @@
 //! Financing needs: submission (with routing), import, preview, reading, withdrawal,
 //! re-routing, and the SLA sweeper.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, SubsecRound as _, Utc};
 use diesel_async::AsyncConnection as _;
+use futures::StreamExt as _;
 use uuid::Uuid;
 
 use super::enterprises;
 use super::paging::{Cursor, Page, PageRequest};
 use super::routing::{
-    self, ScoreFactor, match_enterprise, match_need, route_onwards, score_factors, top_up,
+    self, ScoreFactor, match_enterprise, match_need, route_onwards, score_factors, take_routes,
 };
 use super::{App, Error, Idempotency, Principal, Result, audit, error, reason};
 use crate::domain::{
@@ -33,8 +34,10 @@ const SWEEPER: &str = "finmatch.sweeper";
 
 /// Transactions retried on a serialization conflict or deadlock, at most this often.
 const TRIES: u32 = 3;
-/// Items written per transaction by ImportNeeds.
+/// Items ImportNeeds hands to the use case at once.
 pub const IMPORT_BATCH: usize = 100;
+/// Items of one ImportNeeds batch stored at once (each in its own transaction).
+const IMPORT_CONCURRENCY: usize = 8;
 /// Rows a sweeper transaction claims at once.
 const SWEEP_BATCH: i64 = 100;
 
@@ -139,6 +142,18 @@ pub struct MatchCandidate {
     pub selected: bool,
 }
 
+/// One page of [`App::preview_matches`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviewPage {
+    pub candidates: Vec<MatchCandidate>,
+    /// Eligible products in the whole list.
+    pub eligible: usize,
+    /// Ineligible products in the whole list.
+    pub ineligible: usize,
+    /// More candidates follow this page.
+    pub more: bool,
+}
+
 /// Filters of [`App::list_needs`].
 #[derive(Debug, Clone, Default)]
 pub struct NeedQuery {
@@ -175,14 +190,10 @@ impl App {
     ) -> Result<Submission> {
         who.require("SubmitNeed", INTAKE)?;
         let submission = error::retry_conflicts(TRIES, || {
-            let (who, idempotency, need) = (who.clone(), idempotency.clone(), need.clone());
+            let (idempotency, need) = (&idempotency, &need);
             async move {
                 let mut conn = self.conn().await?;
-                let catalog = self.catalog(&mut conn).await?;
-                conn.transaction(async move |conn| {
-                    submit_in(conn, self, catalog, &who, &idempotency, &need, encode).await
-                })
-                .await
+                submit_in(&mut conn, self, who, idempotency, need, encode).await
             }
         })
         .await?;
@@ -196,9 +207,12 @@ impl App {
         Ok(submission)
     }
 
-    /// Stores a batch of ImportNeeds items in one transaction, each in its own savepoint so a
-    /// rejected item leaves the others in place. Outcomes are in item order. Fails as a whole
-    /// only when the database is unavailable or on an internal error.
+    /// Stores a batch of ImportNeeds items, each as SubmitNeed would (its own transaction, so a
+    /// rejected item leaves the others in place), several at once. Items that share an
+    /// enterprise or an idempotency key with an earlier item of the batch wait for it, so they
+    /// replay or are refused as they would one after the other. Outcomes are in item order. Fails
+    /// as a whole only when the database is unavailable or on an internal error; items stored
+    /// before that stay stored (a retry with the same keys replays them).
     #[tracing::instrument(skip_all, fields(items = items.len()))]
     pub async fn import_needs(
         &self,
@@ -207,42 +221,77 @@ impl App {
         encode: Encoder<'_>,
     ) -> Result<Vec<ImportOutcome>> {
         who.require("ImportNeeds", INTAKE)?;
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
         let items = &items;
-        error::retry_conflicts(TRIES, || {
-            let who = who.clone();
-            async move {
-                let mut conn = self.conn().await?;
-                let catalog = self.catalog(&mut conn).await?;
-                conn.transaction(async move |conn| {
-                    let mut outcomes = Vec::with_capacity(items.len());
-                    for item in items {
-                        let outcome = import_one(conn, self, &catalog, &who, item, encode).await?;
-                        outcomes.push(outcome);
-                    }
-                    Ok::<_, Error>(outcomes)
-                })
-                .await
+        let mut outcomes: Vec<Option<ImportOutcome>> = items.iter().map(|_| None).collect();
+        let mut pending: Vec<usize> = (0..items.len()).collect();
+        while !pending.is_empty() {
+            // A wave: the first item of each enterprise and key; the others wait for the next.
+            let mut wave = Vec::new();
+            let mut later = Vec::new();
+            let mut enterprises: HashSet<Uuid> = HashSet::new();
+            let mut keys: HashSet<&str> = HashSet::new();
+            for i in pending {
+                let item = &items[i];
+                let key = item.idempotency.key.as_str();
+                if keys.contains(key) || enterprises.contains(&item.need.enterprise_id()) {
+                    later.push(i);
+                } else {
+                    keys.insert(key);
+                    enterprises.insert(item.need.enterprise_id());
+                    wave.push(i);
+                }
             }
-        })
-        .await
+            let results: Vec<(usize, Result<ImportOutcome>)> = futures::stream::iter(
+                wave.into_iter()
+                    .map(|i| async move { (i, self.import_one(who, &items[i], encode).await) }),
+            )
+            .buffer_unordered(IMPORT_CONCURRENCY)
+            .collect()
+            .await;
+            for (i, result) in results {
+                outcomes[i] = Some(result?);
+            }
+            pending = later;
+        }
+        Ok(outcomes.into_iter().flatten().collect())
     }
 
-    /// The full ranked candidate list for a stored or unsaved need; changes nothing.
+    async fn import_one(
+        &self,
+        who: &Principal,
+        item: &ImportItem,
+        encode: Encoder<'_>,
+    ) -> Result<ImportOutcome> {
+        let outcome = error::retry_conflicts(TRIES, || async {
+            let mut conn = self.conn().await?;
+            submit_in(&mut conn, self, who, &item.idempotency, &item.need, encode).await
+        })
+        .await;
+        match outcome {
+            Ok(Submission::Created(_)) => Ok(ImportOutcome::Accepted),
+            Ok(Submission::Replayed(_)) => Ok(ImportOutcome::Replayed),
+            Err(e @ (Error::Unavailable | Error::Internal(_))) => Err(e),
+            Err(e) => Ok(ImportOutcome::Rejected(e)),
+        }
+    }
+
+    /// One page of the ranked candidate list for a stored or unsaved need (eligible products in
+    /// routing order, then ineligible ones by product id), from position `offset`; changes
+    /// nothing. An unsaved need is scored from this replica's caches alone (catalog, usage,
+    /// enterprise), without a database round trip while they are current.
     pub async fn preview_matches(
         &self,
         who: &Principal,
         subject: PreviewSubject,
-    ) -> Result<Vec<MatchCandidate>> {
+        offset: usize,
+        size: usize,
+    ) -> Result<PreviewPage> {
         who.require("PreviewMatches", INTAKE)?;
         let now = Utc::now();
-        let mut conn = self.conn().await?;
-        let catalog = self.catalog(&mut conn).await?;
         let policy = self.policy();
         let (need, enterprise_id, tried, open) = match subject {
             PreviewSubject::Stored(id) => {
+                let mut conn = self.conn().await?;
                 let row = storage::needs::find(&mut conn, id)
                     .await?
                     .ok_or_else(|| Error::not_found("need", id))?;
@@ -257,9 +306,10 @@ impl App {
                 0,
             ),
         };
-        let enterprise = enterprises::load(&mut conn, enterprise_id).await?;
+        let enterprise = self.enterprise_for_preview(enterprise_id).await?;
         let enterprise = match_enterprise(&enterprise, now.date_naive())?;
-        let market = self.market(&mut conn, catalog, now).await?;
+        let catalog = self.catalog_now().await?;
+        let market = self.market_now(catalog, now).await?;
         let candidates = evaluate(
             &need,
             &enterprise,
@@ -273,8 +323,14 @@ impl App {
             .iter()
             .map(|c| c.product_id())
             .collect();
-        let mut out: Vec<MatchCandidate> = candidates
+        // Eligible products keep the routing order; ineligible ones follow by product id.
+        let mut order: Vec<&crate::matching::Candidate<'_>> = candidates.iter().collect();
+        order.sort_by_key(|c| (!c.eligible(), (!c.eligible()).then_some(c.product_id())));
+        let eligible = order.iter().filter(|c| c.eligible()).count();
+        let page = order
             .iter()
+            .skip(offset)
+            .take(size)
             .map(|c| {
                 let info = market.catalog.info(c.product_id());
                 MatchCandidate {
@@ -290,19 +346,22 @@ impl App {
                 }
             })
             .collect();
-        // Eligible products keep the routing order; ineligible ones follow by product id.
-        out.sort_by_key(|c| (!c.eligible, (!c.eligible).then_some(c.product_id)));
-        Ok(out)
+        Ok(PreviewPage {
+            candidates: page,
+            eligible,
+            ineligible: order.len() - eligible,
+            more: offset.saturating_add(size) < order.len(),
+        })
     }
 
     /// A need with all its referrals, oldest first.
     pub async fn get_need(&self, who: &Principal, id: Uuid) -> Result<NeedWithReferrals> {
         who.require("GetNeed", INTAKE)?;
         let mut conn = self.conn().await?;
-        let row = storage::needs::find(&mut conn, id)
+        let (row, referrals, disbursed) = storage::needs::find_with_referrals(&mut conn, id)
             .await?
             .ok_or_else(|| Error::not_found("need", id))?;
-        with_referrals(&mut conn, row).await
+        assemble(row, referrals, disbursed)
     }
 
     pub async fn list_needs(
@@ -516,141 +575,234 @@ impl App {
     }
 }
 
+/// One submission: reads the enterprise, scores the need against the cached market outside any
+/// transaction, then writes everything in one transaction of two statements (the products'
+/// capacity, then the need with its referrals, events, audit row and replay record). A key or
+/// purpose already taken is resolved after the rollback: a replay, IDEMPOTENCY_KEY_REUSED or
+/// DUPLICATE_OPEN_NEED.
 async fn submit_in(
     conn: &mut Connection,
     app: &App,
-    catalog: std::sync::Arc<routing::Catalog>,
     who: &Principal,
     idempotency: &Idempotency,
     need: &NewNeed,
     encode: Encoder<'_>,
 ) -> Result<Submission> {
-    if let Some(saved) = audit::replayed(conn, who, RPC_SUBMIT, idempotency).await? {
-        return Ok(Submission::Replayed(saved));
-    }
-    let now = Utc::now();
+    // Microseconds, as PostgreSQL keeps them, so the response equals what GetNeed reads back.
+    let now = Utc::now().trunc_subsecs(6);
+    let day = now.date_naive();
     let enterprise = enterprises::load(conn, need.enterprise_id()).await?;
-    if let Some(open) =
-        storage::needs::find_open(conn, need.enterprise_id(), need.purpose().as_str()).await?
-    {
-        return Err(duplicate_open_need(&open));
-    }
-    let collateral: Vec<&str> = need.collateral().iter().map(|c| c.as_str()).collect();
-    let inserted = storage::needs::insert(
-        conn,
-        &storage::needs::NewNeed {
-            enterprise_id: need.enterprise_id(),
-            amount_minor: need.amount().get(),
-            term_months: need.term().get(),
-            purpose: need.purpose().as_str(),
-            collateral,
-            max_rate_bps: need.max_rate().map(|r| r.get()),
-            needed_by: need.needed_by(),
-            consent_to_share: need.consent_to_share(),
-            channel: need.channel().as_str(),
-            note: need.note().as_str(),
-            status: NeedStatus::Submitted.as_str(),
-            idempotency_key: Some(&idempotency.key),
-            created_by: who.credential_id,
-        },
-    )
-    .await;
-    let row = match inserted {
-        // A concurrent twin (same key) or a concurrent need of the same enterprise and purpose
-        // committed first: run again, to replay the twin or name the open need.
-        Err(e)
-            if matches!(
-                storage::classify(&e),
-                Failure::UniqueViolation(Some(ref c))
-                    if c == storage::needs::ONE_OPEN_PER_PURPOSE || c == storage::needs::ONE_NEED_PER_KEY
-            ) =>
-        {
-            return Err(Error::Internal(anyhow::Error::new(error::Conflict)));
-        }
-        other => other?,
-    };
-    let mut referrals = Vec::new();
-    let row = if row.consent_to_share {
-        let enterprise = match_enterprise(&enterprise, now.date_naive())?;
-        referrals = top_up(
-            conn,
-            app,
-            catalog,
-            &row,
-            &enterprise,
-            app.policy().top_k,
-            now,
+    let catalog = app.catalog(conn).await?;
+    let market = app.market(conn, catalog, now).await?;
+    let policy = app.policy();
+    let match_need = crate::matching::MatchNeed::from(need);
+    let match_enterprise = match_enterprise(&enterprise, day)?;
+    let candidates = if need.consent_to_share() {
+        evaluate(
+            &match_need,
+            &match_enterprise,
+            market.catalog.products(),
+            &market.activity,
+            &[],
+            policy,
         )
-        .await?;
-        let status = if referrals.is_empty() {
-            NeedStatus::Unmatched
-        } else {
-            NeedStatus::Routed
-        };
-        storage::needs::set_status(conn, row.id, status.as_str(), referrals.len() as i32).await?
     } else {
-        row
+        Vec::new()
     };
-    audit::record(
-        conn,
-        Some(who),
-        RPC_SUBMIT,
-        "need",
-        row.id,
-        serde_json::json!({
-            "enterprise_id": row.enterprise_id,
-            "status": row.status,
-            "idempotency_key": idempotency.key,
-            "referrals": referrals.iter().map(|r| r.id).collect::<Vec<_>>(),
-        }),
-    )
-    .await?;
-    let stored = NeedWithReferrals {
-        need: to_need(row)?,
-        referrals: referrals
-            .into_iter()
-            .map(to_referral)
-            .collect::<Result<_>>()?,
-    };
-    audit::remember(conn, who, RPC_SUBMIT, idempotency, &encode(&stored)).await?;
-    Ok(Submission::Created(stored))
+    let want = routing::wanted(policy, policy.top_k, 0, 0);
+    let written = conn
+        .transaction(async |conn| {
+            let routes = take_routes(conn, &candidates, want, day).await?;
+            let submitted = Submitted::new(need, &routes, &market.catalog, now);
+            let response = encode(&submitted.stored);
+            storage::needs::insert_routed(conn, &submitted.row(who, idempotency, &response)?)
+                .await
+                .map_err(taken_or_error)?;
+            Ok::<_, Error>(submitted)
+        })
+        .await;
+    match written {
+        Ok(submitted) => {
+            let counted: Vec<(Uuid, Uuid)> = submitted
+                .stored
+                .referrals
+                .iter()
+                .map(|r| (r.product_id, r.lender_id))
+                .collect();
+            app.activity_cache().record(day, &counted);
+            Ok(Submission::Created(submitted.stored))
+        }
+        Err(e) if is_taken(&e) => {
+            if let Some(saved) = audit::replayed(conn, who, RPC_SUBMIT, idempotency).await? {
+                return Ok(Submission::Replayed(saved));
+            }
+            if let Some(open) =
+                storage::needs::find_open(conn, need.enterprise_id(), need.purpose().as_str())
+                    .await?
+            {
+                return Err(duplicate_open_need(&open));
+            }
+            // Whoever held the key or purpose rolled back meanwhile: try again.
+            Err(Error::Internal(anyhow::Error::new(error::Conflict)))
+        }
+        Err(e) => Err(e),
+    }
 }
 
-/// One import item in its own savepoint: a rejection rolls back only the item. A conflict with
-/// a concurrent writer is retried once on the spot, where it replays or names the open need.
-async fn import_one(
-    conn: &mut Connection,
-    app: &App,
-    catalog: &std::sync::Arc<routing::Catalog>,
-    who: &Principal,
-    item: &ImportItem,
-    encode: Encoder<'_>,
-) -> Result<ImportOutcome> {
-    let mut tries = 2;
-    loop {
-        tries -= 1;
-        let outcome = conn
-            .transaction(async |conn| {
-                submit_in(
-                    conn,
-                    app,
-                    catalog.clone(),
-                    who,
-                    &item.idempotency,
-                    &item.need,
-                    encode,
-                )
-                .await
-            })
-            .await;
-        return match outcome {
-            Ok(Submission::Created(_)) => Ok(ImportOutcome::Accepted),
-            Ok(Submission::Replayed(_)) => Ok(ImportOutcome::Replayed),
-            Err(e) if e.is_retryable_conflict() && tries > 0 => continue,
-            Err(e @ (Error::Unavailable | Error::Internal(_))) => Err(e),
-            Err(e) => Ok(ImportOutcome::Rejected(e)),
+/// A need about to be stored with the referrals routing chose, ids and times set.
+struct Submitted {
+    stored: NeedWithReferrals,
+    /// The CREATED events' details, by referral.
+    event_details: Vec<serde_json::Value>,
+}
+
+impl Submitted {
+    fn new(
+        need: &NewNeed,
+        routes: &[&crate::matching::Candidate<'_>],
+        catalog: &routing::Catalog,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let id = Uuid::now_v7();
+        let status = match (need.consent_to_share(), routes.is_empty()) {
+            (false, _) => NeedStatus::Submitted,
+            (true, true) => NeedStatus::Unmatched,
+            (true, false) => NeedStatus::Routed,
         };
+        let referrals: Vec<Referral> = routes
+            .iter()
+            .map(|candidate| Referral {
+                id: Uuid::now_v7(),
+                need_id: id,
+                lender_id: candidate.lender_id(),
+                product_id: candidate.product_id(),
+                status: ReferralStatus::Pending,
+                score: candidate.score(),
+                factors: score_factors(candidate),
+                sla_deadline: routing::sla_deadline(catalog, candidate, now),
+                decline_reason: None,
+                decline_note: None,
+                info_request: None,
+                approved_amount_minor: None,
+                approved_rate_bps: None,
+                approved_term_months: None,
+                disbursed_minor: 0,
+                created_at: now,
+                updated_at: now,
+            })
+            .collect();
+        let event_details = referrals
+            .iter()
+            .map(|r| routing::created_detail(r.product_id, r.score, r.sla_deadline))
+            .collect();
+        let stored = NeedWithReferrals {
+            need: Need {
+                id,
+                enterprise_id: need.enterprise_id(),
+                amount_minor: need.amount().get(),
+                term_months: need.term().get(),
+                purpose: need.purpose(),
+                collateral: need.collateral().iter().collect(),
+                max_rate_bps: need.max_rate().map(|r| r.get()),
+                needed_by: need.needed_by(),
+                consent_to_share: need.consent_to_share(),
+                channel: need.channel(),
+                note: need.note().as_str().to_owned(),
+                status,
+                funded_minor: 0,
+                created_at: now,
+                updated_at: now,
+            },
+            referrals,
+        };
+        Self {
+            stored,
+            event_details,
+        }
     }
+
+    /// The rows to write, with the audit row and replay record of `who`'s call.
+    fn row<'a>(
+        &'a self,
+        who: &'a Principal,
+        idempotency: &'a Idempotency,
+        response: &'a [u8],
+    ) -> Result<storage::needs::RoutedNeed<'a>> {
+        let need = &self.stored.need;
+        let referrals = self
+            .stored
+            .referrals
+            .iter()
+            .zip(&self.event_details)
+            .map(|(r, detail)| {
+                Ok(storage::needs::RoutedReferral {
+                    id: r.id,
+                    lender_id: r.lender_id,
+                    product_id: r.product_id,
+                    score: r.score,
+                    factors: serde_json::to_value(&r.factors)
+                        .map_err(|e| Error::Internal(e.into()))?,
+                    sla_deadline: r.sla_deadline,
+                    event_detail: detail.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(storage::needs::RoutedNeed {
+            id: need.id,
+            need: storage::needs::NewNeed {
+                enterprise_id: need.enterprise_id,
+                amount_minor: need.amount_minor,
+                term_months: need.term_months,
+                purpose: need.purpose.as_str(),
+                collateral: need.collateral.iter().map(|c| c.as_str()).collect(),
+                max_rate_bps: need.max_rate_bps,
+                needed_by: need.needed_by,
+                consent_to_share: need.consent_to_share,
+                channel: need.channel.as_str(),
+                note: &need.note,
+                status: need.status.as_str(),
+                idempotency_key: Some(&idempotency.key),
+                created_by: who.credential_id,
+            },
+            routing_attempts: referrals.len() as i32,
+            created_at: need.created_at,
+            audit: audit::entry(
+                Some(who),
+                RPC_SUBMIT,
+                "need",
+                serde_json::json!({
+                    "enterprise_id": need.enterprise_id,
+                    "status": need.status.as_str(),
+                    "idempotency_key": idempotency.key,
+                    "referrals": self.stored.referrals.iter().map(|r| r.id).collect::<Vec<_>>(),
+                }),
+            ),
+            replay: audit::replay_record(who, RPC_SUBMIT, idempotency, response),
+            referrals,
+        })
+    }
+}
+
+/// Marks a submission that lost its key or purpose to a stored need (see [`submit_in`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the idempotency key or the enterprise's purpose is taken")]
+struct Taken;
+
+fn taken_or_error(e: diesel::result::Error) -> Error {
+    match storage::classify(&e) {
+        Failure::UniqueViolation(Some(c))
+            if c == storage::needs::ONE_OPEN_PER_PURPOSE
+                || c == storage::needs::ONE_NEED_PER_KEY
+                || c == storage::idempotency::PRIMARY_KEY =>
+        {
+            Error::Internal(anyhow::Error::new(Taken))
+        }
+        _ => e.into(),
+    }
+}
+
+fn is_taken(e: &Error) -> bool {
+    matches!(e, Error::Internal(inner) if inner.is::<Taken>())
 }
 
 /// Claims a batch of overdue referrals, expires them and re-routes their needs. Returns how many
@@ -788,19 +940,30 @@ async fn cancel_open_referrals(
 async fn with_referrals(conn: &mut Connection, row: NeedRow) -> Result<NeedWithReferrals> {
     let rows = storage::referrals::for_needs(conn, &[row.id]).await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let disbursed: HashMap<Uuid, i64> = storage::referrals::disbursed(conn, &ids)
-        .await?
+    let disbursed = storage::referrals::disbursed(conn, &ids).await?;
+    assemble(row, rows, disbursed)
+}
+
+/// A need with its referrals and the sums disbursed on them.
+fn assemble(
+    row: NeedRow,
+    referrals: Vec<ReferralRow>,
+    disbursed: Vec<storage::referrals::DisbursedRow>,
+) -> Result<NeedWithReferrals> {
+    let disbursed: HashMap<Uuid, i64> = disbursed
         .into_iter()
         .map(|d| (d.referral_id, d.disbursed_minor))
         .collect();
-    let mut referrals = Vec::with_capacity(rows.len());
-    for row in rows {
-        let disbursed_minor = disbursed.get(&row.id).copied().unwrap_or(0);
-        referrals.push(Referral {
-            disbursed_minor,
-            ..to_referral(row)?
-        });
-    }
+    let referrals = referrals
+        .into_iter()
+        .map(|row| {
+            let disbursed_minor = disbursed.get(&row.id).copied().unwrap_or(0);
+            Ok(Referral {
+                disbursed_minor,
+                ..to_referral(row)?
+            })
+        })
+        .collect::<Result<_>>()?;
     Ok(NeedWithReferrals {
         need: to_need(row)?,
         referrals,

@@ -99,6 +99,7 @@ impl App {
                 to_lender(row)
             })
             .await?;
+        self.products().invalidate();
         tracing::info!(lender_id = %lender.id, "lender registered");
         Ok(lender)
     }
@@ -174,6 +175,8 @@ impl App {
                 to_product(row)
             })
             .await
+            // The next routing on this replica sees the change, before its notification arrives.
+            .inspect(|_| self.products().invalidate())
     }
 
     /// Changes the fields of a product named by the patch; the result is validated as a whole
@@ -213,6 +216,8 @@ impl App {
                 to_product(row)
             })
             .await
+            // The next routing on this replica sees the change, before its notification arrives.
+            .inspect(|_| self.products().invalidate())
     }
 
     pub async fn list_products(

@@ -18,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod financing;
 pub mod lenders;
+pub mod market;
 pub mod paging;
 pub mod partner;
 pub mod reporting;
@@ -36,8 +37,10 @@ struct Inner {
     pool: DbPool,
     /// Products as matching reads them; refreshed, never authoritative (see `routing`).
     products: routing::ProductCache,
-    /// Lenders' records, reused for a few seconds (see `routing`).
-    stats: routing::StatsCache,
+    /// Today's usage and lenders' records (see `market`).
+    activity: market::ActivityCache,
+    /// Enterprises for previews (see `market`).
+    enterprises: market::EnterpriseCache,
     policy: RoutingPolicy,
 }
 
@@ -52,7 +55,8 @@ impl App {
             inner: Arc::new(Inner {
                 pool,
                 products: routing::ProductCache::default(),
-                stats: routing::StatsCache::default(),
+                activity: market::ActivityCache::default(),
+                enterprises: market::EnterpriseCache::default(),
                 policy,
             }),
         }
@@ -66,8 +70,12 @@ impl App {
         &self.inner.products
     }
 
-    pub(crate) fn stats_cache(&self) -> &routing::StatsCache {
-        &self.inner.stats
+    pub(crate) fn activity_cache(&self) -> &market::ActivityCache {
+        &self.inner.activity
+    }
+
+    pub(crate) fn enterprise_cache(&self) -> &market::EnterpriseCache {
+        &self.inner.enterprises
     }
 
     pub fn pool(&self) -> &DbPool {

@@ -89,6 +89,31 @@ impl PageRequest {
     }
 }
 
+/// A position in a list that is computed afresh for every page (PreviewMatches): an offset, tied
+/// to a digest of the request it belongs to so that a token is refused with another request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetToken;
+
+impl OffsetToken {
+    pub fn encode(offset: usize, request_digest: &[u8]) -> String {
+        let digest = hex::encode(&request_digest[..request_digest.len().min(8)]);
+        URL_SAFE_NO_PAD.encode(format!("o1|{offset}|{digest}"))
+    }
+
+    /// The offset of `token`, if it is one that [`OffsetToken::encode`] made for this request.
+    pub fn decode(token: &str, request_digest: &[u8]) -> Option<usize> {
+        let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
+        let mut parts = raw.split('|');
+        if parts.next()? != "o1" {
+            return None;
+        }
+        let offset: usize = parts.next()?.parse().ok()?;
+        let digest = parts.next()?;
+        let expected = hex::encode(&request_digest[..request_digest.len().min(8)]);
+        (parts.next().is_none() && digest == expected).then_some(offset)
+    }
+}
+
 impl Cursor {
     pub fn encode(&self) -> String {
         let raw = format!("v1|{}|{}", self.created_at.timestamp_micros(), self.id);
@@ -117,6 +142,14 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offset_tokens_belong_to_their_request() {
+        let token = OffsetToken::encode(150, b"digest one");
+        assert_eq!(OffsetToken::decode(&token, b"digest one"), Some(150));
+        assert_eq!(OffsetToken::decode(&token, b"digest two"), None);
+        assert_eq!(OffsetToken::decode("garbage", b"digest one"), None);
+    }
 
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {

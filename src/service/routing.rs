@@ -2,12 +2,16 @@
 //! candidates into referrals (first routing, re-routing, the SLA sweeper).
 //!
 //! The catalog is a cache: it is reloaded when `finmatch_products_changed` is notified (from
-//! any replica) and whenever its version no longer matches the database, so it never serves
-//! products older than the caller's own committed changes. It is never the authority for
-//! capacity: the daily count is taken atomically in SQL when a referral is created.
+//! any replica), and a change made through this replica marks it stale so the next caller
+//! reloads it first: it never serves products older than the caller's own committed changes.
+//! While the listener is not connected (start-up, a broken connection) every caller checks the
+//! catalog's version in the database instead, so a missed notification can never leave it stale.
+//! It is never the authority for capacity or for whether a product is active: both are checked
+//! in SQL when a referral is created.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
@@ -17,14 +21,14 @@ use uuid::Uuid;
 
 use super::enterprises::Enterprise;
 use super::lenders::stored_product;
+use super::market::ENTERPRISES_CHANGED;
 use super::{App, Error, Result};
 use crate::domain::{
     AmountMinor, Bps, Collateral, CollateralSet, IndustryCode, ListCode, NeedStatus, RegionCode,
     TermMonths,
 };
 use crate::matching::{
-    Activity, Candidate, LenderStats, MatchEnterprise, MatchNeed, MatchProduct, ProductCatalog,
-    RoutingPolicy, evaluate,
+    Candidate, MatchEnterprise, MatchNeed, MatchProduct, ProductCatalog, RoutingPolicy, evaluate,
 };
 use crate::storage::catalog::CatalogVersion;
 use crate::storage::needs::NeedRow;
@@ -33,12 +37,6 @@ use crate::storage::{self, Connection};
 
 /// The channel the products and lenders triggers notify on.
 pub const PRODUCTS_CHANGED: &str = "finmatch_products_changed";
-
-/// How far back a lender's approvals and answers count towards its score.
-const STATS_WINDOW: TimeDelta = TimeDelta::days(90);
-/// How long lender records are reused before they are counted again. Counting scans months of
-/// referrals; a score input that lags by seconds changes no guarantee.
-const STATS_TTL: TimeDelta = TimeDelta::seconds(30);
 
 /// One factor of a referral's score, as stored in `referrals.factors` and shown to callers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +87,10 @@ impl Catalog {
 #[derive(Debug, Default)]
 pub struct ProductCache {
     current: RwLock<Arc<Catalog>>,
+    /// Set by a change made through this replica: the next caller reloads.
+    stale: AtomicBool,
+    /// True while the change listener is connected and has loaded the catalog since.
+    listening: AtomicBool,
 }
 
 impl ProductCache {
@@ -104,6 +106,11 @@ impl ProductCache {
             .current
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = catalog;
+    }
+
+    /// Marks the catalog stale after a change committed through this replica.
+    pub(crate) fn invalidate(&self) {
+        self.stale.store(true, Ordering::SeqCst);
     }
 }
 
@@ -142,16 +149,40 @@ async fn load_catalog(conn: &mut Connection) -> Result<Catalog> {
 }
 
 impl App {
-    /// The product catalog, reloaded first if the database has changed since it was built.
+    /// The product catalog: the cached one while the change listener is connected and nothing
+    /// changed through this replica since; otherwise checked against the database's version
+    /// and reloaded first if it changed.
     pub(crate) async fn catalog(&self, conn: &mut Connection) -> Result<Arc<Catalog>> {
-        let cached = self.products().get();
+        let cache = self.products();
+        // Cleared before the check, so a change committed during a reload marks it again.
+        let stale = cache.stale.swap(false, Ordering::SeqCst);
+        let cached = cache.get();
+        if !stale && self.listening() {
+            return Ok(cached);
+        }
         let version = storage::catalog::version(conn).await?;
         if version == cached.version {
             return Ok(cached);
         }
         let fresh = Arc::new(load_catalog(conn).await?);
-        self.products().set(fresh.clone());
+        cache.set(fresh.clone());
         Ok(fresh)
+    }
+
+    /// Like [`App::catalog`], taking a connection only when the catalog must be checked.
+    pub(crate) async fn catalog_now(&self) -> Result<Arc<Catalog>> {
+        let cache = self.products();
+        if !cache.stale.load(Ordering::SeqCst) && self.listening() {
+            return Ok(cache.get());
+        }
+        let mut conn = self.conn().await?;
+        self.catalog(&mut conn).await
+    }
+
+    /// True while this replica's change listener is connected: the caches it keeps current
+    /// (catalog, enterprises) may be trusted without asking the database.
+    pub(crate) fn listening(&self) -> bool {
+        self.products().listening.load(Ordering::SeqCst)
     }
 
     /// Reloads the product catalog now.
@@ -163,13 +194,16 @@ impl App {
         Ok(count)
     }
 
-    /// Keeps the catalog current: loads it, then reloads it on every `finmatch_products_changed`
-    /// notification. Reconnects with backoff when the listening connection breaks; runs until
-    /// the task is dropped.
+    /// Keeps the catalog and the enterprise cache current: loads the catalog, then reloads it on
+    /// every `finmatch_products_changed` notification and drops enterprises named by
+    /// `finmatch_enterprises_changed`. Reconnects with backoff when the listening connection
+    /// breaks (the caches are not trusted meanwhile); runs until the task is dropped.
     pub async fn watch_products(self, database_url: String) {
         let mut backoff = Duration::from_millis(500);
         loop {
-            match self.listen_for_product_changes(&database_url).await {
+            let outcome = self.listen_for_product_changes(&database_url).await;
+            self.products().listening.store(false, Ordering::SeqCst);
+            match outcome {
                 Ok(()) => tracing::warn!("product change listener ended; reconnecting"),
                 Err(e) => {
                     tracing::warn!(error = %e, "product change listener failed; reconnecting")
@@ -189,7 +223,8 @@ impl App {
             while let Some(message) = messages.next().await {
                 match message {
                     Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                        if tx.send(n.payload().to_owned()).is_err() {
+                        let note = (n.channel().to_owned(), n.payload().to_owned());
+                        if tx.send(note).is_err() {
                             break;
                         }
                     }
@@ -202,126 +237,43 @@ impl App {
             }
         });
         client
-            .batch_execute(&format!("LISTEN {PRODUCTS_CHANGED}"))
+            .batch_execute(&format!(
+                "LISTEN {PRODUCTS_CHANGED}; LISTEN {ENTERPRISES_CHANGED}"
+            ))
             .await?;
-        // Changes made before LISTEN took effect are picked up by this load.
+        // Changes made before LISTEN took effect are picked up by this load and this clear.
+        self.enterprise_cache().clear();
         let count = self.reload_products().await?;
+        self.products().listening.store(true, Ordering::SeqCst);
         tracing::debug!(products = count, "product catalog loaded");
-        while let Some(table) = rx.recv().await {
+        while let Some((channel, payload)) = rx.recv().await {
+            let mut reload = false;
+            let mut note = Some((channel, payload));
             // A burst of changes needs one reload.
-            while rx.try_recv().is_ok() {}
-            match self.reload_products().await {
-                Ok(count) => tracing::debug!(%table, products = count, "product catalog reloaded"),
-                Err(e) => tracing::warn!(error = %e, "reloading the product catalog failed"),
+            while let Some((channel, payload)) = note.take() {
+                if channel == ENTERPRISES_CHANGED {
+                    match payload.parse::<Uuid>() {
+                        Ok(id) => self.enterprise_cache().evict(id),
+                        Err(_) => self.enterprise_cache().clear(),
+                    }
+                } else {
+                    reload = true;
+                }
+                note = rx.try_recv().ok();
+            }
+            if reload {
+                match self.reload_products().await {
+                    Ok(count) => tracing::debug!(products = count, "product catalog reloaded"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reloading the product catalog failed");
+                        break;
+                    }
+                }
             }
         }
         driver.abort();
         drop(client);
         Ok(())
-    }
-}
-
-/// Everything scoring needs besides the need and its enterprise: the catalog, and what has
-/// happened so far (today's usage, every lender's record) read from SQL at `now`.
-pub(crate) struct Market {
-    pub catalog: Arc<Catalog>,
-    pub activity: Activity,
-    pub day: NaiveDate,
-}
-
-impl App {
-    /// The catalog with what has happened so far, as of `now`: today's usage per product (read
-    /// every time: capacity and the fair spreading of load depend on it) and every lender's
-    /// record (reused for [`STATS_TTL`]: a soft scoring input over months of referrals).
-    pub(crate) async fn market(
-        &self,
-        conn: &mut Connection,
-        catalog: Arc<Catalog>,
-        now: DateTime<Utc>,
-    ) -> Result<Market> {
-        let day = now.date_naive();
-        let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
-        let mut activity = Activity {
-            lender_stats: self.lender_stats(conn, now).await?.as_ref().clone(),
-            ..Activity::default()
-        };
-        for usage in storage::referrals::usage_on(conn, day).await? {
-            let referrals = count(i64::from(usage.referrals));
-            activity
-                .product_referrals_today
-                .insert(usage.product_id, referrals);
-            if let Some(product) = catalog.products.get(usage.product_id) {
-                activity
-                    .lender_stats
-                    .entry(product.lender_id)
-                    .or_default()
-                    .referrals_today += referrals;
-            }
-        }
-        Ok(Market {
-            catalog,
-            activity,
-            day,
-        })
-    }
-
-    /// Every lender's record over [`STATS_WINDOW`], without today's counts.
-    async fn lender_stats(
-        &self,
-        conn: &mut Connection,
-        now: DateTime<Utc>,
-    ) -> Result<LenderRecords> {
-        if let Some((at, stats)) = self.stats_cache().get()
-            && (now - at).abs() < STATS_TTL
-        {
-            return Ok(stats);
-        }
-        let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
-        let stats: HashMap<Uuid, LenderStats> =
-            storage::referrals::lender_stats(conn, now - STATS_WINDOW, now)
-                .await?
-                .into_iter()
-                .map(|row| {
-                    (
-                        row.lender_id,
-                        LenderStats {
-                            approvals: count(row.approvals),
-                            decisions: count(row.decisions),
-                            sla_met: count(row.sla_met),
-                            sla_due: count(row.sla_due),
-                            referrals_today: 0,
-                        },
-                    )
-                })
-                .collect();
-        let stats = Arc::new(stats);
-        self.stats_cache().set(now, stats.clone());
-        Ok(stats)
-    }
-}
-
-/// Every lender's record, by lender id.
-type LenderRecords = Arc<HashMap<Uuid, LenderStats>>;
-
-/// Lender records computed at one instant, shared for a short while.
-#[derive(Debug, Default)]
-pub struct StatsCache {
-    current: Mutex<Option<(DateTime<Utc>, LenderRecords)>>,
-}
-
-impl StatsCache {
-    fn get(&self) -> Option<(DateTime<Utc>, LenderRecords)> {
-        self.current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
-    fn set(&self, at: DateTime<Utc>, stats: LenderRecords) {
-        *self
-            .current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((at, stats));
     }
 }
 
@@ -442,9 +394,8 @@ pub(crate) async fn route_onwards(
 }
 
 /// Routes the need to the best eligible lenders it has not tried until it has `target_open`
-/// open referrals: each referral PENDING with its SLA deadline and a CREATED event, the product's
-/// daily capacity taken atomically in SQL (a product whose capacity ran out since the catalog
-/// was read is skipped for the next candidate). The caller holds the need's row lock and sets
+/// open referrals: each referral PENDING with its SLA deadline and a CREATED event, the products'
+/// daily capacity taken in SQL by [`take_routes`]. The caller holds the need's row lock and sets
 /// its status. Returns the referrals created, best first.
 pub(crate) async fn top_up(
     conn: &mut Connection,
@@ -472,21 +423,14 @@ pub(crate) async fn top_up(
         &tried,
         policy,
     );
-    let mut created: Vec<ReferralRow> = Vec::with_capacity(want);
-    for candidate in candidates.iter().take_while(|c| c.eligible()) {
-        if created.len() == want {
-            break;
-        }
-        if created.iter().any(|r| r.lender_id == candidate.lender_id()) {
-            continue;
-        }
-        if !storage::referrals::take_capacity(conn, candidate.product_id(), market.day).await? {
-            continue;
-        }
-        let sla_hours = market
-            .catalog
-            .info(candidate.product_id())
-            .map_or(24, |info| info.response_sla_hours);
+    let routes = take_routes(conn, &candidates, want, market.day).await?;
+    let counted: Vec<(Uuid, Uuid)> = routes
+        .iter()
+        .map(|c| (c.product_id(), c.lender_id()))
+        .collect();
+    app.activity_cache().record(market.day, &counted);
+    let mut created: Vec<ReferralRow> = Vec::with_capacity(routes.len());
+    for candidate in &routes {
         let factors = serde_json::to_value(score_factors(candidate))
             .map_err(|e| Error::Internal(e.into()))?;
         let referral = storage::referrals::insert(
@@ -498,7 +442,7 @@ pub(crate) async fn top_up(
                 status: "PENDING",
                 score: candidate.score(),
                 factors,
-                sla_deadline: now + TimeDelta::hours(i64::from(sla_hours)),
+                sla_deadline: sla_deadline(&market.catalog, candidate, now),
             },
         )
         .await?;
@@ -510,15 +454,93 @@ pub(crate) async fn top_up(
                 need_id: referral.need_id,
                 kind: "CREATED",
                 status: "PENDING",
-                detail: serde_json::json!({
-                    "product_id": referral.product_id,
-                    "score": referral.score,
-                    "sla_deadline": referral.sla_deadline,
-                }),
+                detail: created_detail(referral.product_id, referral.score, referral.sla_deadline),
             },
         )
         .await?;
         created.push(referral);
     }
     Ok(created)
+}
+
+/// When a referral routed now to `candidate`'s product must be decided by.
+pub(crate) fn sla_deadline(
+    catalog: &Catalog,
+    candidate: &Candidate<'_>,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let sla_hours = catalog
+        .info(candidate.product_id())
+        .map_or(24, |info| info.response_sla_hours);
+    now + TimeDelta::hours(i64::from(sla_hours))
+}
+
+/// The detail of a referral's CREATED event.
+pub(crate) fn created_detail(
+    product_id: Uuid,
+    score: i32,
+    sla_deadline: DateTime<Utc>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "product_id": product_id,
+        "score": score,
+        "sla_deadline": sla_deadline,
+    })
+}
+
+/// Picks up to `want` of the eligible `candidates` (best first, one product per lender) and takes
+/// their products' daily capacity in SQL, in the caller's transaction. A product whose capacity
+/// ran out (or that was deactivated) since the catalog and usage were read is passed over for the
+/// next best candidate. Returns the routes taken, best first.
+///
+/// Every statement locks its usage rows in product id order, so concurrent routings do not
+/// deadlock on them; only the rare replacement round takes a lock out of that order, and a
+/// deadlock there is retried like any conflict.
+pub(crate) async fn take_routes<'c, 'a>(
+    conn: &mut Connection,
+    candidates: &'c [Candidate<'a>],
+    want: usize,
+    day: NaiveDate,
+) -> Result<Vec<&'c Candidate<'a>>> {
+    let mut chosen: Vec<&Candidate<'a>> = Vec::with_capacity(want);
+    let mut passed_over: Vec<Uuid> = Vec::new();
+    loop {
+        let round: Vec<&Candidate<'a>> = candidates
+            .iter()
+            .take_while(|c| c.eligible())
+            .filter(|c| !passed_over.contains(&c.product_id()))
+            .filter(|c| !chosen.iter().any(|t| t.lender_id() == c.lender_id()))
+            .fold(Vec::new(), |mut round, c| {
+                if chosen.len() + round.len() < want
+                    && !round
+                        .iter()
+                        .any(|r: &&Candidate<'a>| r.lender_id() == c.lender_id())
+                {
+                    round.push(c);
+                }
+                round
+            });
+        if round.is_empty() {
+            break;
+        }
+        let ids: Vec<Uuid> = round.iter().map(|c| c.product_id()).collect();
+        let taken = storage::referrals::take_capacity(conn, &ids, day).await?;
+        for candidate in round {
+            if taken.contains(&candidate.product_id()) {
+                chosen.push(candidate);
+            } else {
+                passed_over.push(candidate.product_id());
+            }
+        }
+        if chosen.len() == want {
+            break;
+        }
+    }
+    // Best first, as ranked.
+    chosen.sort_by_key(|c| {
+        candidates
+            .iter()
+            .position(|o| o.product_id() == c.product_id())
+    });
+    Ok(chosen)
 }

@@ -7,6 +7,9 @@ use uuid::Uuid;
 use super::Connection;
 use super::schema::idempotency_keys;
 
+/// The key's primary key: a second call with the same caller, RPC and key violates it.
+pub const PRIMARY_KEY: &str = "idempotency_keys_pkey";
+
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = idempotency_keys)]
 pub struct IdempotencyRow {

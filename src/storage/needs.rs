@@ -194,3 +194,160 @@ pub async fn claim_overdue(
         .load(conn)
         .await
 }
+
+/// A new need with everything its submission writes: its referrals (with their CREATED events),
+/// its audit row and the replay record of its idempotency key. Ids and times are chosen by the
+/// caller, so the response is known before the statement runs.
+#[derive(Debug)]
+pub struct RoutedNeed<'a> {
+    pub id: Uuid,
+    pub need: NewNeed<'a>,
+    pub routing_attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub referrals: Vec<RoutedReferral>,
+    pub audit: super::audit::NewAuditEntry<'a>,
+    pub replay: super::idempotency::NewIdempotencyKey<'a>,
+}
+
+/// One referral of a [`RoutedNeed`]: PENDING, with its CREATED event's detail.
+#[derive(Debug)]
+pub struct RoutedReferral {
+    pub id: Uuid,
+    pub lender_id: Uuid,
+    pub product_id: Uuid,
+    pub score: i32,
+    pub factors: serde_json::Value,
+    pub sla_deadline: DateTime<Utc>,
+    pub event_detail: serde_json::Value,
+}
+
+/// Writes a [`RoutedNeed`] in one statement (need, referrals, events, audit row, replay record).
+/// The caller has taken the products' capacity in the same transaction. Fails with a unique
+/// violation of [`ONE_OPEN_PER_PURPOSE`], [`ONE_NEED_PER_KEY`] or the replay record's key when
+/// the enterprise already has an open need of this purpose or the key was used before.
+pub async fn insert_routed(conn: &mut Connection, new: &RoutedNeed<'_>) -> QueryResult<()> {
+    use diesel::sql_types::{
+        Array, Bool, Bytea, Date, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+    };
+    let column = |f: fn(&RoutedReferral) -> Uuid| new.referrals.iter().map(f).collect::<Vec<_>>();
+    let need = &new.need;
+    super::sql::Prepared::new(
+        "WITH need AS ( \
+           INSERT INTO needs (id, enterprise_id, amount_minor, term_months, purpose, collateral, \
+             max_rate_bps, needed_by, consent_to_share, channel, note, status, routing_attempts, \
+             idempotency_key, created_by, created_at, updated_at) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16) \
+           RETURNING id \
+         ), referral AS ( \
+           INSERT INTO referrals (id, need_id, lender_id, product_id, status, score, factors, \
+             sla_deadline, created_at, updated_at) \
+           SELECT r.id, need.id, r.lender_id, r.product_id, 'PENDING', r.score, r.factors, \
+             r.sla_deadline, $16, $16 \
+           FROM need, unnest($17::uuid[], $18::uuid[], $19::uuid[], $20::int4[], $21::jsonb[], \
+             $22::timestamptz[]) AS r(id, lender_id, product_id, score, factors, sla_deadline) \
+           RETURNING id, need_id, lender_id \
+         ), event AS ( \
+           INSERT INTO referral_events (referral_id, lender_id, need_id, kind, status, detail, \
+             created_at) \
+           SELECT r.id, r.lender_id, r.need_id, 'CREATED', 'PENDING', e.detail, $16 \
+           FROM referral r JOIN unnest($17::uuid[], $23::jsonb[]) AS e(id, detail) ON e.id = r.id \
+         ), audit AS ( \
+           INSERT INTO audit_log (principal_id, principal_role, lender_id, rpc, entity_type, \
+             entity_id, detail) \
+           SELECT $24, $25, $26, $27, $28, need.id::text, $29 FROM need \
+         ), replay AS ( \
+           INSERT INTO idempotency_keys (principal_id, rpc, key, request_hash, response) \
+           SELECT $30, $31, $32, $33, $34 FROM need \
+         ) \
+         SELECT 1",
+    )
+    .bind::<SqlUuid, _>(new.id)
+    .bind::<SqlUuid, _>(need.enterprise_id)
+    .bind::<diesel::sql_types::BigInt, _>(need.amount_minor)
+    .bind::<Int4, _>(need.term_months)
+    .bind::<Text, _>(need.purpose)
+    .bind::<Array<Text>, _>(need.collateral.clone())
+    .bind::<Nullable<Int4>, _>(need.max_rate_bps)
+    .bind::<Date, _>(need.needed_by)
+    .bind::<Bool, _>(need.consent_to_share)
+    .bind::<Text, _>(need.channel)
+    .bind::<Text, _>(need.note)
+    .bind::<Text, _>(need.status)
+    .bind::<Int4, _>(new.routing_attempts)
+    .bind::<Nullable<Text>, _>(need.idempotency_key)
+    .bind::<SqlUuid, _>(need.created_by)
+    .bind::<Timestamptz, _>(new.created_at)
+    .bind::<Array<SqlUuid>, _>(column(|r| r.id))
+    .bind::<Array<SqlUuid>, _>(column(|r| r.lender_id))
+    .bind::<Array<SqlUuid>, _>(column(|r| r.product_id))
+    .bind::<Array<Int4>, _>(new.referrals.iter().map(|r| r.score).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(
+        new.referrals
+            .iter()
+            .map(|r| r.factors.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Timestamptz>, _>(
+        new.referrals
+            .iter()
+            .map(|r| r.sla_deadline)
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Jsonb>, _>(
+        new.referrals
+            .iter()
+            .map(|r| r.event_detail.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Nullable<SqlUuid>, _>(new.audit.principal_id)
+    .bind::<Text, _>(new.audit.principal_role)
+    .bind::<Nullable<SqlUuid>, _>(new.audit.lender_id)
+    .bind::<Text, _>(new.audit.rpc)
+    .bind::<Text, _>(new.audit.entity_type)
+    .bind::<Jsonb, _>(new.audit.detail.clone())
+    .bind::<SqlUuid, _>(new.replay.principal_id)
+    .bind::<Text, _>(new.replay.rpc)
+    .bind::<Text, _>(new.replay.key)
+    .bind::<Bytea, _>(new.replay.request_hash)
+    .bind::<Nullable<Bytea>, _>(new.replay.response)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// The need, all its referrals (oldest first) and the sums disbursed on them, read in one round
+/// trip (the three queries are pipelined).
+pub async fn find_with_referrals(
+    conn: &mut Connection,
+    id: Uuid,
+) -> QueryResult<
+    Option<(
+        NeedRow,
+        Vec<super::referrals::ReferralRow>,
+        Vec<super::referrals::DisbursedRow>,
+    )>,
+> {
+    use super::referrals::{DisbursedRow, ReferralRow};
+    use super::schema::referrals;
+    let shared: &Connection = conn;
+    let need = needs::table
+        .find(id)
+        .select(NeedRow::as_select())
+        .first::<NeedRow>(&mut &*shared);
+    let referrals = referrals::table
+        .filter(referrals::need_id.eq(id))
+        .order_by((referrals::created_at, referrals::id))
+        .select(ReferralRow::as_select())
+        .load::<ReferralRow>(&mut &*shared);
+    let disbursed = super::sql::Prepared::new(
+        "SELECT referral_id, sum(amount_minor)::int8 AS disbursed_minor \
+         FROM disbursements WHERE need_id = $1 GROUP BY referral_id",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .load::<DisbursedRow>(&mut &*shared);
+    let (need, referrals, disbursed) = futures::join!(need, referrals, disbursed);
+    match need.optional()? {
+        Some(need) => Ok(Some((need, referrals?, disbursed?))),
+        None => Ok(None),
+    }
+}

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Date, Integer, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Date, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
@@ -84,13 +84,6 @@ pub struct UsageRow {
     pub product_id: Uuid,
     pub day: NaiveDate,
     pub referrals: i32,
-}
-
-#[derive(Debug, QueryableByName)]
-struct Taken {
-    #[diesel(sql_type = Integer)]
-    #[allow(dead_code)]
-    referrals: i32,
 }
 
 pub async fn insert(conn: &mut Connection, new: &NewReferral<'_>) -> QueryResult<ReferralRow> {
@@ -188,27 +181,39 @@ pub async fn claim_overdue(
         .await
 }
 
-/// Counts one more referral for the product on `day` unless its daily capacity (read from the
-/// product row, not from any cache) is used up. Atomic: concurrent callers on any replica never
-/// take more than the capacity. True when the referral may be created.
+#[derive(Debug, QueryableByName)]
+struct Taken {
+    #[diesel(sql_type = SqlUuid)]
+    product_id: Uuid,
+}
+
+/// Counts one more referral on `day` for each of these products whose lender and product are
+/// active and whose daily capacity (read from the product row, not from any cache) is not used
+/// up; returns the products counted. Atomic: concurrent callers on any replica never take more
+/// than the capacity. The usage rows are locked in product id order, whatever order the caller
+/// ranked them in, so two routings that rank the same products oppositely never deadlock.
 pub async fn take_capacity(
     conn: &mut Connection,
-    product_id: Uuid,
+    product_ids: &[Uuid],
     day: NaiveDate,
-) -> QueryResult<bool> {
-    let taken: Option<Taken> = diesel::sql_query(
+) -> QueryResult<Vec<Uuid>> {
+    if product_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let taken: Vec<Taken> = super::sql::Prepared::new(
         "INSERT INTO product_daily_usage AS u (product_id, day, referrals) \
-         SELECT p.id, $2, 1 FROM products p WHERE p.id = $1 AND p.daily_capacity >= 1 \
+         SELECT p.id, $2, 1 FROM products p JOIN lenders l ON l.id = p.lender_id \
+         WHERE p.id = ANY($1) AND p.active AND l.active AND p.daily_capacity >= 1 \
+         ORDER BY p.id \
          ON CONFLICT (product_id, day) DO UPDATE SET referrals = u.referrals + 1 \
          WHERE u.referrals < (SELECT daily_capacity FROM products WHERE id = u.product_id) \
-         RETURNING u.referrals",
+         RETURNING u.product_id",
     )
-    .bind::<SqlUuid, _>(product_id)
+    .bind::<diesel::sql_types::Array<SqlUuid>, _>(product_ids)
     .bind::<Date, _>(day)
-    .get_result(conn)
-    .await
-    .optional()?;
-    Ok(taken.is_some())
+    .load(conn)
+    .await?;
+    Ok(taken.into_iter().map(|t| t.product_id).collect())
 }
 
 /// Referrals counted per product on `day`.

@@ -270,6 +270,7 @@ async fn preview_lists_every_product_with_reasons_or_factors_and_changes_nothing
                     &enterprise_id,
                     pb::Purpose::Payroll,
                 ))),
+                ..Default::default()
             },
             &app.operator,
         ))
@@ -335,6 +336,7 @@ async fn submit_routes_exactly_the_three_best_distinct_lenders_of_the_preview() 
         .preview_matches(authed(
             pb::PreviewMatchesRequest {
                 subject: Some(pb::preview_matches_request::Subject::Need(wanted.clone())),
+                ..Default::default()
             },
             &app.operator,
         ))
@@ -480,6 +482,7 @@ async fn need_without_consent_is_stored_but_never_routed() {
                 subject: Some(pb::preview_matches_request::Subject::NeedId(
                     stored.id.clone(),
                 )),
+                ..Default::default()
             },
             &app.operator,
         ))
@@ -646,6 +649,7 @@ async fn concurrent_submits_never_exceed_a_products_daily_capacity() {
                 subject: Some(pb::preview_matches_request::Subject::NeedId(
                     unmatched[0].clone(),
                 )),
+                ..Default::default()
             },
             &app.operator,
         ))
@@ -1193,6 +1197,7 @@ async fn a_product_deactivated_on_another_replica_is_not_routed_to() {
                     &enterprise_id,
                     pb::Purpose::Payroll,
                 ))),
+                ..Default::default()
             },
             &app.operator,
         );
@@ -1221,16 +1226,9 @@ async fn a_product_deactivated_on_another_replica_is_not_routed_to() {
         .await
         .expect("deactivate the product on the replica");
 
-    let after = preview(&app).await.candidates;
-    let stale = after
-        .iter()
-        .find(|c| c.product_id == cheapest.product_id)
-        .unwrap();
-    assert!(!stale.eligible);
-    assert_eq!(
-        stale.ineligible_reasons[0].code,
-        pb::Ineligibility::ProductInactive as i32
-    );
+    // Routing checks in SQL that a product and its lender are active, so a need submitted on
+    // this replica right after the change is never routed to it, whether or not this replica's
+    // catalog has heard of the change yet.
     let submitted = submit(&app, "after", need(&enterprise_id, pb::Purpose::Payroll))
         .await
         .unwrap();
@@ -1240,4 +1238,22 @@ async fn a_product_deactivated_on_another_replica_is_not_routed_to() {
         .map(|r| r.lender_id.as_str())
         .collect();
     assert_eq!(lenders, [&eligible[1], &eligible[2], &eligible[3]]);
+    // Previews read this replica's cached catalog, which the change's notification refreshes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let stale = loop {
+        let after = preview(&app).await.candidates;
+        let stale = after
+            .into_iter()
+            .find(|c| c.product_id == cheapest.product_id)
+            .unwrap();
+        if !stale.eligible || std::time::Instant::now() > deadline {
+            break stale;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(!stale.eligible);
+    assert_eq!(
+        stale.ineligible_reasons[0].code,
+        pb::Ineligibility::ProductInactive as i32
+    );
 }
