@@ -3,6 +3,7 @@
 //! Dependencies point inward: `grpc` → `service` → {`domain`, `matching`, `storage`}.
 //! Only `grpc` sees tonic and the generated types; only `storage` writes SQL.
 
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod devdb;

@@ -1,4 +1,4 @@
-//! The `finmatch` command line: serve, migrate, dev, seed-demo, credentials, import.
+//! The `finmatch` command line: serve, migrate, dev, seed-demo, credentials, import, bench.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,6 +85,12 @@ enum Command {
         /// An OPERATOR or PORTAL token.
         #[arg(long, env = "FINMATCH_TOKEN", hide_env_values = true)]
         token: String,
+    },
+    /// The load tool: seed a catalogue, then run a scenario against a server (see README,
+    /// "Benchmarks").
+    Bench {
+        #[command(subcommand)]
+        command: finmatch::bench::BenchCommand,
     },
 }
 
@@ -187,6 +193,12 @@ async fn run(command: Command, shutdown: impl Future<Output = ()> + Send) -> any
             let report = finmatch::import::run(&file, &server, &token).await?;
             println!("{}", report.summary(&finmatch::import::report_path(&file)));
             Ok(())
+        }
+        Command::Bench { command } => {
+            tokio::select! {
+                done = finmatch::bench::run(command) => done.map(|_| ()),
+                () = shutdown => bail!("interrupted"),
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server over gRPC, a fresh PostgreSQL database per test.
 
 mod auth;
+mod bench;
 mod cli;
 mod demo;
 mod enterprises;
