@@ -146,12 +146,23 @@ impl Application {
             builder = builder.tls_config(tls)?;
         }
 
+        let call_timeout = grpc::deadline::CallTimeoutLayer::new(
+            server_args.call_timeout(),
+            &[
+                pb::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ],
+        )
+        .context("reading the served descriptors")?;
         let layers = ServiceBuilder::new()
             .layer(grpc::layers::cors())
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(grpc::layers::RequestIdLayer)
             .layer(grpc::metrics::MetricsLayer)
             .layer(grpc::layers::trace())
+            .layer(call_timeout)
             .load_shed()
             .layer(GlobalConcurrencyLimitLayer::new(
                 server_args.max_concurrent_calls,
@@ -160,16 +171,22 @@ impl Application {
             .layer(grpc::partner::FeedLayer::new(referral_feed))
             .into_inner();
 
+        // No `Server::timeout`: it would cut streaming calls too. CallTimeoutLayer bounds unary
+        // calls; tonic still honours each client's own `grpc-timeout`.
         let router = builder
             .accept_http1(true)
-            .timeout(server_args.call_timeout())
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(layers)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
-        let router = grpc::add_services(router, &app, server_args.max_message_bytes);
+        let router = grpc::add_services(
+            router,
+            &app,
+            server_args.max_message_bytes,
+            server_args.stream_idle(),
+        );
 
         tracing::info!(%addr, "finmatch serving gRPC and gRPC-Web");
         let drained = {

@@ -2,6 +2,7 @@
 
 mod auth;
 mod cli;
+mod deadlines;
 mod demo;
 mod enterprises;
 mod financing;
