@@ -17,6 +17,14 @@ use crate::grpc::{self, pb};
 use crate::service::App;
 use crate::storage;
 
+/// The HTTP/2 flow-control window of each call's request stream. Most gRPC clients send each
+/// message of a client stream in its own DATA frame, and h2 ends a connection (GOAWAY
+/// ENHANCE_YOUR_CALM `too_many_data_frames`, seen by the client as `UNKNOWN: transport error`)
+/// once the small frames it holds unread cost more than half the connection window (1 MiB):
+/// exactly what piled up while ImportNeeds stored a batch and read nothing. A 64 KiB stream window
+/// caps what one stream can leave unread at about a sixth of that budget for ImportNeeds items.
+const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+
 /// A server bound to its port, ready to run.
 pub struct Application {
     listener: TcpListener,
@@ -175,6 +183,7 @@ impl Application {
         // calls; tonic still honours each client's own `grpc-timeout`.
         let router = builder
             .accept_http1(true)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(layers)

@@ -627,3 +627,51 @@ async fn an_interrupted_import_writes_what_it_knows_and_the_rerun_completes_it()
     assert_eq!(needs_in_sql(app.database_url()).await, (210, 210));
     let _ = std::fs::remove_dir_all(file.parent().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_sent_one_small_item_per_frame_survives_a_slow_batch() {
+    // A client that writes each item in its own HTTP/2 DATA frame (as most gRPC clients do)
+    // while the server is busy storing a batch: the small frames must not pile up in the
+    // server's HTTP/2 buffers until h2 ends the connection (GOAWAY too_many_data_frames).
+    let app = TestApp::spawn().await;
+    let enterprise_id = registered_enterprise(&app, 7900).await;
+    // The first batch (100 valid items) waits on a lock for two seconds; the 6,000 items after
+    // it are invalid (zero amount), so they need no database.
+    let (client_pg, connection) =
+        tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    client_pg
+        .batch_execute("BEGIN; LOCK TABLE needs IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        client_pg.batch_execute("ROLLBACK").await.unwrap();
+    });
+    let items: Vec<_> = (0..6100)
+        .map(|n| {
+            let amount_minor = if n < 100 { 250_000_000 } else { 0 };
+            import_item(
+                format!("frame-{n}"),
+                &enterprise_id,
+                pb::Purpose::Payroll,
+                amount_minor,
+            )
+        })
+        .collect();
+    // Pending between items, so tonic flushes each one as its own frame.
+    let one_per_frame = futures::StreamExt::then(tokio_stream::iter(items), |item| async {
+        tokio::task::yield_now().await;
+        item
+    });
+    let mut client = pb::financing_service_client::FinancingServiceClient::new(app.channel.clone());
+    let response = client
+        .import_needs(authed(one_per_frame, &app.operator))
+        .await
+        .expect("the stream is not cut")
+        .into_inner();
+    assert!(response.rejected_total >= 6000, "{response:?}");
+    assert_eq!(response.accepted + response.rejected_total, 6100);
+}
