@@ -326,8 +326,8 @@ impl Default for Options {
     }
 }
 
-/// The rejections an ImportNeedsResponse lists at most (see financing_service.proto).
-pub const CHUNK_ITEMS_MAX: usize = 1000;
+/// The most items per call: the rejections an ImportNeedsResponse lists at most.
+pub const CHUNK_ITEMS_MAX: usize = crate::grpc::financing::LISTED_REJECTIONS_MAX;
 /// The longest wait between two attempts of a call.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
@@ -563,8 +563,10 @@ impl Import {
         let mut csv = reader(file)?;
         let columns = Columns::from_header(csv.headers()?)?;
         let mut chunk = Chunk::default();
+        let mut read = 0;
         for (i, record) in csv.records().enumerate() {
             let row = i as u64 + 2;
+            read += 1;
             anyhow::ensure!(
                 i < self.outcomes.len(),
                 "the file grew while it was being imported"
@@ -634,7 +636,7 @@ impl Import {
             }
         }
         anyhow::ensure!(
-            csv.position().record() >= self.outcomes.len() as u64,
+            read == self.outcomes.len(),
             "the file shrank while it was being imported"
         );
         self.send(&financing, &bearer, chunk, options, bar).await
