@@ -67,9 +67,16 @@ pub struct ServerArgs {
     #[arg(long, env = "FINMATCH_MAX_CONCURRENT_CALLS", default_value_t = 512)]
     pub max_concurrent_calls: usize,
 
-    /// Upper bound on any unary call's duration, whatever deadline the client sets.
+    /// Upper bound on any unary call's duration, whatever deadline the client sets. Streaming
+    /// calls are not bounded by it (see --stream-idle-secs).
     #[arg(long, env = "FINMATCH_CALL_TIMEOUT_SECS", default_value_t = 30)]
     pub call_timeout_secs: u64,
+
+    /// Longest wait for the next message of a client stream (ImportNeeds); a stream idle for
+    /// longer is ended with DEADLINE_EXCEEDED. A stream that keeps sending may run as long as it
+    /// needs.
+    #[arg(long, env = "FINMATCH_STREAM_IDLE_SECS", default_value_t = 30)]
+    pub stream_idle_secs: u64,
 
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "FINMATCH_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
@@ -102,6 +109,10 @@ impl ServerArgs {
     pub fn call_timeout(&self) -> Duration {
         Duration::from_secs(self.call_timeout_secs.max(1))
     }
+
+    pub fn stream_idle(&self) -> Duration {
+        Duration::from_secs(self.stream_idle_secs.max(1))
+    }
 }
 
 impl Default for ServerArgs {
@@ -115,6 +126,7 @@ impl Default for ServerArgs {
             tls_client_ca: None,
             max_concurrent_calls: 512,
             call_timeout_secs: 30,
+            stream_idle_secs: 30,
             max_message_bytes: 4 * 1024 * 1024,
             routing_policy: None,
         }

@@ -1,29 +1,37 @@
 //! `finmatch import FILE.csv`: streams financing needs from a CSV file through
-//! FinancingService.ImportNeeds, with a progress bar and a report of every rejected row.
+//! FinancingService.ImportNeeds, with a progress bar and a report of every row.
 //!
 //! How it goes:
 //! 1. The file is read once to hash its content and to collect each credit code's first row.
-//! 2. Each distinct credit code is registered with EnterpriseService.CreateEnterprise from that
-//!    row (name, region, industry, size). ALREADY_EXISTS names the registered enterprise, whose
-//!    id is used as it is: an existing enterprise is never changed by an import. A code that
-//!    cannot be registered rejects all its rows with the reason.
-//! 3. The rows are read again and streamed as ImportNeeds items, each with the idempotency key
+//!    The previous report of the same file, if any, says which rows are stored already: those
+//!    are not sent again (resume).
+//! 2. Each distinct credit code still to send is registered with
+//!    EnterpriseService.CreateEnterprise from that row (name, region, industry, size).
+//!    ALREADY_EXISTS names the registered enterprise, whose id is used as it is: an existing
+//!    enterprise is never changed by an import. A code that cannot be registered rejects all its
+//!    rows with the reason.
+//! 3. The rows are read again and sent as ImportNeeds items, each with the idempotency key
 //!    `import-<first 32 hex digits of the file's SHA-256>-<row>`, so running the same file again
-//!    (with the same credential) replays every row and adds nothing.
+//!    (with the same credential) replays every row and adds nothing. They go in chunks of at most
+//!    1,000 items, one ImportNeeds call each: a response lists at most 1,000 rejections, so each
+//!    names every rejection of its chunk. A chunk that fails with UNAVAILABLE,
+//!    RESOURCE_EXHAUSTED or a transport error is sent again (same keys) a bounded number of
+//!    times with backoff.
 //! 4. Rows the client cannot parse are not sent; they are reported with the server's rejections.
-//!    The report is printed and written as CSV to `<FILE>.import-report.csv`.
+//!    The report, one line per row with its outcome, is written as CSV to
+//!    `<FILE>.import-report.csv` however the run ends; a summary is printed.
 //!
 //! Rows are numbered as a spreadsheet numbers them: the header is row 1.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::grpc::metrics::code_name;
@@ -47,8 +55,6 @@ pub const COLUMNS: [&str; 12] = [
     "consent",
 ];
 
-/// Items buffered between the file reader and the gRPC stream.
-const STREAM_BUFFER: usize = 256;
 /// CreateEnterprise calls in flight at once (a file may name many thousand enterprises).
 const REGISTRATIONS_IN_FLIGHT: usize = 16;
 
@@ -79,12 +85,18 @@ pub struct Rejection {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub rows: u64,
-    /// Rows stored by this run.
+    /// Items stored by this run's calls.
     pub accepted: i64,
-    /// Rows an earlier run (or an earlier row with the same key) had stored already.
+    /// Items this run sent that an earlier run (or an earlier row with the same key) had stored.
     pub replayed: i64,
+    /// Rows the previous report of the same file marks stored; not sent again.
+    pub earlier: u64,
     /// Ordered by row.
     pub rejected: Vec<Rejection>,
+    /// Rows not settled because the run stopped early.
+    pub pending: u64,
+    /// Why the run stopped early.
+    pub failure: Option<String>,
 }
 
 /// Column positions of one file.
@@ -291,21 +303,70 @@ fn reader(file: &Path) -> anyhow::Result<csv::Reader<std::fs::File>> {
         .with_context(|| format!("opening {}", file.display()))
 }
 
-/// Runs an import against the server at `server` (e.g. http://127.0.0.1:50051) as `token`.
+/// How an import runs; the default is what `finmatch import` does.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Items per ImportNeeds call. At most the 1,000 rejections a response lists, so that every
+    /// call names every rejection of its chunk.
+    pub chunk_items: usize,
+    /// Retries of a call that failed with UNAVAILABLE, RESOURCE_EXHAUSTED or a transport error
+    /// (the server restarting, a dropped connection); any other error ends the import.
+    pub retries: u32,
+    /// Wait before the first retry, doubled for each further one up to [`MAX_BACKOFF`].
+    pub first_backoff: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            chunk_items: CHUNK_ITEMS_MAX,
+            retries: 5,
+            first_backoff: Duration::from_millis(250),
+        }
+    }
+}
+
+/// The most items per call: the rejections an ImportNeedsResponse lists at most.
+pub const CHUNK_ITEMS_MAX: usize = crate::grpc::financing::LISTED_REJECTIONS_MAX;
+/// The longest wait between two attempts of a call.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// Runs an import against the server at `server` (e.g. http://127.0.0.1:50051) as `token`, with
+/// the default options and no way to interrupt it but dropping the future.
 pub async fn run(file: &Path, server: &str, token: &str) -> anyhow::Result<Report> {
+    run_with(
+        file,
+        server,
+        token,
+        &Options::default(),
+        std::future::pending(),
+    )
+    .await
+}
+
+/// Runs an import until it is done or `stop` completes (Ctrl-C). Whatever happens after the file
+/// has been read, the report is written: every row with its outcome, rows not settled as
+/// `pending` with the reason the run stopped. A failed run is an `Err` naming the report; run the
+/// same file again to resume: rows the report marks stored are not sent again, the others are
+/// sent with the same keys, so nothing is stored twice.
+pub async fn run_with(
+    file: &Path,
+    server: &str,
+    token: &str,
+    options: &Options,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        (1..=CHUNK_ITEMS_MAX).contains(&options.chunk_items),
+        "chunk_items must be between 1 and {CHUNK_ITEMS_MAX}"
+    );
     let digest = content_digest(
         std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
     )?;
-    let channel = Channel::from_shared(server.to_owned())
-        .context("the server must be a URL such as http://127.0.0.1:50051")?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {server}"))?;
-    let bearer: Bearer = format!("Bearer {token}")
-        .parse()
-        .context("the token is not valid metadata")?;
+    let report_file = report_path(file);
+    let earlier = earlier_outcomes(&report_file, &digest);
 
-    // Pass 1: every credit code's first row.
+    // Pass 1: count the rows; every credit code's first row among those still to send.
     let mut csv = reader(file)?;
     let columns = Columns::from_header(csv.headers()?)?;
     let mut first_rows: Vec<pb::Enterprise> = Vec::new();
@@ -313,102 +374,427 @@ pub async fn run(file: &Path, server: &str, token: &str) -> anyhow::Result<Repor
     let mut rows = 0u64;
     for (i, record) in csv.records().enumerate() {
         rows += 1;
+        let row = i as u64 + 2;
         if let Ok(record) = record
-            && let Ok(parsed) = parse_row(&columns, &record, i as u64 + 2)
+            && !earlier.contains_key(&row)
+            && let Ok(parsed) = parse_row(&columns, &record, row)
             && seen.insert(parsed.enterprise.credit_code.clone())
         {
             first_rows.push(parsed.enterprise);
         }
     }
+    let mut import = Import::new(rows, &earlier);
 
     let bar = ProgressBar::new(first_rows.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg:12} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")?
             .progress_chars("=> "),
     );
-    bar.set_message("enterprises");
-    let enterprises = EnterpriseServiceClient::new(channel.clone());
-    let mut registrations = futures::stream::iter(first_rows)
-        .map(|enterprise| {
-            let mut client = enterprises.clone();
-            let bearer = &bearer;
-            async move {
-                let code = enterprise.credit_code.clone();
-                (code, register(&mut client, bearer, enterprise).await)
-            }
-        })
-        .buffer_unordered(REGISTRATIONS_IN_FLIGHT);
-    let mut enterprise_ids: HashMap<String, Result<String, Rejection>> = HashMap::new();
-    while let Some((code, outcome)) = registrations.next().await {
-        enterprise_ids.insert(code, outcome?);
-        bar.inc(1);
-    }
-    drop(registrations);
-
-    // Pass 2: the needs, streamed as they are read.
-    bar.set_position(0);
-    bar.set_length(rows);
-    bar.set_message("needs");
-    let (sender, receiver) = tokio::sync::mpsc::channel(STREAM_BUFFER);
-    let reading = {
-        let file = file.to_owned();
-        let bar = bar.clone();
-        tokio::task::spawn_blocking(move || {
-            read_items(&file, &digest, &enterprise_ids, &sender, &bar)
-        })
+    let outcome = {
+        let work = import.run(file, &digest, first_rows, server, token, options, &bar);
+        tokio::select! {
+            outcome = work => outcome,
+            () = stop => Err(anyhow::anyhow!("interrupted")),
+        }
     };
-    let mut financing =
-        FinancingServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
-    let response = financing
-        .import_needs(with_token(
-            tonic::Request::new(ReceiverStream::new(receiver)),
-            &bearer,
-        ))
-        .await;
-    let (sent_rows, mut rejected) = reading.await.context("reading the file")??;
     bar.finish_and_clear();
-    let response = response
+    let failure = outcome.err().map(|e| format!("{e:#}"));
+    write_report(file, &digest, &report_file, &import, failure.as_deref())?;
+    let report = import.report(failure);
+    match &report.failure {
+        None => Ok(report),
+        Some(failure) => bail!(
+            "{failure}; {} of {} row(s) settled, the others are pending in {}: run the same \
+             import again to resume",
+            report.rows - report.pending,
+            report.rows,
+            report_file.display()
+        ),
+    }
+}
+
+/// What became of one data row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not settled: not sent yet, or sent in a call that failed.
+    Pending,
+    /// Stored by this run.
+    Accepted,
+    /// Stored before (an earlier run, or an earlier row with the same key); nothing added.
+    Replayed,
+    /// Stored, by this run or before: its call reported both accepted and replayed items (a
+    /// retried or resumed chunk), so which one this row was is not known.
+    Stored,
+    /// Not stored; see its rejection.
+    Rejected,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Pending => "pending",
+            Outcome::Accepted => "accepted",
+            Outcome::Replayed => "replayed",
+            Outcome::Stored => "stored",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// The rows an earlier report of the same file marks stored, by row number. A report of another
+/// file (other idempotency keys), of an older format or that cannot be read marks nothing.
+fn earlier_outcomes(report_file: &Path, digest: &str) -> HashMap<u64, Outcome> {
+    let mut done = HashMap::new();
+    let Ok(mut csv) = csv::Reader::from_path(report_file) else {
+        return done;
+    };
+    let Ok(header) = csv.headers().cloned() else {
+        return done;
+    };
+    let column = |name: &str| header.iter().position(|h| h == name);
+    let (Some(row_at), Some(outcome_at), Some(key_at)) =
+        (column("row"), column("outcome"), column("idempotency_key"))
+    else {
+        return done;
+    };
+    for record in csv.records().map_while(Result::ok) {
+        let Some(row) = record.get(row_at).and_then(|r| r.parse::<u64>().ok()) else {
+            continue;
+        };
+        let outcome = match record.get(outcome_at) {
+            Some("accepted") => Outcome::Accepted,
+            Some("replayed") => Outcome::Replayed,
+            Some("stored") => Outcome::Stored,
+            _ => continue,
+        };
+        if record.get(key_at) == Some(idempotency_key(digest, row).as_str()) {
+            done.insert(row, outcome);
+        }
+    }
+    done
+}
+
+/// The state of an import while it runs: one outcome per data row.
+struct Import {
+    outcomes: Vec<Outcome>,
+    /// Rows an earlier run stored (their outcome is the earlier one); not sent again.
+    earlier: Vec<bool>,
+    rejections: HashMap<u64, Rejection>,
+    accepted: i64,
+    replayed: i64,
+}
+
+/// Items of one ImportNeeds call, with the data rows (0-based) and credit codes they come from.
+#[derive(Default)]
+struct Chunk {
+    rows: Vec<usize>,
+    credit_codes: Vec<String>,
+    items: Vec<pb::ImportNeedsRequest>,
+}
+
+impl Import {
+    fn new(rows: u64, earlier: &HashMap<u64, Outcome>) -> Self {
+        let rows = rows as usize;
+        let mut import = Self {
+            outcomes: vec![Outcome::Pending; rows],
+            earlier: vec![false; rows],
+            rejections: HashMap::new(),
+            accepted: 0,
+            replayed: 0,
+        };
+        for (&row, &outcome) in earlier {
+            if let Some(i) = (row as usize).checked_sub(2).filter(|&i| i < rows) {
+                import.outcomes[i] = outcome;
+                import.earlier[i] = true;
+            }
+        }
+        import
+    }
+
+    fn reject(&mut self, i: usize, rejection: Rejection) {
+        self.outcomes[i] = Outcome::Rejected;
+        self.rejections.insert(rejection.row, rejection);
+    }
+
+    /// Registers the enterprises, then sends the rows still to send in chunks.
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &mut self,
+        file: &Path,
+        digest: &str,
+        first_rows: Vec<pb::Enterprise>,
+        server: &str,
+        token: &str,
+        options: &Options,
+        bar: &ProgressBar,
+    ) -> anyhow::Result<()> {
+        let channel = Channel::from_shared(server.to_owned())
+            .context("the server must be a URL such as http://127.0.0.1:50051")?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {server}"))?;
+        let bearer: Bearer = format!("Bearer {token}")
+            .parse()
+            .context("the token is not valid metadata")?;
+
+        bar.set_message("enterprises");
+        let enterprises = EnterpriseServiceClient::new(channel.clone());
+        let mut registrations = futures::stream::iter(first_rows)
+            .map(|enterprise| {
+                let client = enterprises.clone();
+                let bearer = &bearer;
+                async move {
+                    let code = enterprise.credit_code.clone();
+                    (code, register(client, bearer, enterprise, options).await)
+                }
+            })
+            .buffer_unordered(REGISTRATIONS_IN_FLIGHT);
+        let mut enterprise_ids: HashMap<String, Result<String, Rejection>> = HashMap::new();
+        while let Some((code, outcome)) = registrations.next().await {
+            enterprise_ids.insert(code, outcome?);
+            bar.inc(1);
+        }
+        drop(registrations);
+
+        bar.set_position(0);
+        bar.set_length(self.outcomes.len() as u64);
+        bar.set_message("needs");
+        let financing = FinancingServiceClient::new(channel);
+        let mut csv = reader(file)?;
+        let columns = Columns::from_header(csv.headers()?)?;
+        let mut chunk = Chunk::default();
+        let mut read = 0;
+        for (i, record) in csv.records().enumerate() {
+            let row = i as u64 + 2;
+            read += 1;
+            anyhow::ensure!(
+                i < self.outcomes.len(),
+                "the file grew while it was being imported"
+            );
+            if self.outcomes[i] != Outcome::Pending {
+                bar.inc(1);
+                continue;
+            }
+            let parse_error = |credit_code: String, message: String| Rejection {
+                row,
+                credit_code,
+                code: "PARSE".into(),
+                reason: String::new(),
+                message,
+            };
+            let record = match record {
+                Ok(record) => record,
+                Err(e) => {
+                    self.reject(i, parse_error(String::new(), e.to_string()));
+                    bar.inc(1);
+                    continue;
+                }
+            };
+            let parsed = match parse_row(&columns, &record, row) {
+                Ok(parsed) => parsed,
+                Err(message) => {
+                    let code = columns.get(&record, "credit_code").to_owned();
+                    self.reject(i, parse_error(code, message));
+                    bar.inc(1);
+                    continue;
+                }
+            };
+            let credit_code = parsed.enterprise.credit_code;
+            match enterprise_ids.get(&credit_code) {
+                Some(Ok(enterprise_id)) => {
+                    chunk.rows.push(i);
+                    chunk.credit_codes.push(credit_code);
+                    chunk.items.push(pb::ImportNeedsRequest {
+                        idempotency_key: idempotency_key(digest, row),
+                        need: Some(pb::Need {
+                            enterprise_id: enterprise_id.clone(),
+                            ..parsed.need
+                        }),
+                    });
+                }
+                Some(Err(template)) => {
+                    self.reject(
+                        i,
+                        Rejection {
+                            row,
+                            ..template.clone()
+                        },
+                    );
+                    bar.inc(1);
+                }
+                None => bail!("row {row} changed while the file was being imported"),
+            }
+            if chunk.items.len() == options.chunk_items {
+                self.send(
+                    &financing,
+                    &bearer,
+                    std::mem::take(&mut chunk),
+                    options,
+                    bar,
+                )
+                .await?;
+            }
+        }
+        anyhow::ensure!(
+            read == self.outcomes.len(),
+            "the file shrank while it was being imported"
+        );
+        self.send(&financing, &bearer, chunk, options, bar).await
+    }
+
+    /// Sends one chunk in one ImportNeeds call (retried as [`Options`] says) and records the
+    /// outcome of each of its rows.
+    async fn send(
+        &mut self,
+        client: &FinancingServiceClient<Channel>,
+        bearer: &Bearer,
+        chunk: Chunk,
+        options: &Options,
+        bar: &ProgressBar,
+    ) -> anyhow::Result<()> {
+        if chunk.items.is_empty() {
+            return Ok(());
+        }
+        let first_row = chunk.rows[0] + 2;
+        let response = with_retries(options, || {
+            let mut client = client.clone();
+            let request = with_token(
+                tonic::Request::new(tokio_stream::iter(chunk.items.clone())),
+                bearer,
+            );
+            async move { client.import_needs(request).await }
+        })
+        .await
         .map_err(|s| {
             anyhow::anyhow!(
-                "ImportNeeds failed: {}: {}",
+                "ImportNeeds of the chunk from row {first_row} failed: {}: {}",
                 code_name(s.code()),
                 s.message()
             )
         })?
         .into_inner();
 
-    for rejection in response.rejected {
-        let Some(sent) = usize::try_from(rejection.index)
-            .ok()
-            .and_then(|i| sent_rows.get(i))
-        else {
-            bail!(
-                "the server rejected item {} which was not sent",
-                rejection.index
-            );
+        let sent = chunk.items.len() as i64;
+        anyhow::ensure!(
+            response.accepted + response.replayed + response.rejected_total == sent
+                && response.rejected.len() as i64 == response.rejected_total,
+            "the server answered {} accepted, {} replayed and {} rejected ({} listed) for the {sent} \
+             item(s) from row {first_row}",
+            response.accepted,
+            response.replayed,
+            response.rejected_total,
+            response.rejected.len()
+        );
+        let stored = match (response.accepted, response.replayed) {
+            (_, 0) => Outcome::Accepted,
+            (0, _) => Outcome::Replayed,
+            _ => Outcome::Stored,
         };
-        let error = rejection.error.unwrap_or_default();
-        let mut message = error.message;
-        for violation in error.field_violations {
-            message.push_str(&format!("; {}: {}", violation.field, violation.description));
+        for &i in &chunk.rows {
+            self.outcomes[i] = stored;
         }
-        rejected.push(Rejection {
-            row: sent.0,
-            credit_code: sent.1.clone(),
-            code: code_name(tonic::Code::from_i32(error.code)).to_owned(),
-            reason: error.reason,
-            message,
-        });
+        for (rejection, item) in response.rejected.into_iter().map(|r| {
+            let item = usize::try_from(r.index)
+                .ok()
+                .filter(|&n| n < chunk.rows.len());
+            (r, item)
+        }) {
+            let Some(n) = item else {
+                bail!(
+                    "the server rejected item {} which was not sent",
+                    rejection.index
+                );
+            };
+            let i = chunk.rows[n];
+            let error = rejection.error.unwrap_or_default();
+            let mut message = error.message;
+            for violation in error.field_violations {
+                message.push_str(&format!("; {}: {}", violation.field, violation.description));
+            }
+            let credit_code = chunk.credit_codes[n].clone();
+            self.reject(
+                i,
+                Rejection {
+                    row: i as u64 + 2,
+                    credit_code,
+                    code: code_name(tonic::Code::from_i32(error.code)).to_owned(),
+                    reason: error.reason,
+                    message,
+                },
+            );
+        }
+        self.accepted += response.accepted;
+        self.replayed += response.replayed;
+        bar.inc(sent as u64);
+        Ok(())
     }
-    rejected.sort_by_key(|r| r.row);
-    let report = Report {
-        rows,
-        accepted: response.accepted,
-        replayed: response.replayed,
-        rejected,
-    };
-    write_report(&report_path(file), &report)?;
-    Ok(report)
+
+    fn report(&self, failure: Option<String>) -> Report {
+        let mut rejected: Vec<Rejection> = self.rejections.values().cloned().collect();
+        rejected.sort_by_key(|r| r.row);
+        Report {
+            rows: self.outcomes.len() as u64,
+            accepted: self.accepted,
+            replayed: self.replayed,
+            earlier: self.earlier.iter().filter(|&&e| e).count() as u64,
+            rejected,
+            pending: self
+                .outcomes
+                .iter()
+                .filter(|&&o| o == Outcome::Pending)
+                .count() as u64,
+            failure,
+        }
+    }
+}
+
+/// Calls `call` until it succeeds, fails with an error a retry cannot mend, or has been retried
+/// `options.retries` times; the waits double from `options.first_backoff`.
+async fn with_retries<T, F, Fut>(options: &Options, mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let mut backoff = options.first_backoff;
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Err(status) if attempt < options.retries && retryable(&status) => {
+                tracing::warn!(
+                    code = code_name(status.code()),
+                    message = status.message(),
+                    "call failed, retrying in {backoff:?}"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Whether a failed call may succeed when made again: the server unavailable or shedding load, or
+/// the connection failing under the call.
+fn retryable(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    use tonic::Code;
+    if matches!(status.code(), Code::Unavailable | Code::ResourceExhausted) {
+        return true;
+    }
+    // tonic reports a broken connection as UNKNOWN "transport error" with the transport error as
+    // its source, or as an h2 error whose message says so.
+    let mut source = status.source();
+    while let Some(error) = source {
+        if error.is::<tonic::transport::Error>() {
+            return true;
+        }
+        source = error.source();
+    }
+    matches!(
+        status.code(),
+        Code::Internal | Code::Unknown | Code::Cancelled
+    ) && status.message().starts_with("h2 protocol error")
 }
 
 type Bearer = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
@@ -422,22 +808,28 @@ fn with_token<T>(mut request: tonic::Request<T>, bearer: &Bearer) -> tonic::Requ
 
 /// Registers an enterprise, or finds it registered; Err(rejection template) when it cannot be.
 async fn register(
-    client: &mut EnterpriseServiceClient<Channel>,
+    client: EnterpriseServiceClient<Channel>,
     bearer: &Bearer,
     enterprise: pb::Enterprise,
+    options: &Options,
 ) -> anyhow::Result<Result<String, Rejection>> {
     use tonic_types::StatusExt;
     let code = enterprise.credit_code.clone();
     // Twice at most: a concurrent registration of the same code may answer ALREADY_EXISTS
     // without naming the winner; the second attempt finds it.
     for _ in 0..2 {
-        let request = with_token(
-            tonic::Request::new(pb::CreateEnterpriseRequest {
-                enterprise: Some(enterprise.clone()),
-            }),
-            bearer,
-        );
-        match client.create_enterprise(request).await {
+        let created = with_retries(options, || {
+            let mut client = client.clone();
+            let request = with_token(
+                tonic::Request::new(pb::CreateEnterpriseRequest {
+                    enterprise: Some(enterprise.clone()),
+                }),
+                bearer,
+            );
+            async move { client.create_enterprise(request).await }
+        })
+        .await;
+        match created {
             Ok(response) => {
                 return Ok(Ok(response.into_inner().enterprise.unwrap_or_default().id));
             }
@@ -451,12 +843,11 @@ async fn register(
                 }
             }
             Err(status)
-                if matches!(
-                    status.code(),
-                    tonic::Code::Unauthenticated
-                        | tonic::Code::PermissionDenied
-                        | tonic::Code::Unavailable
-                ) =>
+                if retryable(&status)
+                    || matches!(
+                        status.code(),
+                        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                    ) =>
             {
                 bail!(
                     "CreateEnterprise failed: {}: {}",
@@ -484,101 +875,90 @@ async fn register(
     bail!("CreateEnterprise for {code} answered ALREADY_EXISTS without naming the enterprise")
 }
 
-type SentRow = (u64, String);
-
-/// Reads the rows and sends an item per good row; returns (row, credit code) per item sent, in
-/// order, and the rows rejected before sending.
-fn read_items(
+/// Writes the report: a line per row of the file, in file order, with its outcome. Written
+/// beside the file under a temporary name, then renamed, so an interrupted write never loses the
+/// previous report that a resume reads.
+fn write_report(
     file: &Path,
     digest: &str,
-    enterprise_ids: &HashMap<String, Result<String, Rejection>>,
-    sender: &tokio::sync::mpsc::Sender<pb::ImportNeedsRequest>,
-    bar: &ProgressBar,
-) -> anyhow::Result<(Vec<SentRow>, Vec<Rejection>)> {
+    path: &Path,
+    import: &Import,
+    failure: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".partial");
+    let temporary = PathBuf::from(temporary);
+    let mut out = csv::Writer::from_path(&temporary)
+        .with_context(|| format!("writing the report {}", temporary.display()))?;
+    out.write_record(REPORT_COLUMNS)?;
     let mut csv = reader(file)?;
     let columns = Columns::from_header(csv.headers()?)?;
-    let mut sent = Vec::new();
-    let mut rejected = Vec::new();
-    for (i, record) in csv.records().enumerate() {
-        bar.inc(1);
+    let pending = match failure {
+        Some(failure) => format!("not settled: {failure}"),
+        None => "not settled".to_owned(),
+    };
+    for (i, record) in csv.records().enumerate().take(import.outcomes.len()) {
         let row = i as u64 + 2;
-        let parse_error = |credit_code: String, message: String| Rejection {
-            row,
-            credit_code,
-            code: "PARSE".into(),
-            reason: String::new(),
-            message,
-        };
-        let record = match record {
-            Ok(record) => record,
-            Err(e) => {
-                rejected.push(parse_error(String::new(), e.to_string()));
-                continue;
+        let credit_code = record
+            .as_ref()
+            .map(|r| columns.get(r, "credit_code").to_owned())
+            .unwrap_or_default();
+        let outcome = import.outcomes[i];
+        let (code, reason, message) = match outcome {
+            Outcome::Rejected => {
+                let r = &import.rejections[&row];
+                (r.code.as_str(), r.reason.as_str(), r.message.as_str())
             }
+            Outcome::Pending => ("", "", pending.as_str()),
+            _ if import.earlier[i] => ("", "", "stored by an earlier run"),
+            _ => ("", "", ""),
         };
-        let parsed = match parse_row(&columns, &record, row) {
-            Ok(parsed) => parsed,
-            Err(message) => {
-                let code = columns.get(&record, "credit_code").to_owned();
-                rejected.push(parse_error(code, message));
-                continue;
-            }
-        };
-        let credit_code = parsed.enterprise.credit_code;
-        match enterprise_ids.get(&credit_code) {
-            Some(Ok(enterprise_id)) => {
-                let item = pb::ImportNeedsRequest {
-                    idempotency_key: idempotency_key(digest, row),
-                    need: Some(pb::Need {
-                        enterprise_id: enterprise_id.clone(),
-                        ..parsed.need
-                    }),
-                };
-                if sender.blocking_send(item).is_err() {
-                    // The call ended early; its status says why.
-                    break;
-                }
-                sent.push((row, credit_code));
-            }
-            Some(Err(template)) => rejected.push(Rejection {
-                row,
-                ..template.clone()
-            }),
-            None => bail!("row {row} changed while the file was being imported"),
-        }
-    }
-    Ok((sent, rejected))
-}
-
-/// Writes one line per rejected row under a header.
-fn write_report(path: &Path, report: &Report) -> anyhow::Result<()> {
-    let mut out = csv::Writer::from_path(path)
-        .with_context(|| format!("writing the report {}", path.display()))?;
-    out.write_record(["row", "credit_code", "code", "reason", "message"])?;
-    for r in &report.rejected {
         out.write_record([
-            r.row.to_string().as_str(),
-            &r.credit_code,
-            &r.code,
-            &r.reason,
-            &r.message,
+            row.to_string().as_str(),
+            &credit_code,
+            outcome.as_str(),
+            code,
+            reason,
+            message,
+            &idempotency_key(digest, row),
         ])?;
     }
     out.flush()?;
+    drop(out);
+    std::fs::rename(&temporary, path)
+        .with_context(|| format!("writing the report {}", path.display()))?;
     Ok(())
 }
 
+/// The columns of the report file.
+pub const REPORT_COLUMNS: [&str; 7] = [
+    "row",
+    "credit_code",
+    "outcome",
+    "code",
+    "reason",
+    "message",
+    "idempotency_key",
+];
+
 impl Report {
-    /// The summary printed at the end of an import.
+    /// The summary printed at the end of an import: the counts and the first rejections.
     pub fn summary(&self, report_file: &Path) -> String {
         let mut text = format!(
-            "{} row(s): {} accepted, {} already imported, {} rejected\n",
+            "{} row(s): {} accepted, {} already imported, {} rejected",
             self.rows,
             self.accepted,
             self.replayed,
             self.rejected.len()
         );
-        for r in &self.rejected {
+        if self.earlier > 0 {
+            text.push_str(&format!(", {} stored by an earlier run", self.earlier));
+        }
+        if self.pending > 0 {
+            text.push_str(&format!(", {} pending", self.pending));
+        }
+        text.push('\n');
+        for r in self.rejected.iter().take(SUMMARY_REJECTIONS) {
             let reason = if r.reason.is_empty() {
                 String::new()
             } else {
@@ -589,10 +969,19 @@ impl Report {
                 r.row, r.code, reason, r.message
             ));
         }
+        if self.rejected.len() > SUMMARY_REJECTIONS {
+            text.push_str(&format!(
+                "  … and {} more rejected row(s), listed in the report\n",
+                self.rejected.len() - SUMMARY_REJECTIONS
+            ));
+        }
         text.push_str(&format!("report written to {}", report_file.display()));
         text
     }
 }
+
+/// Rejections the printed summary lists (the report file has them all).
+const SUMMARY_REJECTIONS: usize = 20;
 
 #[cfg(test)]
 mod tests {

@@ -190,7 +190,9 @@ async fn run(command: Command, shutdown: impl Future<Output = ()> + Send) -> any
             server,
             token,
         } => {
-            let report = finmatch::import::run(&file, &server, &token).await?;
+            let options = finmatch::import::Options::default();
+            let report =
+                finmatch::import::run_with(&file, &server, &token, &options, shutdown).await?;
             println!("{}", report.summary(&finmatch::import::report_path(&file)));
             Ok(())
         }

@@ -17,6 +17,14 @@ use crate::grpc::{self, pb};
 use crate::service::App;
 use crate::storage;
 
+/// The HTTP/2 flow-control window of each call's request stream. Most gRPC clients send each
+/// message of a client stream in its own DATA frame, and h2 ends a connection (GOAWAY
+/// ENHANCE_YOUR_CALM `too_many_data_frames`, seen by the client as `UNKNOWN: transport error`)
+/// once the small frames it holds unread cost more than half the connection window (1 MiB):
+/// exactly what piled up while ImportNeeds stored a batch and read nothing. A 64 KiB stream window
+/// caps what one stream can leave unread at about a sixth of that budget for ImportNeeds items.
+const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+
 /// A server bound to its port, ready to run.
 pub struct Application {
     listener: TcpListener,
@@ -146,12 +154,23 @@ impl Application {
             builder = builder.tls_config(tls)?;
         }
 
+        let call_timeout = grpc::deadline::CallTimeoutLayer::new(
+            server_args.call_timeout(),
+            &[
+                pb::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ],
+        )
+        .context("reading the served descriptors")?;
         let layers = ServiceBuilder::new()
             .layer(grpc::layers::cors())
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(grpc::layers::RequestIdLayer)
             .layer(grpc::metrics::MetricsLayer)
             .layer(grpc::layers::trace())
+            .layer(call_timeout)
             .load_shed()
             .layer(GlobalConcurrencyLimitLayer::new(
                 server_args.max_concurrent_calls,
@@ -160,16 +179,23 @@ impl Application {
             .layer(grpc::partner::FeedLayer::new(referral_feed))
             .into_inner();
 
+        // No `Server::timeout`: it would cut streaming calls too. CallTimeoutLayer bounds unary
+        // calls; tonic still honours each client's own `grpc-timeout`.
         let router = builder
             .accept_http1(true)
-            .timeout(server_args.call_timeout())
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(layers)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
-        let router = grpc::add_services(router, &app, server_args.max_message_bytes);
+        let router = grpc::add_services(
+            router,
+            &app,
+            server_args.max_message_bytes,
+            server_args.stream_idle(),
+        );
 
         tracing::info!(%addr, "finmatch serving gRPC and gRPC-Web");
         let drained = {

@@ -22,11 +22,13 @@ const MAX_TARGET_OPEN: i32 = 10;
 
 pub struct FinancingHandler {
     app: App,
+    /// Longest wait for the next item of an ImportNeeds stream.
+    stream_idle: std::time::Duration,
 }
 
 impl FinancingHandler {
-    pub fn new(app: App) -> Self {
-        Self { app }
+    pub fn new(app: App, stream_idle: std::time::Duration) -> Self {
+        Self { app, stream_idle }
     }
 }
 
@@ -71,32 +73,37 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
         let who = principal(&request)?;
         let mut stream = request.into_inner();
         let mut response = pb::ImportNeedsResponse::default();
-        let mut batch: Vec<ImportItem> = Vec::with_capacity(IMPORT_BATCH);
-        let mut index = 0usize;
-        while let Some(item) = stream.message().await? {
+        let mut batch = ImportBatch::default();
+        let mut received = 0usize;
+        loop {
+            let item = match tokio::time::timeout(self.stream_idle, stream.message()).await {
+                Ok(item) => item?,
+                Err(_) => return Err(stream_idle_expired(self.stream_idle, received, &response)),
+            };
+            let Some(item) = item else { break };
+            let index = received;
+            received += 1;
             let mut v = Violations::default();
             let idempotency = idempotency(&item.idempotency_key, item.need.as_ref(), &mut v);
             let need = v.nested(parse_need(item.need.as_ref()));
             match v.finish() {
-                Ok(()) => batch.push(ImportItem {
+                Ok(()) => batch.items.push(ImportItem {
                     index,
                     idempotency: idempotency.expect("checked"),
                     need: need.expect("checked"),
                 }),
-                Err(violations) => response.rejected.push(pb::ImportNeedsRejection {
+                Err(violations) => batch.invalid.push(pb::ImportNeedsRejection {
                     index: index as i64,
                     idempotency_key: item.idempotency_key,
                     error: Some(item_error(Error::InvalidArgument(violations))),
                 }),
             }
-            index += 1;
             if batch.len() == IMPORT_BATCH {
                 self.import_batch(&who, std::mem::take(&mut batch), &mut response)
                     .await?;
             }
         }
         self.import_batch(&who, batch, &mut response).await?;
-        response.rejected.sort_by_key(|r| r.index);
         Ok(Response::new(response))
     }
 
@@ -304,37 +311,85 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
     }
 }
 
+/// Rejections an ImportNeedsResponse lists; the rest are only counted in `rejected_total`
+/// (stated in the proto: keep them in step).
+pub const LISTED_REJECTIONS_MAX: usize = 1000;
+
+/// The next [`IMPORT_BATCH`] items of an ImportNeeds stream, valid or not, in stream order.
+#[derive(Default)]
+struct ImportBatch {
+    items: Vec<ImportItem>,
+    /// Items that failed validation; never sent to the use case.
+    invalid: Vec<pb::ImportNeedsRejection>,
+}
+
+impl ImportBatch {
+    fn len(&self) -> usize {
+        self.items.len() + self.invalid.len()
+    }
+}
+
 impl FinancingHandler {
-    /// Stores one batch of import items and records each outcome in `response`.
+    /// Stores one batch of import items and records each outcome in `response`, rejections in
+    /// stream order so the listed ones are the first.
     async fn import_batch(
         &self,
         who: &crate::service::Principal,
-        batch: Vec<ImportItem>,
+        batch: ImportBatch,
         response: &mut pb::ImportNeedsResponse,
     ) -> Result<(), Status> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let keys: Vec<(usize, String)> = batch
+        let ImportBatch { items, invalid } = batch;
+        let keys: Vec<(usize, String)> = items
             .iter()
             .map(|item| (item.index, item.idempotency.key.clone()))
             .collect();
-        let outcomes = self.app.import_needs(who, batch, &encode_submitted).await?;
+        let outcomes = if items.is_empty() {
+            Vec::new()
+        } else {
+            self.app.import_needs(who, items, &encode_submitted).await?
+        };
+        let mut refused = Vec::new();
         for ((index, key), outcome) in keys.into_iter().zip(outcomes) {
             match outcome {
                 ImportOutcome::Accepted => response.accepted += 1,
                 ImportOutcome::Replayed => response.replayed += 1,
-                ImportOutcome::Rejected(error) => {
-                    response.rejected.push(pb::ImportNeedsRejection {
-                        index: index as i64,
-                        idempotency_key: key,
-                        error: Some(item_error(error)),
-                    })
-                }
+                ImportOutcome::Rejected(error) => refused.push(pb::ImportNeedsRejection {
+                    index: index as i64,
+                    idempotency_key: key,
+                    error: Some(item_error(error)),
+                }),
+            }
+        }
+        let mut rejections: Vec<_> = invalid.into_iter().chain(refused).collect();
+        rejections.sort_by_key(|r| r.index);
+        for rejection in rejections {
+            response.rejected_total += 1;
+            if response.rejected.len() < LISTED_REJECTIONS_MAX {
+                response.rejected.push(rejection);
             }
         }
         Ok(())
     }
+}
+
+/// Why an ImportNeeds stream that went quiet was ended, with what it had done by then.
+fn stream_idle_expired(
+    idle: std::time::Duration,
+    received: usize,
+    done: &pb::ImportNeedsResponse,
+) -> Status {
+    let settled = done.accepted + done.replayed + done.rejected_total;
+    Status::deadline_exceeded(format!(
+        "no ImportNeeds item arrived for {} s (the server's FINMATCH_STREAM_IDLE_SECS), so the \
+         call was ended after {received} item(s): {} stored, {} already stored (replayed), {} \
+         rejected, {} received but not stored; resend the items from index {settled} on with the \
+         same idempotency keys",
+        idle.as_secs(),
+        done.accepted,
+        done.replayed,
+        done.rejected_total,
+        received as i64 - settled,
+    ))
 }
 
 /// The idempotency of a SubmitNeed (or ImportNeeds item). ImportNeedsRequest and

@@ -9,6 +9,7 @@ use crate::service::App;
 
 pub mod auth;
 pub mod convert;
+pub mod deadline;
 pub mod enterprises;
 pub mod financing;
 pub mod layers;
@@ -57,8 +58,14 @@ macro_rules! limited {
     };
 }
 
-/// Adds the six finmatch services to `router`, each with explicit message-size limits.
-pub fn add_services<L>(router: Router<L>, app: &App, max_decoding: usize) -> Router<L> {
+/// Adds the six finmatch services to `router`, each with explicit message-size limits;
+/// `stream_idle` bounds the wait for a client stream's next message.
+pub fn add_services<L>(
+    router: Router<L>,
+    app: &App,
+    max_decoding: usize,
+    stream_idle: std::time::Duration,
+) -> Router<L> {
     router
         .add_service(limited!(
             EnterpriseServiceServer,
@@ -72,7 +79,7 @@ pub fn add_services<L>(router: Router<L>, app: &App, max_decoding: usize) -> Rou
         ))
         .add_service(limited!(
             FinancingServiceServer,
-            financing::FinancingHandler::new(app.clone()),
+            financing::FinancingHandler::new(app.clone(), stream_idle),
             max_decoding
         ))
         .add_service(limited!(

@@ -50,9 +50,18 @@ async fn import_registers_each_unknown_credit_code_once_from_its_first_row() {
         .await
         .expect("the second import runs");
     assert_eq!(
-        (second.accepted, second.replayed),
-        (0, 6),
-        "a repeat adds nothing"
+        (second.accepted, second.replayed, second.earlier),
+        (0, 0, 6),
+        "a repeat adds nothing: the report marks every row stored"
+    );
+    std::fs::remove_file(finmatch::import::report_path(&file)).unwrap();
+    let third = finmatch::import::run(&file, &server, &app.operator)
+        .await
+        .expect("the third import runs");
+    assert_eq!(
+        (third.accepted, third.replayed, third.earlier),
+        (0, 6, 0),
+        "without the report every row is sent again, and replayed"
     );
     assert_eq!(needs_stored(&app).await, 6);
 
@@ -128,8 +137,11 @@ async fn importing_51_rows_with_one_bad_adds_50_reports_the_bad_row_and_a_rerun_
     let second = finmatch::import::run(&file, &server, &app.operator)
         .await
         .unwrap();
-    assert_eq!((second.accepted, second.replayed), (0, 50));
-    assert_eq!(second.rejected.len(), 1);
+    assert_eq!(
+        (second.accepted, second.replayed, second.earlier),
+        (0, 0, 50)
+    );
+    assert_eq!(second.rejected.len(), 1, "the rejected row is sent again");
     assert_eq!(needs_stored(&app).await, 50);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -144,4 +156,522 @@ async fn import_with_a_bad_token_fails_before_registering_anything() {
         .to_string();
     assert!(error.contains("UNAUTHENTICATED"), "{error}");
     assert!(registered(&app).await.is_empty());
+}
+
+const HEADER: &str = "credit_code,enterprise_name,region_code,industry_code,size,amount_yuan,\
+                      term_months,purpose,collateral,max_rate_bps,needed_by,consent\n";
+const PURPOSES: [&str; 7] = [
+    "working_capital",
+    "payroll",
+    "raw_materials",
+    "equipment",
+    "expansion",
+    "conversion",
+    "refinancing",
+];
+
+/// A CSV of `enterprises` × 7 rows (one need per purpose each), enterprises numbered from
+/// `first`; `amount_yuan` for every row.
+fn needs_csv(first: u32, enterprises: u32, amount_yuan: &str) -> String {
+    let mut csv = String::from(HEADER);
+    for n in first..first + enterprises {
+        for purpose in PURPOSES {
+            csv.push_str(&format!(
+                "{},Suizhou Works No. {n},421303,C2770,small,{amount_yuan},12,{purpose},credit,,\
+                 2027-06-30,yes\n",
+                crate::helpers::credit_code(n)
+            ));
+        }
+    }
+    csv
+}
+
+/// A scratch directory holding `csv` as needs.csv; returns the file.
+fn scratch_file(csv: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("finmatch-import-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("needs.csv");
+    std::fs::write(&file, csv).unwrap();
+    file
+}
+
+/// Counts in PostgreSQL: (needs, distinct enterprise and purpose pairs).
+async fn needs_in_sql(database_url: &str) -> (i64, i64) {
+    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT count(*), count(DISTINCT (enterprise_id, purpose)) FROM needs",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// The report's lines as (row, outcome, code) triples.
+fn report_lines(file: &std::path::Path) -> Vec<(u64, String, String)> {
+    let mut csv = csv::Reader::from_path(finmatch::import::report_path(file)).unwrap();
+    assert_eq!(
+        csv.headers().unwrap().iter().collect::<Vec<_>>(),
+        finmatch::import::REPORT_COLUMNS
+    );
+    csv.records()
+        .map(|r| {
+            let r = r.unwrap();
+            (r[0].parse().unwrap(), r[2].to_owned(), r[3].to_owned())
+        })
+        .collect()
+}
+
+/// Registers enterprise `n` and returns its id.
+async fn registered_enterprise(app: &TestApp, n: u32) -> String {
+    let mut client = EnterpriseServiceClient::new(app.channel.clone());
+    client
+        .create_enterprise(authed(
+            pb::CreateEnterpriseRequest {
+                enterprise: Some(crate::helpers::enterprise(n)),
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .enterprise
+        .unwrap()
+        .id
+}
+
+fn import_item(
+    key: String,
+    enterprise_id: &str,
+    purpose: pb::Purpose,
+    amount_minor: i64,
+) -> pb::ImportNeedsRequest {
+    pb::ImportNeedsRequest {
+        idempotency_key: key,
+        need: Some(pb::Need {
+            enterprise_id: enterprise_id.to_owned(),
+            amount_minor,
+            term_months: 12,
+            purpose: purpose as i32,
+            collateral: vec![pb::Collateral::Credit as i32],
+            needed_by: "2027-06-30".into(),
+            consent_to_share: true,
+            channel: pb::Channel::Bureau as i32,
+            ..Default::default()
+        }),
+    }
+}
+
+async fn spawn_with(args: finmatch::config::ServerArgs) -> TestApp {
+    TestApp::spawn_with(
+        std::sync::Arc::new(crate::helpers::TestDatabase::create().await),
+        args,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_stream_longer_than_the_call_timeout_completes() {
+    let app = spawn_with(finmatch::config::ServerArgs {
+        call_timeout_secs: 1,
+        stream_idle_secs: 2,
+        ..Default::default()
+    })
+    .await;
+    let mut items = Vec::new();
+    for n in 0..12u32 {
+        let enterprise_id = registered_enterprise(&app, 7000 + n).await;
+        items.push(import_item(
+            format!("slow-{n}"),
+            &enterprise_id,
+            pb::Purpose::WorkingCapital,
+            250_000_000,
+        ));
+    }
+    // Twelve items 250 ms apart: three seconds, three times the call timeout, never idle for
+    // long.
+    let slowly = futures::StreamExt::then(tokio_stream::iter(items), |item| async {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        item
+    });
+    let started = std::time::Instant::now();
+    let mut client = pb::financing_service_client::FinancingServiceClient::new(app.channel.clone());
+    let response = client
+        .import_needs(authed(slowly, &app.operator))
+        .await
+        .expect("an import that keeps sending is not cut off")
+        .into_inner();
+    assert!(started.elapsed() > std::time::Duration::from_secs(2));
+    assert_eq!(
+        (
+            response.accepted,
+            response.replayed,
+            response.rejected_total
+        ),
+        (12, 0, 0)
+    );
+    assert_eq!(needs_in_sql(app.database_url()).await, (12, 12));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_import_stream_is_ended_with_deadline_exceeded_naming_the_setting() {
+    let app = spawn_with(finmatch::config::ServerArgs {
+        stream_idle_secs: 1,
+        ..Default::default()
+    })
+    .await;
+    let enterprise_id = registered_enterprise(&app, 7100).await;
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    sender
+        .send(import_item(
+            "idle-0".into(),
+            &enterprise_id,
+            pb::Purpose::Payroll,
+            250_000_000,
+        ))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut client = pb::financing_service_client::FinancingServiceClient::new(app.channel.clone());
+    // The sender stays open and silent.
+    let status = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        client.import_needs(authed(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+            &app.operator,
+        )),
+    )
+    .await
+    .expect("the server ends an idle stream")
+    .unwrap_err();
+    drop(sender);
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("FINMATCH_STREAM_IDLE_SECS"),
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains("after 1 item(s): 0 stored"),
+        "{status:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(needs_in_sql(app.database_url()).await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_response_lists_the_first_1000_rejections_and_counts_the_rest() {
+    let app = TestApp::spawn().await;
+    let enterprise_id = registered_enterprise(&app, 7200).await;
+    // 1,200 items with a zero amount, then 5 good ones.
+    let mut items: Vec<_> = (0..1200)
+        .map(|n| import_item(format!("bad-{n}"), &enterprise_id, pb::Purpose::Payroll, 0))
+        .collect();
+    for (n, purpose) in [
+        pb::Purpose::WorkingCapital,
+        pb::Purpose::Payroll,
+        pb::Purpose::RawMaterials,
+        pb::Purpose::Equipment,
+        pb::Purpose::Expansion,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        items.push(import_item(
+            format!("good-{n}"),
+            &enterprise_id,
+            purpose,
+            250_000_000,
+        ));
+    }
+    let mut client = pb::financing_service_client::FinancingServiceClient::new(app.channel.clone());
+    let response = client
+        .import_needs(authed(tokio_stream::iter(items), &app.operator))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.accepted, 5);
+    assert_eq!(response.rejected_total, 1200);
+    assert_eq!(
+        response.accepted + response.replayed + response.rejected_total,
+        1205,
+        "every item sent is counted once"
+    );
+    assert_eq!(
+        response.rejected.len(),
+        1000,
+        "only the first 1,000 are listed"
+    );
+    let indexes: Vec<i64> = response.rejected.iter().map(|r| r.index).collect();
+    assert_eq!(indexes, (0..1000).collect::<Vec<i64>>(), "in stream order");
+    let first = response.rejected[0].error.as_ref().unwrap();
+    assert_eq!(first.code, tonic::Code::InvalidArgument as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn importing_more_bad_rows_than_a_response_lists_reports_every_row() {
+    let app = TestApp::spawn().await;
+    // 150 enterprises × 7 purposes = 1,050 rows, every one with a zero amount.
+    let file = scratch_file(&needs_csv(7300, 150, "0"));
+    let report = finmatch::import::run(&file, &format!("http://{}", app.addr), &app.operator)
+        .await
+        .unwrap();
+    assert_eq!(report.rows, 1050);
+    assert_eq!((report.accepted, report.replayed), (0, 0));
+    assert_eq!(report.rejected.len(), 1050);
+    assert!(report.rejected.iter().all(|r| r.code == "INVALID_ARGUMENT"
+        && r.message.contains("amount_minor")
+        && !r.credit_code.is_empty()));
+    let lines = report_lines(&file);
+    assert_eq!(lines.len(), 1050);
+    assert!(
+        lines
+            .iter()
+            .all(|(_, outcome, code)| outcome == "rejected" && code == "INVALID_ARGUMENT")
+    );
+    assert_eq!(
+        lines.last().unwrap().0,
+        1051,
+        "spreadsheet row of the last line"
+    );
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+}
+
+/// A `finmatch serve` process on `database_url`, killed (SIGKILL) when dropped.
+struct ServerProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl ServerProcess {
+    async fn start(database_url: &str) -> Self {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_finmatch"))
+            .args(["serve", "--no-migrate", "--listen", &addr.to_string()])
+            .env("FINMATCH_DATABASE_URL", database_url)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start finmatch serve");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "finmatch serve did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Self {
+            child,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_cut_by_a_killed_server_resumes_on_another_without_losing_or_duplicating_a_need()
+{
+    let app = TestApp::spawn().await;
+    // 100 enterprises × 7 purposes = 700 rows, all good.
+    let file = scratch_file(&needs_csv(7500, 100, "2500000"));
+    let mut doomed = ServerProcess::start(app.database_url()).await;
+    let options = finmatch::import::Options {
+        chunk_items: 50,
+        retries: 2,
+        first_backoff: std::time::Duration::from_millis(100),
+    };
+    let first = {
+        let (file, url, token, options) = (
+            file.clone(),
+            doomed.url.clone(),
+            app.operator.clone(),
+            options.clone(),
+        );
+        tokio::spawn(async move {
+            finmatch::import::run_with(&file, &url, &token, &options, std::future::pending()).await
+        })
+    };
+    // kill -9 the server once part of the file is stored.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while needs_in_sql(app.database_url()).await.0 < 150 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the import made no progress"
+        );
+        assert!(
+            !first.is_finished(),
+            "the import ended before the server was killed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    doomed.kill();
+    let error = first
+        .await
+        .unwrap()
+        .expect_err("an import whose server died fails")
+        .to_string();
+    assert!(
+        error.contains("run the same import again to resume"),
+        "{error}"
+    );
+    let (stored, distinct) = needs_in_sql(app.database_url()).await;
+    assert!(
+        stored < 700,
+        "the server was killed before the end ({stored} stored)"
+    );
+    assert_eq!(stored, distinct);
+
+    // The report of the failed run: every row, those it saw stored are in the database, the
+    // rest pending with the failure.
+    let lines = report_lines(&file);
+    assert_eq!(lines.len(), 700);
+    let reported_stored = lines
+        .iter()
+        .filter(|(_, outcome, _)| {
+            outcome == "accepted" || outcome == "replayed" || outcome == "stored"
+        })
+        .count() as i64;
+    let pending = lines
+        .iter()
+        .filter(|(_, outcome, _)| outcome == "pending")
+        .count() as i64;
+    assert!(
+        reported_stored >= 100 && reported_stored <= stored,
+        "{reported_stored} of {stored}"
+    );
+    assert_eq!(reported_stored + pending, 700);
+
+    // The same file again, through another server on the same database.
+    let second = finmatch::import::run(&file, &format!("http://{}", app.addr), &app.operator)
+        .await
+        .expect("the rerun finishes the import");
+    assert_eq!(
+        second.earlier as i64, reported_stored,
+        "rows the report marks stored are skipped"
+    );
+    assert_eq!(second.accepted + second.replayed, pending);
+    assert!(second.rejected.is_empty(), "{:?}", second.rejected);
+    assert_eq!(second.pending, 0);
+    assert_eq!(
+        needs_in_sql(app.database_url()).await,
+        (700, 700),
+        "none lost, none twice"
+    );
+    let lines = report_lines(&file);
+    assert_eq!(lines.len(), 700);
+    assert!(
+        lines
+            .iter()
+            .all(|(_, outcome, _)| outcome != "pending" && outcome != "rejected")
+    );
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_import_writes_what_it_knows_and_the_rerun_completes_it() {
+    let app = TestApp::spawn().await;
+    let file = scratch_file(&needs_csv(7700, 30, "2500000"));
+    let options = finmatch::import::Options {
+        chunk_items: 10,
+        ..Default::default()
+    };
+    let url = app.database_url().to_owned();
+    // Ctrl-C once some needs are stored.
+    let interrupt = async move {
+        while needs_in_sql(&url).await.0 < 20 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    let server = format!("http://{}", app.addr);
+    let error = finmatch::import::run_with(&file, &server, &app.operator, &options, interrupt)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.starts_with("interrupted"), "{error}");
+    let lines = report_lines(&file);
+    assert_eq!(lines.len(), 210);
+    assert!(lines.iter().any(|(_, outcome, _)| outcome == "pending"));
+
+    let second = finmatch::import::run_with(
+        &file,
+        &server,
+        &app.operator,
+        &options,
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert!(second.earlier >= 10, "{second:?}");
+    assert_eq!(
+        second.earlier as i64 + second.accepted + second.replayed,
+        210
+    );
+    assert_eq!(needs_in_sql(app.database_url()).await, (210, 210));
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_sent_one_small_item_per_frame_survives_a_slow_batch() {
+    // A client that writes each item in its own HTTP/2 DATA frame (as most gRPC clients do)
+    // while the server is busy storing a batch: the small frames must not pile up in the
+    // server's HTTP/2 buffers until h2 ends the connection (GOAWAY too_many_data_frames).
+    let app = TestApp::spawn().await;
+    let enterprise_id = registered_enterprise(&app, 7900).await;
+    // The first batch (100 valid items) waits on a lock for two seconds; the 6,000 items after
+    // it are invalid (zero amount), so they need no database.
+    let (client_pg, connection) =
+        tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    client_pg
+        .batch_execute("BEGIN; LOCK TABLE needs IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        client_pg.batch_execute("ROLLBACK").await.unwrap();
+    });
+    let items: Vec<_> = (0..6100)
+        .map(|n| {
+            let amount_minor = if n < 100 { 250_000_000 } else { 0 };
+            import_item(
+                format!("frame-{n}"),
+                &enterprise_id,
+                pb::Purpose::Payroll,
+                amount_minor,
+            )
+        })
+        .collect();
+    // Pending between items, so tonic flushes each one as its own frame.
+    let one_per_frame = futures::StreamExt::then(tokio_stream::iter(items), |item| async {
+        tokio::task::yield_now().await;
+        item
+    });
+    let mut client = pb::financing_service_client::FinancingServiceClient::new(app.channel.clone());
+    let response = client
+        .import_needs(authed(one_per_frame, &app.operator))
+        .await
+        .expect("the stream is not cut")
+        .into_inner();
+    assert!(response.rejected_total >= 6000, "{response:?}");
+    assert_eq!(response.accepted + response.rejected_total, 6100);
 }

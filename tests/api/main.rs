@@ -3,6 +3,7 @@
 mod auth;
 mod bench;
 mod cli;
+mod deadlines;
 mod demo;
 mod enterprises;
 mod financing;

@@ -1,0 +1,133 @@
+//! How long a call may run. A unary call is bounded by the server's call timeout
+//! (`FINMATCH_CALL_TIMEOUT_SECS`); a streaming call is not, because its length is the length of
+//! its data: a client stream (ImportNeeds) is bounded instead by the idle time between its
+//! messages (`FINMATCH_STREAM_IDLE_SECS`, enforced by its handler), a server stream
+//! (WatchReferrals) by its heartbeats and the revocation of its credential.
+//!
+//! Which methods stream is read from the served descriptor sets, so a new streaming RPC is exempt
+//! without a list to keep up. A client's own `grpc-timeout` is honoured on every call by tonic
+//! itself, outside this layer.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use prost::Message as _;
+use tonic::Status;
+use tower::{Layer, Service};
+
+/// Bounds unary calls by `timeout`; lets streaming calls through.
+#[derive(Debug, Clone)]
+pub struct CallTimeoutLayer {
+    timeout: Duration,
+    streaming: Arc<HashSet<String>>,
+}
+
+impl CallTimeoutLayer {
+    /// `descriptor_sets`: the encoded `FileDescriptorSet`s of every service served.
+    pub fn new(timeout: Duration, descriptor_sets: &[&[u8]]) -> Result<Self, prost::DecodeError> {
+        let mut streaming = HashSet::new();
+        for bytes in descriptor_sets {
+            let set = prost_types::FileDescriptorSet::decode(*bytes)?;
+            for file in set.file {
+                let package = file.package();
+                for service in &file.service {
+                    for method in &service.method {
+                        if method.client_streaming() || method.server_streaming() {
+                            streaming.insert(format!(
+                                "/{package}.{}/{}",
+                                service.name(),
+                                method.name()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            timeout,
+            streaming: Arc::new(streaming),
+        })
+    }
+
+    /// Whether the call to `path` (`/package.Service/Method`) streams.
+    pub fn is_streaming(&self, path: &str) -> bool {
+        self.streaming.contains(path)
+    }
+}
+
+impl<S> Layer<S> for CallTimeoutLayer {
+    type Service = CallTimeout<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallTimeout {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CallTimeout<S> {
+    inner: S,
+    layer: CallTimeoutLayer,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for CallTimeout<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if self.layer.is_streaming(request.uri().path()) {
+            return Box::pin(self.inner.call(request));
+        }
+        let timeout = self.layer.timeout;
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, future).await {
+                Ok(result) => result,
+                Err(_) => Ok(Status::deadline_exceeded(format!(
+                    "the call did not finish within the server's call timeout of {} s \
+                     (FINMATCH_CALL_TIMEOUT_SECS)",
+                    timeout.as_secs()
+                ))
+                .into_http()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaming_methods_are_read_from_the_descriptors() {
+        let layer = CallTimeoutLayer::new(
+            Duration::from_secs(1),
+            &[
+                crate::grpc::pb::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+            ],
+        )
+        .unwrap();
+        assert!(layer.is_streaming("/finmatch.v1.FinancingService/ImportNeeds"));
+        assert!(layer.is_streaming("/finmatch.v1.PartnerService/WatchReferrals"));
+        assert!(layer.is_streaming("/grpc.health.v1.Health/Watch"));
+        assert!(!layer.is_streaming("/finmatch.v1.FinancingService/SubmitNeed"));
+        assert!(!layer.is_streaming("/grpc.health.v1.Health/Check"));
+        assert!(!layer.is_streaming("/no.such.Service/Method"));
+    }
+}
