@@ -300,6 +300,8 @@ impl SetupContext<'_> {
                 subject: Some(pb::preview_matches_request::Subject::Need(
                     super::data::need(e.serial, &e.id, self.today),
                 )),
+                // The default page, as a portal's live preview asks for it.
+                ..Default::default()
             })
             .collect();
         Ok(Preview {
