@@ -15,6 +15,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use crate::config::Settings;
 use crate::grpc::{self, pb};
 use crate::service::App;
+use crate::service::events::ReferralFeed;
 use crate::storage;
 
 /// A server bound to its port, ready to run.
@@ -23,6 +24,8 @@ pub struct Application {
     /// The Prometheus `/metrics` listener, when `metrics_addr` is set.
     metrics_listener: Option<TcpListener>,
     app: App,
+    /// The referral event feed; it runs while the server does.
+    referral_feed: ReferralFeed,
     settings: Settings,
 }
 
@@ -50,10 +53,12 @@ impl Application {
             ),
             None => None,
         };
+        let referral_feed = ReferralFeed::new(settings.server.relay_lease());
         Ok(Self {
             listener,
             metrics_listener,
             app,
+            referral_feed,
             settings,
         })
     }
@@ -76,6 +81,11 @@ impl Application {
         &self.app
     }
 
+    /// This server's referral event feed (its counters show what watch streams cost).
+    pub fn referral_feed(&self) -> &ReferralFeed {
+        &self.referral_feed
+    }
+
     /// Serves until `shutdown` completes, then stops accepting calls, drains the ones in flight
     /// and returns.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
@@ -83,6 +93,7 @@ impl Application {
             listener,
             metrics_listener,
             app,
+            referral_feed,
             settings,
         } = self;
         let server_args = &settings.server;
@@ -112,9 +123,6 @@ impl Application {
             }
             None => Vec::new(),
         };
-        let (referral_feed, feed_control, feed_task) =
-            crate::service::events::ReferralFeed::start(app.clone());
-        let referral_feed_task = tokio::spawn(feed_task);
 
         // Reflection describes every service on the port, health and both reflection versions
         // included, so `grpcurl list` shows what is really served.
@@ -157,7 +165,7 @@ impl Application {
                 server_args.max_concurrent_calls,
             ))
             .layer(grpc::auth::AuthLayer::new(app.clone()))
-            .layer(grpc::partner::FeedLayer::new(referral_feed))
+            .layer(grpc::partner::FeedLayer::new(referral_feed.clone()))
             .into_inner();
 
         let router = builder
@@ -174,11 +182,12 @@ impl Application {
         tracing::info!(%addr, "finmatch serving gRPC and gRPC-Web");
         let drained = {
             let health = health.clone();
+            let referral_feed = referral_feed.clone();
             async move {
                 shutdown.await;
                 tracing::info!("shutting down: refusing new calls, draining the ones in flight");
                 // Watch streams never end by themselves; end them so draining can finish.
-                feed_control.close();
+                referral_feed.close();
                 for name in grpc::SERVICE_NAMES {
                     health
                         .set_service_status(name, ServingStatus::NotServing)
@@ -186,16 +195,33 @@ impl Application {
                 }
             }
         };
-        let result = router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
-            .await;
+        // The feed runs inside this future rather than in a task of its own: a server that is
+        // dropped (a crash, as far as the other replicas can tell) stops relaying with it and
+        // leaves its lease to expire, and one that shuts down gives the lease up.
+        let serving = std::pin::pin!(
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
+        );
+        let feed = std::pin::pin!(referral_feed.clone().run(app.clone()));
+        let result = match futures::future::select(serving, feed).await {
+            futures::future::Either::Left((result, feed)) => {
+                // Closed at shutdown: it gives up the relay lease and returns.
+                referral_feed.close();
+                if tokio::time::timeout(Duration::from_secs(5), feed)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("the referral event feed did not stop in time");
+                }
+                result
+            }
+            futures::future::Either::Right(((), serving)) => serving.await,
+        };
         readiness.abort();
         product_cache.abort();
         sweeper.abort();
         for task in metrics_tasks {
             task.abort();
         }
-        referral_feed_task.abort();
         result.context("serving")?;
         tracing::info!("stopped");
         Ok(())
