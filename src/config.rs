@@ -51,6 +51,11 @@ pub struct ServerArgs {
     #[arg(long, env = "FINMATCH_SWEEP_INTERVAL_SECS", default_value_t = 30)]
     pub sweep_interval_secs: u64,
 
+    /// How long the referral event relay's lease lasts unless renewed: when the replica that
+    /// relays dies, another takes over after at most this long (renewed every third of it).
+    #[arg(long, env = "FINMATCH_RELAY_LEASE_SECS", default_value_t = 10)]
+    pub relay_lease_secs: u64,
+
     /// PEM certificate chain; serves TLS when given together with --tls-key.
     #[arg(long, env = "FINMATCH_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -106,6 +111,10 @@ impl ServerArgs {
         Duration::from_secs(self.sweep_interval_secs.max(1))
     }
 
+    pub fn relay_lease(&self) -> Duration {
+        Duration::from_secs(self.relay_lease_secs.max(1))
+    }
+
     pub fn call_timeout(&self) -> Duration {
         Duration::from_secs(self.call_timeout_secs.max(1))
     }
@@ -121,6 +130,7 @@ impl Default for ServerArgs {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_addr: None,
             sweep_interval_secs: 30,
+            relay_lease_secs: 10,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,

@@ -15,6 +15,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use crate::config::Settings;
 use crate::grpc::{self, pb};
 use crate::service::App;
+use crate::service::events::ReferralFeed;
 use crate::storage;
 
 /// The HTTP/2 flow-control window of each call's request stream. Most gRPC clients send each
@@ -31,6 +32,8 @@ pub struct Application {
     /// The Prometheus `/metrics` listener, when `metrics_addr` is set.
     metrics_listener: Option<TcpListener>,
     app: App,
+    /// The referral event feed; it runs while the server does.
+    referral_feed: ReferralFeed,
     settings: Settings,
 }
 
@@ -58,10 +61,12 @@ impl Application {
             ),
             None => None,
         };
+        let referral_feed = ReferralFeed::new(settings.server.relay_lease());
         Ok(Self {
             listener,
             metrics_listener,
             app,
+            referral_feed,
             settings,
         })
     }
@@ -84,6 +89,11 @@ impl Application {
         &self.app
     }
 
+    /// This server's referral event feed (its counters show what watch streams cost).
+    pub fn referral_feed(&self) -> &ReferralFeed {
+        &self.referral_feed
+    }
+
     /// Serves until `shutdown` completes, then stops accepting calls, drains the ones in flight
     /// and returns.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
@@ -91,6 +101,7 @@ impl Application {
             listener,
             metrics_listener,
             app,
+            referral_feed,
             settings,
         } = self;
         let server_args = &settings.server;
@@ -120,9 +131,6 @@ impl Application {
             }
             None => Vec::new(),
         };
-        let (referral_feed, feed_control, feed_task) =
-            crate::service::events::ReferralFeed::start(app.clone());
-        let referral_feed_task = tokio::spawn(feed_task);
 
         // Reflection describes every service on the port, health and both reflection versions
         // included, so `grpcurl list` shows what is really served.
@@ -176,7 +184,7 @@ impl Application {
                 server_args.max_concurrent_calls,
             ))
             .layer(grpc::auth::AuthLayer::new(app.clone()))
-            .layer(grpc::partner::FeedLayer::new(referral_feed))
+            .layer(grpc::partner::FeedLayer::new(referral_feed.clone()))
             .into_inner();
 
         // No `Server::timeout`: it would cut streaming calls too. CallTimeoutLayer bounds unary
@@ -200,11 +208,12 @@ impl Application {
         tracing::info!(%addr, "finmatch serving gRPC and gRPC-Web");
         let drained = {
             let health = health.clone();
+            let referral_feed = referral_feed.clone();
             async move {
                 shutdown.await;
                 tracing::info!("shutting down: refusing new calls, draining the ones in flight");
                 // Watch streams never end by themselves; end them so draining can finish.
-                feed_control.close();
+                referral_feed.close();
                 for name in grpc::SERVICE_NAMES {
                     health
                         .set_service_status(name, ServingStatus::NotServing)
@@ -212,19 +221,36 @@ impl Application {
                 }
             }
         };
+        // The feed runs inside this future rather than in a task of its own: a server that is
+        // dropped (a crash, as far as the other replicas can tell) stops relaying with it and
+        // leaves its lease to expire, and one that shuts down gives the lease up.
         // Nagle's algorithm on accepted sockets meets the client's delayed ACK and holds every
         // response that spans two segments for ~40 ms; gRPC frames its own writes.
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
-        let result = router.serve_with_incoming_shutdown(incoming, drained).await;
+        let serving = std::pin::pin!(router.serve_with_incoming_shutdown(incoming, drained));
+        let feed = std::pin::pin!(referral_feed.clone().run(app.clone()));
+        let result = match futures::future::select(serving, feed).await {
+            futures::future::Either::Left((result, feed)) => {
+                // Closed at shutdown: it gives up the relay lease and returns.
+                referral_feed.close();
+                if tokio::time::timeout(Duration::from_secs(5), feed)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("the referral event feed did not stop in time");
+                }
+                result
+            }
+            futures::future::Either::Right(((), serving)) => serving.await,
+        };
         readiness.abort();
         product_cache.abort();
         sweeper.abort();
         for task in metrics_tasks {
             task.abort();
         }
-        referral_feed_task.abort();
         result.context("serving")?;
         tracing::info!("stopped");
         Ok(())

@@ -341,7 +341,7 @@ fn parse_decision(
 fn watch_item_pb(item: WatchItem) -> pb::WatchReferralsResponse {
     use pb::watch_referrals_response::Payload;
     let payload = match item {
-        WatchItem::Event(event) => Payload::Event(event_pb(*event)),
+        WatchItem::Event(event) => Payload::Event(event_pb(&event)),
         WatchItem::Heartbeat { time, cursor } => Payload::Heartbeat(pb::WatchReferralsHeartbeat {
             time: convert::timestamp(time),
             cursor,
@@ -352,11 +352,12 @@ fn watch_item_pb(item: WatchItem) -> pb::WatchReferralsResponse {
     }
 }
 
-fn event_pb(event: ReferralEvent) -> pb::ReferralEvent {
+/// An event shared by every stream of its lender, converted for one of them.
+fn event_pb(event: &ReferralEvent) -> pb::ReferralEvent {
     pb::ReferralEvent {
         cursor: event.cursor,
         kind: pb::ReferralEventKind::from_domain(event.kind),
-        referral: Some(referral_pb(event.referral)),
+        referral: Some(referral_pb(event.referral.clone())),
         time: convert::timestamp(event.time),
     }
 }

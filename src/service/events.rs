@@ -1,96 +1,90 @@
 //! The referral event feed behind PartnerService.WatchReferrals.
 //!
-//! One task per server LISTENs on `finmatch_referral_events` over a dedicated connection and
-//! publishes, through a `tokio::sync::watch`, the **visibility horizon**: a cursor at or below
-//! which the event log is final, i.e. no event with a lower cursor can commit any more. Each
-//! watch stream reads its lender's events from the table, in pages, from the last cursor it sent
-//! up to the horizon, and otherwise waits for the horizon to move. The NOTIFY payload is only a
-//! wake-up; the table is the source of truth, so a lost notification delays but never loses an
-//! event, and a bank connected to replica A sees events committed through replica B.
+//! Cost per event, not per stream. Writers append events to `referral_events`, an outbox, and
+//! NOTIFY `finmatch_referral_events` from their own transaction (no trigger). One replica at a
+//! time, the holder of a lease row in `relay_leases`, is the **relay**: woken by that NOTIFY (and
+//! probing every [`RELAY_PROBE`] as a safety net) it gives the committed, undelivered events their
+//! **delivery cursor**, a batch per transaction, and notifies `finmatch_referral_deliveries`.
+//! Every replica's feed task wakes on that, reads the new batch once (events with delivery
+//! cursor above the last it read, every lender at once) and fans it out in memory to the streams
+//! of each event's lender. So a committed event costs one relay write and one read per replica,
+//! whatever the number of streams; a stream costs queries only when it starts or falls behind.
 //!
-//! Why a horizon: cursors come from an identity column, handed out at INSERT, while rows become
-//! visible at COMMIT. A transaction holding cursor 10 can commit after one holding cursor 11; a
-//! reader that sent 11 and resumes "after 11" would never see 10. A time-based delay only
-//! narrows that window (a slow transaction outlives any delay). The horizon closes it: the feed
-//! reads the identity sequence's last value `L` (which counts cursors of in-flight transactions
-//! too), then the write transactions of this database in progress. Every cursor `<= L` was taken
-//! by a transaction that had finished by then or is in that list (every event insert follows the
-//! write of the referral row it records, so its transaction has its id before it takes a
-//! cursor). Once every listed transaction has finished, each cursor `<= L` is committed or will
-//! never exist: `L` is final. When nothing is in flight `L` is final at once; otherwise the feed
-//! probes again shortly. The price: a long write transaction in this database holds delivery back
-//! until it ends; nothing is ever delivered out of order or skipped.
+//! Why a relay: a cursor handed out at INSERT (an identity) is not in commit order, so a reader
+//! that resumed after 11 could miss a 10 that committed later. The relay sees rows only once they
+//! are committed, and its batches are serialised by the lease row, which each batch locks in its
+//! own transaction (a lapsed holder's late batch waits for, then fails, the lease check): the
+//! cursors it assigns are final when they become visible and increase in the order assigned. A
+//! reader therefore needs no horizon: whatever it sees above its cursor may be delivered at
+//! once. Nothing depends on `pg_stat_activity`, advisory locks, triggers or one node's clock
+//! (the lease runs on the database's `now()`), which keeps the path to a distributed PostgreSQL
+//! open (DESIGN §9). The lease is a row with an expiry, renewed in every batch and every
+//! [`lease`](ReferralFeed::new)/3 when idle; a replica that dies stops renewing and another takes
+//! over when it expires; one that shuts down gives it up at once.
 //!
-//! Memory: a stream is pulled by the transport (HTTP/2 flow control), holds at most one page of
-//! events, and holds no database connection while it waits or while a page is being sent. The
-//! feed keeps one number, not a queue, so a slow consumer cannot make anything grow or lag.
+//! The delivery cursor is `greatest(previous + 1, insertion cursor)`: it equals the insertion
+//! cursor the previous release showed for every event committed in insertion order, in
+//! particular for every event committed before this release, so cursors clients stored resume
+//! where they did.
+//!
+//! A stream first **catches up** from the table (its lender's events above its cursor, a page at
+//! a time, the connection back in the pool before anything is sent) and then **rejoins** the live
+//! fan-out: it subscribes before it reads, so every event the feed fans out after that arrives
+//! live, and every one fanned out before was in the table when the stream read it; events it has
+//! both ways are skipped by cursor. Hence no gap and no repeat, in cursor order. The feed fans out
+//! only once it knows where the table stood when it started, and streams subscribe only then.
+//!
+//! Memory: per lender with open streams, one ring of the last [`LIVE_BUFFER`] events
+//! (`tokio::sync::broadcast`), shared by its streams; a stream is at most that many events behind
+//! the live feed. A stream slower than that (HTTP/2 flow control holds its sends) loses its place
+//! in the ring, catches up from the table by itself, and rejoins, so a slow consumer costs its
+//! own reads and never memory or other streams' delivery. A stream holds no database connection
+//! while it waits.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diesel_async::RunQueryDsl;
-use futures::StreamExt as _;
+use diesel_async::AsyncConnection as _;
 use futures::stream::BoxStream;
-use tokio::sync::watch;
+use futures::{FutureExt as _, StreamExt as _};
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::financing::{Referral, to_referral};
 use super::{App, Error, Principal, Result};
 use crate::domain::{ReferralEventKind, ReferralStatus};
-use crate::storage::partner::EventLogPosition;
+use crate::storage::partner::EventRow;
+use crate::storage::referrals::{EVENTS_CHANNEL, ReferralRow};
+use crate::storage::relay::{DELIVERIES_CHANNEL, EVENT_RELAY};
 use crate::storage::{self, Connection};
 
-/// The NOTIFY channel the `referral_events` trigger signals on.
-const CHANNEL: &str = "finmatch_referral_events";
-/// Events read per query of a stream.
+/// Events a stream reads per query while it catches up.
 const PAGE: i64 = 100;
+/// Events the feed reads per query of a new batch (every lender's).
+const FANOUT_PAGE: i64 = 500;
+/// Events the relay delivers per transaction.
+const RELAY_BATCH: i64 = 1000;
+/// Live events kept per lender for its streams: how far a stream may fall behind before it
+/// catches up from the table instead.
+pub const LIVE_BUFFER: usize = 256;
 /// A heartbeat after this long without an event.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
-/// While transactions that may still commit lower cursors are in flight, probe this often.
-const FENCE_PROBE: Duration = Duration::from_millis(25);
-/// Without notifications, probe this often anyway (a safety net, not the delivery path).
+/// The relay looks for undelivered events this often without a notification (a safety net, and
+/// how events written by binaries of the previous release, which do not notify, are found).
+const RELAY_PROBE: Duration = Duration::from_secs(1);
+/// Every feed reads new deliveries this often without a notification (a safety net).
 const IDLE_PROBE: Duration = Duration::from_secs(5);
 /// Longest wait before reconnecting a broken listener.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// What the feed publishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Horizon {
-    /// Every event with a cursor at or below this is committed or will never exist.
-    cursor: i64,
-    /// False once the server shuts down: streams end with UNAVAILABLE.
-    open: bool,
-}
-
-/// A handle on the server's referral event feed; cheap to clone.
-#[derive(Clone)]
-pub struct ReferralFeed {
-    horizon: watch::Receiver<Option<Horizon>>,
-}
-
-/// The sending side, owned by the task started by [`ReferralFeed::start`].
-pub struct FeedControl {
-    sender: watch::Sender<Option<Horizon>>,
-}
-
-impl FeedControl {
-    /// Ends every watch stream of this server (with UNAVAILABLE, so clients reconnect elsewhere
-    /// with their last cursor); used at shutdown, which would otherwise wait for them forever.
-    pub fn close(&self) {
-        self.sender.send_modify(|h| {
-            *h = Some(Horizon {
-                cursor: h.map_or(0, |h| h.cursor),
-                open: false,
-            })
-        });
-    }
-}
-
 /// One message of a watch stream.
 #[derive(Debug, Clone)]
 pub enum WatchItem {
-    Event(Box<ReferralEvent>),
+    Event(Arc<ReferralEvent>),
     /// Nothing happened for a while; `cursor` is the position of the stream.
     Heartbeat {
         time: DateTime<Utc>,
@@ -101,128 +95,357 @@ pub enum WatchItem {
 /// One change of a referral.
 #[derive(Debug, Clone)]
 pub struct ReferralEvent {
+    /// The delivery cursor.
     pub cursor: i64,
+    pub lender_id: Uuid,
     pub kind: ReferralEventKind,
     /// The referral with the status the event gave it (other fields as they are now).
     pub referral: Referral,
     pub time: DateTime<Utc>,
 }
 
+/// What a feed has done since it started, for tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FeedStats {
+    /// Queries the feed ran to read new batches (one per batch page, whatever the streams).
+    pub fanout_reads: u64,
+    /// Queries streams ran to catch up from the table (at start, and after falling behind).
+    pub catch_up_reads: u64,
+    /// Times a stream fell more than [`LIVE_BUFFER`] events behind and caught up by itself.
+    pub lagged: u64,
+    /// Relay transactions that delivered at least one event.
+    pub relay_batches: u64,
+    /// Whether this server holds the relay lease now.
+    pub relay: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    fanout_reads: AtomicU64,
+    catch_up_reads: AtomicU64,
+    lagged: AtomicU64,
+    relay_batches: AtomicU64,
+    relay: AtomicBool,
+}
+
+/// Whether streams may subscribe yet, and whether the feed still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FeedState {
+    /// The feed knows where the table stood when it started: it fans out everything after.
+    ready: bool,
+    /// False once the server shuts down: streams end with UNAVAILABLE.
+    open: bool,
+}
+
+struct Shared {
+    /// The live ring of each lender that has streams on this server.
+    lenders: Mutex<HashMap<Uuid, broadcast::Sender<Arc<ReferralEvent>>>>,
+    state: watch::Sender<FeedState>,
+    counters: Counters,
+    /// This server's id as a lease holder.
+    holder: Uuid,
+    lease: Duration,
+}
+
+/// The referral event feed of one server; cheap to clone.
+#[derive(Clone)]
+pub struct ReferralFeed {
+    shared: Arc<Shared>,
+}
+
 impl ReferralFeed {
-    /// Starts the feed of this server: returns the handle streams read, the control that closes
-    /// it, and the task to run (spawned by the server, aborted when it stops).
-    pub fn start(
-        app: App,
-    ) -> (
-        ReferralFeed,
-        FeedControl,
-        impl std::future::Future<Output = ()> + Send + 'static,
-    ) {
-        let (sender, horizon) = watch::channel(None);
-        let task = {
-            let sender = sender.clone();
-            async move { listen(app, sender).await }
-        };
-        (ReferralFeed { horizon }, FeedControl { sender }, task)
-    }
-}
-
-/// Keeps the horizon current; reconnects with backoff when the listening connection breaks.
-async fn listen(app: App, sender: watch::Sender<Option<Horizon>>) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match follow(&app, &sender).await {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(%error, "referral event listener lost; reconnecting");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
-}
-
-/// Follows the event log over one dedicated connection until it breaks or the feed is closed.
-async fn follow(app: &App, sender: &watch::Sender<Option<Horizon>>) -> Result<()> {
-    // LISTEN needs a connection of its own for as long as it listens: take it out of the pool.
-    let mut conn: Connection =
-        diesel_async::pooled_connection::deadpool::Object::take(app.conn().await?);
-    diesel::sql_query(format!("LISTEN {CHANNEL}"))
-        .execute(&mut conn)
-        .await?;
-    // Anything committed while no one listened is found by probing at once.
-    let mut fence: Option<EventLogPosition> = None;
-    loop {
-        if sender.borrow().is_some_and(|h| !h.open) {
-            return Ok(());
-        }
-        let now = storage::partner::event_log_position(&mut conn).await?;
-        let (horizon, next_fence) = advance(current(sender), fence.take(), now);
-        fence = next_fence;
-        sender.send_if_modified(|h| match h {
-            Some(h) if !h.open || h.cursor >= horizon => false,
-            _ => {
-                *h = Some(Horizon {
-                    cursor: horizon,
-                    open: true,
-                });
-                true
-            }
+    /// A feed whose relay lease, when this server holds it, lasts `lease` unless renewed; it does
+    /// nothing until [`run`](Self::run) is polled.
+    pub fn new(lease: Duration) -> Self {
+        let (state, _) = watch::channel(FeedState {
+            ready: false,
+            open: true,
         });
-        let wait = if fence.is_some() {
-            FENCE_PROBE
-        } else {
-            IDLE_PROBE
+        Self {
+            shared: Arc::new(Shared {
+                lenders: Mutex::new(HashMap::new()),
+                state,
+                counters: Counters::default(),
+                holder: Uuid::new_v4(),
+                lease: lease.max(Duration::from_secs(1)),
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> FeedStats {
+        let c = &self.shared.counters;
+        FeedStats {
+            fanout_reads: c.fanout_reads.load(Ordering::Relaxed),
+            catch_up_reads: c.catch_up_reads.load(Ordering::Relaxed),
+            lagged: c.lagged.load(Ordering::Relaxed),
+            relay_batches: c.relay_batches.load(Ordering::Relaxed),
+            relay: c.relay.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Ends every watch stream of this server (with UNAVAILABLE, so clients reconnect elsewhere
+    /// with their last cursor) and makes [`run`](Self::run) give up the relay lease and return;
+    /// used at shutdown, which would otherwise wait for the streams forever.
+    pub fn close(&self) {
+        self.shared.state.send_modify(|s| s.open = false);
+        self.lenders().clear();
+    }
+
+    /// Follows the event log until [`close`](Self::close): relays while this server holds the
+    /// lease, and fans every new batch out to this server's streams. Reconnects with backoff
+    /// when its connection breaks.
+    pub async fn run(self, app: App) {
+        let mut last = None;
+        let mut backoff = Duration::from_millis(100);
+        while self.is_open() {
+            match self.follow(&app, &mut last).await {
+                Ok(()) => break,
+                Err(error) => {
+                    self.set_relay(false);
+                    tracing::warn!(%error, "referral event feed lost its connection; reconnecting");
+                    let mut state = self.shared.state.subscribe();
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = state.wait_for(|s| !s.open) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        self.set_relay(false);
+    }
+
+    fn is_open(&self) -> bool {
+        self.shared.state.borrow().open
+    }
+
+    fn lenders(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Uuid, broadcast::Sender<Arc<ReferralEvent>>>> {
+        self.shared
+            .lenders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_relay(&self, relay: bool) {
+        self.shared.counters.relay.store(relay, Ordering::Relaxed);
+    }
+
+    /// One connection's worth of [`run`]; `last` is the last delivery cursor fanned out, kept
+    /// across reconnections so nothing is skipped.
+    async fn follow(&self, app: &App, last: &mut Option<i64>) -> Result<()> {
+        // LISTEN needs a connection of its own for as long as it listens: take it out of the pool.
+        let mut conn: Connection =
+            diesel_async::pooled_connection::deadpool::Object::take(app.conn().await?);
+        storage::relay::listen(&mut conn, DELIVERIES_CHANNEL).await?;
+        let mut last_read = match *last {
+            Some(cursor) => cursor,
+            None => {
+                // Events delivered before this are in the table for any stream that subscribes
+                // from now on.
+                let cursor = storage::partner::last_delivery_cursor(&mut conn).await?;
+                *last = Some(cursor);
+                self.shared.state.send_modify(|s| s.ready = true);
+                cursor
+            }
         };
-        let mut notifications = std::pin::pin!(conn.notifications_stream());
-        tokio::select! {
-            note = notifications.next() => match note {
-                Some(Ok(_)) => {
-                    // Coalesce a burst into one probe.
-                    while let Some(Some(next)) = notifications.next().now_or_never() {
-                        next?;
+        let mut state = self.shared.state.subscribe();
+        let mut relaying = false;
+        let mut claim_at = Instant::now();
+        let mut relay_at = Instant::now();
+        loop {
+            if !state.borrow_and_update().open {
+                if relaying {
+                    storage::relay::release_lease(&mut conn, EVENT_RELAY, self.shared.holder)
+                        .await?;
+                    self.set_relay(false);
+                }
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= claim_at || (relaying && now >= relay_at) {
+                let (held, _) = self.relay(&mut conn).await?;
+                if held != relaying {
+                    relaying = held;
+                    self.set_relay(held);
+                    if held {
+                        tracing::info!(holder = %self.shared.holder, "this server is the referral event relay");
+                        storage::relay::listen(&mut conn, EVENTS_CHANNEL).await?;
+                        // Events committed before LISTEN took effect.
+                        self.relay(&mut conn).await?;
+                    } else {
+                        tracing::info!("another server is the referral event relay now");
+                        storage::relay::unlisten(&mut conn, EVENTS_CHANNEL).await?;
                     }
                 }
-                Some(Err(e)) => return Err(e.into()),
-                None => return Err(Error::Unavailable),
-            },
-            () = tokio::time::sleep(wait) => {}
-            () = sender.closed() => return Ok(()),
+                claim_at = Instant::now() + self.shared.lease / 3;
+                relay_at = Instant::now() + RELAY_PROBE;
+            }
+            last_read = self.fan_out(&mut conn, last_read).await?;
+            *last = Some(last_read);
+
+            let wake_at = if relaying {
+                claim_at.min(relay_at)
+            } else {
+                claim_at.min(Instant::now() + IDLE_PROBE)
+            };
+            let mut notifications = std::pin::pin!(conn.notifications_stream());
+            let mut wanted = |note: diesel::pg::PgNotification| {
+                if note.channel == EVENTS_CHANNEL {
+                    relay_at = Instant::now();
+                    true
+                } else {
+                    // The relay's own notification, or one for a batch read already, needs nothing.
+                    note.payload.parse::<i64>().map_or(true, |c| c > last_read)
+                }
+            };
+            'wait: loop {
+                tokio::select! {
+                    note = notifications.next() => match note {
+                        Some(Ok(note)) => {
+                            let mut wake = wanted(note);
+                            // Coalesce a burst into one round.
+                            while let Some(Some(next)) = notifications.next().now_or_never() {
+                                wake |= wanted(next?);
+                            }
+                            if wake {
+                                break 'wait;
+                            }
+                        }
+                        Some(Err(e)) => return Err(e.into()),
+                        None => return Err(Error::Unavailable),
+                    },
+                    () = tokio::time::sleep_until(wake_at) => break 'wait,
+                    _ = state.changed() => break 'wait,
+                }
+            }
         }
     }
+
+    /// Claims or renews the lease and, while it is held, delivers every committed event in
+    /// batches; returns whether the lease is held and the last delivery cursor.
+    async fn relay(&self, conn: &mut Connection) -> Result<(bool, i64)> {
+        let holder = self.shared.holder;
+        let lease = self.shared.lease;
+        loop {
+            let batch = conn
+                .transaction(async move |conn| {
+                    if !storage::relay::claim_lease(conn, EVENT_RELAY, holder, lease).await? {
+                        return Ok::<_, diesel::result::Error>(None);
+                    }
+                    let assigned =
+                        storage::relay::assign_delivery_cursors(conn, RELAY_BATCH).await?;
+                    if assigned.count > 0 {
+                        storage::relay::notify_delivered(conn, assigned.last).await?;
+                    }
+                    Ok(Some(assigned))
+                })
+                .await?;
+            match batch {
+                None => return Ok((false, 0)),
+                Some(assigned) if assigned.count < RELAY_BATCH => {
+                    if assigned.count > 0 {
+                        self.count_relay_batch(assigned.count);
+                    }
+                    return Ok((true, assigned.last));
+                }
+                Some(assigned) => self.count_relay_batch(assigned.count),
+            }
+        }
+    }
+
+    fn count_relay_batch(&self, events: i64) {
+        self.shared
+            .counters
+            .relay_batches
+            .fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("finmatch_watch_relayed_events_total")
+            .increment(u64::try_from(events).unwrap_or(0));
+    }
+
+    /// Reads every event delivered after `last`, a page per query, and sends each to the live
+    /// ring of its lender if this server has streams for it; returns the new last cursor.
+    async fn fan_out(&self, conn: &mut Connection, mut last: i64) -> Result<i64> {
+        loop {
+            let rows = storage::partner::delivered_events(conn, None, last, FANOUT_PAGE).await?;
+            self.shared
+                .counters
+                .fanout_reads
+                .fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("finmatch_watch_event_reads_total", "path" => "fanout").increment(1);
+            let full = rows.len() as i64 == FANOUT_PAGE;
+            let mut lenders = self.lenders();
+            for row in rows {
+                last = row.0.cursor;
+                let lender_id = row.0.lender_id;
+                let Some(ring) = lenders.get(&lender_id) else {
+                    continue;
+                };
+                let event = match to_event(row) {
+                    Ok(event) => event,
+                    Err(error) => {
+                        // Streams reading it from the table get the error; the feed goes on.
+                        tracing::error!(%error, cursor = last, "referral event not fanned out");
+                        continue;
+                    }
+                };
+                if ring.send(Arc::new(event)).is_err() {
+                    // No stream of this lender is left here.
+                    lenders.remove(&lender_id);
+                }
+            }
+            drop(lenders);
+            if !full {
+                return Ok(last);
+            }
+        }
+    }
+
+    /// A live receiver of the lender's events, once the feed is ready; UNAVAILABLE when the
+    /// feed is closed.
+    async fn subscribe(&self, lender_id: Uuid) -> Result<broadcast::Receiver<Arc<ReferralEvent>>> {
+        let mut state = self.shared.state.subscribe();
+        let ready = state
+            .wait_for(|s| s.ready || !s.open)
+            .await
+            .map_err(|_| Error::Unavailable)?;
+        if !ready.open {
+            return Err(Error::Unavailable);
+        }
+        drop(ready);
+        let mut lenders = self.lenders();
+        if !self.is_open() {
+            return Err(Error::Unavailable);
+        }
+        // Rings of lenders whose streams have all ended go, so the map is bounded by the
+        // lenders with streams here.
+        lenders.retain(|_, ring| ring.receiver_count() > 0);
+        Ok(lenders
+            .entry(lender_id)
+            .or_insert_with(|| broadcast::channel(LIVE_BUFFER).0)
+            .subscribe())
+    }
 }
 
-fn current(sender: &watch::Sender<Option<Horizon>>) -> i64 {
-    sender.borrow().map_or(0, |h| h.cursor)
+fn to_event((event, mut referral): (EventRow, ReferralRow)) -> Result<ReferralEvent> {
+    let kind = event.kind.parse().map_err(|_| corrupt(&event.kind))?;
+    let status: ReferralStatus = event.status.parse().map_err(|_| corrupt(&event.status))?;
+    referral.status = status.as_str().to_owned();
+    Ok(ReferralEvent {
+        cursor: event.cursor,
+        lender_id: event.lender_id,
+        kind,
+        referral: to_referral(referral)?,
+        time: event.created_at,
+    })
 }
 
-/// The next horizon and the fence still waiting, given the current horizon, the fence set at an
-/// earlier probe, and the log position now (see the module comment).
-fn advance(
-    horizon: i64,
-    fence: Option<EventLogPosition>,
-    now: EventLogPosition,
-) -> (i64, Option<EventLogPosition>) {
-    if now.in_flight.is_empty() {
-        // Nothing in flight: everything handed out is final.
-        return (horizon.max(now.last_cursor), None);
-    }
-    let mut horizon = horizon;
-    let mut fence = fence;
-    if let Some(f) = &fence
-        && !f.in_flight.iter().any(|xid| now.in_flight.contains(xid))
-    {
-        // Every transaction in flight at the fence has finished.
-        horizon = horizon.max(f.last_cursor);
-        fence = None;
-    }
-    if fence.is_none() && now.last_cursor > horizon {
-        fence = Some(now);
-    }
-    (horizon, fence)
+fn corrupt(value: &str) -> Error {
+    Error::Internal(anyhow::anyhow!(
+        "referral event with unknown value {value:?}"
+    ))
 }
-
-use futures::FutureExt as _;
 
 impl App {
     /// The caller's referral events with cursor > `after_cursor`: the stored ones first, then
@@ -236,12 +459,14 @@ impl App {
         let lender_id = who.require_lender("WatchReferrals")?;
         let state = Watch {
             app: self.clone(),
+            feed: feed.clone(),
+            feed_state: feed.shared.state.subscribe(),
             lender_id,
             sent: after_cursor,
-            read_to: after_cursor,
-            horizon: feed.horizon.clone(),
+            live: None,
+            caught_up: false,
             buffer: VecDeque::new(),
-            heartbeat_at: tokio::time::Instant::now() + HEARTBEAT,
+            heartbeat_at: Instant::now() + HEARTBEAT,
             done: false,
         };
         Ok(futures::stream::unfold(state, |mut state| async move {
@@ -261,114 +486,93 @@ impl App {
 /// The position of one watch stream.
 struct Watch {
     app: App,
+    feed: ReferralFeed,
+    feed_state: watch::Receiver<FeedState>,
     lender_id: Uuid,
     /// Cursor of the last event sent (or the request's after_cursor).
     sent: i64,
-    /// Every event of this lender up to here has been read (into `buffer` or sent).
-    read_to: i64,
-    horizon: watch::Receiver<Option<Horizon>>,
-    buffer: VecDeque<ReferralEvent>,
-    heartbeat_at: tokio::time::Instant,
+    /// The lender's live events, subscribed before the first read from the table.
+    live: Option<broadcast::Receiver<Arc<ReferralEvent>>>,
+    /// Every event of the lender visible in the table at the last read has been read.
+    caught_up: bool,
+    /// Events read from the table, not sent yet.
+    buffer: VecDeque<Arc<ReferralEvent>>,
+    heartbeat_at: Instant,
     done: bool,
 }
 
 impl Watch {
     async fn next(&mut self) -> Result<WatchItem> {
         loop {
+            if !self.feed_state.borrow_and_update().open {
+                return Err(Error::Unavailable);
+            }
             if let Some(event) = self.buffer.pop_front() {
-                self.sent = event.cursor;
-                self.heartbeat_at = tokio::time::Instant::now() + HEARTBEAT;
-                return Ok(WatchItem::Event(Box::new(event)));
+                return Ok(self.send(event));
             }
-            let horizon = *self.horizon.borrow_and_update();
-            match horizon {
-                Some(h) if !h.open => return Err(Error::Unavailable),
-                Some(h) if h.cursor > self.read_to => {
-                    self.read_page(h.cursor).await?;
-                    continue;
-                }
-                _ => {}
+            if self.live.is_none() {
+                let live = tokio::select! {
+                    live = self.feed.subscribe(self.lender_id) => live?,
+                    () = tokio::time::sleep_until(self.heartbeat_at) => return Ok(self.heartbeat()),
+                };
+                self.live = Some(live);
             }
+            if !self.caught_up {
+                self.read_page().await?;
+                continue;
+            }
+            let live = self.live.as_mut().expect("subscribed above");
             tokio::select! {
-                changed = self.horizon.changed() => {
-                    if changed.is_err() {
-                        return Err(Error::Unavailable);
+                received = live.recv() => match received {
+                    Ok(event) if event.cursor > self.sent => return Ok(self.send(event)),
+                    // Read from the table already.
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Fell out of the live ring: catch up from the table, then rejoin.
+                        self.caught_up = false;
+                        self.feed.shared.counters.lagged.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("finmatch_watch_lagged_total").increment(1);
                     }
-                }
-                () = tokio::time::sleep_until(self.heartbeat_at) => {
-                    self.heartbeat_at = tokio::time::Instant::now() + HEARTBEAT;
-                    return Ok(WatchItem::Heartbeat { time: Utc::now(), cursor: self.sent });
-                }
+                    Err(broadcast::error::RecvError::Closed) => return Err(Error::Unavailable),
+                },
+                _ = self.feed_state.changed() => {}
+                () = tokio::time::sleep_until(self.heartbeat_at) => return Ok(self.heartbeat()),
             }
         }
     }
 
-    /// Reads the next page of this lender's events up to `horizon`; the connection goes back
-    /// to the pool before any of them is sent.
-    async fn read_page(&mut self, horizon: i64) -> Result<()> {
+    fn send(&mut self, event: Arc<ReferralEvent>) -> WatchItem {
+        self.sent = event.cursor;
+        self.heartbeat_at = Instant::now() + HEARTBEAT;
+        WatchItem::Event(event)
+    }
+
+    fn heartbeat(&mut self) -> WatchItem {
+        self.heartbeat_at = Instant::now() + HEARTBEAT;
+        WatchItem::Heartbeat {
+            time: Utc::now(),
+            cursor: self.sent,
+        }
+    }
+
+    /// Reads the next page of this lender's events after the last one sent; the connection goes
+    /// back to the pool before any of them is sent.
+    async fn read_page(&mut self) -> Result<()> {
         let rows = {
             let mut conn = self.app.conn().await?;
-            storage::partner::events(&mut conn, self.lender_id, self.read_to, horizon, PAGE).await?
+            storage::partner::delivered_events(&mut conn, Some(self.lender_id), self.sent, PAGE)
+                .await?
         };
-        self.read_to = if (rows.len() as i64) < PAGE {
-            horizon
-        } else {
-            rows.last().map_or(horizon, |(e, _)| e.cursor)
-        };
-        for (event, mut referral) in rows {
-            let kind = event.kind.parse().map_err(|_| corrupt(&event.kind))?;
-            let status: ReferralStatus =
-                event.status.parse().map_err(|_| corrupt(&event.status))?;
-            referral.status = status.as_str().to_owned();
-            self.buffer.push_back(ReferralEvent {
-                cursor: event.cursor,
-                kind,
-                referral: to_referral(referral)?,
-                time: event.created_at,
-            });
+        self.feed
+            .shared
+            .counters
+            .catch_up_reads
+            .fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("finmatch_watch_event_reads_total", "path" => "catch_up").increment(1);
+        self.caught_up = (rows.len() as i64) < PAGE;
+        for row in rows {
+            self.buffer.push_back(Arc::new(to_event(row)?));
         }
         Ok(())
-    }
-}
-
-fn corrupt(value: &str) -> Error {
-    Error::Internal(anyhow::anyhow!(
-        "referral event with unknown value {value:?}"
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(last_cursor: i64, in_flight: &[i64]) -> EventLogPosition {
-        EventLogPosition {
-            last_cursor,
-            in_flight: in_flight.to_vec(),
-        }
-    }
-
-    #[test]
-    fn nothing_in_flight_makes_every_cursor_final() {
-        assert_eq!(advance(3, None, at(9, &[])), (9, None));
-    }
-
-    #[test]
-    fn in_flight_transactions_hold_the_horizon_until_they_finish() {
-        // Cursors up to 9 handed out while transactions 40 and 45 ran.
-        let (h, fence) = advance(3, None, at(9, &[40, 45]));
-        assert_eq!((h, fence.clone()), (3, Some(at(9, &[40, 45]))));
-        // Transaction 45 still runs: nothing moves, the fence stays as it was.
-        let (h, fence) = advance(h, fence, at(12, &[45, 50]));
-        assert_eq!((h, fence.clone()), (3, Some(at(9, &[40, 45]))));
-        // 40 and 45 finished: 9 is final; 12 waits behind a new fence.
-        let (h, fence) = advance(h, fence, at(12, &[50, 51]));
-        assert_eq!((h, fence), (9, Some(at(12, &[50, 51]))));
-    }
-
-    #[test]
-    fn the_horizon_never_moves_back() {
-        assert_eq!(advance(20, None, at(9, &[])), (20, None));
-        assert_eq!(advance(20, None, at(9, &[40])), (20, None));
     }
 }

@@ -138,6 +138,7 @@ pub mod locks;
 pub mod needs;
 pub mod partner;
 pub mod referrals;
+pub mod relay;
 pub mod reporting;
 pub mod special_loans;
 pub mod sql;

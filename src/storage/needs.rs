@@ -259,7 +259,7 @@ pub async fn insert_routed(conn: &mut Connection, new: &RoutedNeed<'_>) -> Query
            INSERT INTO idempotency_keys (principal_id, rpc, key, request_hash, response) \
            SELECT $30, $31, $32, $33, $34 FROM need \
          ) \
-         SELECT 1",
+         SELECT pg_notify($35, '') FROM need WHERE cardinality($17::uuid[]) > 0",
     )
     .bind::<SqlUuid, _>(new.id)
     .bind::<SqlUuid, _>(need.enterprise_id)
@@ -310,6 +310,8 @@ pub async fn insert_routed(conn: &mut Connection, new: &RoutedNeed<'_>) -> Query
     .bind::<Text, _>(new.replay.key)
     .bind::<Bytea, _>(new.replay.request_hash)
     .bind::<Nullable<Bytea>, _>(new.replay.response)
+    // The outbox's wake-up for the event relay, sent at commit (see `referral_events`).
+    .bind::<Text, _>(super::referrals::EVENTS_CHANNEL)
     .execute(conn)
     .await
     .map(|_| ())

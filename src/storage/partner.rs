@@ -6,7 +6,6 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::IntoSql as _;
 use diesel::prelude::*;
-use diesel::sql_types::BigInt;
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
@@ -44,11 +43,16 @@ pub struct NewDisbursement<'a> {
     pub disbursed_on: NaiveDate,
 }
 
+/// A delivered event (one the relay has given its delivery cursor).
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = referral_events)]
 pub struct EventRow {
+    /// The delivery cursor: the position a watch stream shows and resumes from.
+    #[diesel(select_expression = referral_events::delivery_cursor.assume_not_null())]
+    #[diesel(select_expression_type = diesel::dsl::AssumeNotNull<referral_events::delivery_cursor>)]
     pub cursor: i64,
     pub referral_id: Uuid,
+    pub lender_id: Uuid,
     pub kind: String,
     pub status: String,
     pub created_at: DateTime<Utc>,
@@ -73,16 +77,6 @@ pub struct ReferralFilter<'a> {
     pub statuses: Vec<&'a str>,
     pub created_from: Option<DateTime<Utc>>,
     pub created_to: Option<DateTime<Utc>>,
-}
-
-/// Where the event log stands: the last cursor handed out (by committed and in-flight
-/// transactions alike), and the transactions of this database in progress after it was read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventLogPosition {
-    /// The identity sequence's last value; 0 before the first event.
-    pub last_cursor: i64,
-    /// Ids of the write transactions of this database in progress (other than the caller's).
-    pub in_flight: Vec<i64>,
 }
 
 /// The lender's referral, if it exists and is the lender's.
@@ -260,59 +254,34 @@ pub async fn approve_need(conn: &mut Connection, need_id: Uuid) -> QueryResult<(
     .map(|_| ())
 }
 
-/// The lender's events with `after < cursor <= up_to`, in cursor order, with the referral each
-/// belongs to as it is now.
-pub async fn events(
+/// Delivered events with a delivery cursor above `after`, in that order, `limit` at most, with
+/// the referral each belongs to as it is now: of one lender (a stream catching up) or of all (the
+/// feed's one read per batch). Delivery cursors are final once visible, so nothing read here can
+/// be preceded later by an event with a lower one.
+pub async fn delivered_events(
     conn: &mut Connection,
-    lender_id: Uuid,
+    lender_id: Option<Uuid>,
     after: i64,
-    up_to: i64,
     limit: i64,
 ) -> QueryResult<Vec<(EventRow, ReferralRow)>> {
-    referral_events::table
+    let mut query = referral_events::table
         .inner_join(referrals::table.on(referrals::id.eq(referral_events::referral_id)))
-        .filter(referral_events::lender_id.eq(lender_id))
-        .filter(referral_events::cursor.gt(after))
-        .filter(referral_events::cursor.le(up_to))
-        .order_by(referral_events::cursor)
+        .filter(referral_events::delivery_cursor.gt(after))
+        .order_by(referral_events::delivery_cursor)
         .limit(limit)
         .select((EventRow::as_select(), ReferralRow::as_select()))
-        .load(conn)
-        .await
+        .into_boxed();
+    if let Some(lender_id) = lender_id {
+        query = query.filter(referral_events::lender_id.eq(lender_id));
+    }
+    query.load(conn).await
 }
 
-/// Where the event log stands now (see [`EventLogPosition`]). Two statements, in this order:
-/// a transaction that took a cursor before the first is either finished or listed by the second.
-pub async fn event_log_position(conn: &mut Connection) -> QueryResult<EventLogPosition> {
-    #[derive(QueryableByName)]
-    struct LastCursor {
-        #[diesel(sql_type = BigInt)]
-        last_cursor: i64,
-    }
-    #[derive(QueryableByName)]
-    struct InFlight {
-        #[diesel(sql_type = BigInt)]
-        xid: i64,
-    }
-    // The identity sequence is read outside MVCC: `last_value` counts cursors handed out by
-    // transactions still in progress too, which is exactly what the watch horizon needs.
-    let last: LastCursor = diesel::sql_query(
-        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS last_cursor \
-         FROM referral_events_cursor_seq",
-    )
-    .get_result(conn)
-    .await?;
-    // Only this database's transactions can insert events; finmatch's sessions share one role,
-    // so their backend_xid is visible without extra privileges.
-    let in_flight: Vec<InFlight> = diesel::sql_query(
-        "SELECT backend_xid::text::bigint AS xid FROM pg_stat_activity \
-         WHERE datname = current_database() AND backend_xid IS NOT NULL \
-           AND pid <> pg_backend_pid()",
-    )
-    .load(conn)
-    .await?;
-    Ok(EventLogPosition {
-        last_cursor: last.last_cursor,
-        in_flight: in_flight.into_iter().map(|t| t.xid).collect(),
-    })
+/// The highest delivery cursor assigned so far; 0 before the first.
+pub async fn last_delivery_cursor(conn: &mut Connection) -> QueryResult<i64> {
+    referral_events::table
+        .select(diesel::dsl::max(referral_events::delivery_cursor))
+        .get_result::<Option<i64>>(conn)
+        .await
+        .map(|last| last.unwrap_or(0))
 }

@@ -316,9 +316,9 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// Append-only log of referral changes; the source of WatchReferrals. Each insert notifies channel finmatch_referral_events.
+    /// Append-only log of referral changes, written as an outbox: the source of WatchReferrals. A writer, in the transaction that changes the referral, inserts referral_id, need_id, lender_id (those of the referral), kind, status (after the change) and detail, leaves cursor, delivery_cursor and created_at to their defaults, and sends pg_notify('finmatch_referral_events', '') before it commits (once per transaction is enough). The relay then assigns delivery_cursor and notifies finmatch_referral_deliveries.
     referral_events (cursor) {
-        /// Monotonically increasing position; WatchReferrals resumes after a cursor. Identity values are assigned at insert, so a reader must allow for a lower cursor committing after a higher one.
+        /// Insertion order (identity, assigned at insert, so not commit order); the relay works through undelivered rows in this order. Not shown to clients.
         cursor -> Int8,
         referral_id -> Uuid,
         /// Lender of the referral (the stream is per lender).
@@ -331,6 +331,8 @@ diesel::table! {
         /// Event-specific data (e.g. decline reason, approved terms, loan reference).
         detail -> Jsonb,
         created_at -> Timestamptz,
+        /// The cursor WatchReferrals shows and resumes from. NULL until the relay, which sees only committed rows, assigns it: greatest(last assigned + 1, cursor), so values only grow in the order they are assigned and equal cursor for events committed in insertion order (cursors of the previous release stay valid). Never changes once set.
+        delivery_cursor -> Nullable<Int8>,
     }
 }
 
@@ -363,6 +365,19 @@ diesel::table! {
         first_response_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Leases of single-replica background roles ('referral_events': the event relay). The holder renews expires_at (database clock) while it works and in every batch it writes; another replica takes a lease over only after it expired. A row lock, not an advisory lock, so it holds on any PostgreSQL topology.
+    relay_leases (name) {
+        name -> Text,
+        /// Random id of the server process holding the lease (new at every start).
+        holder -> Uuid,
+        /// The lease is free after this instant unless renewed.
+        expires_at -> Timestamptz,
+        /// When the current holder took the lease.
+        acquired_at -> Timestamptz,
     }
 }
 
@@ -405,4 +420,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     programs,
     referral_events,
     referrals,
+    relay_leases,
 );

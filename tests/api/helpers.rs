@@ -12,6 +12,7 @@ use finmatch::domain::Role;
 use finmatch::server::Application;
 use finmatch::service::App;
 use finmatch::service::credentials::NewCredential;
+use finmatch::service::events::ReferralFeed;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OnceCell, oneshot};
 use tonic::transport::Channel;
@@ -157,6 +158,9 @@ pub struct TestApp {
     #[allow(dead_code)] // read by tests/metrics.rs, which has the process's metrics to itself
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub app: App,
+    /// The server's referral event feed (its counters show what watch streams cost).
+    #[allow(dead_code)] // read by the watch tests of tests/api, not by tests/metrics.rs
+    pub feed: ReferralFeed,
     pub channel: Channel,
     /// An OPERATOR token.
     pub operator: String,
@@ -181,6 +185,12 @@ impl TestApp {
         Self::spawn_with(self.database.clone(), ServerArgs::default()).await
     }
 
+    /// Another replica on the same database, with these settings.
+    #[allow(dead_code)] // used by the watch tests of tests/api, not by tests/metrics.rs
+    pub async fn replica_with(&self, args: ServerArgs) -> Self {
+        Self::spawn_with(self.database.clone(), args).await
+    }
+
     pub async fn spawn_with(database: std::sync::Arc<TestDatabase>, mut args: ServerArgs) -> Self {
         LOGS.get_or_init(|| {
             if std::env::var_os("RUST_LOG").is_some() {
@@ -199,6 +209,7 @@ impl TestApp {
         let addr = application.local_addr();
         let metrics_addr = application.metrics_addr();
         let app = application.app().clone();
+        let feed = application.referral_feed().clone();
         let (stop, stopped) = oneshot::channel();
         let server = tokio::spawn(application.run_until(async {
             let _ = stopped.await;
@@ -221,6 +232,7 @@ impl TestApp {
             addr,
             metrics_addr,
             app,
+            feed,
             channel,
             operator,
             stop: Some(stop),

@@ -1231,3 +1231,306 @@ async fn an_idle_watch_gets_heartbeats_and_outlives_the_call_timeout() {
     let live = events(&mut stream, 1, Duration::from_secs(20)).await;
     assert_eq!(live[0].referral.as_ref().unwrap().id, second.to_string());
 }
+
+/// A channel of its own to `app`, so that many streams do not share one HTTP/2 connection's
+/// stream limit; `window` bounds what the client buffers per stream before the server must wait.
+async fn channel(app: &TestApp, window: Option<u32>) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .initial_stream_window_size(window)
+        .connect()
+        .await
+        .expect("connect to the test server")
+}
+
+async fn watch_on(
+    channel: &tonic::transport::Channel,
+    bank: &Bank,
+    after_cursor: i64,
+) -> tonic::Streaming<pb::WatchReferralsResponse> {
+    PartnerServiceClient::new(channel.clone())
+        .watch_referrals(authed(
+            pb::WatchReferralsRequest { after_cursor },
+            &bank.token,
+        ))
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+/// Waits, within a bound that only catches hangs, until `done` holds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The lender's delivered cursors in order, read straight from PostgreSQL.
+async fn delivered_cursors(app: &TestApp, lender_id: Uuid) -> Vec<i64> {
+    let (client, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .query(
+            "SELECT delivery_cursor FROM referral_events \
+             WHERE lender_id = $1::text::uuid AND delivery_cursor IS NOT NULL \
+             ORDER BY delivery_cursor",
+            &[&lender_id.to_string()],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_reads_each_batch_once_whatever_the_number_of_streams() {
+    const STREAMS: usize = 200;
+    const NEEDS: usize = 10;
+    let app = TestApp::spawn().await;
+    let banks = [
+        bank(&app, "Bank A").await,
+        bank(&app, "Bank B").await,
+        bank(&app, "Bank C").await,
+    ];
+    let all: Vec<&Bank> = banks.iter().collect();
+    // 50 streams per connection, spread over the three banks.
+    let mut channels = Vec::new();
+    for _ in 0..STREAMS / 50 {
+        channels.push(channel(&app, None).await);
+    }
+    let mut streams = Vec::new();
+    for i in 0..STREAMS {
+        let bank = &banks[i % banks.len()];
+        streams.push((i % banks.len(), watch_on(&channels[i / 50], bank, 0).await));
+    }
+    // Each stream reads the table once as it starts, then waits on the live fan-out.
+    eventually("every stream caught up", || {
+        app.feed.stats().catch_up_reads >= STREAMS as u64
+    })
+    .await;
+    let before = app.feed.stats();
+
+    let mut expected: Vec<Vec<String>> = vec![Vec::new(); banks.len()];
+    for _ in 0..NEEDS {
+        let routed = routed(&app, 1_000_000, &all).await;
+        for (b, id) in routed.referrals.iter().enumerate() {
+            expected[b].push(id.to_string());
+        }
+    }
+    for (b, stream) in &mut streams {
+        let got = events(stream, NEEDS, Duration::from_secs(20)).await;
+        let ids: Vec<String> = got
+            .iter()
+            .map(|e| e.referral.as_ref().unwrap().id.clone())
+            .collect();
+        assert_eq!(ids, expected[*b]);
+        assert!(got.windows(2).all(|w| w[0].cursor < w[1].cursor));
+    }
+    let after = app.feed.stats();
+
+    // 30 events, 2,000 deliveries: the old design ran a query per stream per commit (at least
+    // 2,000). Here no stream read the table, and the feed read each batch once (plus probes).
+    assert_eq!(after.catch_up_reads, before.catch_up_reads);
+    assert_eq!(after.lagged, 0);
+    let fanout_reads = after.fanout_reads - before.fanout_reads;
+    assert!(
+        (1..=(3 * NEEDS + 5) as u64).contains(&fanout_reads),
+        "{fanout_reads} event reads for {NEEDS} commits and {STREAMS} streams"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_each_deliver_the_events_committed_on_the_other() {
+    let app = TestApp::spawn().await;
+    let replica = app.replica().await;
+    let a = bank(&app, "Bank A").await;
+    let mut on_app = watch(&app, &a, 0).await;
+    let mut on_replica = watch(&replica, &a, 0).await;
+    // Whichever of the two holds the relay lease, both fan out what either commits.
+    eventually("one replica is the relay", || {
+        app.feed.stats().relay || replica.feed.stats().relay
+    })
+    .await;
+    assert!(!(app.feed.stats().relay && replica.feed.stats().relay));
+
+    let mut written = Vec::new();
+    for round in 0..3 {
+        let (first, second) = if round % 2 == 0 {
+            (&app, &replica)
+        } else {
+            (&replica, &app)
+        };
+        written.push(routed(first, 1_000_000, &[&a]).await.referrals[0]);
+        written.push(routed(second, 2_000_000, &[&a]).await.referrals[0]);
+    }
+    let from_app = events(&mut on_app, written.len(), Duration::from_secs(10)).await;
+    let from_replica = events(&mut on_replica, written.len(), Duration::from_secs(10)).await;
+    for seen in [&from_app, &from_replica] {
+        let ids: Vec<String> = seen
+            .iter()
+            .map(|e| e.referral.as_ref().unwrap().id.clone())
+            .collect();
+        let expected: Vec<String> = written.iter().map(Uuid::to_string).collect();
+        assert_eq!(ids, expected);
+    }
+    let cursors = |seen: &[pb::ReferralEvent]| seen.iter().map(|e| e.cursor).collect::<Vec<_>>();
+    assert_eq!(cursors(&from_app), cursors(&from_replica));
+    assert_eq!(
+        cursors(&from_app),
+        delivered_cursors(&app, a.lender_id).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_relay_replica_dies_another_takes_over_once_its_lease_expires() {
+    let short_lease = || finmatch::config::ServerArgs {
+        relay_lease_secs: 2,
+        ..Default::default()
+    };
+    let first = TestApp::spawn_with(
+        std::sync::Arc::new(crate::helpers::TestDatabase::create().await),
+        short_lease(),
+    )
+    .await;
+    eventually("the first server is the relay", || first.feed.stats().relay).await;
+    let second = first.replica_with(short_lease()).await;
+    let a = bank(&second, "Bank A").await;
+    let mut stream = watch(&second, &a, 0).await;
+    let before = routed(&second, 1_000_000, &[&a]).await.referrals[0];
+    let got = events(&mut stream, 1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].referral.as_ref().unwrap().id, before.to_string());
+    assert!(
+        !second.feed.stats().relay,
+        "the lease is the first server's"
+    );
+
+    // Killed, not shut down: nothing gives the lease up; it has to expire.
+    drop(first);
+    let after = routed(&second, 2_000_000, &[&a]).await.referrals[0];
+    let got = events(&mut stream, 1, Duration::from_secs(30)).await;
+    assert_eq!(got[0].referral.as_ref().unwrap().id, after.to_string());
+    assert!(second.feed.stats().relay);
+    assert_eq!(
+        vec![got[0].cursor],
+        delivered_cursors(&second, a.lender_id).await[1..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_falls_behind_catches_up_from_the_table_without_gap_or_repeat() {
+    const EVENTS: usize = 3000;
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let id = routed(&app, 1_000_000, &[&a]).await.referrals[0];
+    // The slow client buffers little, so the server soon has to hold its stream back; the fast
+    // one reads everything as it comes.
+    let slow_channel = channel(&app, Some(4096)).await;
+    let mut slow = watch_on(&slow_channel, &a, 0).await;
+    let mut fast = watch(&app, &a, 0).await;
+    events(&mut slow, 1, Duration::from_secs(5)).await;
+    events(&mut fast, 1, Duration::from_secs(5)).await;
+
+    let referral = {
+        let mut conn = app.app.conn().await.unwrap();
+        storage::partner::find(&mut conn, a.lender_id, id)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let writer = {
+        let app = app.app.clone();
+        tokio::spawn(async move {
+            use diesel_async::AsyncConnection as _;
+            let mut conn = app.conn().await.unwrap();
+            // A burst: 100 events per transaction.
+            for _ in 0..EVENTS / 100 {
+                conn.transaction(async |conn| {
+                    for _ in 0..100 {
+                        storage::referrals::insert_event(
+                            conn,
+                            &storage::referrals::NewReferralEvent {
+                                referral_id: referral.id,
+                                lender_id: referral.lender_id,
+                                need_id: referral.need_id,
+                                kind: "CREATED",
+                                status: "PENDING",
+                                detail: serde_json::json!({}),
+                            },
+                        )
+                        .await?;
+                    }
+                    Ok::<_, diesel::result::Error>(())
+                })
+                .await
+                .unwrap();
+            }
+        })
+    };
+    let from_fast = events(&mut fast, EVENTS, Duration::from_secs(20)).await;
+    writer.await.unwrap();
+    // Bounded as a whole: heartbeats would keep a stream with a gap waiting for ever.
+    let from_slow = tokio::time::timeout(
+        Duration::from_secs(120),
+        events(&mut slow, EVENTS, Duration::from_secs(20)),
+    )
+    .await
+    .expect("every event reaches the slow stream");
+    quiet(&mut slow, Duration::from_millis(300)).await;
+    assert!(
+        app.feed.stats().lagged >= 1,
+        "the slow stream fell out of the live ring"
+    );
+
+    let delivered = delivered_cursors(&app, a.lender_id).await;
+    let cursors = |seen: &[pb::ReferralEvent]| seen.iter().map(|e| e.cursor).collect::<Vec<_>>();
+    assert_eq!(cursors(&from_slow), delivered[1..]);
+    assert_eq!(cursors(&from_fast), delivered[1..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_the_previous_release_keep_their_cursors_and_need_no_notify() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let id = routed(&app, 1_000_000, &[&a]).await.referrals[0];
+    let mut stream = watch(&app, &a, 0).await;
+    let created = events(&mut stream, 1, Duration::from_secs(5)).await;
+    // A binary of the previous release inserts events without a delivery cursor and without
+    // NOTIFY (its trigger is gone): the relay finds them at its next probe.
+    let (client, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut inserted: Vec<i64> = Vec::new();
+    for kind in ["ACKNOWLEDGED", "INFO_REQUESTED", "ACKNOWLEDGED"] {
+        let row = client
+            .query_one(
+                "INSERT INTO referral_events (referral_id, lender_id, need_id, kind, status) \
+                 SELECT id, lender_id, need_id, $2, $2 FROM referrals WHERE id = $1::text::uuid \
+                 RETURNING cursor",
+                &[&id.to_string(), &kind],
+            )
+            .await
+            .unwrap();
+        inserted.push(row.get(0));
+    }
+    let live = events(&mut stream, 3, Duration::from_secs(10)).await;
+    // Committed in insertion order, so the cursor a client of the previous release stored for
+    // them means the same now: resuming after one gives exactly the later ones.
+    assert_eq!(live.iter().map(|e| e.cursor).collect::<Vec<_>>(), inserted);
+    let mut resumed = watch(&app, &a, inserted[0]).await;
+    let rest = events(&mut resumed, 2, Duration::from_secs(5)).await;
+    assert_eq!(
+        rest.iter().map(|e| e.cursor).collect::<Vec<_>>(),
+        inserted[1..]
+    );
+    quiet(&mut resumed, Duration::from_millis(300)).await;
+    assert!(created[0].cursor < inserted[0]);
+}
