@@ -11,6 +11,19 @@ pub const ERROR_DOMAIN: &str = "finmatch";
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
+            // A serialization failure or deadlock that outlived the use case's retries: nothing
+            // was written, and the whole call may be sent again.
+            error if error.is_retryable_conflict() => {
+                tracing::warn!("transaction conflict outlived its retries; answering ABORTED");
+                let details =
+                    ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(100)));
+                Status::with_error_details(
+                    Code::Aborted,
+                    "the call conflicted with concurrent changes and was not applied; \
+                     send it again",
+                    details,
+                )
+            }
             Error::InvalidArgument(violations) => {
                 let mut details = ErrorDetails::new();
                 for v in violations.violations() {
