@@ -63,6 +63,8 @@ struct Inner {
     products: routing::ProductCache,
     /// Lenders' records, reused for a few seconds (see `routing`).
     stats: routing::StatsCache,
+    /// Principals by token hash; trusted only while its listener is live (see `credentials`).
+    credentials: credentials::CredentialCache,
     policy: RoutingPolicy,
 }
 
@@ -78,6 +80,7 @@ impl App {
                 pool,
                 products: routing::ProductCache::default(),
                 stats: routing::StatsCache::default(),
+                credentials: credentials::CredentialCache::default(),
                 policy,
             }),
         }
@@ -93,6 +96,10 @@ impl App {
 
     pub(crate) fn stats_cache(&self) -> &routing::StatsCache {
         &self.inner.stats
+    }
+
+    pub(crate) fn credential_cache(&self) -> &credentials::CredentialCache {
+        &self.inner.credentials
     }
 
     pub fn pool(&self) -> &DbPool {
