@@ -93,3 +93,18 @@ impl From<Error> for Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::error::Conflict;
+
+    #[test]
+    fn a_conflict_that_outlived_its_retries_is_aborted_not_internal() {
+        let status = Status::from(Error::Internal(anyhow::Error::new(Conflict)));
+        assert_eq!(status.code(), Code::Aborted);
+        assert!(status.get_details_retry_info().is_some());
+        let status = Status::from(Error::Internal(anyhow::anyhow!("a bug")));
+        assert_eq!(status.code(), Code::Internal);
+    }
+}
