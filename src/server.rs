@@ -115,6 +115,8 @@ impl Application {
         }
         let readiness = tokio::spawn(watch_database(app.clone(), health.clone()));
         let product_cache = tokio::spawn(app.clone().watch_products(settings.database_url.clone()));
+        let credential_cache =
+            tokio::spawn(app.clone().watch_credentials(settings.database_url.clone()));
         let sweeper = tokio::spawn(app.clone().run_sweeper(server_args.sweep_interval()));
         let metrics_tasks = match metrics_listener {
             Some(metrics_listener) => {
@@ -247,6 +249,7 @@ impl Application {
         };
         readiness.abort();
         product_cache.abort();
+        credential_cache.abort();
         sweeper.abort();
         for task in metrics_tasks {
             task.abort();

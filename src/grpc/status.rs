@@ -11,6 +11,19 @@ pub const ERROR_DOMAIN: &str = "finmatch";
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
+            // A serialization failure or deadlock that outlived the use case's retries: nothing
+            // was written, and the whole call may be sent again.
+            error if error.is_retryable_conflict() => {
+                tracing::warn!("transaction conflict outlived its retries; answering ABORTED");
+                let details =
+                    ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(100)));
+                Status::with_error_details(
+                    Code::Aborted,
+                    "the call conflicted with concurrent changes and was not applied; \
+                     send it again",
+                    details,
+                )
+            }
             Error::InvalidArgument(violations) => {
                 let mut details = ErrorDetails::new();
                 for v in violations.violations() {
@@ -78,5 +91,20 @@ impl From<Error> for Status {
                 Status::internal("internal error; it has been logged")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::error::Conflict;
+
+    #[test]
+    fn a_conflict_that_outlived_its_retries_is_aborted_not_internal() {
+        let status = Status::from(Error::Internal(anyhow::Error::new(Conflict)));
+        assert_eq!(status.code(), Code::Aborted);
+        assert!(status.get_details_retry_info().is_some());
+        let status = Status::from(Error::Internal(anyhow::anyhow!("a bug")));
+        assert_eq!(status.code(), Code::Internal);
     }
 }

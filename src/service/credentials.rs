@@ -1,4 +1,27 @@
 //! Credentials: issuing, revoking and authenticating bearer tokens.
+//!
+//! Authentication is on the path of every call, so each replica keeps a [`CredentialCache`]
+//! (token hash → principal) and answers from it without a database round trip. It is never
+//! authoritative, and a revocation still takes effect at once on every replica:
+//!
+//! - every transaction that changes a credential (today: revoking it) sends
+//!   `NOTIFY finmatch_credentials_changed` with the credential's id, inside the transaction;
+//! - the replica that revoked clears its cache itself before it answers, and waits (briefly,
+//!   bounded) until its own listener has seen the notification, which PostgreSQL hands to every
+//!   replica's listener at the same commit;
+//! - the other replicas clear their caches when the notification arrives;
+//! - while the listening connection is not known to be live (not yet connected, broken,
+//!   reconnecting, or not answering its ping), the cache is bypassed: every call is looked up in
+//!   the database (fail closed). When LISTEN is in effect again the cache is cleared and trusted;
+//! - an entry is looked up again after [`CACHE_MAX_AGE`], which bounds how long a missed
+//!   notification could matter, and the cache holds at most [`CACHE_ENTRIES`] principals.
+//!
+//! Unknown and revoked tokens are not cached (each such call is a database lookup), so issuing
+//! a credential needs no invalidation. Tokens and their hashes are never logged.
+
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -41,20 +64,158 @@ pub struct NewCredential {
     pub label: String,
 }
 
+/// How many principals one replica keeps (about 200 bytes each).
+pub const CACHE_ENTRIES: u64 = 10_000;
+/// How long a cached principal is used before it is looked up in the database again.
+pub const CACHE_MAX_AGE: Duration = Duration::from_secs(60);
+/// The `application_name` of the connection listening for credential changes.
+pub const LISTENER_NAME: &str = "finmatch credentials listener";
+/// How long a revocation waits for its own notification to come back (see the module docs).
+const ECHO_WAIT: Duration = Duration::from_secs(1);
+
+/// Principals by token hash, trusted only while the listening connection is live (see the
+/// module documentation).
+pub(crate) struct CredentialCache {
+    principals: moka::sync::Cache<Vec<u8>, Principal>,
+    /// Mirrors `state.trusted` for the lock-free read on every call.
+    trusted: AtomicBool,
+    state: RwLock<Trust>,
+    /// The credential ids of the notifications this replica's listener has delivered.
+    notified: tokio::sync::broadcast::Sender<Uuid>,
+}
+
+struct Trust {
+    trusted: bool,
+    /// Bumped by every clearing, so a lookup that raced a clearing does not store what it read
+    /// before it.
+    generation: u64,
+}
+
+impl Default for CredentialCache {
+    fn default() -> Self {
+        Self {
+            principals: moka::sync::Cache::builder()
+                .max_capacity(CACHE_ENTRIES)
+                .time_to_live(CACHE_MAX_AGE)
+                .build(),
+            trusted: AtomicBool::new(false),
+            state: RwLock::new(Trust {
+                trusted: false,
+                generation: 0,
+            }),
+            notified: tokio::sync::broadcast::channel(64).0,
+        }
+    }
+}
+
+impl CredentialCache {
+    /// The cached principal, if the cache is trusted and holds one.
+    fn get(&self, hash: &[u8]) -> Option<Principal> {
+        if !self.trusted.load(Ordering::Acquire) {
+            return None;
+        }
+        self.principals.get(hash)
+    }
+
+    /// Taken before a database lookup, so that [`Self::fill`] can tell whether the cache was
+    /// cleared meanwhile; `None` while the cache is not trusted.
+    fn ticket(&self) -> Option<u64> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        state.trusted.then_some(state.generation)
+    }
+
+    /// Stores what a lookup that started at `ticket` found, unless the cache was cleared or
+    /// distrusted since.
+    fn fill(&self, ticket: u64, hash: Vec<u8>, principal: Principal) {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        if state.trusted && state.generation == ticket {
+            self.principals.insert(hash, principal);
+        }
+    }
+
+    /// Clears the cache and sets whether it is trusted from now on.
+    fn clear(&self, trusted: Option<bool>) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if trusted == Some(false) {
+            self.trusted.store(false, Ordering::Release);
+        }
+        state.generation += 1;
+        self.principals.invalidate_all();
+        if let Some(trusted) = trusted {
+            state.trusted = trusted;
+            self.trusted.store(trusted, Ordering::Release);
+        }
+    }
+
+    fn on_event(&self, event: storage::listen::ListenEvent) {
+        use storage::listen::ListenEvent;
+        match event {
+            ListenEvent::Listening => {
+                self.clear(Some(true));
+                tracing::info!("credential cache trusted: listening for credential changes");
+            }
+            ListenEvent::Lost => {
+                if self.trusted.load(Ordering::Acquire) {
+                    tracing::warn!("credential cache bypassed until the listener is back");
+                }
+                self.clear(Some(false));
+            }
+            ListenEvent::Notification { payload, .. } => {
+                // Changes are rare: the whole cache goes, whatever the credential.
+                self.clear(None);
+                match payload.parse::<Uuid>() {
+                    Ok(id) => {
+                        tracing::debug!(credential_id = %id, "credential changed; cache cleared");
+                        let _ = self.notified.send(id);
+                    }
+                    Err(_) => tracing::warn!("credential change notification without an id"),
+                }
+            }
+        }
+    }
+}
+
 impl App {
     /// The principal a token stands for; UNAUTHENTICATED when it is unknown or revoked.
-    /// Looked up on every call, so revocation takes effect at once on every replica.
+    /// Answered from this replica's [`CredentialCache`] when it can be trusted, else looked up;
+    /// either way a revocation takes effect at once on every replica (see the module docs).
     pub async fn authenticate(&self, token: &str) -> Result<Principal> {
         let hash = token_hash(token);
+        let cache = self.credential_cache();
+        if let Some(principal) = cache.get(&hash) {
+            return Ok(principal);
+        }
+        let ticket = cache.ticket();
         let mut conn = self.conn().await?;
         let row = storage::credentials::find_active_by_hash(&mut conn, &hash)
             .await?
             .ok_or_else(|| Error::Unauthenticated("unknown or revoked credential".to_owned()))?;
-        Ok(Principal {
+        let principal = Principal {
             credential_id: row.id,
             role: parse_role(&row.role)?,
             lender_id: row.lender_id,
+        };
+        if let Some(ticket) = ticket {
+            cache.fill(ticket, hash, principal.clone());
+        }
+        Ok(principal)
+    }
+
+    /// Whether this replica answers authentication from its cache (its listener is live).
+    pub fn credential_cache_trusted(&self) -> bool {
+        self.credential_cache().trusted.load(Ordering::Acquire)
+    }
+
+    /// Keeps the credential cache honest: listens on `finmatch_credentials_changed` (reconnecting
+    /// with backoff) and clears or distrusts the cache as the module documentation says. Runs
+    /// until the task is dropped.
+    pub async fn watch_credentials(self, database_url: String) {
+        let cache = self.credential_cache();
+        let channels = [storage::credentials::CHANGED_CHANNEL];
+        let _ = storage::listen::listen(&database_url, LISTENER_NAME, &channels, |event| {
+            cache.on_event(event)
         })
+        .await;
     }
 
     /// Issues a credential (OPERATOR only).
@@ -135,12 +296,17 @@ impl App {
     }
 
     async fn revoke(&self, who: Option<&Principal>, id: Uuid) -> Result<Credential> {
-        self.conn()
+        let cache = self.credential_cache();
+        let mut echo = cache.notified.subscribe();
+        let listening = cache.ticket().is_some();
+        let revoked = self
+            .conn()
             .await?
             .transaction(async move |conn| {
                 let row = storage::credentials::revoke(conn, id)
                     .await?
                     .ok_or_else(|| Error::not_found("credential", id))?;
+                storage::credentials::notify_changed(conn, id).await?;
                 audit::record(
                     conn,
                     who,
@@ -156,7 +322,27 @@ impl App {
                 .await?;
                 to_credential(row)
             })
-            .await
+            .await?;
+        // This replica drops the credential itself, whatever its listener does.
+        cache.clear(None);
+        // The notification reaches every replica's listener at the same commit; once this
+        // replica's has delivered it, the others have had the same time to clear theirs.
+        if listening {
+            let seen = async {
+                loop {
+                    match echo.recv().await {
+                        Ok(seen) if seen == id => break,
+                        Ok(_) => continue,
+                        Err(_) => break,
+                    }
+                }
+            };
+            if tokio::time::timeout(ECHO_WAIT, seen).await.is_err() {
+                tracing::warn!(credential_id = %id, "revocation notification not seen in time");
+            }
+        }
+        tracing::info!(credential_id = %id, "credential revoked");
+        Ok(revoked)
     }
 }
 
@@ -221,6 +407,54 @@ fn token_hash(token: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn principal() -> Principal {
+        Principal {
+            credential_id: Uuid::new_v4(),
+            role: Role::Portal,
+            lender_id: None,
+        }
+    }
+
+    #[test]
+    fn the_cache_is_bypassed_until_listening_and_after_the_listener_is_lost() {
+        use storage::listen::ListenEvent;
+        let cache = CredentialCache::default();
+        assert_eq!(cache.ticket(), None, "not trusted before LISTEN");
+        cache.on_event(ListenEvent::Listening);
+        let ticket = cache.ticket().unwrap();
+        cache.fill(ticket, vec![1], principal());
+        assert!(cache.get(&[1]).is_some());
+        cache.on_event(ListenEvent::Lost);
+        assert!(
+            cache.get(&[1]).is_none(),
+            "bypassed while the listener is down"
+        );
+        cache.on_event(ListenEvent::Listening);
+        assert!(cache.get(&[1]).is_none(), "cleared on reconnect");
+    }
+
+    #[test]
+    fn a_lookup_that_raced_a_clearing_is_not_stored() {
+        use storage::listen::ListenEvent;
+        let cache = CredentialCache::default();
+        cache.on_event(ListenEvent::Listening);
+        let ticket = cache.ticket().unwrap();
+        cache.on_event(ListenEvent::Notification {
+            channel: storage::credentials::CHANGED_CHANNEL.into(),
+            payload: Uuid::new_v4().to_string(),
+        });
+        cache.fill(ticket, vec![2], principal());
+        assert!(cache.get(&[2]).is_none());
+        let ticket = cache.ticket().unwrap();
+        cache.fill(ticket, vec![2], principal());
+        assert!(cache.get(&[2]).is_some());
+        cache.on_event(ListenEvent::Notification {
+            channel: storage::credentials::CHANGED_CHANNEL.into(),
+            payload: Uuid::new_v4().to_string(),
+        });
+        assert!(cache.get(&[2]).is_none(), "a notification clears the cache");
+    }
 
     #[test]
     fn tokens_are_random_prefixed_and_hashed_to_32_bytes() {

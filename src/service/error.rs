@@ -9,6 +9,19 @@
 //!   with its cause and reaches the caller only as "internal error".
 //! - `grpc/` maps [`Error`] to a `tonic::Status` with `google.rpc` details in one exhaustive
 //!   `match` (see `grpc::status`). Nothing below `grpc/` builds a `Status`.
+//!
+//! Conflicts. A serialization failure (SQLSTATE 40001, diesel's
+//! `DatabaseErrorKind::SerializationFailure`) or a deadlock (40P01: diesel-async reports it as
+//! `DatabaseErrorKind::Unknown`, so it is recognised by PostgreSQL's message, see
+//! [`storage::classify`]) becomes [`Error::Internal`] carrying the [`Conflict`] marker. Use cases
+//! run such transactions again through [`retry_conflicts`] (bounded, exponential backoff with
+//! jitter); a conflict that outlives the retries reaches the caller as ABORTED ("retry the whole
+//! call"), never as INTERNAL. Deadlocks are prevented by the lock order of `service` (see its
+//! module documentation), so a deadlock that is detected anyway is a bug in that order.
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable as _};
 
 use crate::domain::Violations;
 use crate::storage::{self, Failure};
@@ -123,14 +136,16 @@ impl Error {
         Error::InvalidArgument(violations)
     }
 
-    /// Whether a transaction failing with this error may simply be run again.
+    /// Whether a transaction failing with this error may simply be run again (a serialization
+    /// failure, a deadlock, or a concurrent twin of an idempotent call). Such an error reaches
+    /// the caller as ABORTED.
     pub fn is_retryable_conflict(&self) -> bool {
         matches!(self, Error::Internal(e) if e.downcast_ref::<Conflict>().is_some())
     }
 }
 
 /// Marker for a serialization failure or deadlock, kept inside [`Error::Internal`] so that
-/// [`retry_conflicts`] can recognise it.
+/// [`retry_conflicts`] (and the wire mapping, which sends it as ABORTED) can recognise it.
 #[derive(Debug, thiserror::Error)]
 #[error("transaction conflict")]
 pub struct Conflict;
@@ -164,20 +179,73 @@ impl From<diesel_async::pooled_connection::deadpool::PoolError> for Error {
     }
 }
 
-/// Runs `attempt` again when it fails with a serialization conflict, at most `tries` times.
-pub async fn retry_conflicts<T, F, Fut>(tries: u32, mut attempt: F) -> Result<T>
+/// The first pause before running a conflicting transaction again; it doubles on every try.
+const RETRY_MIN_DELAY: Duration = Duration::from_millis(5);
+/// The longest pause between two tries.
+const RETRY_MAX_DELAY: Duration = Duration::from_millis(200);
+
+/// Runs `attempt` (one whole transaction) again when it fails with a conflict
+/// ([`Error::is_retryable_conflict`]), at most `tries` times in all. Between tries it waits an
+/// exponentially growing pause with random jitter, so transactions that collided do not collide
+/// again in lockstep. A conflict on the last try is returned as it is (ABORTED on the wire).
+pub async fn retry_conflicts<T, F, Fut>(tries: u32, attempt: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    let mut left = tries.max(1);
-    loop {
-        left -= 1;
-        match attempt().await {
-            Err(e) if left > 0 && e.is_retryable_conflict() => {
-                tracing::debug!("transaction conflict; retrying");
+    let retries = tries.max(1) as usize - 1;
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(RETRY_MIN_DELAY)
+        .with_max_delay(RETRY_MAX_DELAY)
+        .with_jitter()
+        .with_max_times(retries);
+    attempt
+        .retry(backoff)
+        .when(Error::is_retryable_conflict)
+        .notify(|_, pause| tracing::debug!(?pause, "transaction conflict; retrying"))
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn conflict() -> Error {
+        Error::Internal(anyhow::Error::new(Conflict))
+    }
+
+    #[tokio::test]
+    async fn conflicts_are_retried_up_to_the_bound_then_returned() {
+        let calls = AtomicU32::new(0);
+        let outcome: Result<()> = retry_conflicts(3, || async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Err(conflict())
+        })
+        .await;
+        assert!(outcome.unwrap_err().is_retryable_conflict());
+        assert_eq!(calls.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_conflict_then_success_succeeds_and_other_errors_are_not_retried() {
+        let calls = AtomicU32::new(0);
+        let outcome = retry_conflicts(3, || async {
+            match calls.fetch_add(1, Ordering::Relaxed) {
+                0 => Err(conflict()),
+                _ => Ok(7),
             }
-            outcome => return outcome,
-        }
+        })
+        .await;
+        assert_eq!(outcome.unwrap(), 7);
+        let calls = AtomicU32::new(0);
+        let outcome: Result<()> = retry_conflicts(3, || async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Err(Error::Unavailable)
+        })
+        .await;
+        assert!(matches!(outcome, Err(Error::Unavailable)));
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
     }
 }

@@ -1,7 +1,7 @@
 //! Financing needs: submission (with routing), import, preview, reading, withdrawal,
 //! re-routing, and the SLA sweeper.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, SubsecRound as _, Utc};
 use diesel_async::AsyncConnection as _;
@@ -522,8 +522,13 @@ impl App {
     /// One pass of the SLA sweeper at `now`: expires open needs whose `needed_by` is before
     /// `now`'s date (cancelling their open referrals), then expires undecided referrals past
     /// their deadline and routes their needs to the next best untried lenders (up to the
-    /// policy's limit; with none left and nothing open the need becomes UNMATCHED). Work is claimed with `FOR UPDATE SKIP LOCKED`, so
-    /// replicas sweeping at once never handle one referral or need twice.
+    /// policy's limit; with none left and nothing open the need becomes UNMATCHED).
+    ///
+    /// Work is claimed by locking needs with `FOR NO KEY UPDATE SKIP LOCKED`, so replicas
+    /// sweeping at once never handle one referral or need twice, and a need some call is
+    /// changing right now is left for the next pass. Overdue referrals are handled one need per
+    /// transaction, locking the need before its referrals like every other use case (see the
+    /// lock order in `service`).
     #[tracing::instrument(skip(self))]
     pub async fn sweep_once(&self, now: DateTime<Utc>) -> Result<SweepReport> {
         let mut report = SweepReport::default();
@@ -542,17 +547,39 @@ impl App {
             }
         }
         loop {
-            let (claimed, batch) = error::retry_conflicts(TRIES, || async {
+            let (candidates, catalog) = {
                 let mut conn = self.conn().await?;
-                let catalog = self.catalog(&mut conn).await?;
-                conn.transaction(async move |conn| expire_referrals(conn, self, catalog, now).await)
-                    .await
-            })
-            .await?;
-            report.expired_referrals += batch.expired_referrals;
-            report.rerouted_referrals += batch.rerouted_referrals;
-            report.unmatched_needs += batch.unmatched_needs;
-            if claimed < SWEEP_BATCH as usize {
+                let candidates =
+                    storage::referrals::needs_with_overdue(&mut conn, now, SWEEP_BATCH).await?;
+                if candidates.is_empty() {
+                    break;
+                }
+                (candidates, self.catalog(&mut conn).await?)
+            };
+            let mut handled = 0;
+            for &need_id in &candidates {
+                let batch = error::retry_conflicts(TRIES, || {
+                    let catalog = catalog.clone();
+                    async move {
+                        self.conn()
+                            .await?
+                            .transaction(async move |conn| {
+                                expire_referrals(conn, self, catalog, need_id, now).await
+                            })
+                            .await
+                    }
+                })
+                .await?;
+                if let Some(batch) = batch {
+                    handled += 1;
+                    report.expired_referrals += batch.expired_referrals;
+                    report.rerouted_referrals += batch.rerouted_referrals;
+                    report.unmatched_needs += batch.unmatched_needs;
+                }
+            }
+            // Handled needs leave the candidates; the rest are held by other transactions,
+            // which finish them or leave them to the next pass.
+            if candidates.len() < SWEEP_BATCH as usize || handled == 0 {
                 break;
             }
         }
@@ -805,23 +832,28 @@ fn is_taken(e: &Error) -> bool {
     matches!(e, Error::Internal(inner) if inner.is::<Taken>())
 }
 
-/// Claims a batch of overdue referrals, expires them and re-routes their needs. Returns how many
-/// were claimed and what was done.
+/// Expires the need's overdue referrals and re-routes the need, if no other transaction holds
+/// it: the need is locked first (skipped when held), then its overdue referrals (checked again
+/// under the lock, so a referral answered or expired meanwhile is left alone). `None` when the
+/// need was held by another transaction or nothing of it is overdue any more.
 async fn expire_referrals(
     conn: &mut Connection,
     app: &App,
     catalog: std::sync::Arc<routing::Catalog>,
+    need_id: Uuid,
     now: DateTime<Utc>,
-) -> Result<(usize, SweepReport)> {
-    let mut report = SweepReport::default();
-    let claimed = storage::referrals::claim_overdue(conn, now, SWEEP_BATCH).await?;
+) -> Result<Option<SweepReport>> {
+    let Some(row) = storage::needs::try_lock(conn, need_id).await? else {
+        return Ok(None);
+    };
+    let claimed = storage::referrals::claim_overdue(conn, need_id, now).await?;
     if claimed.is_empty() {
-        return Ok((0, report));
+        return Ok(None);
     }
+    let mut report = SweepReport::default();
     let ids: Vec<Uuid> = claimed.iter().map(|r| r.id).collect();
     let expired =
         storage::referrals::set_status(conn, &ids, ReferralStatus::Expired.as_str()).await?;
-    let mut by_need: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
     for referral in &expired {
         storage::referrals::insert_event(
             conn,
@@ -835,49 +867,40 @@ async fn expire_referrals(
             },
         )
         .await?;
-        by_need
-            .entry(referral.need_id)
-            .or_default()
-            .push(referral.id);
     }
     report.expired_referrals = expired.len();
-    // Needs in id order, so two sweepers lock them in the same order.
-    for (need_id, expired_ids) in by_need {
-        let Some(row) = storage::needs::find_for_update(conn, need_id).await? else {
-            continue;
-        };
-        let status = need_status(&row)?;
-        let mut created = Vec::new();
-        let mut next = status;
-        if matches!(status, NeedStatus::Submitted | NeedStatus::Routed) {
-            let onwards =
-                route_onwards(conn, app, catalog.clone(), &row, app.policy().top_k, now).await?;
-            if onwards.to == NeedStatus::Unmatched {
-                report.unmatched_needs += 1;
-            }
-            (created, next) = (onwards.created, onwards.to);
+    let status = need_status(&row)?;
+    let mut created = Vec::new();
+    let mut next = status;
+    if matches!(status, NeedStatus::Submitted | NeedStatus::Routed) {
+        let onwards = route_onwards(conn, app, catalog, &row, app.policy().top_k, now).await?;
+        if onwards.to == NeedStatus::Unmatched {
+            report.unmatched_needs += 1;
         }
-        report.rerouted_referrals += created.len();
-        audit::record(
-            conn,
-            None,
-            SWEEPER,
-            "need",
-            need_id,
-            serde_json::json!({
-                "expired_referrals": expired_ids,
-                "new_referrals": created.iter().map(|r| r.id).collect::<Vec<_>>(),
-                "from": status.as_str(),
-                "to": next.as_str(),
-            }),
-        )
-        .await?;
+        (created, next) = (onwards.created, onwards.to);
     }
-    Ok((claimed.len(), report))
+    report.rerouted_referrals += created.len();
+    audit::record(
+        conn,
+        None,
+        SWEEPER,
+        "need",
+        need_id,
+        serde_json::json!({
+            "expired_referrals": ids,
+            "new_referrals": created.iter().map(|r| r.id).collect::<Vec<_>>(),
+            "from": status.as_str(),
+            "to": next.as_str(),
+        }),
+    )
+    .await?;
+    Ok(Some(report))
 }
 
 /// Expires a batch of open needs whose `needed_by` is before `today`, cancelling their open
-/// referrals; none while the demo loader runs. Returns how many needs were expired.
+/// referrals; none while the demo loader runs. Returns how many needs were expired. The needs
+/// are claimed with `SKIP LOCKED` (never waiting for a need), then their referrals are locked
+/// by the updates: the lock order of `service`, need before its referrals.
 async fn expire_needs(conn: &mut Connection, today: NaiveDate) -> Result<usize> {
     if storage::locks::demo_load_running(conn).await? {
         // The demo loader replays needs dated 2020; it expires them itself when it is done.

@@ -2,6 +2,31 @@
 //!
 //! Use cases are methods on [`App`], grouped by aggregate in the submodules. They take the
 //! caller's [`Principal`] and validated domain inputs, and return domain values or [`Error`].
+//!
+//! # Lock order
+//!
+//! Transactions that take row locks take them in this one order, so two of them never wait for
+//! each other in a cycle (PostgreSQL would abort one with a deadlock):
+//!
+//! 1. **a need** (`storage::needs::find_for_update`, or with `SKIP LOCKED` in the SLA sweeper,
+//!    which never waits for a need). A transaction waits for at most one need; the sweeper's
+//!    needs expiry claims a batch but skips every held one.
+//! 2. **that need's referrals** (the referral a partner call changes, the sweeper's overdue ones,
+//!    the open ones cancelled by a withdrawal, an expiry or the full funding). A referral is
+//!    never locked, nor changed, by a transaction that does not hold its need, so whoever waits
+//!    for a referral lock holds the need and waits only for work that needs nothing it holds.
+//! 3. **products' daily usage** (`product_daily_usage`, taken by routing when it creates
+//!    referrals, after the need).
+//!
+//! Special-loan allocations have their own order, with no need or referral lock in it: the
+//! allocation, then the enterprise's standing in the program, the lender's quota, the program
+//! (see `special_loans`). Enterprises are locked alone (designations).
+//!
+//! Row locks are `FOR NO KEY UPDATE`: ids never change, and inserting a row that references a
+//! locked one (an event, a referral, a disbursement, an allocation) takes only `FOR KEY SHARE`
+//! on it, so such inserts never wait. A conflict that happens anyway (a serialization failure,
+//! or a deadlock in a path that breaks this order) is retried by [`error::retry_conflicts`] and
+//! reaches the caller as ABORTED, never INTERNAL.
 
 use std::sync::Arc;
 
@@ -41,6 +66,8 @@ struct Inner {
     activity: market::ActivityCache,
     /// Enterprises for previews (see `market`).
     enterprises: market::EnterpriseCache,
+    /// Principals by token hash; trusted only while its listener is live (see `credentials`).
+    credentials: credentials::CredentialCache,
     policy: RoutingPolicy,
 }
 
@@ -57,6 +84,7 @@ impl App {
                 products: routing::ProductCache::default(),
                 activity: market::ActivityCache::default(),
                 enterprises: market::EnterpriseCache::default(),
+                credentials: credentials::CredentialCache::default(),
                 policy,
             }),
         }
@@ -76,6 +104,10 @@ impl App {
 
     pub(crate) fn enterprise_cache(&self) -> &market::EnterpriseCache {
         &self.inner.enterprises
+    }
+
+    pub(crate) fn credential_cache(&self) -> &credentials::CredentialCache {
+        &self.inner.credentials
     }
 
     pub fn pool(&self) -> &DbPool {

@@ -3,8 +3,9 @@
 //! The lender is always the one the caller's credential is bound to (`who.require_lender`), and
 //! every query filters by it in SQL: another lender's referral is NOT_FOUND, exactly like an
 //! unknown id. Every change writes, in one transaction, the referral, a referral event and an
-//! audit row. Use cases that touch the need lock the need first (the order every need-changing
-//! use case follows), so two banks answering on one need take turns instead of deadlocking.
+//! audit row. Every use case that changes a referral locks the referral's need first, then the
+//! referral (the lock order of `service`), so two banks answering on one need, or a bank and the
+//! SLA sweeper, take turns instead of deadlocking.
 
 use std::collections::HashMap;
 
@@ -147,37 +148,43 @@ impl App {
     #[tracing::instrument(skip(self, who))]
     pub async fn acknowledge_referral(&self, who: &Principal, id: Uuid) -> Result<LenderReferral> {
         let lender_id = who.require_lender("AcknowledgeReferral")?;
-        let who = who.clone();
-        self.conn()
-            .await?
-            .transaction(async move |conn| {
-                let row = locked(conn, lender_id, id).await?;
-                let status = referral_status(&row)?;
-                if status == ReferralStatus::Acknowledged {
-                    return bare(conn, row).await;
-                }
-                require_from(
-                    &row,
-                    status,
-                    &[ReferralStatus::Pending, ReferralStatus::InfoRequested],
-                    ReferralStatus::Acknowledged,
-                )?;
-                let changes = ReferralChanges {
-                    status: Some(ReferralStatus::Acknowledged.as_str()),
-                    ..Default::default()
-                };
-                let row = change(
-                    conn,
-                    &who,
-                    RPC_ACKNOWLEDGE,
-                    &row,
-                    &changes,
-                    serde_json::json!({}),
-                )
-                .await?;
-                bare(conn, row).await
-            })
-            .await
+        error::retry_conflicts(TRIES, || {
+            let who = who.clone();
+            async move {
+                self.conn()
+                    .await?
+                    .transaction(async move |conn| {
+                        lock_need_of(conn, lender_id, id).await?;
+                        let row = locked(conn, lender_id, id).await?;
+                        let status = referral_status(&row)?;
+                        if status == ReferralStatus::Acknowledged {
+                            return bare(conn, row).await;
+                        }
+                        require_from(
+                            &row,
+                            status,
+                            &[ReferralStatus::Pending, ReferralStatus::InfoRequested],
+                            ReferralStatus::Acknowledged,
+                        )?;
+                        let changes = ReferralChanges {
+                            status: Some(ReferralStatus::Acknowledged.as_str()),
+                            ..Default::default()
+                        };
+                        let row = change(
+                            conn,
+                            &who,
+                            RPC_ACKNOWLEDGE,
+                            &row,
+                            &changes,
+                            serde_json::json!({}),
+                        )
+                        .await?;
+                        bare(conn, row).await
+                    })
+                    .await
+            }
+        })
+        .await
     }
 
     /// ACKNOWLEDGED → INFO_REQUESTED with the lender's message; repeating the same message on an
@@ -190,34 +197,41 @@ impl App {
         message: Note,
     ) -> Result<LenderReferral> {
         let lender_id = who.require_lender("RequestInformation")?;
-        let who = who.clone();
-        self.conn()
-            .await?
-            .transaction(async move |conn| {
-                let row = locked(conn, lender_id, id).await?;
-                let status = referral_status(&row)?;
-                if status == ReferralStatus::InfoRequested
-                    && row.info_request.as_deref() == Some(message.as_str())
-                {
-                    return bare(conn, row).await;
-                }
-                require_from(
-                    &row,
-                    status,
-                    &[ReferralStatus::Acknowledged],
-                    ReferralStatus::InfoRequested,
-                )?;
-                let changes = ReferralChanges {
-                    status: Some(ReferralStatus::InfoRequested.as_str()),
-                    info_request: Some(message.as_str()),
-                    ..Default::default()
-                };
-                let detail = serde_json::json!({ "message": message.as_str() });
-                let row =
-                    change(conn, &who, RPC_REQUEST_INFORMATION, &row, &changes, detail).await?;
-                bare(conn, row).await
-            })
-            .await
+        error::retry_conflicts(TRIES, || {
+            let (who, message) = (who.clone(), message.clone());
+            async move {
+                self.conn()
+                    .await?
+                    .transaction(async move |conn| {
+                        lock_need_of(conn, lender_id, id).await?;
+                        let row = locked(conn, lender_id, id).await?;
+                        let status = referral_status(&row)?;
+                        if status == ReferralStatus::InfoRequested
+                            && row.info_request.as_deref() == Some(message.as_str())
+                        {
+                            return bare(conn, row).await;
+                        }
+                        require_from(
+                            &row,
+                            status,
+                            &[ReferralStatus::Acknowledged],
+                            ReferralStatus::InfoRequested,
+                        )?;
+                        let changes = ReferralChanges {
+                            status: Some(ReferralStatus::InfoRequested.as_str()),
+                            info_request: Some(message.as_str()),
+                            ..Default::default()
+                        };
+                        let detail = serde_json::json!({ "message": message.as_str() });
+                        let row =
+                            change(conn, &who, RPC_REQUEST_INFORMATION, &row, &changes, detail)
+                                .await?;
+                        bare(conn, row).await
+                    })
+                    .await
+            }
+        })
+        .await
     }
 
     /// Approves (ACKNOWLEDGED → APPROVED, need ROUTED → APPROVED) or declines (PENDING,
@@ -586,22 +600,19 @@ async fn replay_disbursement(
     })
 }
 
-/// The caller's referral, locked; NOT_FOUND for another lender's.
+/// The caller's referral, locked (after its need); NOT_FOUND for another lender's.
 async fn locked(conn: &mut Connection, lender_id: Uuid, id: Uuid) -> Result<ReferralRow> {
     storage::partner::find_for_update(conn, lender_id, id)
         .await?
         .ok_or_else(|| Error::not_found("referral", id))
 }
 
-/// The need of the caller's referral, locked (taken before the referral's lock, in the order
-/// every need-changing use case follows).
+/// The need of the caller's referral, locked: the first lock of every partner use case, taken
+/// before the referral's (the lock order of `service`). NOT_FOUND for another lender's referral.
 async fn lock_need_of(conn: &mut Connection, lender_id: Uuid, id: Uuid) -> Result<NeedRow> {
-    let row = storage::partner::find(conn, lender_id, id)
+    storage::partner::lock_need_of(conn, lender_id, id)
         .await?
-        .ok_or_else(|| Error::not_found("referral", id))?;
-    storage::needs::find_for_update(conn, row.need_id)
-        .await?
-        .ok_or_else(|| Error::Internal(anyhow::anyhow!("referral {id} without need")))
+        .ok_or_else(|| Error::not_found("referral", id))
 }
 
 async fn product_of(

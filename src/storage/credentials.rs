@@ -8,6 +8,10 @@ use uuid::Uuid;
 use super::Connection;
 use super::schema::credentials;
 
+/// The channel on which every change of a credential is announced, with its id as payload, by
+/// the transaction that makes it (see [`notify_changed`]); replicas' credential caches listen.
+pub const CHANGED_CHANNEL: &str = "finmatch_credentials_changed";
+
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = credentials)]
 pub struct CredentialRow {
@@ -60,4 +64,15 @@ pub async fn revoke(conn: &mut Connection, id: Uuid) -> QueryResult<Option<Crede
         .get_result(conn)
         .await
         .optional()
+}
+
+/// Announces on [`CHANGED_CHANNEL`] that the credential changed. Sent inside the changing
+/// transaction: PostgreSQL delivers it when, and only if, that transaction commits.
+pub async fn notify_changed(conn: &mut Connection, id: Uuid) -> QueryResult<()> {
+    diesel::sql_query("SELECT pg_notify($1, $2)")
+        .bind::<diesel::sql_types::Text, _>(CHANGED_CHANNEL)
+        .bind::<diesel::sql_types::Text, _>(id.to_string())
+        .execute(conn)
+        .await
+        .map(drop)
 }

@@ -134,6 +134,7 @@ pub mod credentials;
 pub mod enterprises;
 pub mod idempotency;
 pub mod lenders;
+pub mod listen;
 pub mod locks;
 pub mod needs;
 pub mod partner;

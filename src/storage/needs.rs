@@ -87,12 +87,28 @@ pub async fn find(conn: &mut Connection, id: Uuid) -> QueryResult<Option<NeedRow
 }
 
 /// The need, locked until the end of the transaction: every change of a need's status or
-/// referrals takes this lock first, so concurrent routings of one need take turns.
+/// referrals takes this lock first (the lock order of `service`), so concurrent changes of one
+/// need take turns. `FOR NO KEY UPDATE`, not `FOR UPDATE`: the id never changes, and the weaker
+/// lock lets other transactions insert rows that reference the need (events, referrals,
+/// disbursements take `FOR KEY SHARE` on it through their foreign keys) without waiting.
 pub async fn find_for_update(conn: &mut Connection, id: Uuid) -> QueryResult<Option<NeedRow>> {
     needs::table
         .find(id)
         .select(NeedRow::as_select())
-        .for_update()
+        .for_no_key_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Like [`find_for_update`], but `None` at once when another transaction holds the need (the
+/// SLA sweeper leaves it to that transaction, or to its next pass).
+pub async fn try_lock(conn: &mut Connection, id: Uuid) -> QueryResult<Option<NeedRow>> {
+    needs::table
+        .find(id)
+        .select(NeedRow::as_select())
+        .for_no_key_update()
+        .skip_locked()
         .first(conn)
         .await
         .optional()
@@ -189,7 +205,7 @@ pub async fn claim_overdue(
         .order_by(needs::needed_by)
         .limit(limit)
         .select(NeedRow::as_select())
-        .for_update()
+        .for_no_key_update()
         .skip_locked()
         .load(conn)
         .await

@@ -94,7 +94,8 @@ pub async fn find(
         .optional()
 }
 
-/// Like [`find`], locking the row until the end of the transaction.
+/// Like [`find`], locking the row until the end of the transaction (`FOR NO KEY UPDATE`, which
+/// still lets events and disbursements reference it). The caller holds the need's lock already.
 pub async fn find_for_update(
     conn: &mut Connection,
     lender_id: Uuid,
@@ -104,7 +105,28 @@ pub async fn find_for_update(
         .filter(referrals::id.eq(id))
         .filter(referrals::lender_id.eq(lender_id))
         .select(ReferralRow::as_select())
-        .for_update()
+        .for_no_key_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The need of the lender's referral, locked (`FOR NO KEY UPDATE`) until the end of the
+/// transaction, in one statement; `None` when the referral is not the lender's. This is the
+/// first lock of every partner use case (the lock order of `service`).
+pub async fn lock_need_of(
+    conn: &mut Connection,
+    lender_id: Uuid,
+    referral_id: Uuid,
+) -> QueryResult<Option<NeedRow>> {
+    let need_of_referral = referrals::table
+        .filter(referrals::id.eq(referral_id))
+        .filter(referrals::lender_id.eq(lender_id))
+        .select(referrals::need_id);
+    needs::table
+        .filter(needs::id.eq_any(need_of_referral))
+        .select(NeedRow::as_select())
+        .for_no_key_update()
         .first(conn)
         .await
         .optional()

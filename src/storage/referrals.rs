@@ -191,21 +191,44 @@ pub async fn set_status(
         .await
 }
 
-/// Claims up to `limit` undecided referrals whose deadline is before `now`, locked; rows another
-/// transaction holds are skipped, so replicas sweeping at once never claim the same referral.
-pub async fn claim_overdue(
+/// Up to `limit` needs with an undecided referral whose deadline is before `now`, the most
+/// overdue first. Reads only: the sweeper then locks each need (skipping those another
+/// transaction holds) before it locks that need's referrals with [`claim_overdue`], the lock
+/// order every use case follows.
+pub async fn needs_with_overdue(
     conn: &mut Connection,
     now: DateTime<Utc>,
     limit: i64,
-) -> QueryResult<Vec<ReferralRow>> {
+) -> QueryResult<Vec<Uuid>> {
     referrals::table
         .filter(referrals::status.eq_any(UNDECIDED_STATUSES))
         .filter(referrals::sla_deadline.lt(now))
-        .order_by(referrals::sla_deadline)
+        .group_by(referrals::need_id)
+        .order_by((
+            diesel::dsl::min(referrals::sla_deadline),
+            referrals::need_id,
+        ))
         .limit(limit)
+        .select(referrals::need_id)
+        .load(conn)
+        .await
+}
+
+/// The need's undecided referrals whose deadline is before `now`, locked in id order. The
+/// caller holds the need's lock, so no other sweeper can claim them; the status is checked again
+/// after any wait, so a referral answered meanwhile is not returned.
+pub async fn claim_overdue(
+    conn: &mut Connection,
+    need_id: Uuid,
+    now: DateTime<Utc>,
+) -> QueryResult<Vec<ReferralRow>> {
+    referrals::table
+        .filter(referrals::need_id.eq(need_id))
+        .filter(referrals::status.eq_any(UNDECIDED_STATUSES))
+        .filter(referrals::sla_deadline.lt(now))
+        .order_by(referrals::id)
         .select(ReferralRow::as_select())
-        .for_update()
-        .skip_locked()
+        .for_no_key_update()
         .load(conn)
         .await
 }

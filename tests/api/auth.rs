@@ -170,3 +170,176 @@ async fn a_lender_credential_must_name_an_existing_lender() {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 }
+
+/// Waits (at most `within`) until `app`'s credential cache is trusted or not, as asked.
+async fn cache_trusted(app: &TestApp, trusted: bool, within: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while app.app.credential_cache_trusted() != trusted {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the credential cache did not become {} within {within:?}",
+            if trusted { "trusted" } else { "bypassed" }
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Issues a portal credential through the API; returns (credential id, token).
+async fn portal_credential(app: &TestApp) -> (String, String) {
+    let issued = LenderServiceClient::new(app.channel.clone())
+        .issue_credential(authed(
+            pb::IssueCredentialRequest {
+                role: pb::Role::Portal as i32,
+                lender_id: String::new(),
+                label: "bureau portal".into(),
+            },
+            &app.operator,
+        ))
+        .await
+        .expect("the operator issues a portal credential")
+        .into_inner();
+    (issued.credential_id, issued.token)
+}
+
+async fn database(app: &TestApp) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(connection);
+    client
+}
+
+/// Revokes a credential behind the application's back: no notification is sent.
+async fn revoke_in_sql(db: &tokio_postgres::Client, credential_id: &str) {
+    let changed = db
+        .execute(
+            "UPDATE credentials SET revoked_at = now() WHERE id = $1::text::uuid",
+            &[&credential_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_credential_revoked_on_one_replica_is_refused_there_at_once_and_on_another_soon() {
+    let app = TestApp::spawn().await;
+    let replica = app.replica().await;
+    let second = std::time::Duration::from_secs(1);
+    cache_trusted(&app, true, 10 * second).await;
+    cache_trusted(&replica, true, 10 * second).await;
+    let (id, token) = portal_credential(&app).await;
+    let mut on_a = EnterpriseServiceClient::new(app.channel.clone());
+    let mut on_b = EnterpriseServiceClient::new(replica.channel.clone());
+    // Both replicas now hold the principal in their caches.
+    for _ in 0..3 {
+        on_a.list_enterprises(authed(list(), &token)).await.unwrap();
+        on_b.list_enterprises(authed(list(), &token)).await.unwrap();
+    }
+
+    LenderServiceClient::new(app.channel.clone())
+        .revoke_credential(authed(
+            pb::RevokeCredentialRequest {
+                credential_id: id.clone(),
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap();
+
+    let status = on_a
+        .list_enterprises(authed(list(), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unauthenticated,
+        "at once where revoked"
+    );
+    // The other replica learns it from the notification: well within the cache's 60 s max age.
+    let deadline = tokio::time::Instant::now() + 5 * second;
+    loop {
+        match on_b.list_enterprises(authed(list(), &token)).await {
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unauthenticated);
+                break;
+            }
+            Ok(_) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "replica B still accepts the revoked credential after 5 s"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(replica.app.credential_cache_trusted());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_listener_down_a_revocation_made_in_sql_is_enforced_at_once() {
+    let app = TestApp::spawn().await;
+    let second = std::time::Duration::from_secs(1);
+    cache_trusted(&app, true, 10 * second).await;
+    let db = database(&app).await;
+    let mut client = EnterpriseServiceClient::new(app.channel.clone());
+
+    // While the listener is live, the cache answers: a change made behind the application's
+    // back (no notification) is not seen until the entry's max age. This is why every change
+    // goes through the application, which notifies.
+    let (unnoticed, unnoticed_token) = portal_credential(&app).await;
+    client
+        .list_enterprises(authed(list(), &unnoticed_token))
+        .await
+        .unwrap();
+    revoke_in_sql(&db, &unnoticed).await;
+    client
+        .list_enterprises(authed(list(), &unnoticed_token))
+        .await
+        .expect("served from the cache");
+
+    let (id, token) = portal_credential(&app).await;
+    client
+        .list_enterprises(authed(list(), &token))
+        .await
+        .unwrap();
+    // The listening connection dies.
+    let terminated = db
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1",
+            &[&finmatch::service::credentials::LISTENER_NAME],
+        )
+        .await
+        .unwrap();
+    assert_eq!(terminated.len(), 1, "one listening connection");
+    cache_trusted(&app, false, 5 * second).await;
+    // Calls still work, each looked up in the database, and nothing is cached meanwhile.
+    client
+        .list_enterprises(authed(list(), &token))
+        .await
+        .unwrap();
+
+    revoke_in_sql(&db, &id).await;
+    let status = client
+        .list_enterprises(authed(list(), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unauthenticated,
+        "the cache is bypassed"
+    );
+    assert!(
+        !app.app.credential_cache_trusted(),
+        "the listener was still down when the call was refused"
+    );
+
+    // Back: the cache was cleared when LISTEN took effect again, so both revocations hold.
+    cache_trusted(&app, true, 10 * second).await;
+    for token in [&token, &unnoticed_token] {
+        let status = client
+            .list_enterprises(authed(list(), token))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+}

@@ -1534,3 +1534,151 @@ async fn events_of_the_previous_release_keep_their_cursors_and_need_no_notify() 
     quiet(&mut resumed, Duration::from_millis(300)).await;
     assert!(created[0].cursor < inserted[0]);
 }
+
+/// Deadlocks PostgreSQL has detected in the test's database so far. Backends report their
+/// statistics when they go idle (at most once a second), so the caller waits before reading.
+async fn deadlocks(app: &TestApp) -> i64 {
+    let (db, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(connection);
+    db.query_one(
+        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+        &[],
+    )
+    .await
+    .expect("read pg_stat_database")
+    .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_racing_the_sla_sweeper_never_deadlock_and_never_end_internal() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const ROUNDS: usize = 8;
+    const NEEDS_PER_ROUND: usize = 8;
+    let app = TestApp::spawn().await;
+    let mut banks = Vec::new();
+    for i in 0..6 {
+        banks.push(bank(&app, &format!("Bank {i}")).await);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = deadlocks(&app).await;
+    let mut codes: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut sweeps, mut failed_sweeps) = (0, Vec::new());
+    for round in 0..ROUNDS {
+        // Needs routed to three banks each; their referrals' 48-hour deadline has passed at `at`.
+        let mut referrals = Vec::new();
+        for _ in 0..NEEDS_PER_ROUND {
+            let enterprise_id = enterprise(&app).await;
+            let submitted = FinancingServiceClient::new(app.channel.clone())
+                .submit_need(authed(
+                    pb::SubmitNeedRequest {
+                        idempotency_key: Uuid::new_v4().to_string(),
+                        need: Some(pb::Need {
+                            enterprise_id: enterprise_id.to_string(),
+                            amount_minor: 3_000_000,
+                            term_months: 12,
+                            purpose: pb::Purpose::WorkingCapital as i32,
+                            collateral: vec![pb::Collateral::Credit as i32],
+                            needed_by: (Utc::now().date_naive() + TimeDelta::days(60))
+                                .format("%Y-%m-%d")
+                                .to_string(),
+                            consent_to_share: true,
+                            channel: pb::Channel::Bureau as i32,
+                            ..Default::default()
+                        }),
+                    },
+                    &app.operator,
+                ))
+                .await
+                .expect("submit need")
+                .into_inner();
+            assert_eq!(submitted.referrals.len(), 3, "round {round}");
+            for r in submitted.referrals {
+                let bank = banks
+                    .iter()
+                    .position(|b| b.lender_id.to_string() == r.lender_id)
+                    .unwrap();
+                referrals.push((bank, r.id.parse::<Uuid>().unwrap()));
+            }
+        }
+        let at = Utc::now() + TimeDelta::hours(49);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sweeper = {
+            let (app, stop) = (app.app.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut passes, mut failures) = (0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(e) = app.sweep_once(at).await {
+                        failures.push(format!("{e:?}"));
+                    }
+                    passes += 1;
+                }
+                (passes, failures)
+            })
+        };
+        // Every bank acknowledges and approves its referrals while the sweeper expires them.
+        let answers = referrals.iter().map(|&(bank, id)| {
+            let bank = &banks[bank];
+            let mut client = partner(&app);
+            async move {
+                let acknowledged = client
+                    .acknowledge_referral(authed(
+                        pb::AcknowledgeReferralRequest {
+                            referral_id: id.to_string(),
+                        },
+                        &bank.token,
+                    ))
+                    .await
+                    .map(drop);
+                let decided = client
+                    .decide_referral(authed(
+                        approve(id, &format!("approve-{id}"), 1_000_000, 450),
+                        &bank.token,
+                    ))
+                    .await
+                    .map(drop);
+                [acknowledged, decided]
+            }
+        });
+        for outcome in futures::future::join_all(answers)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            let code = outcome.map_or_else(|status| status.code(), |()| Code::Ok);
+            *codes.entry(format!("{code:?}")).or_default() += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let (passes, failures) = sweeper.await.expect("the sweeper task");
+        sweeps += passes;
+        failed_sweeps.extend(failures);
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let deadlocked = deadlocks(&app).await - before;
+    eprintln!(
+        "answers by code: {codes:?}; sweeps: {sweeps}, failed: {}; deadlocks: {deadlocked}",
+        failed_sweeps.len()
+    );
+    assert_eq!(
+        deadlocked,
+        0,
+        "deadlocks detected; answers by code: {codes:?}; failed sweeps: {}",
+        failed_sweeps.len()
+    );
+    assert_eq!(failed_sweeps, Vec::<String>::new(), "no sweep fails");
+    assert_eq!(
+        codes.get("Internal"),
+        None,
+        "no answer is INTERNAL: {codes:?}"
+    );
+    // The race was real: some answers won, some lost to the sweeper.
+    assert!(codes.get("Ok").copied().unwrap_or(0) > 0, "{codes:?}");
+    assert!(
+        codes.keys().all(|c| c == "Ok" || c == "FailedPrecondition"),
+        "{codes:?}"
+    );
+}
