@@ -230,4 +230,4 @@ fi
 
 # 6-8. Checks, the table, docs/performance.md and the chart. -----------------------------------
 python3 bench/report.py "$OUT" --concurrency "$CONCURRENCY" --sweep "$SWEEP" --streams "$STREAMS" \
-  --quick "$QUICK" --database "$PG" --args "$ORIG_ARGS"
+  --quick "$QUICK" --database "$PG" --args="$ORIG_ARGS"
