@@ -169,7 +169,12 @@ bench get get --concurrency "$CONCURRENCY" "${COMMON[@]}"
 bench preview preview --concurrency "$CONCURRENCY" "${COMMON[@]}"
 bench decide decide --concurrency "$CONCURRENCY" --expected-rate "$(expect "$SUBMIT_RATE" 3)" "${COMMON[@]}"
 bench mixed mixed --concurrency 32 --expected-rate "$(expect "$SUBMIT_RATE" 3)" "${COMMON[@]}"
-AFTER=$(sql "SELECT coalesce(max(cursor), 0) FROM referral_events")
+# Streams resume from the relay's delivery cursor: wait until it has caught up, then start after it.
+for _ in $(seq 1 100); do
+  [ "$(sql "SELECT count(*) FROM referral_events WHERE delivery_cursor IS NULL")" = 0 ] && break
+  sleep 0.1
+done
+AFTER=$(sql "SELECT coalesce(max(delivery_cursor), 0) FROM referral_events")
 bench watch watch --streams "$STREAMS" --after-cursor "$AFTER" --concurrency "$CONCURRENCY" \
   --expected-rate "$(expect "$SUBMIT_RATE" 1.5)" "${COMMON[@]}"
 
