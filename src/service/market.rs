@@ -195,16 +195,7 @@ impl App {
         catalog: Arc<Catalog>,
         now: DateTime<Utc>,
     ) -> Result<Market> {
-        let day = now.date_naive();
-        let activity = match self.activity_cache().fresh(day, now) {
-            Some(activity) => activity,
-            None => self.read_activity(conn, &catalog, now).await?,
-        };
-        Ok(Market {
-            catalog,
-            activity,
-            day,
-        })
+        self.market_with(Some(conn), catalog, now).await
     }
 
     /// Like [`App::market`], taking a connection only when the usage must be read again.
@@ -213,10 +204,22 @@ impl App {
         catalog: Arc<Catalog>,
         now: DateTime<Utc>,
     ) -> Result<Market> {
+        self.market_with(None, catalog, now).await
+    }
+
+    /// The market, reading usage through `conn` when given, else through a pooled connection
+    /// taken only when the cached usage is stale.
+    async fn market_with(
+        &self,
+        conn: Option<&mut Connection>,
+        catalog: Arc<Catalog>,
+        now: DateTime<Utc>,
+    ) -> Result<Market> {
         let day = now.date_naive();
-        let activity = match self.activity_cache().fresh(day, now) {
-            Some(activity) => activity,
-            None => {
+        let activity = match (self.activity_cache().fresh(day, now), conn) {
+            (Some(activity), _) => activity,
+            (None, Some(conn)) => self.read_activity(conn, &catalog, now).await?,
+            (None, None) => {
                 let mut conn = self.conn().await?;
                 self.read_activity(&mut conn, &catalog, now).await?
             }
