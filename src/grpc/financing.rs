@@ -14,7 +14,12 @@ use crate::service::financing::{
     IMPORT_BATCH, ImportItem, ImportOutcome, MatchCandidate, Need, NeedQuery, NeedWithReferrals,
     PreviewSubject, Referral, Submission,
 };
-use crate::service::paging::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, OffsetToken, PageRequest};
+use crate::service::paging::{MAX_PAGE_SIZE, OffsetToken, PageRequest};
+
+/// PreviewMatches' default page: the lenders routing would pick and the runners-up a bureau
+/// officer compares them with. Every candidate carries its score factors with their notes, so a
+/// page costs about 1 KiB a candidate to build and send; the rest is a page_token away.
+const PREVIEW_PAGE_SIZE: usize = 10;
 use crate::service::{App, Error, Idempotency};
 
 /// Most open referrals RerouteNeed may ask for.
@@ -141,7 +146,7 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
             sha2::Sha256::digest(subject.encode_to_vec()).to_vec()
         };
         let size = match body.page_size {
-            0 => DEFAULT_PAGE_SIZE as usize,
+            0 => PREVIEW_PAGE_SIZE,
             n if n < 0 => {
                 v.add("page_size", "must not be negative");
                 0

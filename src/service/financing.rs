@@ -323,10 +323,14 @@ impl App {
             .iter()
             .map(|c| c.product_id())
             .collect();
-        // Eligible products keep the routing order; ineligible ones follow by product id.
+        // Eligible products keep the routing order; ineligible ones follow by product id. The
+        // engine already ranks eligible ones first, so only a page reaching past them sorts the
+        // rest.
+        let eligible = candidates.partition_point(|c| c.eligible());
         let mut order: Vec<&crate::matching::Candidate<'_>> = candidates.iter().collect();
-        order.sort_by_key(|c| (!c.eligible(), (!c.eligible()).then_some(c.product_id())));
-        let eligible = order.iter().filter(|c| c.eligible()).count();
+        if offset.saturating_add(size) > eligible {
+            order[eligible..].sort_unstable_by_key(|c| c.product_id());
+        }
         let page = order
             .iter()
             .skip(offset)
