@@ -302,10 +302,9 @@ async fn lock_for_change(conn: &mut Connection, id: Uuid) -> Result<()> {
 }
 
 pub(crate) async fn load(conn: &mut Connection, id: Uuid) -> Result<Enterprise> {
-    let row = storage::enterprises::find(conn, id)
+    let (row, designations) = storage::enterprises::find_with_designations(conn, id)
         .await?
         .ok_or_else(|| Error::not_found("enterprise", id))?;
-    let designations = storage::enterprises::active_designations(conn, &[id]).await?;
     to_enterprise(row, designations)
 }
 

@@ -1,10 +1,11 @@
 //! The referral event feed behind PartnerService.WatchReferrals.
 //!
-//! Cost per event, not per stream. Writers append events to `referral_events`, an outbox, and
-//! NOTIFY `finmatch_referral_events` from their own transaction (no trigger). One replica at a
-//! time, the holder of a lease row in `relay_leases`, is the **relay**: woken by that NOTIFY (and
-//! probing every [`RELAY_PROBE`] as a safety net) it gives the committed, undelivered events their
-//! **delivery cursor**, a batch per transaction, and notifies `finmatch_referral_deliveries`.
+//! Cost per event, not per stream. Writers append events to `referral_events`, an outbox, in the
+//! transaction that changes the referral, and do nothing else. One replica at a time, the holder
+//! of a lease row in `relay_leases`, is the **relay**: every [`RELAY_POLL`] it looks for
+//! committed, undelivered events (one index probe of a partial index it keeps empty) and, when
+//! there are some, gives them their **delivery cursor**, a batch per transaction, and notifies
+//! `finmatch_referral_deliveries`.
 //! Every replica's feed task wakes on that, reads the new batch once (events with delivery
 //! cursor above the last it read, every lender at once) and fans it out in memory to the streams
 //! of each event's lender. So a committed event costs one relay write and one read per replica,
@@ -21,6 +22,15 @@
 //! open (DESIGN §9). The lease is a row with an expiry, renewed in every batch and every
 //! [`lease`](ReferralFeed::new)/3 when idle; a replica that dies stops renewing and another takes
 //! over when it expires; one that shuts down gives it up at once.
+//!
+//! Why writers do not NOTIFY: PostgreSQL serialises the commits of all notifying transactions
+//! (a transaction that sent NOTIFY holds one database-wide lock from its pre-commit until its
+//! commit record is flushed), so a NOTIFY in every SubmitNeed made every submission wait for the
+//! previous one's fsync: pgbench's SubmitNeed transaction drops from about 1,250 to 680 TPS at 16
+//! clients when it adds a `pg_notify` (bench/pgbench, docs/performance.md). PostgreSQL also
+//! refuses PREPARE TRANSACTION after NOTIFY, so writers that never notify can still commit in two
+//! phases on a distributed PostgreSQL. The relay's poll costs one index probe per [`RELAY_POLL`]
+//! on one replica and bounds the extra delivery delay by it; its own NOTIFY is once per batch.
 //!
 //! The delivery cursor is `greatest(previous + 1, insertion cursor)`: it equals the insertion
 //! cursor the previous release showed for every event committed in insertion order, in
@@ -58,7 +68,7 @@ use super::financing::{Referral, to_referral};
 use super::{App, Error, Principal, Result};
 use crate::domain::{ReferralEventKind, ReferralStatus};
 use crate::storage::partner::EventRow;
-use crate::storage::referrals::{EVENTS_CHANNEL, ReferralRow};
+use crate::storage::referrals::ReferralRow;
 use crate::storage::relay::{DELIVERIES_CHANNEL, EVENT_RELAY};
 use crate::storage::{self, Connection};
 
@@ -73,9 +83,9 @@ const RELAY_BATCH: i64 = 1000;
 pub const LIVE_BUFFER: usize = 256;
 /// A heartbeat after this long without an event.
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
-/// The relay looks for undelivered events this often without a notification (a safety net, and
-/// how events written by binaries of the previous release, which do not notify, are found).
-const RELAY_PROBE: Duration = Duration::from_secs(1);
+/// The relay looks for committed, undelivered events this often: the longest an event waits for
+/// its delivery cursor (plus the batch's own time), whichever replica wrote it.
+const RELAY_POLL: Duration = Duration::from_millis(20);
 /// Every feed reads new deliveries this often without a notification (a safety net).
 const IDLE_PROBE: Duration = Duration::from_secs(5);
 /// Longest wait before reconnecting a broken listener.
@@ -264,23 +274,27 @@ impl ReferralFeed {
                 return Ok(());
             }
             let now = Instant::now();
-            if now >= claim_at || (relaying && now >= relay_at) {
+            let claim = now >= claim_at;
+            let poll = relaying && now >= relay_at;
+            if poll {
+                relay_at = now + RELAY_POLL;
+            }
+            // A poll that finds nothing to deliver writes nothing (the lease is renewed on time
+            // by `claim`).
+            if claim || (poll && storage::relay::has_undelivered(&mut conn).await?) {
                 let (held, _) = self.relay(&mut conn).await?;
                 if held != relaying {
                     relaying = held;
                     self.set_relay(held);
                     if held {
                         tracing::info!(holder = %self.shared.holder, "this server is the referral event relay");
-                        storage::relay::listen(&mut conn, EVENTS_CHANNEL).await?;
-                        // Events committed before LISTEN took effect.
-                        self.relay(&mut conn).await?;
                     } else {
                         tracing::info!("another server is the referral event relay now");
-                        storage::relay::unlisten(&mut conn, EVENTS_CHANNEL).await?;
                     }
                 }
-                claim_at = Instant::now() + self.shared.lease / 3;
-                relay_at = Instant::now() + RELAY_PROBE;
+                if claim {
+                    claim_at = Instant::now() + self.shared.lease / 3;
+                }
             }
             last_read = self.fan_out(&mut conn, last_read).await?;
             *last = Some(last_read);
@@ -291,14 +305,9 @@ impl ReferralFeed {
                 claim_at.min(Instant::now() + IDLE_PROBE)
             };
             let mut notifications = std::pin::pin!(conn.notifications_stream());
-            let mut wanted = |note: diesel::pg::PgNotification| {
-                if note.channel == EVENTS_CHANNEL {
-                    relay_at = Instant::now();
-                    true
-                } else {
-                    // The relay's own notification, or one for a batch read already, needs nothing.
-                    note.payload.parse::<i64>().map_or(true, |c| c > last_read)
-                }
+            // The relay's own notification, or one for a batch read already, needs nothing.
+            let wanted = |note: diesel::pg::PgNotification| {
+                note.payload.parse::<i64>().map_or(true, |c| c > last_read)
             };
             'wait: loop {
                 tokio::select! {

@@ -607,10 +607,12 @@ impl App {
 }
 
 /// One submission: reads the enterprise, scores the need against the cached market outside any
-/// transaction, then writes everything in one transaction of two statements (the products'
-/// capacity, then the need with its referrals, events, audit row and replay record). A key or
-/// purpose already taken is resolved after the rollback: a replay, IDEMPOTENCY_KEY_REUSED or
-/// DUPLICATE_OPEN_NEED.
+/// transaction, then writes everything (the products' capacity, the need with its referrals,
+/// events, audit row and replay record) in one statement, which is its own transaction: two
+/// round trips in all. Only when a chosen product has filled up meanwhile does that statement
+/// fail as a whole, and the need is routed again in a transaction that takes capacity round by
+/// round. A key or purpose already taken is resolved after the rollback: a replay,
+/// IDEMPOTENCY_KEY_REUSED or DUPLICATE_OPEN_NEED.
 async fn submit_in(
     conn: &mut Connection,
     app: &App,
@@ -641,17 +643,34 @@ async fn submit_in(
         Vec::new()
     };
     let want = routing::wanted(policy, policy.top_k, 0, 0);
-    let written = conn
-        .transaction(async |conn| {
-            let routes = take_routes(conn, &candidates, want, day).await?;
-            let submitted = Submitted::new(need, &routes, &market.catalog, now);
-            let response = encode(&submitted.stored);
-            storage::needs::insert_routed(conn, &submitted.row(who, idempotency, &response)?)
-                .await
-                .map_err(taken_or_error)?;
-            Ok::<_, Error>(submitted)
-        })
-        .await;
+    // Usually every product routing picks has capacity: then one statement writes it all.
+    let first_choice = select_routes(&candidates, want);
+    let submitted = Submitted::new(need, &first_choice, &market.catalog, now);
+    let response = encode(&submitted.stored);
+    let written = match storage::needs::insert_routed_taking_capacity(
+        conn,
+        &submitted.row(who, idempotency, &response)?,
+        day,
+    )
+    .await
+    {
+        Ok(()) => Ok(submitted),
+        Err(e) if storage::needs::is_capacity_short(&e) => {
+            // Some product filled up since the market was read: take capacity round by round,
+            // replacing the full products, and write the need in the same transaction.
+            conn.transaction(async |conn| {
+                let routes = take_routes(conn, &candidates, want, day).await?;
+                let submitted = Submitted::new(need, &routes, &market.catalog, now);
+                let response = encode(&submitted.stored);
+                storage::needs::insert_routed(conn, &submitted.row(who, idempotency, &response)?)
+                    .await
+                    .map_err(taken_or_error)?;
+                Ok::<_, Error>(submitted)
+            })
+            .await
+        }
+        Err(e) => Err(taken_or_error(e)),
+    };
     match written {
         Ok(submitted) => {
             let counted: Vec<(Uuid, Uuid)> = submitted

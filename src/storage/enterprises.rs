@@ -108,6 +108,30 @@ pub async fn find(conn: &mut Connection, id: Uuid) -> QueryResult<Option<Enterpr
         .optional()
 }
 
+/// The enterprise and its designations not revoked, in one round trip (the two queries are
+/// pipelined; outside a transaction each reads its own snapshot, as two queries in a row would).
+pub async fn find_with_designations(
+    conn: &mut Connection,
+    id: Uuid,
+) -> QueryResult<Option<(EnterpriseRow, Vec<DesignationRow>)>> {
+    let shared: &Connection = conn;
+    let row = enterprises::table
+        .find(id)
+        .select(EnterpriseRow::as_select())
+        .first::<EnterpriseRow>(&mut &*shared);
+    let designations = designations::table
+        .filter(designations::enterprise_id.eq(id))
+        .filter(designations::revoked_at.is_null())
+        .order_by((designations::granted_on, designations::list_code))
+        .select(DesignationRow::as_select())
+        .load::<DesignationRow>(&mut &*shared);
+    let (row, designations) = futures::join!(row, designations);
+    match row.optional()? {
+        Some(row) => Ok(Some((row, designations?))),
+        None => Ok(None),
+    }
+}
+
 /// The enterprise, locked until the end of the transaction.
 pub async fn find_for_update(
     conn: &mut Connection,

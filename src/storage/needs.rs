@@ -237,24 +237,20 @@ pub struct RoutedReferral {
     pub event_detail: serde_json::Value,
 }
 
-/// Writes a [`RoutedNeed`] in one statement (need, referrals, events, audit row, replay record).
-/// The caller has taken the products' capacity in the same transaction. Fails with a unique
-/// violation of [`ONE_OPEN_PER_PURPOSE`], [`ONE_NEED_PER_KEY`] or the replay record's key when
-/// the enterprise already has an open need of this purpose or the key was used before.
-pub async fn insert_routed(conn: &mut Connection, new: &RoutedNeed<'_>) -> QueryResult<()> {
-    use diesel::sql_types::{
-        Array, Bool, Bytea, Date, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+/// The columns of a need's INSERT in both forms of [`insert_routed`]; `$16` is the time.
+macro_rules! need_columns {
+    () => {
+        "INSERT INTO needs (id, enterprise_id, amount_minor, term_months, purpose, collateral, \
+           max_rate_bps, needed_by, consent_to_share, channel, note, status, routing_attempts, \
+           idempotency_key, created_by, created_at, updated_at) "
     };
-    let column = |f: fn(&RoutedReferral) -> Uuid| new.referrals.iter().map(f).collect::<Vec<_>>();
-    let need = &new.need;
-    super::sql::Prepared::new(
-        "WITH need AS ( \
-           INSERT INTO needs (id, enterprise_id, amount_minor, term_months, purpose, collateral, \
-             max_rate_bps, needed_by, consent_to_share, channel, note, status, routing_attempts, \
-             idempotency_key, created_by, created_at, updated_at) \
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16) \
-           RETURNING id \
-         ), referral AS ( \
+}
+
+/// Everything a [`RoutedNeed`] writes after its `need` CTE: referrals (`$17`… as arrays, one
+/// element per referral), their CREATED events, the audit row and the replay record.
+macro_rules! routed_tail {
+    () => {
+        ", referral AS ( \
            INSERT INTO referrals (id, need_id, lender_id, product_id, status, score, factors, \
              sla_deadline, created_at, updated_at) \
            SELECT r.id, need.id, r.lender_id, r.product_id, 'PENDING', r.score, r.factors, \
@@ -275,62 +271,139 @@ pub async fn insert_routed(conn: &mut Connection, new: &RoutedNeed<'_>) -> Query
            INSERT INTO idempotency_keys (principal_id, rpc, key, request_hash, response) \
            SELECT $30, $31, $32, $33, $34 FROM need \
          ) \
-         SELECT pg_notify($35, '') FROM need WHERE cardinality($17::uuid[]) > 0",
+         SELECT id FROM need"
+    };
+}
+
+/// Writes a [`RoutedNeed`] in one statement (need, referrals, events, audit row, replay record),
+/// in the caller's transaction, which has taken the products' capacity already (see
+/// `referrals::take_capacity`). Fails with a unique violation of [`ONE_OPEN_PER_PURPOSE`],
+/// [`ONE_NEED_PER_KEY`] or the replay record's key when the enterprise already has an open need
+/// of this purpose or the key was used before.
+pub async fn insert_routed(conn: &mut Connection, new: &RoutedNeed<'_>) -> QueryResult<()> {
+    bind_routed(
+        super::sql::Prepared::new(concat!(
+            "WITH need AS (",
+            need_columns!(),
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16) \
+             RETURNING id)",
+            routed_tail!()
+        )),
+        new,
     )
-    .bind::<SqlUuid, _>(new.id)
-    .bind::<SqlUuid, _>(need.enterprise_id)
-    .bind::<diesel::sql_types::BigInt, _>(need.amount_minor)
-    .bind::<Int4, _>(need.term_months)
-    .bind::<Text, _>(need.purpose)
-    .bind::<Array<Text>, _>(need.collateral.clone())
-    .bind::<Nullable<Int4>, _>(need.max_rate_bps)
-    .bind::<Date, _>(need.needed_by)
-    .bind::<Bool, _>(need.consent_to_share)
-    .bind::<Text, _>(need.channel)
-    .bind::<Text, _>(need.note)
-    .bind::<Text, _>(need.status)
-    .bind::<Int4, _>(new.routing_attempts)
-    .bind::<Nullable<Text>, _>(need.idempotency_key)
-    .bind::<SqlUuid, _>(need.created_by)
-    .bind::<Timestamptz, _>(new.created_at)
-    .bind::<Array<SqlUuid>, _>(column(|r| r.id))
-    .bind::<Array<SqlUuid>, _>(column(|r| r.lender_id))
-    .bind::<Array<SqlUuid>, _>(column(|r| r.product_id))
-    .bind::<Array<Int4>, _>(new.referrals.iter().map(|r| r.score).collect::<Vec<_>>())
-    .bind::<Array<Jsonb>, _>(
-        new.referrals
-            .iter()
-            .map(|r| r.factors.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Timestamptz>, _>(
-        new.referrals
-            .iter()
-            .map(|r| r.sla_deadline)
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Array<Jsonb>, _>(
-        new.referrals
-            .iter()
-            .map(|r| r.event_detail.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind::<Nullable<SqlUuid>, _>(new.audit.principal_id)
-    .bind::<Text, _>(new.audit.principal_role)
-    .bind::<Nullable<SqlUuid>, _>(new.audit.lender_id)
-    .bind::<Text, _>(new.audit.rpc)
-    .bind::<Text, _>(new.audit.entity_type)
-    .bind::<Jsonb, _>(new.audit.detail.clone())
-    .bind::<SqlUuid, _>(new.replay.principal_id)
-    .bind::<Text, _>(new.replay.rpc)
-    .bind::<Text, _>(new.replay.key)
-    .bind::<Bytea, _>(new.replay.request_hash)
-    .bind::<Nullable<Bytea>, _>(new.replay.response)
-    // The outbox's wake-up for the event relay, sent at commit (see `referral_events`).
-    .bind::<Text, _>(super::referrals::EVENTS_CHANNEL)
     .execute(conn)
     .await
-    .map(|_| ())
+    .map(drop)
+}
+
+/// [`insert_routed`] and the products' capacity in one statement, so in one round trip and its
+/// own transaction: counts one referral on `day` for each referral's product, as
+/// `referrals::take_capacity` does (same locking order, same checks), and writes the need only
+/// when every product had capacity. Otherwise the statement fails as a whole and
+/// [`is_capacity_short`] recognises the error: nothing is written, and the caller routes in a
+/// transaction instead, replacing the products that were full.
+pub async fn insert_routed_taking_capacity(
+    conn: &mut Connection,
+    new: &RoutedNeed<'_>,
+    day: NaiveDate,
+) -> QueryResult<()> {
+    bind_routed(
+        super::sql::Prepared::new(concat!(
+            "WITH taken AS ( \
+               INSERT INTO product_daily_usage AS u (product_id, day, referrals) \
+               SELECT p.id, $35, 1 FROM products p JOIN lenders l ON l.id = p.lender_id \
+               WHERE p.id = ANY($19) AND p.active AND l.active AND p.daily_capacity >= 1 \
+               ORDER BY p.id \
+               ON CONFLICT (product_id, day) DO UPDATE SET referrals = u.referrals + 1 \
+               WHERE u.referrals < (SELECT daily_capacity FROM products WHERE id = u.product_id) \
+               RETURNING u.product_id \
+             ), checked AS ( \
+               SELECT CASE WHEN count(*) = cardinality($19::uuid[]) THEN true \
+                 ELSE finmatch_capacity_short() END AS ok \
+               FROM taken \
+             ), need AS (",
+            need_columns!(),
+            "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16 \
+             FROM checked WHERE ok RETURNING id)",
+            routed_tail!()
+        )),
+        new,
+    )
+    .bind::<diesel::sql_types::Date, _>(day)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// The message of the error `finmatch_capacity_short()` raises (migration
+/// 2026-12-02-000000_submit_in_one_statement).
+const CAPACITY_SHORT: &str = "finmatch: a product of this routing has no capacity left today";
+
+/// Whether `error` is [`insert_routed_taking_capacity`] finding a product without capacity.
+pub fn is_capacity_short(error: &diesel::result::Error) -> bool {
+    matches!(error, diesel::result::Error::DatabaseError(_, info) if info.message() == CAPACITY_SHORT)
+}
+
+/// Binds `$1`…`$34` of both forms of [`insert_routed`].
+fn bind_routed<'a>(
+    query: super::sql::Prepared<'a>,
+    new: &'a RoutedNeed<'_>,
+) -> super::sql::Prepared<'a> {
+    use diesel::sql_types::{
+        Array, Bool, Bytea, Date, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+    };
+    let column = |f: fn(&RoutedReferral) -> Uuid| new.referrals.iter().map(f).collect::<Vec<_>>();
+    let need = &new.need;
+    query
+        .bind::<SqlUuid, _>(new.id)
+        .bind::<SqlUuid, _>(need.enterprise_id)
+        .bind::<diesel::sql_types::BigInt, _>(need.amount_minor)
+        .bind::<Int4, _>(need.term_months)
+        .bind::<Text, _>(need.purpose)
+        .bind::<Array<Text>, _>(need.collateral.clone())
+        .bind::<Nullable<Int4>, _>(need.max_rate_bps)
+        .bind::<Date, _>(need.needed_by)
+        .bind::<Bool, _>(need.consent_to_share)
+        .bind::<Text, _>(need.channel)
+        .bind::<Text, _>(need.note)
+        .bind::<Text, _>(need.status)
+        .bind::<Int4, _>(new.routing_attempts)
+        .bind::<Nullable<Text>, _>(need.idempotency_key)
+        .bind::<SqlUuid, _>(need.created_by)
+        .bind::<Timestamptz, _>(new.created_at)
+        .bind::<Array<SqlUuid>, _>(column(|r| r.id))
+        .bind::<Array<SqlUuid>, _>(column(|r| r.lender_id))
+        .bind::<Array<SqlUuid>, _>(column(|r| r.product_id))
+        .bind::<Array<Int4>, _>(new.referrals.iter().map(|r| r.score).collect::<Vec<_>>())
+        .bind::<Array<Jsonb>, _>(
+            new.referrals
+                .iter()
+                .map(|r| r.factors.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Timestamptz>, _>(
+            new.referrals
+                .iter()
+                .map(|r| r.sla_deadline)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Jsonb>, _>(
+            new.referrals
+                .iter()
+                .map(|r| r.event_detail.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Nullable<SqlUuid>, _>(new.audit.principal_id)
+        .bind::<Text, _>(new.audit.principal_role)
+        .bind::<Nullable<SqlUuid>, _>(new.audit.lender_id)
+        .bind::<Text, _>(new.audit.rpc)
+        .bind::<Text, _>(new.audit.entity_type)
+        .bind::<Jsonb, _>(new.audit.detail.clone())
+        .bind::<SqlUuid, _>(new.replay.principal_id)
+        .bind::<Text, _>(new.replay.rpc)
+        .bind::<Text, _>(new.replay.key)
+        .bind::<Bytea, _>(new.replay.request_hash)
+        .bind::<Nullable<Bytea>, _>(new.replay.response)
 }
 
 /// The need, all its referrals (oldest first) and the sums disbursed on them, read in one round

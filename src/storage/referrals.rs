@@ -9,9 +9,6 @@ use uuid::Uuid;
 use super::Connection;
 use super::schema::{product_daily_usage, referral_events, referrals};
 
-/// The channel event writers notify before they commit; the event relay listens on it.
-pub const EVENTS_CHANNEL: &str = "finmatch_referral_events";
-
 /// Referrals in these statuses are still in play.
 pub const OPEN_STATUSES: [&str; 4] = ["PENDING", "ACKNOWLEDGED", "INFO_REQUESTED", "APPROVED"];
 /// Referrals in these statuses wait for the lender's decision (and expire at their deadline).
@@ -97,16 +94,14 @@ pub async fn insert(conn: &mut Connection, new: &NewReferral<'_>) -> QueryResult
         .await
 }
 
-/// Appends one event to the outbox and wakes the relay when the transaction commits, in one
-/// statement. Every writer of `referral_events` must do what this does: insert the referral's
-/// ids, the kind and the status after the change (leaving `cursor`, `delivery_cursor` and
-/// `created_at` to their defaults), and send [`notify_events`]'s NOTIFY in the same transaction.
+/// Appends one event to the outbox. Every writer of `referral_events` must do what this does:
+/// insert the referral's ids, the kind and the status after the change, in the transaction that
+/// changes the referral, leaving `cursor`, `delivery_cursor` and `created_at` to their defaults.
+/// Nothing else: the relay finds committed events by polling (see `service::events`).
 pub async fn insert_event(conn: &mut Connection, new: &NewReferralEvent<'_>) -> QueryResult<()> {
     diesel::sql_query(
-        "WITH event AS ( \
-           INSERT INTO referral_events (referral_id, lender_id, need_id, kind, status, detail) \
-           VALUES ($1, $2, $3, $4, $5, $6) RETURNING 1) \
-         SELECT pg_notify($7, '') FROM event",
+        "INSERT INTO referral_events (referral_id, lender_id, need_id, kind, status, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind::<SqlUuid, _>(new.referral_id)
     .bind::<SqlUuid, _>(new.lender_id)
@@ -114,21 +109,9 @@ pub async fn insert_event(conn: &mut Connection, new: &NewReferralEvent<'_>) -> 
     .bind::<Text, _>(new.kind)
     .bind::<Text, _>(new.status)
     .bind::<Jsonb, _>(&new.detail)
-    .bind::<Text, _>(EVENTS_CHANNEL)
     .execute(conn)
     .await
     .map(drop)
-}
-
-/// Wakes the event relay when the calling transaction commits: for writers that insert events
-/// in their own SQL rather than through [`insert_event`]. Once per transaction is enough
-/// (PostgreSQL folds identical notifications of one transaction into one).
-pub async fn notify_events(conn: &mut Connection) -> QueryResult<()> {
-    diesel::sql_query("SELECT pg_notify($1, '')")
-        .bind::<Text, _>(EVENTS_CHANNEL)
-        .execute(conn)
-        .await
-        .map(drop)
 }
 
 /// Every referral of these needs, oldest first.

@@ -1,8 +1,8 @@
 //! The event relay: its lease, and its one write, delivery cursors for committed events.
 //!
 //! Writers append events to `referral_events` (the outbox) without a delivery cursor. One
-//! replica at a time, the holder of the `referral_events` lease, gives the committed ones their
-//! delivery cursors, a batch per transaction, and notifies [`DELIVERIES_CHANNEL`]; every replica
+//! replica at a time, the holder of the `referral_events` lease, polls for the committed ones and
+//! gives them their delivery cursors, a batch per transaction, and notifies [`DELIVERIES_CHANNEL`]; every replica
 //! reads the new batch once and fans it out to its streams (see `service::events`).
 
 use std::time::Duration;
@@ -104,6 +104,22 @@ pub async fn assign_delivery_cursors(conn: &mut Connection, limit: i64) -> Query
     .await
 }
 
+/// Whether some committed event has no delivery cursor yet: one probe of the partial index
+/// `referral_events_undelivered_idx`, which the relay keeps empty, so the relay's poll is cheap.
+pub async fn has_undelivered(conn: &mut Connection) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        found: bool,
+    }
+    super::sql::Prepared::new(
+        "SELECT EXISTS (SELECT 1 FROM referral_events WHERE delivery_cursor IS NULL) AS found",
+    )
+    .get_result::<Found>(conn)
+    .await
+    .map(|f| f.found)
+}
+
 /// Tells every replica, when the calling transaction commits, that events up to `last` are
 /// delivered.
 pub async fn notify_delivered(conn: &mut Connection, last: i64) -> QueryResult<()> {
@@ -118,14 +134,6 @@ pub async fn notify_delivered(conn: &mut Connection, last: i64) -> QueryResult<(
 /// Starts receiving notifications on `channel` (a constant of this crate, not user input).
 pub async fn listen(conn: &mut Connection, channel: &str) -> QueryResult<()> {
     diesel::sql_query(format!("LISTEN {channel}"))
-        .execute(conn)
-        .await
-        .map(drop)
-}
-
-/// Stops receiving notifications on `channel`.
-pub async fn unlisten(conn: &mut Connection, channel: &str) -> QueryResult<()> {
-    diesel::sql_query(format!("UNLISTEN {channel}"))
         .execute(conn)
         .await
         .map(drop)

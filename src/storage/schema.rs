@@ -316,7 +316,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// Append-only log of referral changes, written as an outbox: the source of WatchReferrals. A writer, in the transaction that changes the referral, inserts referral_id, need_id, lender_id (those of the referral), kind, status (after the change) and detail, leaves cursor, delivery_cursor and created_at to their defaults, and sends pg_notify('finmatch_referral_events', '') before it commits (once per transaction is enough). The relay then assigns delivery_cursor and notifies finmatch_referral_deliveries.
+    /// Append-only log of referral changes, written as an outbox: the source of WatchReferrals. A writer, in the transaction that changes the referral, inserts referral_id, need_id, lender_id (those of the referral), kind, status (after the change) and detail, and leaves cursor, delivery_cursor and created_at to their defaults; it sends no notification. The relay polls for committed rows without delivery_cursor (index referral_events_undelivered_idx), assigns delivery_cursor and notifies finmatch_referral_deliveries.
     referral_events (cursor) {
         /// Insertion order (identity, assigned at insert, so not commit order); the relay works through undelivered rows in this order. Not shown to clients.
         cursor -> Int8,

@@ -668,6 +668,86 @@ async fn concurrent_submits_never_exceed_a_products_daily_capacity() {
     );
 }
 
+/// Another replica (here: a statement) fills the best product after this server read today's
+/// usage: SubmitNeed's one-statement write finds it full, is undone as a whole, and the need is
+/// routed again without it. The other product is counted once, not once per attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_filled_after_the_usage_was_read_is_replaced_and_nothing_is_counted_twice() {
+    let app = TestApp::spawn().await;
+    let (_, tight_product) = lender(
+        &app,
+        "Tight Bank",
+        Offer {
+            min_rate_bps: 300,
+            max_rate_bps: 320,
+            daily_capacity: 1,
+            ..OFFER
+        },
+    )
+    .await;
+    let (roomy, roomy_product) = lender(&app, "Roomy Bank", OFFER).await;
+    let owner = enterprise(&app).await;
+    let wanted = need(&owner, pb::Purpose::Payroll);
+    // The preview reads today's usage into the server's cache: the tight product is the best.
+    let preview = financing(&app)
+        .preview_matches(authed(
+            pb::PreviewMatchesRequest {
+                subject: Some(pb::preview_matches_request::Subject::Need(wanted.clone())),
+                ..Default::default()
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(preview.candidates[0].product_id, tight_product);
+    assert!(preview.candidates[0].selected && preview.candidates[1].selected);
+
+    let (db, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let today = "(now() AT TIME ZONE 'UTC')::date";
+    db.execute(
+        &format!(
+            "INSERT INTO product_daily_usage (product_id, day, referrals) \
+             VALUES ($1::text::uuid, {today}, 1)"
+        ),
+        &[&tight_product],
+    )
+    .await
+    .unwrap();
+
+    let submitted = submit(&app, "filled-meanwhile", wanted).await.unwrap();
+    assert_eq!(
+        submitted.need.unwrap().status,
+        pb::NeedStatus::Routed as i32
+    );
+    let routed: Vec<_> = submitted
+        .referrals
+        .iter()
+        .map(|r| (r.lender_id.clone(), r.product_id.clone()))
+        .collect();
+    assert_eq!(routed, [(roomy, roomy_product.clone())]);
+    let usage = db
+        .query(
+            &format!(
+                "SELECT product_id::text, referrals FROM product_daily_usage \
+                 WHERE day = {today} ORDER BY referrals, product_id"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.get::<_, String>(0), row.get::<_, i32>(1)))
+        .collect::<BTreeMap<_, _>>();
+    assert_eq!(
+        usage,
+        BTreeMap::from([(tight_product, 1), (roomy_product, 1)])
+    );
+}
+
 fn import_item(key: String, need: pb::Need) -> pb::ImportNeedsRequest {
     pb::ImportNeedsRequest {
         idempotency_key: key,
