@@ -142,6 +142,8 @@ def main():
     decide, mixed, watch = (load(out, n) for n in ("decide", "mixed", "watch"))
     pg_submit_text, pg_read_text = read(out, "pgbench-submit.txt"), read(out, "pgbench-read.txt")
     pg_submit, pg_read = pgbench_tps(pg_submit_text), pgbench_tps(pg_read_text)
+    pg_writes_text = read(out, "pgbench-submit-writes.txt")
+    pg_writes = pgbench_tps(pg_writes_text)
     h2_noop, h2_get = h2load(read(out, "h2load-noop.txt")), h2load(read(out, "h2load-get.txt"))
     hwm_kb, sampled_kb = (int(v) for v in read(out, "rss.max").split())
     rss_mb = max(hwm_kb, sampled_kb) / 1024
@@ -172,6 +174,9 @@ def main():
     r = ratio(submit_rate, pg_submit)
     row("SubmitNeed TPS / pgbench submit TPS", fmt(submit_rate, "/s"), fmt(pg_submit, " tps"),
         fmt(r, "", 3), ">= 0.7", None if r is None else r >= 0.7)
+    r = ratio(submit_rate, pg_writes)
+    row("  context: / pgbench of SubmitNeed's own rows", fmt(submit_rate, "/s"), fmt(pg_writes, " tps"),
+        fmt(r, "", 3), "", None)
     p99 = submit["latency_ms"]["p99"]
     row(f"SubmitNeed p99 (c={a.concurrency})", fmt(p99, " ms", 2), "", "", "<= 10 ms", p99 <= 10)
     row("SubmitNeed errors", str(submit_errors), "", "", "0", submit_errors == 0)
@@ -234,6 +239,8 @@ def main():
     baselines = [
         f"| pgbench SubmitNeed transaction, {a.concurrency} clients, -M prepared | {fmt(pg_submit, ' tps')} | "
         f"latency avg {fmt(pgbench_latency(pg_submit_text), ' ms', 3)} |",
+        f"| pgbench every row SubmitNeed writes, one statement, {a.concurrency} clients, -M prepared | "
+        f"{fmt(pg_writes, ' tps')} | latency avg {fmt(pgbench_latency(pg_writes_text), ' ms', 3)} |",
         f"| pgbench GetNeed read (need + referrals), {a.concurrency} clients, -M prepared | {fmt(pg_read, ' tps')} | "
         f"latency avg {fmt(pgbench_latency(pg_read_text), ' ms', 3)} |",
     ]
@@ -313,6 +320,9 @@ deliveries of the run's referrals; delivery delay (receive time − event `time`
     md += f"""
 ![SubmitNeed throughput and p99 against concurrency](performance-submit.png)
 
+Where the time goes, and what would move the figures that miss their targets:
+[performance-profile.md](performance-profile.md).
+
 ## Counts checked against PostgreSQL
 
 After every scenario the script compares the tool's success counts (warm-up and drain included)
@@ -330,8 +340,9 @@ FINMATCH_BENCH_PG=postgres://postgres@127.0.0.1:5432 bench/run.sh --duration 20 
 ```
 
 The pgbench transactions are in `bench/pgbench/` (`submit.sql`: a need, three referrals and a
-daily-usage counter update in one transaction with synchronous commit; `read.sql`: a need and its
-referrals by primary key), against scratch copies of finmatch's tables (`schema.sql`: same
+daily-usage counter update in one transaction with synchronous commit; `submit_writes.sql`, for
+context: every row SubmitNeed writes, in one statement as finmatch sends it; `read.sql`: a need and
+its referrals by primary key), against scratch copies of finmatch's tables (`schema.sql`: same
 columns, checks and indexes, no foreign keys). h2load sees HTTP status only, not grpc-status:
 its "succeeded" counts are HTTP-level. The scenarios are described in the README, "Benchmarks".
 """

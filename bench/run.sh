@@ -163,6 +163,9 @@ log "pgbench: the SubmitNeed transaction, $CONCURRENCY clients"
 psql "$DB_URL" -q -v ON_ERROR_STOP=1 -f bench/pgbench/schema.sql >"$OUT/pgbench-schema.txt"
 PGOPTIONS='-c synchronous_commit=on' "${PGB[@]}" -f bench/pgbench/submit.sql "$DB_URL" >"$OUT/pgbench-submit.txt" 2>&1
 cat "$OUT/pgbench-submit.txt"
+log "pgbench: every row SubmitNeed writes, in one statement, $CONCURRENCY clients (context, not a target)"
+PGOPTIONS='-c synchronous_commit=on' "${PGB[@]}" -f bench/pgbench/submit_writes.sql "$DB_URL" >"$OUT/pgbench-submit-writes.txt" 2>&1
+grep -E '^(tps|latency)' "$OUT/pgbench-submit-writes.txt" || cat "$OUT/pgbench-submit-writes.txt"
 
 # 4b. The other scenarios. -----------------------------------------------------------------------
 bench get get --concurrency "$CONCURRENCY" "${COMMON[@]}"

@@ -7,6 +7,10 @@ CREATE SCHEMA bench_pg;
 CREATE TABLE bench_pg.needs (LIKE public.needs INCLUDING ALL);
 CREATE TABLE bench_pg.referrals (LIKE public.referrals INCLUDING ALL);
 CREATE TABLE bench_pg.product_daily_usage (LIKE public.product_daily_usage INCLUDING ALL);
+-- What SubmitNeed writes besides (submit_writes.sql): its events, audit row and replay record.
+CREATE TABLE bench_pg.referral_events (LIKE public.referral_events INCLUDING ALL);
+CREATE TABLE bench_pg.audit_log (LIKE public.audit_log INCLUDING ALL);
+CREATE TABLE bench_pg.idempotency_keys (LIKE public.idempotency_keys INCLUDING ALL);
 INSERT INTO bench_pg.product_daily_usage (product_id, day, referrals)
 SELECT lpad(to_hex(i), 32, '0')::uuid, current_date, 0 FROM generate_series(1, 1000) AS i;
 

@@ -1,4 +1,5 @@
--- SubmitNeed in one statement, and writers of referral_events stop sending NOTIFY.
+-- SubmitNeed in one statement, foreign keys that others imply dropped, and writers of
+-- referral_events stop sending NOTIFY.
 --
 -- Writers of referral_events stop sending NOTIFY: the relay polls for undelivered events instead
 -- (see src/service/events.rs). A NOTIFY in every writer serialised all their commits, fsync
@@ -22,3 +23,17 @@ END
 $$;
 COMMENT ON FUNCTION finmatch_capacity_short() IS
     'Raises FMC01: SubmitNeed''s one-statement write routed to a product without capacity (the statement is undone).';
+
+-- Foreign keys that composite ones imply: each costs a lookup and a KEY SHARE lock of the
+-- referenced row per inserted row (SubmitNeed inserts three referrals and three events, so 26
+-- such checks became 11). referral_events_referral_fkey (referral_id, need_id, lender_id) ->
+-- referrals covers referral_id, and through the referral's own keys need_id and lender_id;
+-- referrals_product_lender_fkey (product_id, lender_id) -> products covers product_id, and
+-- through the product's lender_id, lender_id. What may be referenced or deleted is unchanged.
+ALTER TABLE referral_events
+    DROP CONSTRAINT referral_events_referral_id_fkey,
+    DROP CONSTRAINT referral_events_lender_id_fkey,
+    DROP CONSTRAINT referral_events_need_id_fkey;
+ALTER TABLE referrals
+    DROP CONSTRAINT referrals_lender_id_fkey,
+    DROP CONSTRAINT referrals_product_id_fkey;

@@ -398,9 +398,6 @@ diesel::joinable!(program_enterprises -> lenders (lender_id));
 diesel::joinable!(program_enterprises -> programs (program_id));
 diesel::joinable!(program_lender_quotas -> lenders (lender_id));
 diesel::joinable!(program_lender_quotas -> programs (program_id));
-diesel::joinable!(referral_events -> lenders (lender_id));
-diesel::joinable!(referral_events -> needs (need_id));
-diesel::joinable!(referrals -> lenders (lender_id));
 diesel::joinable!(referrals -> needs (need_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
