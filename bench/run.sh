@@ -146,7 +146,7 @@ COMMON=(--duration "${DURATION}s" --warmup "${WARMUP}s")
 
 # 4a. The baseline and the submit sweep. -------------------------------------------------------
 bench noop noop --concurrency "$CONCURRENCY" "${COMMON[@]}"
-rate=100
+rate=400
 prev=1
 for c in $SWEEP; do
   expected=$(expect "$rate" "$(ratio "$((3 * c))" "$((2 * prev))")")

@@ -308,6 +308,19 @@ pub(crate) async fn load(conn: &mut Connection, id: Uuid) -> Result<Enterprise> 
     to_enterprise(row, designations)
 }
 
+/// Those of these enterprises that exist, with their designations, by id.
+pub(crate) async fn load_many(
+    conn: &mut Connection,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Enterprise>> {
+    let rows = storage::enterprises::find_many(conn, ids).await?;
+    Ok(with_designations(conn, rows)
+        .await?
+        .into_iter()
+        .map(|e| (e.id, e))
+        .collect())
+}
+
 async fn with_designations(
     conn: &mut Connection,
     rows: Vec<EnterpriseRow>,

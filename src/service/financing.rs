@@ -241,19 +241,99 @@ impl App {
                     wave.push(i);
                 }
             }
-            let results: Vec<(usize, Result<ImportOutcome>)> = futures::stream::iter(
-                wave.into_iter()
-                    .map(|i| async move { (i, self.import_one(who, &items[i], encode).await) }),
-            )
-            .buffer_unordered(IMPORT_CONCURRENCY)
-            .collect()
-            .await;
-            for (i, result) in results {
-                outcomes[i] = Some(result?);
+            if self.import_wave(who, items, &wave, encode).await? {
+                for &i in &wave {
+                    outcomes[i] = Some(ImportOutcome::Accepted);
+                }
+            } else {
+                let results: Vec<(usize, Result<ImportOutcome>)> =
+                    futures::stream::iter(wave.into_iter().map(|i| async move {
+                        (i, self.import_one(who, &items[i], encode).await)
+                    }))
+                    .buffer_unordered(IMPORT_CONCURRENCY)
+                    .collect()
+                    .await;
+                for (i, result) in results {
+                    outcomes[i] = Some(result?);
+                }
             }
             pending = later;
         }
         Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    /// Stores a wave of new items (distinct enterprises and keys) in one statement, each scored
+    /// and routed as [`submit_in`] would; true when all are stored. False, with nothing written,
+    /// when any item needs more than that (an unknown enterprise, a key or purpose already taken,
+    /// a product that filled up): the caller then stores them one by one, which gives each its
+    /// own outcome. An import of new needs thus costs one round trip per wave rather than per
+    /// item; a rerun of one (all replays) costs a failed statement per wave more than before.
+    async fn import_wave(
+        &self,
+        who: &Principal,
+        items: &[ImportItem],
+        wave: &[usize],
+        encode: Encoder<'_>,
+    ) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        let now = Utc::now().trunc_subsecs(6);
+        let day = now.date_naive();
+        let ids: Vec<Uuid> = wave
+            .iter()
+            .map(|&i| items[i].need.enterprise_id())
+            .collect();
+        let enterprises = enterprises::load_many(&mut conn, &ids).await?;
+        if enterprises.len() != ids.len() {
+            return Ok(false);
+        }
+        let catalog = self.catalog(&mut conn).await?;
+        let market = self.market(&mut conn, catalog, now).await?;
+        let policy = self.policy();
+        let want = routing::wanted(policy, policy.top_k, 0, 0);
+        let mut submitted = Vec::with_capacity(wave.len());
+        for &i in wave {
+            let need = &items[i].need;
+            let enterprise = match_enterprise(&enterprises[&need.enterprise_id()], day)?;
+            let match_need = crate::matching::MatchNeed::from(need);
+            let candidates = if need.consent_to_share() {
+                evaluate(
+                    &match_need,
+                    &enterprise,
+                    market.catalog.products(),
+                    &market.activity,
+                    &[],
+                    policy,
+                )
+            } else {
+                Vec::new()
+            };
+            let routes = select_routes(&candidates, want);
+            let need = Submitted::new(need, &routes, &market.catalog, now);
+            let response = encode(&need.stored);
+            submitted.push((need, response));
+        }
+        let rows = submitted
+            .iter()
+            .zip(wave)
+            .map(|((need, response), &i)| need.row(who, &items[i].idempotency, response))
+            .collect::<Result<Vec<_>>>()?;
+        match storage::needs::insert_routed_batch(&mut conn, &rows, day).await {
+            Ok(()) => {
+                let counted: Vec<(Uuid, Uuid)> = submitted
+                    .iter()
+                    .flat_map(|(need, _)| need.stored.referrals.iter())
+                    .map(|r| (r.product_id, r.lender_id))
+                    .collect();
+                self.activity_cache().record(day, &counted);
+                tracing::debug!(needs = wave.len(), "import wave stored in one statement");
+                Ok(true)
+            }
+            Err(e) if storage::classify(&e) == Failure::Unavailable => Err(Error::Unavailable),
+            Err(error) => {
+                tracing::debug!(%error, "import wave goes item by item");
+                Ok(false)
+            }
+        }
     }
 
     async fn import_one(

@@ -335,6 +335,134 @@ pub async fn insert_routed_taking_capacity(
     .map(drop)
 }
 
+/// Several [`RoutedNeed`]s and their products' capacity in one statement, its own transaction:
+/// as [`insert_routed_taking_capacity`] for each, all or nothing. A product several of them route
+/// to is counted once per referral, within its capacity. Fails as a whole, writing nothing, when
+/// a product lacks capacity ([`is_capacity_short`]) or any need would break a unique key; the
+/// caller then stores them one at a time. The needs must have distinct enterprises and
+/// idempotency keys, and share `created_at`, `created_by`, and the principal, RPC and entity type
+/// of their audit rows and replay records.
+pub async fn insert_routed_batch(
+    conn: &mut Connection,
+    batch: &[RoutedNeed<'_>],
+    day: NaiveDate,
+) -> QueryResult<()> {
+    use diesel::sql_types::{
+        Array, BigInt, Bool, Bytea, Date, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+    };
+    let Some(first) = batch.first() else {
+        return Ok(());
+    };
+    let needs = |f: fn(&RoutedNeed<'_>) -> Uuid| batch.iter().map(f).collect::<Vec<_>>();
+    let referrals = || {
+        batch
+            .iter()
+            .flat_map(|n| n.referrals.iter().map(move |r| (n.id, r)))
+    };
+    super::sql::Prepared::new(
+        "WITH wanted AS ( \
+           SELECT product_id, count(*)::int4 AS n FROM unnest($19::uuid[]) AS w(product_id) \
+           GROUP BY product_id \
+         ), taken AS ( \
+           INSERT INTO product_daily_usage AS u (product_id, day, referrals) \
+           SELECT p.id, $30, w.n FROM wanted w JOIN products p ON p.id = w.product_id \
+             JOIN lenders l ON l.id = p.lender_id \
+           WHERE p.active AND l.active AND p.daily_capacity >= w.n \
+           ORDER BY p.id \
+           ON CONFLICT (product_id, day) DO UPDATE SET referrals = u.referrals + EXCLUDED.referrals \
+           WHERE u.referrals + EXCLUDED.referrals \
+             <= (SELECT daily_capacity FROM products WHERE id = u.product_id) \
+           RETURNING u.product_id \
+         ), checked AS ( \
+           SELECT CASE WHEN count(*) = (SELECT count(*) FROM wanted) THEN true \
+             ELSE finmatch_capacity_short() END AS ok \
+           FROM taken \
+         ), need AS ( \
+           INSERT INTO needs (id, enterprise_id, amount_minor, term_months, purpose, collateral, \
+             max_rate_bps, needed_by, consent_to_share, channel, note, status, routing_attempts, \
+             idempotency_key, created_by, created_at, updated_at) \
+           SELECT n.id, n.enterprise_id, n.amount_minor, n.term_months, n.purpose, \
+             string_to_array(n.collateral, ','), n.max_rate_bps, n.needed_by, n.consent, \
+             n.channel, n.note, n.status, n.attempts, n.key, $15, $16, $16 \
+           FROM checked, unnest($1::uuid[], $2::uuid[], $3::int8[], $4::int4[], $5::text[], \
+             $6::text[], $7::int4[], $8::date[], $9::bool[], $10::text[], $11::text[], \
+             $12::text[], $13::int4[], $14::text[]) AS n(id, enterprise_id, amount_minor, \
+             term_months, purpose, collateral, max_rate_bps, needed_by, consent, channel, note, \
+             status, attempts, key) \
+           WHERE checked.ok \
+           RETURNING id \
+         ), referral AS ( \
+           INSERT INTO referrals (id, need_id, lender_id, product_id, status, score, factors, \
+             sla_deadline, created_at, updated_at) \
+           SELECT r.id, r.need_id, r.lender_id, r.product_id, 'PENDING', r.score, r.factors, \
+             r.sla_deadline, $16, $16 \
+           FROM unnest($17::uuid[], $18::uuid[], $20::uuid[], $19::uuid[], $21::int4[], \
+             $22::jsonb[], $23::timestamptz[]) \
+             AS r(id, need_id, lender_id, product_id, score, factors, sla_deadline) \
+           WHERE r.need_id IN (SELECT id FROM need) \
+           RETURNING id, need_id, lender_id \
+         ), event AS ( \
+           INSERT INTO referral_events (referral_id, lender_id, need_id, kind, status, detail, \
+             created_at) \
+           SELECT r.id, r.lender_id, r.need_id, 'CREATED', 'PENDING', e.detail, $16 \
+           FROM referral r JOIN unnest($17::uuid[], $24::jsonb[]) AS e(id, detail) ON e.id = r.id \
+         ), audit AS ( \
+           INSERT INTO audit_log (principal_id, principal_role, lender_id, rpc, entity_type, \
+             entity_id, detail) \
+           SELECT $25, $26, $27, $28, $33, a.need_id::text, a.detail \
+           FROM unnest($1::uuid[], $29::jsonb[]) AS a(need_id, detail) \
+           WHERE a.need_id IN (SELECT id FROM need) \
+         ), replay AS ( \
+           INSERT INTO idempotency_keys (principal_id, rpc, key, request_hash, response) \
+           SELECT $34, $35, k.key, k.hash, k.response \
+           FROM unnest($1::uuid[], $14::text[], $31::bytea[], $32::bytea[]) \
+             AS k(need_id, key, hash, response) \
+           WHERE k.need_id IN (SELECT id FROM need) \
+         ) \
+         SELECT count(*) AS n FROM need",
+    )
+    .bind::<Array<SqlUuid>, _>(needs(|n| n.id))
+    .bind::<Array<SqlUuid>, _>(needs(|n| n.need.enterprise_id))
+    .bind::<Array<BigInt>, _>(batch.iter().map(|n| n.need.amount_minor).collect::<Vec<_>>())
+    .bind::<Array<Int4>, _>(batch.iter().map(|n| n.need.term_months).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(batch.iter().map(|n| n.need.purpose).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(batch.iter().map(|n| n.need.collateral.join(",")).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Int4>>, _>(batch.iter().map(|n| n.need.max_rate_bps).collect::<Vec<_>>())
+    .bind::<Array<Date>, _>(batch.iter().map(|n| n.need.needed_by).collect::<Vec<_>>())
+    .bind::<Array<Bool>, _>(batch.iter().map(|n| n.need.consent_to_share).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(batch.iter().map(|n| n.need.channel).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(batch.iter().map(|n| n.need.note).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(batch.iter().map(|n| n.need.status).collect::<Vec<_>>())
+    .bind::<Array<Int4>, _>(batch.iter().map(|n| n.routing_attempts).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        batch.iter().map(|n| n.need.idempotency_key).collect::<Vec<_>>(),
+    )
+    .bind::<SqlUuid, _>(first.need.created_by)
+    .bind::<Timestamptz, _>(first.created_at)
+    .bind::<Array<SqlUuid>, _>(referrals().map(|(_, r)| r.id).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(referrals().map(|(need, _)| need).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(referrals().map(|(_, r)| r.product_id).collect::<Vec<_>>())
+    .bind::<Array<SqlUuid>, _>(referrals().map(|(_, r)| r.lender_id).collect::<Vec<_>>())
+    .bind::<Array<Int4>, _>(referrals().map(|(_, r)| r.score).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(referrals().map(|(_, r)| r.factors.clone()).collect::<Vec<_>>())
+    .bind::<Array<Timestamptz>, _>(referrals().map(|(_, r)| r.sla_deadline).collect::<Vec<_>>())
+    .bind::<Array<Jsonb>, _>(referrals().map(|(_, r)| r.event_detail.clone()).collect::<Vec<_>>())
+    .bind::<Nullable<SqlUuid>, _>(first.audit.principal_id)
+    .bind::<Text, _>(first.audit.principal_role)
+    .bind::<Nullable<SqlUuid>, _>(first.audit.lender_id)
+    .bind::<Text, _>(first.audit.rpc)
+    .bind::<Array<Jsonb>, _>(batch.iter().map(|n| n.audit.detail.clone()).collect::<Vec<_>>())
+    .bind::<Date, _>(day)
+    .bind::<Array<Bytea>, _>(batch.iter().map(|n| n.replay.request_hash).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Bytea>>, _>(batch.iter().map(|n| n.replay.response).collect::<Vec<_>>())
+    .bind::<Text, _>(first.audit.entity_type)
+    .bind::<SqlUuid, _>(first.replay.principal_id)
+    .bind::<Text, _>(first.replay.rpc)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
 /// The message of the error `finmatch_capacity_short()` raises (migration
 /// 2026-12-02-000000_submit_in_one_statement).
 const CAPACITY_SHORT: &str = "finmatch: a product of this routing has no capacity left today";

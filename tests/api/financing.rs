@@ -835,6 +835,77 @@ async fn import_accepts_good_items_reports_bad_ones_and_a_repeat_adds_nothing() 
     assert_eq!(listed.next_page_token, "");
 }
 
+/// A wave of import items is written in one statement only when every item can be: here a
+/// product with room for five referrals where twelve needs want one, and an item whose
+/// enterprise already has an open need of that purpose, send the wave item by item, and each
+/// item gets the outcome SubmitNeed would give it, with usage counted once per referral.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_wave_that_cannot_be_stored_whole_is_stored_item_by_item() {
+    let app = TestApp::spawn().await;
+    let (small, _) = lender(
+        &app,
+        "Small Bank",
+        Offer {
+            daily_capacity: 5,
+            ..OFFER
+        },
+    )
+    .await;
+    lender(&app, "Big Bank", OFFER).await;
+    let mut owners = Vec::new();
+    for _ in 0..12 {
+        owners.push(enterprise(&app).await);
+    }
+    let before = submit(&app, "before", need(&owners[11], pb::Purpose::Payroll))
+        .await
+        .unwrap();
+    assert_eq!(before.referrals.len(), 2);
+    let items: Vec<_> = owners
+        .iter()
+        .enumerate()
+        .map(|(i, owner)| import_item(format!("small-{i}"), need(owner, pb::Purpose::Payroll)))
+        .collect();
+
+    let report = import(&app, items).await;
+
+    assert_eq!(
+        (report.accepted, report.replayed, report.rejected_total),
+        (11, 0, 1)
+    );
+    let duplicate = &report.rejected[0];
+    assert_eq!(duplicate.index, 11);
+    let error = duplicate.error.as_ref().unwrap();
+    assert_eq!(error.code, Code::AlreadyExists as i32);
+    assert_eq!(error.reason, "DUPLICATE_OPEN_NEED");
+    let db = database(&app).await;
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM needs WHERE status = 'ROUTED'").await,
+        12
+    );
+    // The small bank had room for the need before and four imported ones; the big one got all.
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT count(*) FROM referrals WHERE lender_id = '{small}'")
+        )
+        .await,
+        5
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM referrals").await, 17);
+    assert_eq!(
+        count(&db, "SELECT sum(referrals)::int8 FROM product_daily_usage").await,
+        17
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM audit_log WHERE entity_type = 'need'"
+        )
+        .await,
+        12
+    );
+}
+
 async fn import(app: &TestApp, items: Vec<pb::ImportNeedsRequest>) -> pb::ImportNeedsResponse {
     financing(app)
         .import_needs(authed(tokio_stream::iter(items), &app.operator))
