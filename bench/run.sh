@@ -216,7 +216,7 @@ if [ "$IMPORT_ROWS" -gt 0 ]; then
   end=$(date +%s.%N)
   after=$(sql "SELECT count(*) FROM needs")
   keys=$(sql "SELECT count(DISTINCT idempotency_key) FROM needs WHERE idempotency_key LIKE 'import-%'")
-  python3 -c 'import json,sys; r,b,a,s,e,k=sys.argv[1:]; json.dump({"rows":int(r),"stored":int(a)-int(b),"distinct_keys":int(k),"secs":float(e)-float(s)},open(sys.argv[7],"w"))' \
+  python3 -c 'import json,sys; r,b,a,s,e,k=sys.argv[1:7]; json.dump({"rows":int(r),"stored":int(a)-int(b),"distinct_keys":int(k),"secs":float(e)-float(s)},open(sys.argv[7],"w"))' \
     "$IMPORT_ROWS" "$before" "$after" "$start" "$end" "$keys" "$OUT/import.json"
   tail -n 3 "$OUT/import.txt" "$OUT/import.err" || true
 fi

@@ -607,17 +607,19 @@ async fn five_equal_lenders_share_fifty_needs_evenly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_submits_never_exceed_a_products_daily_capacity() {
     let app = TestApp::spawn().await;
+    // Two servers, each with its own connection and its own cached usage, race for one product.
+    let replica = app.replica().await;
     let (tight, tight_product) = lender(
         &app,
         "Tight Bank",
         Offer {
-            daily_capacity: 2,
+            daily_capacity: 5,
             ..OFFER
         },
     )
     .await;
     let mut owners = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..24 {
         owners.push(enterprise(&app).await);
     }
 
@@ -625,7 +627,11 @@ async fn concurrent_submits_never_exceed_a_products_daily_capacity() {
     let submits = owners
         .iter()
         .zip(&keys)
-        .map(|(owner, key)| submit(&app, key, need(owner, pb::Purpose::Payroll)));
+        .enumerate()
+        .map(|(i, (owner, key))| {
+            let server = if i % 2 == 0 { &app } else { &replica };
+            submit(server, key, need(owner, pb::Purpose::Payroll))
+        });
     let results = futures::future::join_all(submits).await;
 
     let mut routed = 0;
@@ -642,7 +648,7 @@ async fn concurrent_submits_never_exceed_a_products_daily_capacity() {
             unmatched.push(submitted.need.unwrap().id);
         }
     }
-    assert_eq!((routed, unmatched.len()), (2, 4));
+    assert_eq!((routed, unmatched.len()), (5, 19));
     let preview = financing(&app)
         .preview_matches(authed(
             pb::PreviewMatchesRequest {
@@ -1157,23 +1163,26 @@ async fn two_replicas_sweeping_at_once_handle_each_expired_referral_exactly_once
         )
         .await;
     }
-    for i in 0..20 {
+    // More needs than one sweep batch, so each replica goes through several batches and the
+    // two interleave.
+    const NEEDS: i64 = 130;
+    let mut items = Vec::new();
+    for i in 0..NEEDS {
         let enterprise_id = enterprise(&app).await;
-        submit(
-            &app,
-            &format!("r-{i}"),
+        items.push(import_item(
+            format!("r-{i}"),
             need(&enterprise_id, pb::Purpose::Payroll),
-        )
-        .await
-        .unwrap();
+        ));
     }
+    assert_eq!(import(&app, items).await.accepted, NEEDS);
     let at = Utc::now() + TimeDelta::hours(25);
 
     let (a, b) = tokio::join!(app.app.sweep_once(at), replica.app.sweep_once(at));
 
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(a.expired_referrals + b.expired_referrals, 60);
-    assert_eq!(a.rerouted_referrals + b.rerouted_referrals, 60);
+    let overdue = 3 * NEEDS as usize;
+    assert_eq!(a.expired_referrals + b.expired_referrals, overdue);
+    assert_eq!(a.rerouted_referrals + b.rerouted_referrals, overdue);
     let db = database(&app).await;
     assert_eq!(
         count(
@@ -1182,7 +1191,7 @@ async fn two_replicas_sweeping_at_once_handle_each_expired_referral_exactly_once
              GROUP BY referral_id HAVING count(*) = 1) once"
         )
         .await,
-        60
+        3 * NEEDS
     );
     assert_eq!(
         count(
@@ -1190,7 +1199,7 @@ async fn two_replicas_sweeping_at_once_handle_each_expired_referral_exactly_once
             "SELECT count(*) FROM referral_events WHERE kind = 'EXPIRED'"
         )
         .await,
-        60
+        3 * NEEDS
     );
     // Every need now has its three replacements: six referrals, six distinct lenders.
     assert_eq!(
@@ -1201,11 +1210,11 @@ async fn two_replicas_sweeping_at_once_handle_each_expired_referral_exactly_once
              AND count(*) FILTER (WHERE status = 'PENDING') = 3) full_needs"
         )
         .await,
-        20
+        NEEDS
     );
     assert_eq!(
         count(&db, "SELECT count(*) FROM needs WHERE routing_attempts = 6").await,
-        20
+        NEEDS
     );
 }
 
