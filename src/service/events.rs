@@ -3,7 +3,7 @@
 //! Cost per event, not per stream. Writers append events to `referral_events`, an outbox, in the
 //! transaction that changes the referral, and do nothing else. One replica at a time, the holder
 //! of a lease row in `relay_leases`, is the **relay**: every [`RELAY_POLL`] it looks for
-//! committed, undelivered events (one index probe of a partial index it keeps empty) and, when
+//! committed, undelivered events (an index probe of a partial index it keeps nearly empty) and, when
 //! there are some, gives them their **delivery cursor**, a batch per transaction, and notifies
 //! `finmatch_referral_deliveries`.
 //! Every replica's feed task wakes on that, reads the new batch once (events with delivery
@@ -29,8 +29,9 @@
 //! previous one's fsync: pgbench's SubmitNeed transaction drops from about 1,250 to 680 TPS at 16
 //! clients when it adds a `pg_notify` (bench/pgbench, docs/performance.md). PostgreSQL also
 //! refuses PREPARE TRANSACTION after NOTIFY, so writers that never notify can still commit in two
-//! phases on a distributed PostgreSQL. The relay's poll costs one index probe per [`RELAY_POLL`]
-//! on one replica and bounds the extra delivery delay by it; its own NOTIFY is once per batch.
+//! phases on a distributed PostgreSQL. The relay's poll costs two index probes per
+//! [`RELAY_POLL`] on one replica (undelivered events, and its own feed's read of new deliveries)
+//! and bounds the extra delivery delay by it; its own NOTIFY is once per batch.
 //!
 //! The delivery cursor is `greatest(previous + 1, insertion cursor)`: it equals the insertion
 //! cursor the previous release showed for every event committed in insertion order, in

@@ -290,6 +290,9 @@ impl App {
         let market = self.market(&mut conn, catalog, now).await?;
         let policy = self.policy();
         let want = routing::wanted(policy, policy.top_k, 0, 0);
+        // Each item is scored after the ones before it, as if they had been submitted one by one:
+        // their referrals count in the usage and lender load the next item sees.
+        let mut activity = (*market.activity).clone();
         let mut submitted = Vec::with_capacity(wave.len());
         for &i in wave {
             let need = &items[i].need;
@@ -300,7 +303,7 @@ impl App {
                     &match_need,
                     &enterprise,
                     market.catalog.products(),
-                    &market.activity,
+                    &activity,
                     &[],
                     policy,
                 )
@@ -309,6 +312,17 @@ impl App {
             };
             let routes = select_routes(&candidates, want);
             let need = Submitted::new(need, &routes, &market.catalog, now);
+            for r in &need.stored.referrals {
+                *activity
+                    .product_referrals_today
+                    .entry(r.product_id)
+                    .or_default() += 1;
+                activity
+                    .lender_stats
+                    .entry(r.lender_id)
+                    .or_default()
+                    .referrals_today += 1;
+            }
             let response = encode(&need.stored);
             submitted.push((need, response));
         }

@@ -415,7 +415,7 @@ pub async fn insert_routed_batch(
          ), replay AS ( \
            INSERT INTO idempotency_keys (principal_id, rpc, key, request_hash, response) \
            SELECT $34, $35, k.key, k.hash, k.response \
-           FROM unnest($1::uuid[], $14::text[], $31::bytea[], $32::bytea[]) \
+           FROM unnest($1::uuid[], $36::text[], $31::bytea[], $32::bytea[]) \
              AS k(need_id, key, hash, response) \
            WHERE k.need_id IN (SELECT id FROM need) \
          ) \
@@ -458,6 +458,7 @@ pub async fn insert_routed_batch(
     .bind::<Text, _>(first.audit.entity_type)
     .bind::<SqlUuid, _>(first.replay.principal_id)
     .bind::<Text, _>(first.replay.rpc)
+    .bind::<Array<Text>, _>(batch.iter().map(|n| n.replay.key).collect::<Vec<_>>())
     .execute(conn)
     .await
     .map(drop)

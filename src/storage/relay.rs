@@ -105,7 +105,8 @@ pub async fn assign_delivery_cursors(conn: &mut Connection, limit: i64) -> Query
 }
 
 /// Whether some committed event has no delivery cursor yet: one probe of the partial index
-/// `referral_events_undelivered_idx`, which the relay keeps empty, so the relay's poll is cheap.
+/// `referral_events_undelivered_idx`, which the relay keeps to live rows it has not reached yet
+/// (dead entries go at the next vacuum), so the relay's poll is cheap.
 pub async fn has_undelivered(conn: &mut Connection) -> QueryResult<bool> {
     #[derive(QueryableByName)]
     struct Found {

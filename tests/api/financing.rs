@@ -649,7 +649,9 @@ async fn concurrent_submits_never_exceed_a_products_daily_capacity() {
         }
     }
     assert_eq!((routed, unmatched.len()), (5, 19));
-    let preview = financing(&app)
+    // A server that has not seen the race reads today's usage afresh.
+    let fresh = app.replica().await;
+    let preview = financing(&fresh)
         .preview_matches(authed(
             pb::PreviewMatchesRequest {
                 subject: Some(pb::preview_matches_request::Subject::NeedId(
@@ -657,7 +659,7 @@ async fn concurrent_submits_never_exceed_a_products_daily_capacity() {
                 )),
                 ..Default::default()
             },
-            &app.operator,
+            &fresh.operator,
         ))
         .await
         .unwrap()
@@ -841,14 +843,15 @@ async fn import_accepts_good_items_reports_bad_ones_and_a_repeat_adds_nothing() 
     assert_eq!(listed.next_page_token, "");
 }
 
-/// A wave of import items is written in one statement only when every item can be: here a
-/// product with room for five referrals where twelve needs want one, and an item whose
-/// enterprise already has an open need of that purpose, send the wave item by item, and each
-/// item gets the outcome SubmitNeed would give it, with usage counted once per referral.
+/// A wave of import items is written in one statement only when every item can be stored as
+/// SubmitNeed would store it. Here another server (a statement) fills a product after this one
+/// read today's usage, so the wave's statement finds too little room and is undone; and an item
+/// whose enterprise already holds an open need of that purpose is refused. Either way the items
+/// are then stored one by one and each gets SubmitNeed's outcome, usage counted once per referral.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_wave_that_cannot_be_stored_whole_is_stored_item_by_item() {
     let app = TestApp::spawn().await;
-    let (small, _) = lender(
+    let (small, small_product) = lender(
         &app,
         "Small Bank",
         Offer {
@@ -859,48 +862,78 @@ async fn an_import_wave_that_cannot_be_stored_whole_is_stored_item_by_item() {
     .await;
     lender(&app, "Big Bank", OFFER).await;
     let mut owners = Vec::new();
-    for _ in 0..12 {
+    for _ in 0..6 {
         owners.push(enterprise(&app).await);
     }
-    let before = submit(&app, "before", need(&owners[11], pb::Purpose::Payroll))
+    let db = database(&app).await;
+    let small_referrals = || {
+        let sql = format!("SELECT count(*) FROM referrals WHERE lender_id = '{small}'");
+        let db = &db;
+        async move { count(db, &sql).await }
+    };
+
+    // The usage this server caches says the small product is empty; it has room for one.
+    let preview = financing(&app)
+        .preview_matches(authed(
+            pb::PreviewMatchesRequest {
+                subject: Some(pb::preview_matches_request::Subject::Need(need(
+                    &owners[0],
+                    pb::Purpose::Payroll,
+                ))),
+                ..Default::default()
+            },
+            &app.operator,
+        ))
         .await
-        .unwrap();
-    assert_eq!(before.referrals.len(), 2);
-    let items: Vec<_> = owners
+        .unwrap()
+        .into_inner();
+    assert!(preview.candidates.iter().all(|c| c.eligible && c.selected));
+    db.execute(
+        "INSERT INTO product_daily_usage (product_id, day, referrals) \
+         VALUES ($1::text::uuid, (now() AT TIME ZONE 'UTC')::date, 4)",
+        &[&small_product],
+    )
+    .await
+    .unwrap();
+    let items: Vec<_> = owners[..3]
         .iter()
         .enumerate()
-        .map(|(i, owner)| import_item(format!("small-{i}"), need(owner, pb::Purpose::Payroll)))
+        .map(|(i, owner)| import_item(format!("full-{i}"), need(owner, pb::Purpose::Payroll)))
         .collect();
-
     let report = import(&app, items).await;
+    assert_eq!((report.accepted, report.rejected_total), (3, 0));
+    assert_eq!(small_referrals().await, 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM needs WHERE status = 'ROUTED'").await,
+        3
+    );
+    assert_eq!(
+        count(&db, "SELECT sum(referrals)::int8 FROM product_daily_usage").await,
+        4 + 1 + 3
+    );
 
+    // An enterprise with an open need of the purpose, in a wave of new ones.
+    submit(&app, "before", need(&owners[5], pb::Purpose::Equipment))
+        .await
+        .unwrap();
+    let items: Vec<_> = owners[3..]
+        .iter()
+        .enumerate()
+        .map(|(i, owner)| import_item(format!("dup-{i}"), need(owner, pb::Purpose::Equipment)))
+        .collect();
+    let report = import(&app, items).await;
     assert_eq!(
         (report.accepted, report.replayed, report.rejected_total),
-        (11, 0, 1)
+        (2, 0, 1)
     );
     let duplicate = &report.rejected[0];
-    assert_eq!(duplicate.index, 11);
+    assert_eq!(duplicate.index, 2);
     let error = duplicate.error.as_ref().unwrap();
     assert_eq!(error.code, Code::AlreadyExists as i32);
     assert_eq!(error.reason, "DUPLICATE_OPEN_NEED");
-    let db = database(&app).await;
     assert_eq!(
         count(&db, "SELECT count(*) FROM needs WHERE status = 'ROUTED'").await,
-        12
-    );
-    // The small bank had room for the need before and four imported ones; the big one got all.
-    assert_eq!(
-        count(
-            &db,
-            &format!("SELECT count(*) FROM referrals WHERE lender_id = '{small}'")
-        )
-        .await,
-        5
-    );
-    assert_eq!(count(&db, "SELECT count(*) FROM referrals").await, 17);
-    assert_eq!(
-        count(&db, "SELECT sum(referrals)::int8 FROM product_daily_usage").await,
-        17
+        6
     );
     assert_eq!(
         count(
@@ -908,7 +941,11 @@ async fn an_import_wave_that_cannot_be_stored_whole_is_stored_item_by_item() {
             "SELECT count(*) FROM audit_log WHERE entity_type = 'need'"
         )
         .await,
-        12
+        6
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM referrals").await,
+        count(&db, "SELECT sum(referrals)::int8 FROM product_daily_usage").await - 4
     );
 }
 
