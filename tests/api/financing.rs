@@ -3,10 +3,9 @@
 //! replicas.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{TimeDelta, Utc};
-use finmatch::domain::{Role, credit_code_with_check};
+use finmatch::domain::Role;
 use finmatch::grpc::pb;
 use pb::enterprise_service_client::EnterpriseServiceClient;
 use pb::financing_service_client::FinancingServiceClient;
@@ -16,9 +15,6 @@ use tonic::transport::Channel;
 
 use crate::helpers::{TestApp, authed, error_reason, violated_fields};
 
-/// Makes credit codes unique across the tests of one run.
-static NEXT_CODE: AtomicU64 = AtomicU64::new(1);
-
 const REGION: &str = "421300";
 const NEEDED_BY: &str = "2030-06-30";
 
@@ -27,14 +23,13 @@ fn financing(app: &TestApp) -> FinancingServiceClient<Channel> {
 }
 
 async fn enterprise(app: &TestApp) -> String {
-    let n = NEXT_CODE.fetch_add(1, Ordering::Relaxed);
-    let credit_code = credit_code_with_check(&format!("91{REGION}{n:09}"));
+    let credit_code = crate::helpers::next_credit_code();
     EnterpriseServiceClient::new(app.channel.clone())
         .create_enterprise(authed(
             pb::CreateEnterpriseRequest {
                 enterprise: Some(pb::Enterprise {
+                    name: format!("Suizhou Works No. {}", &credit_code[10..17]),
                     credit_code,
-                    name: format!("Suizhou Works No. {n}"),
                     region_code: REGION.into(),
                     industry_code: "C2720".into(),
                     size: pb::EnterpriseSize::Small as i32,

@@ -305,9 +305,17 @@ pub fn error_reason(status: &tonic::Status) -> Option<String> {
     status.get_details_error_info().map(|info| info.reason)
 }
 
-/// A valid unified social credit code, different for each `n`.
+/// A valid unified social credit code, different for each `n` (below 10,000,000). The one scheme
+/// of the suite: tests that need codes they can name use it; the others [`next_credit_code`].
 pub fn credit_code(n: u32) -> String {
     finmatch::domain::credit_code_with_check(&format!("9142130073{n:07}"))
+}
+
+/// A credit code no other call in this run returns (from a counter, so a test creating many
+/// enterprises never draws one twice), above the `n` tests pass to [`credit_code`].
+pub fn next_credit_code() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1_000_000);
+    credit_code(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 /// A lender created through the API by the operator; returns its id.

@@ -92,11 +92,8 @@ async fn bank_up_to(app: &TestApp, name: &str, max_amount_minor: i64) -> Bank {
 }
 
 async fn enterprise(app: &TestApp) -> Uuid {
-    // Distinct within a test run (each test has its own database), so a test creating many
-    // enterprises cannot draw one credit code twice, as independent random draws could.
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100_000;
-    let credit_code = finmatch::domain::credit_code_with_check(&format!("91421300MA4F{n:05}"));
+    let credit_code = crate::helpers::next_credit_code();
+    let n = credit_code[10..17].to_owned();
     let created = EnterpriseServiceClient::new(app.channel.clone())
         .create_enterprise(authed(
             pb::CreateEnterpriseRequest {

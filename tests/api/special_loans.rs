@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use finmatch::domain::{Role, credit_code_with_check};
+use finmatch::domain::Role;
 use finmatch::grpc::pb;
 use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
 use finmatch::grpc::pb::lender_service_client::LenderServiceClient;
@@ -84,7 +84,7 @@ impl World {
         let enterprise = enterprises
             .create_enterprise(self.op(pb::CreateEnterpriseRequest {
                 enterprise: Some(pb::Enterprise {
-                    credit_code: credit_code_with_check(&format!("91421300{n:09}")),
+                    credit_code: crate::helpers::credit_code(n),
                     name: format!("Key supplier {n}"),
                     region_code: "421300".into(),
                     industry_code: "C27".into(),
