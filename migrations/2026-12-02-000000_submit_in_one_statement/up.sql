@@ -5,8 +5,9 @@
 -- (see src/service/events.rs). A NOTIFY in every writer serialised all their commits, fsync
 -- included, on one database-wide lock, and PostgreSQL refuses PREPARE TRANSACTION after NOTIFY.
 --
--- Only the table's documentation changes. During a rolling deploy a relay of the previous release
--- still finds what new writers commit, at its 1 s probe; old writers' notifications are ignored.
+-- For the outbox only the table's documentation changes. During a rolling deploy a relay of the
+-- previous release still finds what new writers commit, at its 1 s probe; old writers'
+-- notifications are ignored.
 COMMENT ON TABLE referral_events IS 'Append-only log of referral changes, written as an outbox: the source of WatchReferrals. A writer, in the transaction that changes the referral, inserts referral_id, need_id, lender_id (those of the referral), kind, status (after the change) and detail, and leaves cursor, delivery_cursor and created_at to their defaults; it sends no notification. The relay polls for committed rows without delivery_cursor (index referral_events_undelivered_idx), assigns delivery_cursor and notifies finmatch_referral_deliveries.';
 
 -- SubmitNeed's one-statement write (storage::needs::insert_routed_taking_capacity) calls this
