@@ -10,7 +10,7 @@
 -- notifications are ignored.
 COMMENT ON TABLE referral_events IS 'Append-only log of referral changes, written as an outbox: the source of WatchReferrals. A writer, in the transaction that changes the referral, inserts referral_id, need_id, lender_id (those of the referral), kind, status (after the change) and detail, and leaves cursor, delivery_cursor and created_at to their defaults; it sends no notification. The relay polls for committed rows without delivery_cursor (index referral_events_undelivered_idx), assigns delivery_cursor and notifies finmatch_referral_deliveries.';
 
--- SubmitNeed's one-statement write (storage::needs::insert_routed_taking_capacity) calls this
+-- SubmitNeed's one-statement write (storage::needs::insert_routed_batch) calls this
 -- when a product it routed to had no capacity left: the error undoes the whole statement, and the
 -- service routes the need again in a transaction that replaces the full products. VOLATILE, so
 -- it runs only on that branch of the CASE that calls it.

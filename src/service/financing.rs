@@ -741,9 +741,9 @@ async fn submit_in(
     let first_choice = select_routes(&candidates, want);
     let submitted = Submitted::new(need, &first_choice, &market.catalog, now);
     let response = encode(&submitted.stored);
-    let written = match storage::needs::insert_routed_taking_capacity(
+    let written = match storage::needs::insert_routed_batch(
         conn,
-        &submitted.row(who, idempotency, &response)?,
+        &[submitted.row(who, idempotency, &response)?],
         day,
     )
     .await

@@ -237,44 +237,6 @@ pub struct RoutedReferral {
     pub event_detail: serde_json::Value,
 }
 
-/// The columns of a need's INSERT in both forms of [`insert_routed`]; `$16` is the time.
-macro_rules! need_columns {
-    () => {
-        "INSERT INTO needs (id, enterprise_id, amount_minor, term_months, purpose, collateral, \
-           max_rate_bps, needed_by, consent_to_share, channel, note, status, routing_attempts, \
-           idempotency_key, created_by, created_at, updated_at) "
-    };
-}
-
-/// Everything a [`RoutedNeed`] writes after its `need` CTE: referrals (`$17`… as arrays, one
-/// element per referral), their CREATED events, the audit row and the replay record.
-macro_rules! routed_tail {
-    () => {
-        ", referral AS ( \
-           INSERT INTO referrals (id, need_id, lender_id, product_id, status, score, factors, \
-             sla_deadline, created_at, updated_at) \
-           SELECT r.id, need.id, r.lender_id, r.product_id, 'PENDING', r.score, r.factors, \
-             r.sla_deadline, $16, $16 \
-           FROM need, unnest($17::uuid[], $18::uuid[], $19::uuid[], $20::int4[], $21::jsonb[], \
-             $22::timestamptz[]) AS r(id, lender_id, product_id, score, factors, sla_deadline) \
-           RETURNING id, need_id, lender_id \
-         ), event AS ( \
-           INSERT INTO referral_events (referral_id, lender_id, need_id, kind, status, detail, \
-             created_at) \
-           SELECT r.id, r.lender_id, r.need_id, 'CREATED', 'PENDING', e.detail, $16 \
-           FROM referral r JOIN unnest($17::uuid[], $23::jsonb[]) AS e(id, detail) ON e.id = r.id \
-         ), audit AS ( \
-           INSERT INTO audit_log (principal_id, principal_role, lender_id, rpc, entity_type, \
-             entity_id, detail) \
-           SELECT $24, $25, $26, $27, $28, need.id::text, $29 FROM need \
-         ), replay AS ( \
-           INSERT INTO idempotency_keys (principal_id, rpc, key, request_hash, response) \
-           SELECT $30, $31, $32, $33, $34 FROM need \
-         ) \
-         SELECT id FROM need"
-    };
-}
-
 /// Writes a [`RoutedNeed`] in one statement (need, referrals, events, audit row, replay record),
 /// in the caller's transaction, which has taken the products' capacity already (see
 /// `referrals::take_capacity`). Fails with a unique violation of [`ONE_OPEN_PER_PURPOSE`],
@@ -282,61 +244,48 @@ macro_rules! routed_tail {
 /// of this purpose or the key was used before.
 pub async fn insert_routed(conn: &mut Connection, new: &RoutedNeed<'_>) -> QueryResult<()> {
     bind_routed(
-        super::sql::Prepared::new(concat!(
-            "WITH need AS (",
-            need_columns!(),
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16) \
-             RETURNING id)",
-            routed_tail!()
-        )),
+        super::sql::Prepared::new(
+            "WITH need AS ( \
+               INSERT INTO needs (id, enterprise_id, amount_minor, term_months, purpose, \
+                 collateral, max_rate_bps, needed_by, consent_to_share, channel, note, status, \
+                 routing_attempts, idempotency_key, created_by, created_at, updated_at) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16) \
+               RETURNING id \
+             ), referral AS ( \
+               INSERT INTO referrals (id, need_id, lender_id, product_id, status, score, factors, \
+                 sla_deadline, created_at, updated_at) \
+               SELECT r.id, need.id, r.lender_id, r.product_id, 'PENDING', r.score, r.factors, \
+                 r.sla_deadline, $16, $16 \
+               FROM need, unnest($17::uuid[], $18::uuid[], $19::uuid[], $20::int4[], \
+                 $21::jsonb[], $22::timestamptz[]) \
+                 AS r(id, lender_id, product_id, score, factors, sla_deadline) \
+               RETURNING id, need_id, lender_id \
+             ), event AS ( \
+               INSERT INTO referral_events (referral_id, lender_id, need_id, kind, status, detail, \
+                 created_at) \
+               SELECT r.id, r.lender_id, r.need_id, 'CREATED', 'PENDING', e.detail, $16 \
+               FROM referral r JOIN unnest($17::uuid[], $23::jsonb[]) AS e(id, detail) \
+                 ON e.id = r.id \
+             ), audit AS ( \
+               INSERT INTO audit_log (principal_id, principal_role, lender_id, rpc, entity_type, \
+                 entity_id, detail) \
+               SELECT $24, $25, $26, $27, $28, need.id::text, $29 FROM need \
+             ), replay AS ( \
+               INSERT INTO idempotency_keys (principal_id, rpc, key, request_hash, response) \
+               SELECT $30, $31, $32, $33, $34 FROM need \
+             ) \
+             SELECT id FROM need",
+        ),
         new,
     )
-    .execute(conn)
-    .await
-    .map(drop)
-}
-
-/// [`insert_routed`] and the products' capacity in one statement, so in one round trip and its
-/// own transaction: counts one referral on `day` for each referral's product, as
-/// `referrals::take_capacity` does (same locking order, same checks), and writes the need only
-/// when every product had capacity. Otherwise the statement fails as a whole and
-/// [`is_capacity_short`] recognises the error: nothing is written, and the caller routes in a
-/// transaction instead, replacing the products that were full.
-pub async fn insert_routed_taking_capacity(
-    conn: &mut Connection,
-    new: &RoutedNeed<'_>,
-    day: NaiveDate,
-) -> QueryResult<()> {
-    bind_routed(
-        super::sql::Prepared::new(concat!(
-            "WITH taken AS ( \
-               INSERT INTO product_daily_usage AS u (product_id, day, referrals) \
-               SELECT p.id, $35, 1 FROM products p JOIN lenders l ON l.id = p.lender_id \
-               WHERE p.id = ANY($19) AND p.active AND l.active AND p.daily_capacity >= 1 \
-               ORDER BY p.id \
-               ON CONFLICT (product_id, day) DO UPDATE SET referrals = u.referrals + 1 \
-               WHERE u.referrals < (SELECT daily_capacity FROM products WHERE id = u.product_id) \
-               RETURNING u.product_id \
-             ), checked AS ( \
-               SELECT CASE WHEN count(*) = cardinality($19::uuid[]) THEN true \
-                 ELSE finmatch_capacity_short() END AS ok \
-               FROM taken \
-             ), need AS (",
-            need_columns!(),
-            "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16 \
-             FROM checked WHERE ok RETURNING id)",
-            routed_tail!()
-        )),
-        new,
-    )
-    .bind::<diesel::sql_types::Date, _>(day)
     .execute(conn)
     .await
     .map(drop)
 }
 
 /// Several [`RoutedNeed`]s and their products' capacity in one statement, its own transaction:
-/// as [`insert_routed_taking_capacity`] for each, all or nothing. A product several of them route
+/// as SubmitNeed takes it in a transaction (`referrals::take_capacity`: same checks, same lock
+/// order) and [`insert_routed`] for each, all or nothing. A product several of them route
 /// to is counted once per referral, within its capacity. Fails as a whole, writing nothing, when
 /// a product lacks capacity ([`is_capacity_short`]) or any need would break a unique key; the
 /// caller then stores them one at a time. The needs must have distinct enterprises and
@@ -468,12 +417,12 @@ pub async fn insert_routed_batch(
 /// 2026-12-02-000000_submit_in_one_statement).
 const CAPACITY_SHORT: &str = "finmatch: a product of this routing has no capacity left today";
 
-/// Whether `error` is [`insert_routed_taking_capacity`] finding a product without capacity.
+/// Whether `error` is [`insert_routed_batch`] finding a product without capacity.
 pub fn is_capacity_short(error: &diesel::result::Error) -> bool {
     matches!(error, diesel::result::Error::DatabaseError(_, info) if info.message() == CAPACITY_SHORT)
 }
 
-/// Binds `$1`…`$34` of both forms of [`insert_routed`].
+/// Binds `$1`…`$34` of [`insert_routed`].
 fn bind_routed<'a>(
     query: super::sql::Prepared<'a>,
     new: &'a RoutedNeed<'_>,
