@@ -139,6 +139,21 @@ fn need(enterprise_id: &str, purpose: pb::Purpose) -> pb::Need {
     }
 }
 
+/// PreviewMatches of an unsaved need, the default page, through `app`.
+async fn preview(app: &TestApp, need: pb::Need) -> pb::PreviewMatchesResponse {
+    financing(app)
+        .preview_matches(authed(
+            pb::PreviewMatchesRequest {
+                subject: Some(pb::preview_matches_request::Subject::Need(need)),
+                ..Default::default()
+            },
+            &app.operator,
+        ))
+        .await
+        .expect("preview")
+        .into_inner()
+}
+
 async fn submit(
     app: &TestApp,
     key: &str,
@@ -327,18 +342,7 @@ async fn submit_routes_exactly_the_three_best_distinct_lenders_of_the_preview() 
     let (eligible, _, _) = market(&app).await;
     let enterprise_id = enterprise(&app).await;
     let wanted = need(&enterprise_id, pb::Purpose::Payroll);
-    let preview = financing(&app)
-        .preview_matches(authed(
-            pb::PreviewMatchesRequest {
-                subject: Some(pb::preview_matches_request::Subject::Need(wanted.clone())),
-                ..Default::default()
-            },
-            &app.operator,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .candidates;
+    let preview = preview(&app, wanted.clone()).await.candidates;
     let selected: Vec<(String, i32)> = preview
         .iter()
         .filter(|c| c.selected)
@@ -692,17 +696,7 @@ async fn a_product_filled_after_the_usage_was_read_is_replaced_and_nothing_is_co
     let owner = enterprise(&app).await;
     let wanted = need(&owner, pb::Purpose::Payroll);
     // The preview reads today's usage into the server's cache: the tight product is the best.
-    let preview = financing(&app)
-        .preview_matches(authed(
-            pb::PreviewMatchesRequest {
-                subject: Some(pb::preview_matches_request::Subject::Need(wanted.clone())),
-                ..Default::default()
-            },
-            &app.operator,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let preview = preview(&app, wanted.clone()).await;
     assert_eq!(preview.candidates[0].product_id, tight_product);
     assert!(preview.candidates[0].selected && preview.candidates[1].selected);
 
