@@ -243,44 +243,13 @@ pub struct RoutedReferral {
 /// [`ONE_NEED_PER_KEY`] or the replay record's key when the enterprise already has an open need
 /// of this purpose or the key was used before.
 pub async fn insert_routed(conn: &mut Connection, new: &RoutedNeed<'_>) -> QueryResult<()> {
-    bind_routed(
-        super::sql::Prepared::new(
-            "WITH need AS ( \
-               INSERT INTO needs (id, enterprise_id, amount_minor, term_months, purpose, \
-                 collateral, max_rate_bps, needed_by, consent_to_share, channel, note, status, \
-                 routing_attempts, idempotency_key, created_by, created_at, updated_at) \
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16) \
-               RETURNING id \
-             ), referral AS ( \
-               INSERT INTO referrals (id, need_id, lender_id, product_id, status, score, factors, \
-                 sla_deadline, created_at, updated_at) \
-               SELECT r.id, need.id, r.lender_id, r.product_id, 'PENDING', r.score, r.factors, \
-                 r.sla_deadline, $16, $16 \
-               FROM need, unnest($17::uuid[], $18::uuid[], $19::uuid[], $20::int4[], \
-                 $21::jsonb[], $22::timestamptz[]) \
-                 AS r(id, lender_id, product_id, score, factors, sla_deadline) \
-               RETURNING id, need_id, lender_id \
-             ), event AS ( \
-               INSERT INTO referral_events (referral_id, lender_id, need_id, kind, status, detail, \
-                 created_at) \
-               SELECT r.id, r.lender_id, r.need_id, 'CREATED', 'PENDING', e.detail, $16 \
-               FROM referral r JOIN unnest($17::uuid[], $23::jsonb[]) AS e(id, detail) \
-                 ON e.id = r.id \
-             ), audit AS ( \
-               INSERT INTO audit_log (principal_id, principal_role, lender_id, rpc, entity_type, \
-                 entity_id, detail) \
-               SELECT $24, $25, $26, $27, $28, need.id::text, $29 FROM need \
-             ), replay AS ( \
-               INSERT INTO idempotency_keys (principal_id, rpc, key, request_hash, response) \
-               SELECT $30, $31, $32, $33, $34 FROM need \
-             ) \
-             SELECT id FROM need",
-        ),
-        new,
+    write_routed(
+        conn,
+        std::slice::from_ref(new),
+        new.created_at.date_naive(),
+        false,
     )
-    .execute(conn)
     .await
-    .map(drop)
 }
 
 /// Several [`RoutedNeed`]s and their products' capacity in one statement, its own transaction:
@@ -295,6 +264,17 @@ pub async fn insert_routed_batch(
     conn: &mut Connection,
     batch: &[RoutedNeed<'_>],
     day: NaiveDate,
+) -> QueryResult<()> {
+    write_routed(conn, batch, day, true).await
+}
+
+/// The one statement behind [`insert_routed`] and [`insert_routed_batch`]; it counts the
+/// products' capacity on `day` only when `take_capacity`.
+async fn write_routed(
+    conn: &mut Connection,
+    batch: &[RoutedNeed<'_>],
+    day: NaiveDate,
+    take_capacity: bool,
 ) -> QueryResult<()> {
     use diesel::sql_types::{
         Array, BigInt, Bool, Bytea, Date, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
@@ -316,14 +296,14 @@ pub async fn insert_routed_batch(
            INSERT INTO product_daily_usage AS u (product_id, day, referrals) \
            SELECT p.id, $30, w.n FROM wanted w JOIN products p ON p.id = w.product_id \
              JOIN lenders l ON l.id = p.lender_id \
-           WHERE p.active AND l.active AND p.daily_capacity >= w.n \
+           WHERE $37 AND p.active AND l.active AND p.daily_capacity >= w.n \
            ORDER BY p.id \
            ON CONFLICT (product_id, day) DO UPDATE SET referrals = u.referrals + EXCLUDED.referrals \
            WHERE u.referrals + EXCLUDED.referrals \
              <= (SELECT daily_capacity FROM products WHERE id = u.product_id) \
            RETURNING u.product_id \
          ), checked AS ( \
-           SELECT CASE WHEN count(*) = (SELECT count(*) FROM wanted) THEN true \
+           SELECT CASE WHEN NOT $37 OR count(*) = (SELECT count(*) FROM wanted) THEN true \
              ELSE finmatch_capacity_short() END AS ok \
            FROM taken \
          ), need AS ( \
@@ -408,6 +388,7 @@ pub async fn insert_routed_batch(
     .bind::<SqlUuid, _>(first.replay.principal_id)
     .bind::<Text, _>(first.replay.rpc)
     .bind::<Array<Text>, _>(batch.iter().map(|n| n.replay.key).collect::<Vec<_>>())
+    .bind::<Bool, _>(take_capacity)
     .execute(conn)
     .await
     .map(drop)
@@ -420,68 +401,6 @@ const CAPACITY_SHORT: &str = "finmatch: a product of this routing has no capacit
 /// Whether `error` is [`insert_routed_batch`] finding a product without capacity.
 pub fn is_capacity_short(error: &diesel::result::Error) -> bool {
     matches!(error, diesel::result::Error::DatabaseError(_, info) if info.message() == CAPACITY_SHORT)
-}
-
-/// Binds `$1`…`$34` of [`insert_routed`].
-fn bind_routed<'a>(
-    query: super::sql::Prepared<'a>,
-    new: &'a RoutedNeed<'_>,
-) -> super::sql::Prepared<'a> {
-    use diesel::sql_types::{
-        Array, Bool, Bytea, Date, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
-    };
-    let column = |f: fn(&RoutedReferral) -> Uuid| new.referrals.iter().map(f).collect::<Vec<_>>();
-    let need = &new.need;
-    query
-        .bind::<SqlUuid, _>(new.id)
-        .bind::<SqlUuid, _>(need.enterprise_id)
-        .bind::<diesel::sql_types::BigInt, _>(need.amount_minor)
-        .bind::<Int4, _>(need.term_months)
-        .bind::<Text, _>(need.purpose)
-        .bind::<Array<Text>, _>(need.collateral.clone())
-        .bind::<Nullable<Int4>, _>(need.max_rate_bps)
-        .bind::<Date, _>(need.needed_by)
-        .bind::<Bool, _>(need.consent_to_share)
-        .bind::<Text, _>(need.channel)
-        .bind::<Text, _>(need.note)
-        .bind::<Text, _>(need.status)
-        .bind::<Int4, _>(new.routing_attempts)
-        .bind::<Nullable<Text>, _>(need.idempotency_key)
-        .bind::<SqlUuid, _>(need.created_by)
-        .bind::<Timestamptz, _>(new.created_at)
-        .bind::<Array<SqlUuid>, _>(column(|r| r.id))
-        .bind::<Array<SqlUuid>, _>(column(|r| r.lender_id))
-        .bind::<Array<SqlUuid>, _>(column(|r| r.product_id))
-        .bind::<Array<Int4>, _>(new.referrals.iter().map(|r| r.score).collect::<Vec<_>>())
-        .bind::<Array<Jsonb>, _>(
-            new.referrals
-                .iter()
-                .map(|r| r.factors.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Timestamptz>, _>(
-            new.referrals
-                .iter()
-                .map(|r| r.sla_deadline)
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Jsonb>, _>(
-            new.referrals
-                .iter()
-                .map(|r| r.event_detail.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Nullable<SqlUuid>, _>(new.audit.principal_id)
-        .bind::<Text, _>(new.audit.principal_role)
-        .bind::<Nullable<SqlUuid>, _>(new.audit.lender_id)
-        .bind::<Text, _>(new.audit.rpc)
-        .bind::<Text, _>(new.audit.entity_type)
-        .bind::<Jsonb, _>(new.audit.detail.clone())
-        .bind::<SqlUuid, _>(new.replay.principal_id)
-        .bind::<Text, _>(new.replay.rpc)
-        .bind::<Text, _>(new.replay.key)
-        .bind::<Bytea, _>(new.replay.request_hash)
-        .bind::<Nullable<Bytea>, _>(new.replay.response)
 }
 
 /// The need, all its referrals (oldest first) and the sums disbursed on them, read in one round
