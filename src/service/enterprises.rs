@@ -308,32 +308,30 @@ pub(crate) async fn load(conn: &mut Connection, id: Uuid) -> Result<Enterprise> 
     to_enterprise(row, designations)
 }
 
-/// Those of these enterprises that exist, with their designations, by id.
-pub(crate) async fn load_many(
-    conn: &mut Connection,
-    ids: &[Uuid],
-) -> Result<HashMap<Uuid, Enterprise>> {
-    let rows = storage::enterprises::find_many(conn, ids).await?;
-    Ok(with_designations(conn, rows)
-        .await?
-        .into_iter()
-        .map(|e| (e.id, e))
-        .collect())
-}
-
+/// The enterprises in their order, each with its designations.
 async fn with_designations(
     conn: &mut Connection,
     rows: Vec<EnterpriseRow>,
 ) -> Result<Vec<Enterprise>> {
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let designations = storage::enterprises::active_designations(conn, &ids).await?;
+    let mut by_id = assemble(rows, designations)?;
+    Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+}
+
+/// Enterprises by id, each with those of `designations` that are its own.
+pub(crate) fn assemble(
+    rows: Vec<EnterpriseRow>,
+    designations: Vec<DesignationRow>,
+) -> Result<HashMap<Uuid, Enterprise>> {
     let mut by_enterprise: HashMap<Uuid, Vec<DesignationRow>> = HashMap::new();
-    for d in storage::enterprises::active_designations(conn, &ids).await? {
+    for d in designations {
         by_enterprise.entry(d.enterprise_id).or_default().push(d);
     }
     rows.into_iter()
         .map(|row| {
             let designations = by_enterprise.remove(&row.id).unwrap_or_default();
-            to_enterprise(row, designations)
+            to_enterprise(row, designations).map(|e| (e.id, e))
         })
         .collect()
 }

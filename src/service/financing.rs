@@ -100,8 +100,9 @@ pub enum Submission {
     Replayed(Vec<u8>),
 }
 
-/// Encodes a response for replay; supplied by the transport, which owns the wire format.
-pub type Encoder<'a> = &'a (dyn Fn(&NeedWithReferrals) -> Vec<u8> + Send + Sync);
+/// Encodes a response for replay; supplied by the transport, which owns the wire format. A plain
+/// function (`'static`), as a SubmitNeed call may be stored by a wave another task writes.
+pub type Encoder = &'static (dyn Fn(&NeedWithReferrals) -> Vec<u8> + Send + Sync);
 
 /// One ImportNeeds item, validated by the transport.
 #[derive(Debug, Clone)]
@@ -109,6 +110,13 @@ pub struct ImportItem {
     pub index: usize,
     pub idempotency: Idempotency,
     pub need: NewNeed,
+}
+
+/// A need of a wave (see [`App::store_wave`]).
+pub(super) struct WaveItem<'a> {
+    pub idempotency: &'a Idempotency,
+    pub need: &'a NewNeed,
+    pub encode: Encoder,
 }
 
 /// The result of one ImportNeeds item.
@@ -179,16 +187,31 @@ pub struct SweepReport {
 }
 
 impl App {
-    /// Stores, scores and routes a need in one transaction (see FinancingService.SubmitNeed).
+    /// Stores, scores and routes a need in one transaction (see FinancingService.SubmitNeed),
+    /// usually shared with the calls made at the same time (see `group_commit`).
     #[tracing::instrument(skip_all, fields(enterprise_id = %need.enterprise_id()))]
     pub async fn submit_need(
         &self,
         who: &Principal,
         idempotency: Idempotency,
         need: NewNeed,
-        encode: Encoder<'_>,
+        encode: Encoder,
     ) -> Result<Submission> {
         who.require("SubmitNeed", INTAKE)?;
+        // Usually stored with the calls that arrived meanwhile, in one statement and one commit;
+        // the rare call the wave cannot store (a replay, a duplicate, a full product) goes alone.
+        if let Some(stored) = self
+            .submit_queue()
+            .submit(self, who, &idempotency, &need, encode)
+            .await
+        {
+            tracing::info!(
+                need_id = %stored.need.id,
+                referrals = stored.referrals.len(),
+                "need submitted"
+            );
+            return Ok(Submission::Created(stored));
+        }
         let submission = error::retry_conflicts(TRIES, || {
             let (idempotency, need) = (&idempotency, &need);
             async move {
@@ -218,7 +241,7 @@ impl App {
         &self,
         who: &Principal,
         items: Vec<ImportItem>,
-        encode: Encoder<'_>,
+        encode: Encoder,
     ) -> Result<Vec<ImportOutcome>> {
         who.require("ImportNeeds", INTAKE)?;
         let items = &items;
@@ -241,61 +264,121 @@ impl App {
                     wave.push(i);
                 }
             }
-            if self.import_wave(who, items, &wave, encode).await? {
-                for &i in &wave {
+            let stored = self.import_wave(who, items, &wave, encode).await?;
+            let mut alone = Vec::new();
+            for (i, stored) in wave.into_iter().zip(stored) {
+                if stored {
                     outcomes[i] = Some(ImportOutcome::Accepted);
+                } else {
+                    alone.push(i);
                 }
-            } else {
-                let results: Vec<(usize, Result<ImportOutcome>)> =
-                    futures::stream::iter(wave.into_iter().map(|i| async move {
-                        (i, self.import_one(who, &items[i], encode).await)
-                    }))
-                    .buffer_unordered(IMPORT_CONCURRENCY)
-                    .collect()
-                    .await;
-                for (i, result) in results {
-                    outcomes[i] = Some(result?);
-                }
+            }
+            let results: Vec<(usize, Result<ImportOutcome>)> = futures::stream::iter(
+                alone
+                    .into_iter()
+                    .map(|i| async move { (i, self.import_one(who, &items[i], encode).await) }),
+            )
+            .buffer_unordered(IMPORT_CONCURRENCY)
+            .collect()
+            .await;
+            for (i, result) in results {
+                outcomes[i] = Some(result?);
             }
             pending = later;
         }
         Ok(outcomes.into_iter().flatten().collect())
     }
 
-    /// Stores a wave of new items (distinct enterprises and keys) in one statement, each scored
-    /// and routed as [`submit_in`] would; true when all are stored. False, with nothing written,
-    /// when any item needs more than that (an unknown enterprise, a key or purpose already taken,
-    /// a product that filled up): the caller then stores them one by one, which gives each its
-    /// own outcome. An import of new needs thus costs one round trip per wave rather than per
-    /// item; a rerun of one (all replays) costs a failed statement per wave more than before.
+    /// Stores an ImportNeeds wave (see [`App::store_wave`]): for each item, whether it is stored.
     async fn import_wave(
         &self,
         who: &Principal,
         items: &[ImportItem],
         wave: &[usize],
-        encode: Encoder<'_>,
-    ) -> Result<bool> {
+        encode: Encoder,
+    ) -> Result<Vec<bool>> {
+        let wave: Vec<WaveItem<'_>> = wave
+            .iter()
+            .map(|&i| WaveItem {
+                idempotency: &items[i].idempotency,
+                need: &items[i].need,
+                encode,
+            })
+            .collect();
+        let stored = self.store_wave(who, &wave).await?;
+        Ok(stored.iter().map(Option::is_some).collect())
+    }
+
+    /// Stores a wave of new needs of `who` (distinct enterprises and keys) in one statement, each
+    /// scored and routed as [`submit_in`] would, in wave order: for each item, the need as stored,
+    /// or `None` when the item needs more than that. The caller then stores those alone, which
+    /// gives each its own outcome. Left out before writing are the items whose enterprise is
+    /// unknown, whose key names a stored need or whose purpose is open already; should the
+    /// statement fail anyway (a race for the same key or purpose, a product that filled up),
+    /// nothing is written and every item is left out. A wave of new needs thus costs two round
+    /// trips and one commit however many it holds.
+    pub(super) async fn store_wave(
+        &self,
+        who: &Principal,
+        wave: &[WaveItem<'_>],
+    ) -> Result<Vec<Option<NeedWithReferrals>>> {
         let mut conn = self.conn().await?;
+        // A wave that lost a race for a key or purpose is read and tried once more: the
+        // transaction it waited for has ended by then, so the second read leaves out what it took.
+        for _ in 0..2 {
+            if let Some(stored) = self.try_wave(&mut conn, who, wave).await? {
+                return Ok(stored);
+            }
+        }
+        Ok(wave.iter().map(|_| None).collect())
+    }
+
+    /// One attempt of [`App::store_wave`]; `None` when the statement lost a race for a key or
+    /// purpose, and wrote nothing.
+    async fn try_wave(
+        &self,
+        conn: &mut Connection,
+        who: &Principal,
+        wave: &[WaveItem<'_>],
+    ) -> Result<Option<Vec<Option<NeedWithReferrals>>>> {
+        let mut stored: Vec<Option<NeedWithReferrals>> = wave.iter().map(|_| None).collect();
         let now = Utc::now().trunc_subsecs(6);
         let day = now.date_naive();
-        let ids: Vec<Uuid> = wave
+        let ids: Vec<Uuid> = wave.iter().map(|item| item.need.enterprise_id()).collect();
+        let keys: Vec<&str> = wave
             .iter()
-            .map(|&i| items[i].need.enterprise_id())
+            .map(|item| item.idempotency.key.as_str())
             .collect();
-        let enterprises = enterprises::load_many(&mut conn, &ids).await?;
-        if enterprises.len() != ids.len() {
-            return Ok(false);
+        let reads = storage::needs::find_for_wave(conn, &ids, who.credential_id, &keys).await?;
+        let enterprises = enterprises::assemble(reads.enterprises, reads.designations)?;
+        let keys_taken: HashSet<&str> = reads.keys_taken.iter().map(String::as_str).collect();
+        let open: HashSet<(Uuid, &str)> = reads
+            .open
+            .iter()
+            .map(|(enterprise, purpose)| (*enterprise, purpose.as_str()))
+            .collect();
+        let storable: Vec<usize> = (0..wave.len())
+            .filter(|&i| {
+                let need = wave[i].need;
+                enterprises.contains_key(&need.enterprise_id())
+                    && !keys_taken.contains(keys[i])
+                    && !open.contains(&(need.enterprise_id(), need.purpose().as_str()))
+            })
+            .collect();
+        if storable.is_empty() {
+            return Ok(Some(stored));
         }
-        let catalog = self.catalog(&mut conn).await?;
-        let market = self.market(&mut conn, catalog, now).await?;
+        let catalog = self.catalog(conn).await?;
+        let market = self.market(conn, catalog, now).await?;
         let policy = self.policy();
         let want = routing::wanted(policy, policy.top_k, 0, 0);
         // Each item is scored after the ones before it, as if they had been submitted one by one:
         // their referrals count in the usage and lender load the next item sees.
         let mut activity = (*market.activity).clone();
-        let mut submitted = Vec::with_capacity(wave.len());
-        for &i in wave {
-            let need = &items[i].need;
+        let mut submitted = Vec::with_capacity(storable.len());
+        for &i in &storable {
+            let item = &wave[i];
+            let need = item.need;
             let enterprise = match_enterprise(&enterprises[&need.enterprise_id()], day)?;
             let match_need = crate::matching::MatchNeed::from(need);
             let candidates = if need.consent_to_share() {
@@ -323,29 +406,41 @@ impl App {
                     .or_default()
                     .referrals_today += 1;
             }
-            let response = encode(&need.stored);
+            let response = (item.encode)(&need.stored);
             submitted.push((need, response));
         }
         let rows = submitted
             .iter()
-            .zip(wave)
-            .map(|((need, response), &i)| need.row(who, &items[i].idempotency, response))
+            .zip(&storable)
+            .map(|((need, response), &i)| need.row(who, wave[i].idempotency, response))
             .collect::<Result<Vec<_>>>()?;
-        match storage::needs::insert_routed_batch(&mut conn, &rows, day).await {
+        match storage::needs::insert_routed_batch(conn, &rows, day).await {
             Ok(()) => {
+                drop(rows);
                 let counted: Vec<(Uuid, Uuid)> = submitted
                     .iter()
                     .flat_map(|(need, _)| need.stored.referrals.iter())
                     .map(|r| (r.product_id, r.lender_id))
                     .collect();
                 self.activity_cache().record(day, &counted);
-                tracing::debug!(needs = wave.len(), "import wave stored in one statement");
-                Ok(true)
+                tracing::debug!(
+                    needs = storable.len(),
+                    left_out = wave.len() - storable.len(),
+                    "wave stored in one statement"
+                );
+                for ((need, _), i) in submitted.into_iter().zip(storable) {
+                    stored[i] = Some(need.stored);
+                }
+                Ok(Some(stored))
             }
             Err(e) if storage::classify(&e) == Failure::Unavailable => Err(Error::Unavailable),
+            Err(e) if lost_race(&e) => {
+                tracing::debug!(needs = wave.len(), error = %e, "wave lost a race; read again");
+                Ok(None)
+            }
             Err(error) => {
-                tracing::debug!(%error, "import wave goes item by item");
-                Ok(false)
+                tracing::debug!(%error, needs = wave.len(), "wave goes item by item");
+                Ok(Some(stored))
             }
         }
     }
@@ -354,7 +449,7 @@ impl App {
         &self,
         who: &Principal,
         item: &ImportItem,
-        encode: Encoder<'_>,
+        encode: Encoder,
     ) -> Result<ImportOutcome> {
         let outcome = error::retry_conflicts(TRIES, || async {
             let mut conn = self.conn().await?;
@@ -713,7 +808,7 @@ async fn submit_in(
     who: &Principal,
     idempotency: &Idempotency,
     need: &NewNeed,
-    encode: Encoder<'_>,
+    encode: Encoder,
 ) -> Result<Submission> {
     // Microseconds, as PostgreSQL keeps them, so the response equals what GetNeed reads back.
     let now = Utc::now().trunc_subsecs(6);
@@ -933,16 +1028,26 @@ impl Submitted {
 struct Taken;
 
 fn taken_or_error(e: diesel::result::Error) -> Error {
-    match storage::classify(&e) {
-        Failure::UniqueViolation(Some(c))
-            if c == storage::needs::ONE_OPEN_PER_PURPOSE
-                || c == storage::needs::ONE_NEED_PER_KEY
-                || c == storage::idempotency::PRIMARY_KEY =>
-        {
-            Error::Internal(anyhow::Error::new(Taken))
-        }
-        _ => e.into(),
+    if is_taken_failure(&storage::classify(&e)) {
+        Error::Internal(anyhow::Error::new(Taken))
+    } else {
+        e.into()
     }
+}
+
+/// A key or purpose taken by another transaction.
+fn is_taken_failure(failure: &Failure) -> bool {
+    matches!(failure, Failure::UniqueViolation(Some(c))
+        if c == storage::needs::ONE_OPEN_PER_PURPOSE
+            || c == storage::needs::ONE_NEED_PER_KEY
+            || c == storage::idempotency::PRIMARY_KEY)
+}
+
+/// A wave statement that lost to a concurrent transaction: a key or purpose it took, or a
+/// deadlock with it (two waves holding each other's keys).
+fn lost_race(e: &diesel::result::Error) -> bool {
+    let failure = storage::classify(e);
+    failure == Failure::Conflict || is_taken_failure(&failure)
 }
 
 fn is_taken(e: &Error) -> bool {

@@ -42,6 +42,7 @@ pub mod enterprises;
 pub mod error;
 pub mod events;
 pub mod financing;
+mod group_commit;
 pub mod lenders;
 pub mod market;
 pub mod paging;
@@ -68,6 +69,8 @@ struct Inner {
     enterprises: market::EnterpriseCache,
     /// Principals by token hash; trusted only while its listener is live (see `credentials`).
     credentials: credentials::CredentialCache,
+    /// SubmitNeed calls waiting to be stored together (see `group_commit`).
+    submit_queue: group_commit::SubmitQueue,
     policy: RoutingPolicy,
 }
 
@@ -85,6 +88,7 @@ impl App {
                 activity: market::ActivityCache::default(),
                 enterprises: market::EnterpriseCache::default(),
                 credentials: credentials::CredentialCache::default(),
+                submit_queue: group_commit::SubmitQueue::default(),
                 policy,
             }),
         }
@@ -108,6 +112,10 @@ impl App {
 
     pub(crate) fn credential_cache(&self) -> &credentials::CredentialCache {
         &self.inner.credentials
+    }
+
+    pub(crate) fn submit_queue(&self) -> &group_commit::SubmitQueue {
+        &self.inner.submit_queue
     }
 
     pub fn pool(&self) -> &DbPool {

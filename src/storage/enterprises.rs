@@ -108,15 +108,6 @@ pub async fn find(conn: &mut Connection, id: Uuid) -> QueryResult<Option<Enterpr
         .optional()
 }
 
-/// These enterprises (those that exist), in no particular order.
-pub async fn find_many(conn: &mut Connection, ids: &[Uuid]) -> QueryResult<Vec<EnterpriseRow>> {
-    enterprises::table
-        .filter(enterprises::id.eq_any(ids))
-        .select(EnterpriseRow::as_select())
-        .load(conn)
-        .await
-}
-
 /// The enterprise and its designations not revoked, in one round trip (the two queries are
 /// pipelined; outside a transaction each reads its own snapshot, as two queries in a row would).
 pub async fn find_with_designations(

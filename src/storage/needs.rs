@@ -403,8 +403,65 @@ pub fn is_capacity_short(error: &diesel::result::Error) -> bool {
     matches!(error, diesel::result::Error::DatabaseError(_, info) if info.message() == CAPACITY_SHORT)
 }
 
+/// What a wave of new needs of `created_by` must know before it is written, read in one round
+/// trip (the four queries are pipelined): the enterprises that exist with their designations not
+/// revoked, and the needs already holding one of `keys` (as `created_by`'s) or an open purpose of
+/// one of the enterprises.
+pub async fn find_for_wave(
+    conn: &mut Connection,
+    enterprise_ids: &[Uuid],
+    created_by: Uuid,
+    keys: &[&str],
+) -> QueryResult<WaveReads> {
+    use super::enterprises::{DesignationRow, EnterpriseRow};
+    use super::schema::designations;
+    let shared: &Connection = conn;
+    let found = enterprises::table
+        .filter(enterprises::id.eq_any(enterprise_ids))
+        .select(EnterpriseRow::as_select())
+        .load::<EnterpriseRow>(&mut &*shared);
+    let designations = designations::table
+        .filter(designations::enterprise_id.eq_any(enterprise_ids))
+        .filter(designations::revoked_at.is_null())
+        .order_by((
+            designations::enterprise_id,
+            designations::granted_on,
+            designations::list_code,
+        ))
+        .select(DesignationRow::as_select())
+        .load::<DesignationRow>(&mut &*shared);
+    let keys_taken = needs::table
+        .filter(needs::created_by.eq(created_by))
+        .filter(needs::idempotency_key.eq_any(keys))
+        .select(needs::idempotency_key.assume_not_null())
+        .load::<String>(&mut &*shared);
+    let open = needs::table
+        .filter(needs::enterprise_id.eq_any(enterprise_ids))
+        .filter(needs::status.eq_any(OPEN_STATUSES))
+        .select((needs::enterprise_id, needs::purpose))
+        .load::<(Uuid, String)>(&mut &*shared);
+    let (found, designations, keys_taken, open) =
+        futures::join!(found, designations, keys_taken, open);
+    Ok(WaveReads {
+        enterprises: found?,
+        designations: designations?,
+        keys_taken: keys_taken?,
+        open: open?,
+    })
+}
+
+/// What [`find_for_wave`] read.
+pub struct WaveReads {
+    pub enterprises: Vec<super::enterprises::EnterpriseRow>,
+    pub designations: Vec<super::enterprises::DesignationRow>,
+    /// The keys already naming a need of the credential.
+    pub keys_taken: Vec<String>,
+    /// The enterprises' open needs, by purpose.
+    pub open: Vec<(Uuid, String)>,
+}
+
 /// The need, all its referrals (oldest first) and the sums disbursed on them, read in one round
-/// trip (the three queries are pipelined).
+/// trip (the four queries are pipelined).
 pub async fn find_with_referrals(
     conn: &mut Connection,
     id: Uuid,

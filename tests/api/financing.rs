@@ -461,6 +461,93 @@ async fn second_open_need_for_the_same_purpose_is_already_exists_naming_the_firs
     assert_eq!(other.need.unwrap().status, pb::NeedStatus::Routed as i32);
 }
 
+/// Calls made at the same time are stored together (group commit), and each still gets the outcome
+/// it would get alone: a retry replays, a second need for an open purpose is refused, an unknown
+/// enterprise is NOT_FOUND, and nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submits_share_a_commit_and_each_gets_its_own_outcome() {
+    let app = TestApp::spawn().await;
+    market(&app).await;
+    let mut owners = Vec::new();
+    for _ in 0..40 {
+        owners.push(enterprise(&app).await);
+    }
+    let unknown = uuid::Uuid::now_v7().to_string();
+    // 40 new needs; a retry of need 0 (same key and body); another key for need 1's purpose; an
+    // unknown enterprise.
+    let mut calls: Vec<(String, pb::Need)> = owners
+        .iter()
+        .enumerate()
+        .map(|(i, owner)| (format!("group-{i}"), need(owner, pb::Purpose::Payroll)))
+        .collect();
+    calls.push(("group-0".into(), need(&owners[0], pb::Purpose::Payroll)));
+    calls.push((
+        "group-1-again".into(),
+        need(&owners[1], pb::Purpose::Payroll),
+    ));
+    calls.push(("group-unknown".into(), need(&unknown, pb::Purpose::Payroll)));
+    let results = futures::future::join_all(
+        calls
+            .iter()
+            .map(|(key, need)| submit(&app, key, need.clone())),
+    )
+    .await;
+
+    for (i, result) in results[..40].iter().enumerate().filter(|(i, _)| *i != 1) {
+        let submitted = result.as_ref().unwrap_or_else(|e| panic!("need {i}: {e}"));
+        assert_eq!(submitted.need.as_ref().unwrap().enterprise_id, owners[i]);
+        assert_eq!(submitted.referrals.len(), 3, "need {i}");
+    }
+    assert_eq!(results[40].as_ref().unwrap(), results[0].as_ref().unwrap());
+    // Whichever of the two calls for need 1's purpose came second was refused.
+    let second = results[1].as_ref().err().or(results[41].as_ref().err());
+    let first = if results[1].is_ok() {
+        &results[1]
+    } else {
+        &results[41]
+    };
+    assert!(first.is_ok(), "one of the two calls stores the need");
+    assert!(
+        results[1].is_err() != results[41].is_err(),
+        "exactly one is refused"
+    );
+    let refused = second.unwrap();
+    assert_eq!(refused.code(), Code::AlreadyExists);
+    assert_eq!(
+        error_reason(refused).as_deref(),
+        Some("DUPLICATE_OPEN_NEED")
+    );
+    assert_eq!(results[42].as_ref().unwrap_err().code(), Code::NotFound);
+
+    let db = database(&app).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM needs").await, 40);
+    assert_eq!(count(&db, "SELECT count(*) FROM referrals").await, 120);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM audit_log WHERE rpc = 'finmatch.v1.FinancingService/SubmitNeed'"
+        )
+        .await,
+        40
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM idempotency_keys \
+             WHERE rpc = 'finmatch.v1.FinancingService/SubmitNeed'"
+        )
+        .await,
+        40
+    );
+    // Rows written by one transaction share its id: fewer transactions than needs means calls
+    // were stored together.
+    let transactions = count(&db, "SELECT count(DISTINCT xmin::text) FROM needs").await;
+    assert!(
+        transactions < 40,
+        "{transactions} transactions for 40 needs"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn need_without_consent_is_stored_but_never_routed() {
     let app = TestApp::spawn().await;
