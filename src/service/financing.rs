@@ -35,7 +35,7 @@ const SWEEPER: &str = "finmatch.sweeper";
 /// Transactions retried on a serialization conflict or deadlock, at most this often.
 const TRIES: u32 = 3;
 /// Items ImportNeeds hands to the use case at once.
-pub const IMPORT_BATCH: usize = 100;
+pub const IMPORT_BATCH: usize = 1000;
 /// Items of one ImportNeeds batch stored at once (each in its own transaction).
 const IMPORT_CONCURRENCY: usize = 8;
 /// Rows a sweeper transaction claims at once.
@@ -352,11 +352,20 @@ impl App {
         let reads = storage::needs::find_for_wave(conn, &ids, who.credential_id, &keys).await?;
         let enterprises = enterprises::assemble(reads.enterprises, reads.designations)?;
         let keys_taken: HashSet<&str> = reads.keys_taken.iter().map(String::as_str).collect();
-        let open: HashSet<(Uuid, &str)> = reads
-            .open
-            .iter()
-            .map(|(enterprise, purpose)| (*enterprise, purpose.as_str()))
-            .collect();
+        let mut open: HashSet<(Uuid, &str)> = HashSet::new();
+        for need in &reads.purposes {
+            let status: NeedStatus = need.status.parse().map_err(|_| {
+                corrupt(
+                    "need of enterprise",
+                    need.enterprise_id,
+                    "status",
+                    &need.status,
+                )
+            })?;
+            if status.is_open() {
+                open.insert((need.enterprise_id, need.purpose.as_str()));
+            }
+        }
         let storable: Vec<usize> = (0..wave.len())
             .filter(|&i| {
                 let need = wave[i].need;

@@ -405,8 +405,8 @@ pub fn is_capacity_short(error: &diesel::result::Error) -> bool {
 
 /// What a wave of new needs of `created_by` must know before it is written, read in one round
 /// trip (the four queries are pipelined): the enterprises that exist with their designations not
-/// revoked, and the needs already holding one of `keys` (as `created_by`'s) or an open purpose of
-/// one of the enterprises.
+/// revoked, the keys of `keys` already naming a need of `created_by`, and the purpose and status
+/// of each need of the enterprises.
 pub async fn find_for_wave(
     conn: &mut Connection,
     enterprise_ids: &[Uuid],
@@ -415,6 +415,7 @@ pub async fn find_for_wave(
 ) -> QueryResult<WaveReads> {
     use super::enterprises::{DesignationRow, EnterpriseRow};
     use super::schema::designations;
+    use diesel::sql_types::{Array, Text, Uuid as SqlUuid};
     let shared: &Connection = conn;
     let found = enterprises::table
         .filter(enterprises::id.eq_any(enterprise_ids))
@@ -430,24 +431,49 @@ pub async fn find_for_wave(
         ))
         .select(DesignationRow::as_select())
         .load::<DesignationRow>(&mut &*shared);
-    let keys_taken = needs::table
-        .filter(needs::created_by.eq(created_by))
-        .filter(needs::idempotency_key.eq_any(keys))
-        .select(needs::idempotency_key.assume_not_null())
-        .load::<String>(&mut &*shared);
-    let open = needs::table
-        .filter(needs::enterprise_id.eq_any(enterprise_ids))
-        .filter(needs::status.eq_any(OPEN_STATUSES))
-        .select((needs::enterprise_id, needs::purpose))
-        .load::<(Uuid, String)>(&mut &*shared);
-    let (found, designations, keys_taken, open) =
-        futures::join!(found, designations, keys_taken, open);
+    // One index probe per key and per enterprise: the subqueries are LATERAL and kept apart
+    // (OFFSET 0), as a join lets the planner hash every need of the credential when its
+    // statistics are behind, which an import's first minutes always are.
+    let keys_taken = super::sql::Prepared::new(
+        "SELECT t.key FROM unnest($2::text[]) AS k(key) CROSS JOIN LATERAL ( \
+           SELECT n.idempotency_key AS key FROM needs n \
+           WHERE n.created_by = $1 AND n.idempotency_key = k.key OFFSET 0) t",
+    )
+    .bind::<SqlUuid, _>(created_by)
+    .bind::<Array<Text>, _>(keys)
+    .load::<TakenKey>(&mut &*shared);
+    let needs_of = super::sql::Prepared::new(
+        "SELECT t.enterprise_id, t.purpose, t.status FROM unnest($1::uuid[]) AS e(id) \
+         CROSS JOIN LATERAL (SELECT n.enterprise_id, n.purpose, n.status FROM needs n \
+           WHERE n.enterprise_id = e.id OFFSET 0) t",
+    )
+    .bind::<Array<SqlUuid>, _>(enterprise_ids)
+    .load::<PurposeRow>(&mut &*shared);
+    let (found, designations, keys_taken, needs_of) =
+        futures::join!(found, designations, keys_taken, needs_of);
     Ok(WaveReads {
         enterprises: found?,
         designations: designations?,
-        keys_taken: keys_taken?,
-        open: open?,
+        keys_taken: keys_taken?.into_iter().map(|k| k.key).collect(),
+        purposes: needs_of?,
     })
+}
+
+#[derive(QueryableByName)]
+struct TakenKey {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    key: String,
+}
+
+/// A need's purpose and status (see [`find_for_wave`]).
+#[derive(QueryableByName)]
+pub struct PurposeRow {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub enterprise_id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub purpose: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub status: String,
 }
 
 /// What [`find_for_wave`] read.
@@ -456,8 +482,8 @@ pub struct WaveReads {
     pub designations: Vec<super::enterprises::DesignationRow>,
     /// The keys already naming a need of the credential.
     pub keys_taken: Vec<String>,
-    /// The enterprises' open needs, by purpose.
-    pub open: Vec<(Uuid, String)>,
+    /// The purpose and status of every need of the enterprises.
+    pub purposes: Vec<PurposeRow>,
 }
 
 /// The need, all its referrals (oldest first) and the sums disbursed on them, read in one round
