@@ -224,6 +224,17 @@ pub async fn active_designations(
     conn: &mut Connection,
     enterprise_ids: &[Uuid],
 ) -> QueryResult<Vec<DesignationRow>> {
+    active_designations_query(enterprise_ids).load(conn).await
+}
+
+type DesignationQuery<'a> = designations::BoxedQuery<
+    'a,
+    diesel::pg::Pg,
+    diesel::dsl::SqlTypeOf<diesel::dsl::AsSelect<DesignationRow, diesel::pg::Pg>>,
+>;
+
+/// The query of [`active_designations`], for a caller that pipelines it with others.
+pub(super) fn active_designations_query(enterprise_ids: &[Uuid]) -> DesignationQuery<'_> {
     designations::table
         .filter(designations::enterprise_id.eq_any(enterprise_ids))
         .filter(designations::revoked_at.is_null())
@@ -233,8 +244,7 @@ pub async fn active_designations(
             designations::list_code,
         ))
         .select(DesignationRow::as_select())
-        .load(conn)
-        .await
+        .into_boxed()
 }
 
 pub async fn insert_designation(

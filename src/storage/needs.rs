@@ -414,22 +414,13 @@ pub async fn find_for_wave(
     keys: &[&str],
 ) -> QueryResult<WaveReads> {
     use super::enterprises::{DesignationRow, EnterpriseRow};
-    use super::schema::designations;
     use diesel::sql_types::{Array, Text, Uuid as SqlUuid};
     let shared: &Connection = conn;
     let found = enterprises::table
         .filter(enterprises::id.eq_any(enterprise_ids))
         .select(EnterpriseRow::as_select())
         .load::<EnterpriseRow>(&mut &*shared);
-    let designations = designations::table
-        .filter(designations::enterprise_id.eq_any(enterprise_ids))
-        .filter(designations::revoked_at.is_null())
-        .order_by((
-            designations::enterprise_id,
-            designations::granted_on,
-            designations::list_code,
-        ))
-        .select(DesignationRow::as_select())
+    let designations = super::enterprises::active_designations_query(enterprise_ids)
         .load::<DesignationRow>(&mut &*shared);
     // One index probe per key and per enterprise: the subqueries are LATERAL and kept apart
     // (OFFSET 0), as a join lets the planner hash every need of the credential when its
