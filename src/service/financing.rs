@@ -230,8 +230,9 @@ impl App {
         Ok(submission)
     }
 
-    /// Stores a batch of ImportNeeds items, each as SubmitNeed would (its own transaction, so a
-    /// rejected item leaves the others in place), several at once. Items that share an
+    /// Stores a batch of ImportNeeds items, each as SubmitNeed would: new needs a wave at a time,
+    /// one statement each (see [`App::store_wave`]), the others alone, in their own transactions,
+    /// several at once, so a rejected item leaves the others in place. Items that share an
     /// enterprise or an idempotency key with an earlier item of the batch wait for it, so they
     /// replay or are refused as they would one after the other. Outcomes are in item order. Fails
     /// as a whole only when the database is unavailable or on an internal error; items stored
