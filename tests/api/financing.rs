@@ -921,9 +921,10 @@ async fn import_accepts_good_items_reports_bad_ones_and_a_repeat_adds_nothing() 
 
 /// A wave of import items is written in one statement only when every item can be stored as
 /// SubmitNeed would store it. Here another server (a statement) fills a product after this one
-/// read today's usage, so the wave's statement finds too little room and is undone; and an item
-/// whose enterprise already holds an open need of that purpose is refused. Either way the items
-/// are then stored one by one and each gets SubmitNeed's outcome, usage counted once per referral.
+/// read today's usage, so the wave's statement finds too little room and is undone, and the
+/// items are stored one by one; an item whose enterprise already holds an open need of that
+/// purpose is left out of the wave and refused. Each gets SubmitNeed's outcome, usage counted
+/// once per referral.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_wave_that_cannot_be_stored_whole_is_stored_item_by_item() {
     let app = TestApp::spawn().await;
