@@ -351,30 +351,7 @@ impl App {
             .map(|item| item.idempotency.key.as_str())
             .collect();
         let reads = storage::needs::find_for_wave(conn, &ids, who.credential_id, &keys).await?;
-        let enterprises = enterprises::assemble(reads.enterprises, reads.designations)?;
-        let keys_taken: HashSet<&str> = reads.keys_taken.iter().map(String::as_str).collect();
-        let mut open: HashSet<(Uuid, &str)> = HashSet::new();
-        for need in &reads.purposes {
-            let status: NeedStatus = need.status.parse().map_err(|_| {
-                corrupt(
-                    "need of enterprise",
-                    need.enterprise_id,
-                    "status",
-                    &need.status,
-                )
-            })?;
-            if status.is_open() {
-                open.insert((need.enterprise_id, need.purpose.as_str()));
-            }
-        }
-        let storable: Vec<usize> = (0..wave.len())
-            .filter(|&i| {
-                let need = wave[i].need;
-                enterprises.contains_key(&need.enterprise_id())
-                    && !keys_taken.contains(keys[i])
-                    && !open.contains(&(need.enterprise_id(), need.purpose().as_str()))
-            })
-            .collect();
+        let (enterprises, storable) = storable(wave, &keys, reads)?;
         if storable.is_empty() {
             return Ok(Some(stored));
         }
@@ -1030,6 +1007,40 @@ impl Submitted {
             referrals,
         })
     }
+}
+
+/// The enterprises of a wave, and the items of it [`App::store_wave`] may write: those whose
+/// enterprise exists, whose key names no need yet and whose purpose is not open already.
+fn storable(
+    wave: &[WaveItem<'_>],
+    keys: &[&str],
+    reads: storage::needs::WaveReads,
+) -> Result<(HashMap<Uuid, enterprises::Enterprise>, Vec<usize>)> {
+    let enterprises = enterprises::assemble(reads.enterprises, reads.designations)?;
+    let keys_taken: HashSet<&str> = reads.keys_taken.iter().map(String::as_str).collect();
+    let mut open: HashSet<(Uuid, &str)> = HashSet::new();
+    for need in &reads.purposes {
+        let status: NeedStatus = need.status.parse().map_err(|_| {
+            corrupt(
+                "need of enterprise",
+                need.enterprise_id,
+                "status",
+                &need.status,
+            )
+        })?;
+        if status.is_open() {
+            open.insert((need.enterprise_id, need.purpose.as_str()));
+        }
+    }
+    let storable = (0..wave.len())
+        .filter(|&i| {
+            let need = wave[i].need;
+            enterprises.contains_key(&need.enterprise_id())
+                && !keys_taken.contains(keys[i])
+                && !open.contains(&(need.enterprise_id(), need.purpose().as_str()))
+        })
+        .collect();
+    Ok((enterprises, storable))
 }
 
 /// Marks a submission that lost its key or purpose to a stored need (see [`submit_in`]).
