@@ -14,7 +14,10 @@
 //!    `import-<first 32 hex digits of the file's SHA-256>-<row>`, so running the same file again
 //!    (with the same credential) replays every row and adds nothing. They go in chunks of at most
 //!    1,000 items, one ImportNeeds call each: a response lists at most 1,000 rejections, so each
-//!    names every rejection of its chunk. A chunk that fails with UNAVAILABLE,
+//!    names every rejection of its chunk. The enterprises are dealt round-robin to
+//!    [`Options::calls_in_flight`] lanes, each with at most one call in flight: the rows of one
+//!    enterprise go in one lane, in file order, so a later row of an enterprise is never stored
+//!    before an earlier one. A chunk that fails with UNAVAILABLE,
 //!    RESOURCE_EXHAUSTED or a transport error is sent again (same keys) a bounded number of
 //!    times with backoff.
 //! 4. Rows the client cannot parse are not sent; they are reported with the server's rejections.
@@ -314,6 +317,10 @@ pub struct Options {
     pub retries: u32,
     /// Wait before the first retry, doubled for each further one up to [`MAX_BACKOFF`].
     pub first_backoff: Duration,
+    /// ImportNeeds calls in flight at once, each with the rows of its own enterprises. The server
+    /// stores one stream's items one wave after another; with three, the database writes one
+    /// stream's wave while the server scores another's.
+    pub calls_in_flight: usize,
 }
 
 impl Default for Options {
@@ -322,12 +329,15 @@ impl Default for Options {
             chunk_items: CHUNK_ITEMS_MAX,
             retries: 5,
             first_backoff: Duration::from_millis(250),
+            calls_in_flight: 3,
         }
     }
 }
 
 /// The most items per call: the rejections an ImportNeedsResponse lists at most.
 pub const CHUNK_ITEMS_MAX: usize = crate::grpc::financing::LISTED_REJECTIONS_MAX;
+/// The most ImportNeeds calls an import has in flight at once.
+pub const CALLS_IN_FLIGHT_MAX: usize = 8;
 /// The longest wait between two attempts of a call.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
@@ -359,6 +369,10 @@ pub async fn run_with(
     anyhow::ensure!(
         (1..=CHUNK_ITEMS_MAX).contains(&options.chunk_items),
         "chunk_items must be between 1 and {CHUNK_ITEMS_MAX}"
+    );
+    anyhow::ensure!(
+        (1..=CALLS_IN_FLIGHT_MAX).contains(&options.calls_in_flight),
+        "calls_in_flight must be between 1 and {CALLS_IN_FLIGHT_MAX}"
     );
     let digest = content_digest(
         std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
@@ -492,6 +506,55 @@ struct Chunk {
     items: Vec<pb::ImportNeedsRequest>,
 }
 
+/// An answered ImportNeeds call: the chunk it sent and the response, or why it failed.
+type Answer = anyhow::Result<(Chunk, pb::ImportNeedsResponse)>;
+
+/// The lanes of an import: the chunk each is filling, whether its call is in flight, and the
+/// calls in flight, each answering with its lane.
+struct Calls<'c> {
+    chunks: Vec<Chunk>,
+    busy: Vec<bool>,
+    in_flight: futures::stream::FuturesUnordered<futures::future::BoxFuture<'c, (usize, Answer)>>,
+}
+
+impl Calls<'_> {
+    fn new(lanes: usize) -> Self {
+        Self {
+            chunks: (0..lanes).map(|_| Chunk::default()).collect(),
+            busy: vec![false; lanes],
+            in_flight: futures::stream::FuturesUnordered::new(),
+        }
+    }
+}
+
+/// Sends one chunk in one ImportNeeds call, retried as [`Options`] says.
+async fn import_chunk(
+    client: FinancingServiceClient<Channel>,
+    bearer: &Bearer,
+    chunk: Chunk,
+    options: &Options,
+) -> Answer {
+    let first_row = chunk.rows[0] + 2;
+    let response = with_retries(options, || {
+        let mut client = client.clone();
+        let request = with_token(
+            tonic::Request::new(tokio_stream::iter(chunk.items.clone())),
+            bearer,
+        );
+        async move { client.import_needs(request).await }
+    })
+    .await
+    .map_err(|s| {
+        anyhow::anyhow!(
+            "ImportNeeds of the chunk from row {first_row} failed: {}: {}",
+            code_name(s.code()),
+            s.message()
+        )
+    })?
+    .into_inner();
+    Ok((chunk, response))
+}
+
 impl Import {
     fn new(rows: u64, earlier: &HashMap<u64, Outcome>) -> Self {
         let rows = rows as usize;
@@ -549,9 +612,13 @@ impl Import {
                 }
             })
             .buffer_unordered(REGISTRATIONS_IN_FLIGHT);
-        let mut enterprise_ids: HashMap<String, Result<String, Rejection>> = HashMap::new();
+        // Each enterprise's id and lane, dealt round-robin as the registrations come back.
+        let lanes = options.calls_in_flight;
+        let mut enterprise_ids: HashMap<String, Result<(String, usize), Rejection>> =
+            HashMap::new();
         while let Some((code, outcome)) = registrations.next().await {
-            enterprise_ids.insert(code, outcome?);
+            let lane = enterprise_ids.len() % lanes;
+            enterprise_ids.insert(code, outcome?.map(|id| (id, lane)));
             bar.inc(1);
         }
         drop(registrations);
@@ -562,7 +629,7 @@ impl Import {
         let financing = FinancingServiceClient::new(channel);
         let mut csv = reader(file)?;
         let columns = Columns::from_header(csv.headers()?)?;
-        let mut chunk = Chunk::default();
+        let mut calls = Calls::new(lanes);
         let mut read = 0;
         for (i, record) in csv.records().enumerate() {
             let row = i as u64 + 2;
@@ -600,10 +667,10 @@ impl Import {
                 }
             };
             let credit_code = parsed.enterprise.credit_code;
-            match enterprise_ids.get(&credit_code) {
-                Some(Ok(enterprise_id)) => {
+            let lane = match enterprise_ids.get(&credit_code) {
+                Some(Ok((enterprise_id, lane))) => {
+                    let chunk = &mut calls.chunks[*lane];
                     chunk.rows.push(i);
-                    chunk.credit_codes.push(credit_code);
                     chunk.items.push(pb::ImportNeedsRequest {
                         idempotency_key: idempotency_key(digest, row),
                         need: Some(pb::Need {
@@ -611,6 +678,8 @@ impl Import {
                             ..parsed.need
                         }),
                     });
+                    chunk.credit_codes.push(credit_code);
+                    *lane
                 }
                 Some(Err(template)) => {
                     self.reject(
@@ -621,60 +690,70 @@ impl Import {
                         },
                     );
                     bar.inc(1);
+                    continue;
                 }
                 None => bail!("row {row} changed while the file was being imported"),
-            }
-            if chunk.items.len() == options.chunk_items {
-                self.send(
-                    &financing,
-                    &bearer,
-                    std::mem::take(&mut chunk),
-                    options,
-                    bar,
-                )
-                .await?;
+            };
+            if calls.chunks[lane].items.len() == options.chunk_items {
+                self.send(&mut calls, lane, &financing, &bearer, options, bar)
+                    .await?;
             }
         }
         anyhow::ensure!(
             read == self.outcomes.len(),
             "the file shrank while it was being imported"
         );
-        self.send(&financing, &bearer, chunk, options, bar).await
+        for lane in 0..lanes {
+            self.send(&mut calls, lane, &financing, &bearer, options, bar)
+                .await?;
+        }
+        while let Some((_, outcome)) = calls.in_flight.next().await {
+            let (chunk, response) = outcome?;
+            self.record(chunk, response, bar)?;
+        }
+        Ok(())
     }
 
-    /// Sends one chunk in one ImportNeeds call (retried as [`Options`] says) and records the
-    /// outcome of each of its rows.
-    async fn send(
+    /// Sends the chunk of `lane` once the lane's previous call has answered (recording the
+    /// outcomes of every call that answers meanwhile); an empty chunk is not sent.
+    async fn send<'c>(
         &mut self,
+        calls: &mut Calls<'c>,
+        lane: usize,
         client: &FinancingServiceClient<Channel>,
-        bearer: &Bearer,
-        chunk: Chunk,
-        options: &Options,
+        bearer: &'c Bearer,
+        options: &'c Options,
         bar: &ProgressBar,
     ) -> anyhow::Result<()> {
+        while calls.busy[lane] {
+            let Some((answered, outcome)) = calls.in_flight.next().await else {
+                unreachable!("a busy lane has its call in flight");
+            };
+            calls.busy[answered] = false;
+            let (chunk, response) = outcome?;
+            self.record(chunk, response, bar)?;
+        }
+        let chunk = std::mem::take(&mut calls.chunks[lane]);
         if chunk.items.is_empty() {
             return Ok(());
         }
-        let first_row = chunk.rows[0] + 2;
-        let response = with_retries(options, || {
-            let mut client = client.clone();
-            let request = with_token(
-                tonic::Request::new(tokio_stream::iter(chunk.items.clone())),
-                bearer,
-            );
-            async move { client.import_needs(request).await }
-        })
-        .await
-        .map_err(|s| {
-            anyhow::anyhow!(
-                "ImportNeeds of the chunk from row {first_row} failed: {}: {}",
-                code_name(s.code()),
-                s.message()
-            )
-        })?
-        .into_inner();
+        calls.busy[lane] = true;
+        let call = import_chunk(client.clone(), bearer, chunk, options);
+        calls
+            .in_flight
+            .push(Box::pin(async move { (lane, call.await) }));
+        Ok(())
+    }
 
+    /// Records the outcome of each row of an answered call.
+    fn record(
+        &mut self,
+        chunk: Chunk,
+        response: pb::ImportNeedsResponse,
+        bar: &ProgressBar,
+    ) -> anyhow::Result<()> {
         let sent = chunk.items.len() as i64;
+        let first_row = chunk.rows[0] + 2;
         anyhow::ensure!(
             response.accepted + response.replayed + response.rejected_total == sent
                 && response.rejected.len() as i64 == response.rejected_total,

@@ -90,6 +90,10 @@ enum Command {
         /// An OPERATOR or PORTAL token.
         #[arg(long, env = "FINMATCH_TOKEN", hide_env_values = true)]
         token: String,
+        /// ImportNeeds calls in flight at once (1 to 8); each carries the rows of its own
+        /// enterprises, so an enterprise's rows are still stored in file order.
+        #[arg(long, default_value_t = finmatch::import::Options::default().calls_in_flight)]
+        calls_in_flight: usize,
     },
     /// The load tool: seed a catalogue, then run a scenario against a server (see README,
     /// "Benchmarks").
@@ -194,8 +198,12 @@ async fn run(command: Command, shutdown: impl Future<Output = ()> + Send) -> any
             file,
             server,
             token,
+            calls_in_flight,
         } => {
-            let options = finmatch::import::Options::default();
+            let options = finmatch::import::Options {
+                calls_in_flight,
+                ..Default::default()
+            };
             let report =
                 finmatch::import::run_with(&file, &server, &token, &options, shutdown).await?;
             println!("{}", report.summary(&finmatch::import::report_path(&file)));

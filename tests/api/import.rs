@@ -497,6 +497,7 @@ async fn an_import_cut_by_a_killed_server_resumes_on_another_without_losing_or_d
         chunk_items: 50,
         retries: 2,
         first_backoff: std::time::Duration::from_millis(100),
+        ..Default::default()
     };
     let first = {
         let (file, url, token, options) = (
@@ -674,4 +675,67 @@ async fn an_import_sent_one_small_item_per_frame_survives_a_slow_batch() {
         .into_inner();
     assert!(response.rejected_total >= 6000, "{response:?}");
     assert_eq!(response.accepted + response.rejected_total, 6100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_calls_keep_each_enterprises_rows_in_file_order() {
+    let app = TestApp::spawn().await;
+    // 40 enterprises, each with three rows of one purpose and their own amounts; without consent
+    // each need stays SUBMITTED (open), so only an enterprise's first row may be stored. One item
+    // per call and eight calls in flight: rows of an enterprise in different calls would race,
+    // and some later row would win.
+    let mut csv = String::from(HEADER);
+    for n in 0..40u32 {
+        for amount in ["1000001", "2000002", "3000003"] {
+            csv.push_str(&format!(
+                "{},Xiaogan Works No. {n},421303,C2770,small,{amount},12,payroll,credit,,\
+                 2027-06-30,no\n",
+                crate::helpers::credit_code(8100 + n)
+            ));
+        }
+    }
+    let file = scratch_file(&csv);
+    let options = finmatch::import::Options {
+        chunk_items: 1,
+        calls_in_flight: 8,
+        ..Default::default()
+    };
+    let server = format!("http://{}", app.addr);
+    let report = finmatch::import::run_with(
+        &file,
+        &server,
+        &app.operator,
+        &options,
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.accepted, 40);
+    assert_eq!(report.rejected.len(), 80, "{:?}", report.rejected);
+    assert!(
+        report
+            .rejected
+            .iter()
+            .all(|r| r.reason == "DUPLICATE_OPEN_NEED" && (r.row - 2) % 3 != 0),
+        "only each enterprise's later rows are refused: {:?}",
+        report.rejected
+    );
+
+    let (client, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let amounts: Vec<i64> = client
+        .query("SELECT amount_minor FROM needs", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(amounts.len(), 40);
+    assert!(
+        amounts.iter().all(|&a| a == 100_000_100),
+        "every stored need is its enterprise's first row: {amounts:?}"
+    );
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
 }
