@@ -510,9 +510,10 @@ async fn an_import_cut_by_a_killed_server_resumes_on_another_without_losing_or_d
             finmatch::import::run_with(&file, &url, &token, &options, std::future::pending()).await
         })
     };
-    // kill -9 the server once part of the file is stored.
+    // kill -9 the server once part of the file is stored: at least 300 needs, so that with
+    // three calls of 50 in flight the report has seen at least 150 of them stored.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while needs_in_sql(app.database_url()).await.0 < 150 {
+    while needs_in_sql(app.database_url()).await.0 < 300 {
         assert!(
             std::time::Instant::now() < deadline,
             "the import made no progress"
@@ -590,8 +591,12 @@ async fn an_import_cut_by_a_killed_server_resumes_on_another_without_losing_or_d
 async fn an_interrupted_import_writes_what_it_knows_and_the_rerun_completes_it() {
     let app = TestApp::spawn().await;
     let file = scratch_file(&needs_csv(7700, 30, "2500000"));
+    // One call in flight: once 20 needs are stored, the response of the first chunk has come
+    // back, so the report marks at least its 10 rows stored. With three in flight, the 20 could
+    // all be in calls not answered yet.
     let options = finmatch::import::Options {
         chunk_items: 10,
+        calls_in_flight: 1,
         ..Default::default()
     };
     let url = app.database_url().to_owned();
