@@ -282,8 +282,7 @@ impl<'a> Loader<'a> {
         let existing = match self.app.create_program(&self.operator, program).await {
             Ok(created) => created,
             Err(Error::AlreadyExists {
-                existing_id: Some(id),
-                ..
+                existing_id: id, ..
             }) => {
                 let existing = self.app.get_program(&self.operator, id.parse()?).await?;
                 if !is_the_demo_program(&existing) {
@@ -375,8 +374,7 @@ impl<'a> Loader<'a> {
                 Ok(created.id)
             }
             Err(Error::AlreadyExists {
-                existing_id: Some(id),
-                ..
+                existing_id: id, ..
             }) => Ok(id.parse()?),
             Err(other) => Err(other.into()),
         }

@@ -47,15 +47,11 @@ impl From<Error> for Status {
                 entity,
                 reason,
                 message,
-                existing_id,
+                existing_id: id,
             } => {
-                let id = existing_id.unwrap_or_default();
                 let mut details =
                     ErrorDetails::with_resource_info(entity, id.clone(), "", message.clone());
-                let mut metadata = std::collections::HashMap::new();
-                if !id.is_empty() {
-                    metadata.insert(format!("{entity}_id"), id);
-                }
+                let metadata = std::collections::HashMap::from([(format!("{entity}_id"), id)]);
                 details.set_error_info(reason, ERROR_DOMAIN, metadata);
                 Status::with_error_details(Code::AlreadyExists, message, details)
             }

@@ -6,6 +6,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use diesel_async::AsyncConnection as _;
 use uuid::Uuid;
 
+use super::error::{TRIES, retry_conflicts};
 use super::paging::{Cursor, Page, PageRequest};
 use super::{App, Error, Principal, Result, audit, reason};
 use crate::domain::{
@@ -72,36 +73,42 @@ impl App {
         input: NewEnterprise,
     ) -> Result<Enterprise> {
         who.require("CreateEnterprise", REGISTRARS)?;
-        let who = who.clone();
-        let created = self
-            .conn()
-            .await?
-            .transaction(async move |conn| {
-                let code = input.credit_code.as_str();
-                if let Some(existing) =
-                    storage::enterprises::find_by_credit_code(conn, code).await?
-                {
-                    return Err(duplicate_credit_code(code, Some(existing.id)));
-                }
-                let row = match storage::enterprises::insert(conn, &new_row(&input)).await {
-                    // A concurrent registration of the same code won the race.
-                    Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
-                        return Err(duplicate_credit_code(code, None));
-                    }
-                    other => other?,
-                };
-                audit::record(
-                    conn,
-                    Some(&who),
-                    RPC_CREATE,
-                    "enterprise",
-                    row.id,
-                    serde_json::json!({ "credit_code": row.credit_code }),
-                )
-                .await?;
-                to_enterprise(row, Vec::new())
-            })
-            .await?;
+        let created = retry_conflicts(TRIES, || {
+            let (who, input) = (who.clone(), input.clone());
+            async move {
+                self.conn()
+                    .await?
+                    .transaction(async move |conn| {
+                        let code = input.credit_code.as_str();
+                        if let Some(existing) =
+                            storage::enterprises::find_by_credit_code(conn, code).await?
+                        {
+                            return Err(duplicate_credit_code(code, existing.id));
+                        }
+                        let row = match storage::enterprises::insert(conn, &new_row(&input)).await {
+                            // A concurrent registration of the same code won; the retry names it.
+                            Err(e)
+                                if matches!(storage::classify(&e), Failure::UniqueViolation(_)) =>
+                            {
+                                return Err(Error::conflict());
+                            }
+                            other => other?,
+                        };
+                        audit::record(
+                            conn,
+                            Some(&who),
+                            RPC_CREATE,
+                            "enterprise",
+                            row.id,
+                            serde_json::json!({ "credit_code": row.credit_code }),
+                        )
+                        .await?;
+                        to_enterprise(row, Vec::new())
+                    })
+                    .await
+            }
+        })
+        .await?;
         tracing::info!(enterprise_id = %created.id, "enterprise registered");
         Ok(created)
     }
@@ -153,40 +160,49 @@ impl App {
         patch: EnterprisePatch,
     ) -> Result<Enterprise> {
         who.require("UpdateEnterprise", REGISTRARS)?;
-        let who = who.clone();
-        self.conn()
-            .await?
-            .transaction(async move |conn| {
-                lock_for_change(conn, id).await?;
-                let changes = changes(&patch);
-                if let Some(code) = &patch.credit_code
-                    && let Some(holder) =
-                        storage::enterprises::find_by_credit_code(conn, code.as_str()).await?
-                    && holder.id != id
-                {
-                    return Err(duplicate_credit_code(code.as_str(), Some(holder.id)));
-                }
-                let row = match storage::enterprises::update(conn, id, &changes).await {
-                    Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
-                        let code = patch.credit_code.as_ref().map_or("", |c| c.as_str());
-                        return Err(duplicate_credit_code(code, None));
-                    }
-                    other => other?,
-                };
-                audit::record(
-                    conn,
-                    Some(&who),
-                    RPC_UPDATE,
-                    "enterprise",
-                    id,
-                    serde_json::json!({ "fields": patch_fields(&patch) }),
-                )
-                .await?;
-                let designations = storage::enterprises::active_designations(conn, &[id]).await?;
-                to_enterprise(row, designations)
-            })
-            .await
-            .inspect(|_| self.enterprise_cache().evict(id))
+        retry_conflicts(TRIES, || {
+            let (who, patch) = (who.clone(), patch.clone());
+            async move {
+                self.conn()
+                    .await?
+                    .transaction(async move |conn| {
+                        lock_for_change(conn, id).await?;
+                        let changes = changes(&patch);
+                        if let Some(code) = &patch.credit_code
+                            && let Some(holder) =
+                                storage::enterprises::find_by_credit_code(conn, code.as_str())
+                                    .await?
+                            && holder.id != id
+                        {
+                            return Err(duplicate_credit_code(code.as_str(), holder.id));
+                        }
+                        let row = match storage::enterprises::update(conn, id, &changes).await {
+                            // A concurrent registration of the new code won; the retry names it.
+                            Err(e)
+                                if matches!(storage::classify(&e), Failure::UniqueViolation(_)) =>
+                            {
+                                return Err(Error::conflict());
+                            }
+                            other => other?,
+                        };
+                        audit::record(
+                            conn,
+                            Some(&who),
+                            RPC_UPDATE,
+                            "enterprise",
+                            id,
+                            serde_json::json!({ "fields": patch_fields(&patch) }),
+                        )
+                        .await?;
+                        let designations =
+                            storage::enterprises::active_designations(conn, &[id]).await?;
+                        to_enterprise(row, designations)
+                    })
+                    .await
+            }
+        })
+        .await
+        .inspect(|_| self.enterprise_cache().evict(id))
     }
 
     /// Adds the enterprise to a list. ALREADY_EXISTS when it already holds an unrevoked
@@ -200,7 +216,9 @@ impl App {
     ) -> Result<Enterprise> {
         who.require("GrantDesignation", REGISTRARS)?;
         let who = who.clone();
-        self.conn().await?.transaction(async move |conn| {
+        self.conn()
+            .await?
+            .transaction(async move |conn| {
                 lock_for_change(conn, enterprise_id).await?;
                 let list_code = designation.list_code().as_str();
                 let reference = designation.reference().map(|r| r.as_str()).unwrap_or("");
@@ -211,20 +229,24 @@ impl App {
                     expires_on: designation.expires_on(),
                     reference,
                 };
-                let row = match storage::enterprises::insert_designation(conn, &new).await {
-                    Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
-                        return Err(Error::AlreadyExists {
-                            entity: "designation",
-                            reason: reason::DUPLICATE_DESIGNATION,
-                            message: format!(
-                                "enterprise {enterprise_id} already holds a {list_code} designation; \
-                                 revoke it first to change its dates"
-                            ),
-                            existing_id: None,
-                        });
-                    }
-                    other => other?,
-                };
+                // The enterprise's row is locked: no concurrent grant can slip in after this look.
+                // A designation has no id of its own on the wire: it is the enterprise's
+                // membership of the list, named `<enterprise_id>/<list_code>`.
+                if storage::enterprises::find_active_designation(conn, enterprise_id, list_code)
+                    .await?
+                    .is_some()
+                {
+                    return Err(Error::AlreadyExists {
+                        entity: "designation",
+                        reason: reason::DUPLICATE_DESIGNATION,
+                        message: format!(
+                            "enterprise {enterprise_id} already holds a {list_code} designation; \
+                             revoke it first to change its dates"
+                        ),
+                        existing_id: format!("{enterprise_id}/{list_code}"),
+                    });
+                }
+                let row = storage::enterprises::insert_designation(conn, &new).await?;
                 audit::record(
                     conn,
                     Some(&who),
@@ -241,8 +263,8 @@ impl App {
                 .await?;
                 load(conn, enterprise_id).await
             })
-        .await
-        .inspect(|_| self.enterprise_cache().evict(enterprise_id))
+            .await
+            .inspect(|_| self.enterprise_cache().evict(enterprise_id))
     }
 
     /// Removes the enterprise from a list at once; NOT_FOUND when it holds no such designation.
@@ -336,17 +358,14 @@ pub(crate) fn assemble(
         .collect()
 }
 
-fn duplicate_credit_code(credit_code: &str, existing_id: Option<Uuid>) -> Error {
+fn duplicate_credit_code(credit_code: &str, existing: Uuid) -> Error {
     Error::AlreadyExists {
         entity: "enterprise",
         reason: reason::DUPLICATE_CREDIT_CODE,
-        message: match existing_id {
-            Some(id) => {
-                format!("enterprise {id} is already registered with credit_code {credit_code}")
-            }
-            None => format!("an enterprise with credit_code {credit_code} is already registered"),
-        },
-        existing_id: existing_id.map(|id| id.to_string()),
+        message: format!(
+            "enterprise {existing} is already registered with credit_code {credit_code}"
+        ),
+        existing_id: existing.to_string(),
     }
 }
 

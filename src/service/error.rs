@@ -68,13 +68,15 @@ pub enum Error {
     #[error("{entity} {id} not found")]
     NotFound { entity: &'static str, id: String },
     /// The entity exists already; `reason` is a `DUPLICATE_*` [`reason`] constant and
-    /// `existing_id` names the holder when it is known.
+    /// `existing_id` names the holder (sent as `ResourceInfo.resource_name`). A use case that
+    /// loses a race for a unique key returns [`Error::conflict`] instead: its retry finds the
+    /// winner and names it.
     #[error("{message}")]
     AlreadyExists {
         entity: &'static str,
         reason: &'static str,
         message: String,
-        existing_id: Option<String>,
+        existing_id: String,
     },
     /// The system is not in a state that allows the call; `reason` is a [`reason`] constant.
     #[error("{message}")]
@@ -136,6 +138,12 @@ impl Error {
         Error::InvalidArgument(violations)
     }
 
+    /// A transaction that collided with another (a serialization failure, a deadlock, or a
+    /// concurrent insert of the same unique key): [`retry_conflicts`] runs it again.
+    pub fn conflict() -> Self {
+        Error::Internal(anyhow::Error::new(Conflict))
+    }
+
     /// Whether a transaction failing with this error may simply be run again (a serialization
     /// failure, a deadlock, or a concurrent twin of an idempotent call). Such an error reaches
     /// the caller as ABORTED.
@@ -178,6 +186,9 @@ impl From<diesel_async::pooled_connection::deadpool::PoolError> for Error {
         }
     }
 }
+
+/// How many times a use case runs a transaction that keeps colliding ([`retry_conflicts`]).
+pub const TRIES: u32 = 3;
 
 /// The first pause before running a conflicting transaction again; it doubles on every try.
 const RETRY_MIN_DELAY: Duration = Duration::from_millis(5);

@@ -9,6 +9,7 @@ use futures::StreamExt as _;
 use uuid::Uuid;
 
 use super::enterprises;
+use super::error::TRIES;
 use super::paging::{Cursor, Page, PageRequest};
 use super::routing::{
     self, ScoreFactor, match_enterprise, match_need, route_onwards, score_factors, take_routes,
@@ -32,8 +33,6 @@ const RPC_REROUTE: &str = "finmatch.v1.FinancingService/RerouteNeed";
 /// Audit "rpc" of the background SLA sweeper.
 const SWEEPER: &str = "finmatch.sweeper";
 
-/// Transactions retried on a serialization conflict or deadlock, at most this often.
-const TRIES: u32 = 3;
 /// Items ImportNeeds hands to the use case at once.
 pub const IMPORT_BATCH: usize = 1000;
 /// Items of one ImportNeeds batch stored at once (each in its own transaction).
@@ -869,7 +868,7 @@ async fn submit_in(
                 return Err(duplicate_open_need(&open));
             }
             // Whoever held the key or purpose rolled back meanwhile: try again.
-            Err(Error::Internal(anyhow::Error::new(error::Conflict)))
+            Err(Error::conflict())
         }
         Err(e) => Err(e),
     }
@@ -1245,7 +1244,7 @@ fn duplicate_open_need(open: &NeedRow) -> Error {
              withdraw it or wait until it is closed",
             open.enterprise_id, open.id, open.purpose, open.status
         ),
-        existing_id: Some(open.id.to_string()),
+        existing_id: open.id.to_string(),
     }
 }
 

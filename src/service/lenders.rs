@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection as _;
 use uuid::Uuid;
 
+use super::error::{TRIES, retry_conflicts};
 use super::paging::{Cursor, Page, PageRequest};
 use super::{App, Error, Principal, Result, audit, reason};
 use crate::domain::{
@@ -62,43 +63,46 @@ impl App {
         active: bool,
     ) -> Result<Lender> {
         who.require("CreateLender", OPERATORS)?;
-        let who = who.clone();
-        let lender = self
-            .conn()
-            .await?
-            .transaction(async move |conn| {
-                let new = storage::lenders::NewLender {
-                    name: input.name().as_str(),
-                    kind: input.kind().as_str(),
-                    region_codes: input.region_codes().iter().map(|c| c.as_str()).collect(),
-                    active,
-                };
-                let row = match storage::lenders::insert(conn, &new).await {
-                    Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
-                        return Err(Error::AlreadyExists {
-                            entity: "lender",
-                            reason: reason::DUPLICATE_NAME,
-                            message: format!(
-                                "a lender named {:?} is already registered",
-                                input.name().as_str()
-                            ),
-                            existing_id: None,
-                        });
-                    }
-                    other => other?,
-                };
-                audit::record(
-                    conn,
-                    Some(&who),
-                    RPC_CREATE_LENDER,
-                    "lender",
-                    row.id,
-                    serde_json::json!({ "name": row.name, "kind": row.kind }),
-                )
-                .await?;
-                to_lender(row)
-            })
-            .await?;
+        let lender = retry_conflicts(TRIES, || {
+            let (who, input) = (who.clone(), input.clone());
+            async move {
+                self.conn()
+                    .await?
+                    .transaction(async move |conn| {
+                        let name = input.name().as_str();
+                        if let Some(id) = storage::lenders::find_by_name(conn, name).await? {
+                            return Err(duplicate_lender(name, id));
+                        }
+                        let new = storage::lenders::NewLender {
+                            name,
+                            kind: input.kind().as_str(),
+                            region_codes: input.region_codes().iter().map(|c| c.as_str()).collect(),
+                            active,
+                        };
+                        let row = match storage::lenders::insert(conn, &new).await {
+                            // A concurrent registration of the name won; the retry names it.
+                            Err(e)
+                                if matches!(storage::classify(&e), Failure::UniqueViolation(_)) =>
+                            {
+                                return Err(Error::conflict());
+                            }
+                            other => other?,
+                        };
+                        audit::record(
+                            conn,
+                            Some(&who),
+                            RPC_CREATE_LENDER,
+                            "lender",
+                            row.id,
+                            serde_json::json!({ "name": row.name, "kind": row.kind }),
+                        )
+                        .await?;
+                        to_lender(row)
+                    })
+                    .await
+            }
+        })
+        .await?;
         self.products().invalidate();
         tracing::info!(lender_id = %lender.id, "lender registered");
         Ok(lender)
@@ -147,36 +151,39 @@ impl App {
     #[tracing::instrument(skip_all, fields(lender_id = %input.lender_id()))]
     pub async fn create_product(&self, who: &Principal, input: NewProduct) -> Result<Product> {
         who.require("CreateProduct", OPERATORS)?;
-        let who = who.clone();
-        self.conn()
-            .await?
-            .transaction(async move |conn| {
-                if storage::lenders::find(conn, input.lender_id())
+        retry_conflicts(TRIES, || {
+            let (who, input) = (who.clone(), input.clone());
+            async move {
+                self.conn()
                     .await?
-                    .is_none()
-                {
-                    return Err(Error::not_found("lender", input.lender_id()));
-                }
-                let row = match storage::lenders::insert_product(conn, &values(&input)).await {
-                    Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
-                        return Err(duplicate_product(&input));
-                    }
-                    other => other?,
-                };
-                audit::record(
-                    conn,
-                    Some(&who),
-                    RPC_CREATE_PRODUCT,
-                    "product",
-                    row.id,
-                    serde_json::json!({ "lender_id": row.lender_id, "name": row.name }),
-                )
-                .await?;
-                to_product(row)
-            })
-            .await
-            // The next routing on this replica sees the change, before its notification arrives.
-            .inspect(|_| self.products().invalidate())
+                    .transaction(async move |conn| {
+                        if storage::lenders::find(conn, input.lender_id())
+                            .await?
+                            .is_none()
+                        {
+                            return Err(Error::not_found("lender", input.lender_id()));
+                        }
+                        require_free_name(conn, &input, None).await?;
+                        let row = storage::lenders::insert_product(conn, &values(&input))
+                            .await
+                            .map_err(lost_name_race)?;
+                        audit::record(
+                            conn,
+                            Some(&who),
+                            RPC_CREATE_PRODUCT,
+                            "product",
+                            row.id,
+                            serde_json::json!({ "lender_id": row.lender_id, "name": row.name }),
+                        )
+                        .await?;
+                        to_product(row)
+                    })
+                    .await
+            }
+        })
+        .await
+        // The next routing on this replica sees the change, before its notification arrives.
+        .inspect(|_| self.products().invalidate())
     }
 
     /// Changes the fields of a product named by the patch; the result is validated as a whole
@@ -189,35 +196,37 @@ impl App {
         patch: ProductPatch,
     ) -> Result<Product> {
         who.require("UpdateProduct", OPERATORS)?;
-        let who = who.clone();
-        self.conn()
-            .await?
-            .transaction(async move |conn| {
-                let current = storage::lenders::find_product_for_update(conn, id)
+        retry_conflicts(TRIES, || {
+            let (who, patch) = (who.clone(), patch.clone());
+            async move {
+                self.conn()
                     .await?
-                    .ok_or_else(|| Error::not_found("product", id))?;
-                let updated = patch.apply_to(&stored_product(&current)?, "product.")?;
-                let row = match storage::lenders::update_product(conn, id, &values(&updated)).await
-                {
-                    Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
-                        return Err(duplicate_product(&updated));
-                    }
-                    other => other?,
-                };
-                audit::record(
-                    conn,
-                    Some(&who),
-                    RPC_UPDATE_PRODUCT,
-                    "product",
-                    id,
-                    serde_json::json!({ "lender_id": row.lender_id }),
-                )
-                .await?;
-                to_product(row)
-            })
-            .await
-            // The next routing on this replica sees the change, before its notification arrives.
-            .inspect(|_| self.products().invalidate())
+                    .transaction(async move |conn| {
+                        let current = storage::lenders::find_product_for_update(conn, id)
+                            .await?
+                            .ok_or_else(|| Error::not_found("product", id))?;
+                        let updated = patch.apply_to(&stored_product(&current)?, "product.")?;
+                        require_free_name(conn, &updated, Some(id)).await?;
+                        let row = storage::lenders::update_product(conn, id, &values(&updated))
+                            .await
+                            .map_err(lost_name_race)?;
+                        audit::record(
+                            conn,
+                            Some(&who),
+                            RPC_UPDATE_PRODUCT,
+                            "product",
+                            id,
+                            serde_json::json!({ "lender_id": row.lender_id }),
+                        )
+                        .await?;
+                        to_product(row)
+                    })
+                    .await
+            }
+        })
+        .await
+        // The next routing on this replica sees the change, before its notification arrives.
+        .inspect(|_| self.products().invalidate())
     }
 
     pub async fn list_products(
@@ -252,16 +261,42 @@ impl App {
     }
 }
 
-fn duplicate_product(product: &NewProduct) -> Error {
+fn duplicate_lender(name: &str, existing: Uuid) -> Error {
     Error::AlreadyExists {
-        entity: "product",
+        entity: "lender",
         reason: reason::DUPLICATE_NAME,
-        message: format!(
-            "lender {} already has a product named {:?}",
-            product.lender_id(),
-            product.name().as_str()
-        ),
-        existing_id: None,
+        message: format!("lender {existing} is already registered as {name:?}"),
+        existing_id: existing.to_string(),
+    }
+}
+
+/// ALREADY_EXISTS naming the product when the lender has another product of this name.
+async fn require_free_name(
+    conn: &mut storage::Connection,
+    product: &NewProduct,
+    this: Option<Uuid>,
+) -> Result<()> {
+    let name = product.name().as_str();
+    match storage::lenders::find_product_by_name(conn, product.lender_id(), name).await? {
+        Some(existing) if Some(existing) != this => Err(Error::AlreadyExists {
+            entity: "product",
+            reason: reason::DUPLICATE_NAME,
+            message: format!(
+                "lender {} already has product {existing} named {name:?}",
+                product.lender_id()
+            ),
+            existing_id: existing.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A concurrent write took the product's name after [`require_free_name`] looked: the retry
+/// finds and names the winner.
+fn lost_name_race(error: diesel::result::Error) -> Error {
+    match storage::classify(&error) {
+        Failure::UniqueViolation(_) => Error::conflict(),
+        _ => error.into(),
     }
 }
 

@@ -14,6 +14,7 @@ use diesel_async::AsyncConnection as _;
 use uuid::Uuid;
 
 use super::enterprises::{Enterprise, to_enterprise};
+use super::error::TRIES;
 use super::financing::{Need, Referral, to_need, to_referral};
 use super::paging::{Cursor, Page, PageRequest};
 use super::routing::route_onwards;
@@ -28,10 +29,6 @@ const RPC_ACKNOWLEDGE: &str = "finmatch.v1.PartnerService/AcknowledgeReferral";
 const RPC_REQUEST_INFORMATION: &str = "finmatch.v1.PartnerService/RequestInformation";
 const RPC_DECIDE: &str = "finmatch.v1.PartnerService/DecideReferral";
 const RPC_DISBURSE: &str = "finmatch.v1.PartnerService/RecordDisbursement";
-
-/// How often a transaction that lost a race (serialization failure, deadlock, a concurrent
-/// twin of an idempotent call) is run again.
-const TRIES: u32 = 3;
 
 /// A referral as its lender sees it.
 #[derive(Debug, Clone)]
@@ -499,7 +496,7 @@ async fn disburse(
     {
         // A concurrent call with the same reference won; running again replays it.
         Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
-            return Err(Error::Internal(anyhow::Error::new(error::Conflict)));
+            return Err(Error::conflict());
         }
         other => other?,
     };

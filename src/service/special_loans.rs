@@ -13,7 +13,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use diesel_async::AsyncConnection as _;
 use uuid::Uuid;
 
-use super::error::retry_conflicts;
+use super::error::{TRIES, retry_conflicts};
 use super::paging::{Cursor, Page, PageRequest};
 use super::{App, Error, Idempotency, Principal, Result, audit, reason};
 use crate::domain::special_loan::{effective_rate_bps, subsidy_minor};
@@ -144,57 +144,65 @@ impl App {
     #[tracing::instrument(skip_all, fields(code = input.code.as_str()))]
     pub async fn create_program(&self, who: &Principal, input: NewProgram) -> Result<Program> {
         who.require("CreateProgram", &[Role::Operator])?;
-        let who = who.clone();
-        let program = self
-            .conn()
-            .await?
-            .transaction(async move |conn| {
-                let code = input.code.as_str();
-                if let Some(existing) =
-                    storage::special_loans::find_program_by_code(conn, code).await?
-                {
-                    return Err(duplicate_code(code, Some(existing.id)));
-                }
-                let new = storage::special_loans::NewProgram {
-                    code,
-                    name: input.name.as_str(),
-                    total_quota_minor: input.total_quota.get(),
-                    rate_cap_bps: input.rate_cap.get(),
-                    subsidy_ratio_bps: input.subsidy_ratio.get(),
-                    max_effective_rate_bps: input.max_effective_rate.map(Bps::get),
-                    per_enterprise_cap_minor: input.per_enterprise_cap.map(AmountMinor::get),
-                    max_term_months: input.max_term.get(),
-                    required_designations: input
-                        .required_designations
-                        .iter()
-                        .map(ListCode::as_str)
-                        .collect(),
-                    loan_date_from: input.loan_date_from,
-                    loan_date_to: input.loan_date_to,
-                    one_bank_per_enterprise: input.one_bank_per_enterprise,
-                };
-                let row = match storage::special_loans::insert_program(conn, &new).await {
-                    // A concurrent creation of the same code won the race.
-                    Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
-                        return Err(duplicate_code(code, None));
-                    }
-                    other => other?,
-                };
-                audit::record(
-                    conn,
-                    Some(&who),
-                    RPC_CREATE,
-                    "program",
-                    row.id,
-                    serde_json::json!({
-                        "code": row.code,
-                        "total_quota_minor": row.total_quota_minor,
-                    }),
-                )
-                .await?;
-                to_program(row, Vec::new())
-            })
-            .await?;
+        let program = retry_conflicts(TRIES, || {
+            let (who, input) = (who.clone(), input.clone());
+            async move {
+                self.conn()
+                    .await?
+                    .transaction(async move |conn| {
+                        let code = input.code.as_str();
+                        if let Some(existing) =
+                            storage::special_loans::find_program_by_code(conn, code).await?
+                        {
+                            return Err(duplicate_code(code, existing.id));
+                        }
+                        let new = storage::special_loans::NewProgram {
+                            code,
+                            name: input.name.as_str(),
+                            total_quota_minor: input.total_quota.get(),
+                            rate_cap_bps: input.rate_cap.get(),
+                            subsidy_ratio_bps: input.subsidy_ratio.get(),
+                            max_effective_rate_bps: input.max_effective_rate.map(Bps::get),
+                            per_enterprise_cap_minor: input
+                                .per_enterprise_cap
+                                .map(AmountMinor::get),
+                            max_term_months: input.max_term.get(),
+                            required_designations: input
+                                .required_designations
+                                .iter()
+                                .map(ListCode::as_str)
+                                .collect(),
+                            loan_date_from: input.loan_date_from,
+                            loan_date_to: input.loan_date_to,
+                            one_bank_per_enterprise: input.one_bank_per_enterprise,
+                        };
+                        let row = match storage::special_loans::insert_program(conn, &new).await {
+                            // A concurrent creation of the same code won; the retry names it.
+                            Err(e)
+                                if matches!(storage::classify(&e), Failure::UniqueViolation(_)) =>
+                            {
+                                return Err(Error::conflict());
+                            }
+                            other => other?,
+                        };
+                        audit::record(
+                            conn,
+                            Some(&who),
+                            RPC_CREATE,
+                            "program",
+                            row.id,
+                            serde_json::json!({
+                                "code": row.code,
+                                "total_quota_minor": row.total_quota_minor,
+                            }),
+                        )
+                        .await?;
+                        to_program(row, Vec::new())
+                    })
+                    .await
+            }
+        })
+        .await?;
         tracing::info!(program_id = %program.id, "program created");
         Ok(program)
     }
@@ -312,7 +320,7 @@ impl App {
                 request.lender_id
             )));
         }
-        let outcome = retry_conflicts(3, || {
+        let outcome = retry_conflicts(TRIES, || {
             let who = who.clone();
             let idempotency = idempotency.clone();
             let request = request.clone();
@@ -354,10 +362,10 @@ impl App {
         disbursed_on: NaiveDate,
     ) -> Result<Allocation> {
         who.require("ConfirmAllocation", PARTICIPANTS)?;
-        let who = who.clone();
-        self.conn()
-            .await?
-            .transaction(async move |conn| {
+        retry_conflicts(TRIES, || {
+            let (who, loan_reference) = (who.clone(), loan_reference.clone());
+            async move {
+                self.conn().await?.transaction(async move |conn| {
                 let reference = loan_reference.as_str();
                 let row =
                     storage::special_loans::find_allocation_for_update(conn, id, who.lender_id)
@@ -399,7 +407,7 @@ impl App {
                 )
                 .await?
                 {
-                    return Err(duplicate_reference(reference, Some(other.id)));
+                    return Err(duplicate_reference(reference, other.id));
                 }
                 let updated = match storage::special_loans::confirm_allocation(
                     conn,
@@ -409,8 +417,9 @@ impl App {
                 )
                 .await
                 {
+                    // A concurrent confirmation took the reference; the retry names it.
                     Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
-                        return Err(duplicate_reference(reference, None));
+                        return Err(Error::conflict());
                     }
                     other => other?,
                 };
@@ -446,8 +455,10 @@ impl App {
                 )
                 .await?;
                 to_allocation(updated)
-            })
-            .await
+            }).await
+            }
+        })
+        .await
     }
 
     /// RESERVED → RELEASED; the quota returns to the lender, the program and the enterprise's
@@ -968,29 +979,23 @@ fn illegal_transition(id: Uuid, why: String) -> Error {
     Error::precondition(reason::ILLEGAL_TRANSITION, format!("allocation {id} {why}"))
 }
 
-fn duplicate_code(code: &str, existing_id: Option<Uuid>) -> Error {
+fn duplicate_code(code: &str, existing: Uuid) -> Error {
     Error::AlreadyExists {
         entity: "program",
         reason: reason::DUPLICATE_CODE,
-        message: match existing_id {
-            Some(id) => format!("program {id} already has code {code}"),
-            None => format!("a program with code {code} already exists"),
-        },
-        existing_id: existing_id.map(|id| id.to_string()),
+        message: format!("program {existing} already has code {code}"),
+        existing_id: existing.to_string(),
     }
 }
 
-fn duplicate_reference(reference: &str, existing_id: Option<Uuid>) -> Error {
+fn duplicate_reference(reference: &str, existing: Uuid) -> Error {
     Error::AlreadyExists {
         entity: "allocation",
         reason: reason::DUPLICATE_LOAN_REFERENCE,
-        message: match existing_id {
-            Some(id) => format!(
-                "the lender already confirmed allocation {id} with loan_reference {reference:?}"
-            ),
-            None => format!("the lender already used loan_reference {reference:?}"),
-        },
-        existing_id: existing_id.map(|id| id.to_string()),
+        message: format!(
+            "the lender already confirmed allocation {existing} with loan_reference {reference:?}"
+        ),
+        existing_id: existing.to_string(),
     }
 }
 

@@ -247,6 +247,22 @@ pub(super) fn active_designations_query(enterprise_ids: &[Uuid]) -> DesignationQ
         .into_boxed()
 }
 
+/// The (internal) id of the enterprise's unrevoked designation of `list_code`, if it holds one.
+pub async fn find_active_designation(
+    conn: &mut Connection,
+    enterprise_id: Uuid,
+    list_code: &str,
+) -> QueryResult<Option<Uuid>> {
+    designations::table
+        .filter(designations::enterprise_id.eq(enterprise_id))
+        .filter(designations::list_code.eq(list_code))
+        .filter(designations::revoked_at.is_null())
+        .select(designations::id)
+        .first(conn)
+        .await
+        .optional()
+}
+
 pub async fn insert_designation(
     conn: &mut Connection,
     new: &NewDesignation<'_>,

@@ -96,6 +96,16 @@ pub async fn find(conn: &mut Connection, id: Uuid) -> QueryResult<Option<LenderR
         .optional()
 }
 
+/// The id of the lender registered under `name`, if any.
+pub async fn find_by_name(conn: &mut Connection, name: &str) -> QueryResult<Option<Uuid>> {
+    lenders::table
+        .filter(lenders::name.eq(name))
+        .select(lenders::id)
+        .first(conn)
+        .await
+        .optional()
+}
+
 pub async fn list(
     conn: &mut Connection,
     active: Option<bool>,
@@ -135,6 +145,21 @@ pub async fn find_product(conn: &mut Connection, id: Uuid) -> QueryResult<Option
     products::table
         .find(id)
         .select(ProductRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The id of the lender's product named `name`, if it has one.
+pub async fn find_product_by_name(
+    conn: &mut Connection,
+    lender_id: Uuid,
+    name: &str,
+) -> QueryResult<Option<Uuid>> {
+    products::table
+        .filter(products::lender_id.eq(lender_id))
+        .filter(products::name.eq(name))
+        .select(products::id)
         .first(conn)
         .await
         .optional()

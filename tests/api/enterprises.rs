@@ -4,7 +4,9 @@ use finmatch::grpc::pb;
 use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
 use tonic::Code;
 
-use crate::helpers::{TestApp, audit_rows, authed, enterprise, error_reason, violated_fields};
+use crate::helpers::{
+    TestApp, audit_rows, authed, enterprise, error_reason, existing_resource, violated_fields,
+};
 
 fn client(app: &TestApp) -> EnterpriseServiceClient<tonic::transport::Channel> {
     EnterpriseServiceClient::new(app.channel.clone())
@@ -136,6 +138,10 @@ async fn a_second_enterprise_with_the_same_credit_code_already_exists() {
     );
     let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
     assert_eq!(info.metadata.get("enterprise_id"), Some(&first.id));
+    assert_eq!(
+        existing_resource(&status),
+        ("enterprise".to_string(), first.id.clone())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,6 +341,13 @@ async fn designations_have_validity_dates_filter_lists_and_can_be_revoked() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists);
+    assert_eq!(
+        existing_resource(&status),
+        (
+            "designation".to_string(),
+            format!("{}/NATIONAL_KEY_SUPPLY", national.id)
+        )
+    );
 
     let status = client(&app)
         .grant_designation(authed(

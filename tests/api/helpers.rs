@@ -305,6 +305,27 @@ pub fn error_reason(status: &tonic::Status) -> Option<String> {
     status.get_details_error_info().map(|info| info.reason)
 }
 
+/// The existing record an ALREADY_EXISTS names: its `ResourceInfo` (type, id), which must agree
+/// with the `ErrorInfo` metadata's `<type>_id`. Panics when the status carries no id.
+pub fn existing_resource(status: &tonic::Status) -> (String, String) {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
+    let info = status
+        .get_details_resource_info()
+        .unwrap_or_else(|| panic!("ALREADY_EXISTS without ResourceInfo: {status:?}"));
+    assert!(
+        !info.resource_name.is_empty(),
+        "ALREADY_EXISTS names no id: {status:?}"
+    );
+    let metadata = status.get_details_error_info().map(|e| e.metadata);
+    assert_eq!(
+        metadata.and_then(|m| m.get(&format!("{}_id", info.resource_type)).cloned()),
+        Some(info.resource_name.clone()),
+        "ErrorInfo metadata disagrees with ResourceInfo"
+    );
+    (info.resource_type, info.resource_name)
+}
+
 /// A valid unified social credit code, different for each `n` (below 10,000,000). The one scheme
 /// of the suite: tests that need codes they can name use it; the others [`next_credit_code`].
 pub fn credit_code(n: u32) -> String {

@@ -4,7 +4,9 @@ use finmatch::grpc::pb;
 use finmatch::grpc::pb::lender_service_client::LenderServiceClient;
 use tonic::Code;
 
-use crate::helpers::{TestApp, audit_rows, authed, create_lender, violated_fields};
+use crate::helpers::{
+    TestApp, audit_rows, authed, create_lender, existing_resource, violated_fields,
+};
 
 fn client(app: &TestApp) -> LenderServiceClient<tonic::transport::Channel> {
     LenderServiceClient::new(app.channel.clone())
@@ -84,6 +86,10 @@ async fn lenders_are_created_listed_and_unique_by_name() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists);
+    assert_eq!(
+        existing_resource(&status),
+        ("lender".to_string(), first.to_string())
+    );
 
     let status = client(&app)
         .create_lender(authed(
@@ -171,6 +177,111 @@ async fn products_validate_ranges_and_known_enums_field_by_field() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
+}
+
+/// Eight registrations of one name at once, over two replicas: one wins, and each of the other
+/// seven gets ALREADY_EXISTS naming the winner, although it lost the race at the unique index
+/// rather than at the look-up before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_registrations_of_one_name_all_name_the_winner() {
+    let app = TestApp::spawn().await;
+    let replica = app.replica().await;
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(8));
+    let calls = (0..8).map(|i| {
+        let channel = if i % 2 == 0 { &app } else { &replica }.channel.clone();
+        let (token, start) = (app.operator.clone(), start.clone());
+        tokio::spawn(async move {
+            start.wait().await;
+            LenderServiceClient::new(channel)
+                .create_lender(authed(
+                    pb::CreateLenderRequest {
+                        lender: Some(pb::Lender {
+                            name: "PSBC Suizhou Branch".into(),
+                            kind: pb::LenderKind::StateOwned as i32,
+                            region_codes: vec!["421300".into()],
+                            ..Default::default()
+                        }),
+                    },
+                    &token,
+                ))
+                .await
+        })
+    });
+    let outcomes = futures::future::join_all(calls).await;
+    let mut winners = Vec::new();
+    let mut named = Vec::new();
+    for outcome in outcomes {
+        match outcome.unwrap() {
+            Ok(created) => winners.push(created.into_inner().lender.unwrap().id),
+            Err(status) => named.push(existing_resource(&status).1),
+        }
+    }
+    assert_eq!(winners.len(), 1, "one registration wins: {winners:?}");
+    assert_eq!(named, vec![winners[0].clone(); 7]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_products_name_is_unique_per_lender_and_the_refusal_names_the_holder() {
+    let app = TestApp::spawn().await;
+    let lender = create_lender(&app, "BOC Suizhou Branch").await.to_string();
+    let create = |product: pb::Product| {
+        let mut client = client(&app);
+        let token = app.operator.clone();
+        async move {
+            client
+                .create_product(authed(
+                    pb::CreateProductRequest {
+                        product: Some(product),
+                    },
+                    &token,
+                ))
+                .await
+                .map(|r| r.into_inner().product.unwrap())
+        }
+    };
+    let first = create(product(&lender)).await.unwrap();
+    let status = create(product(&lender)).await.unwrap_err();
+    assert_eq!(
+        existing_resource(&status),
+        ("product".to_string(), first.id.clone())
+    );
+    assert_eq!(
+        audit_rows(&app, "finmatch.v1.LenderService/CreateProduct")
+            .await
+            .len(),
+        1,
+        "the refusal is not audited as a creation"
+    );
+
+    let mut other = product(&lender);
+    other.name = "Working capital, ordinary".into();
+    let other = create(other).await.unwrap();
+    let rename = |name: &str| {
+        let mut client = client(&app);
+        let token = app.operator.clone();
+        let mut change = other.clone();
+        change.name = name.into();
+        async move {
+            client
+                .update_product(authed(
+                    pb::UpdateProductRequest {
+                        product: Some(change),
+                        update_mask: Some(prost_types::FieldMask {
+                            paths: vec!["name".into()],
+                        }),
+                    },
+                    &token,
+                ))
+                .await
+        }
+    };
+    let status = rename(&first.name).await.unwrap_err();
+    assert_eq!(
+        existing_resource(&status),
+        ("product".to_string(), first.id.clone())
+    );
+    // Its own name is not taken from itself.
+    rename(&other.name).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
