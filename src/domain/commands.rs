@@ -83,7 +83,7 @@ fn collateral_set(
     if raw.is_empty() {
         v.add(
             path(prefix, name),
-            format!("must name at least one of {}", Collateral::expected()),
+            format!("must name at least one of {}", Collateral::wire_expected()),
         );
         return None;
     }
@@ -1096,7 +1096,8 @@ mod tests {
         );
         assert_eq!(
             description(&v, "enterprise.size"),
-            "must be specified; expected one of MICRO, SMALL, MEDIUM, LARGE"
+            "must be specified; expected one of ENTERPRISE_SIZE_MICRO, ENTERPRISE_SIZE_SMALL, \
+             ENTERPRISE_SIZE_MEDIUM, ENTERPRISE_SIZE_LARGE"
         );
     }
 
@@ -1354,7 +1355,7 @@ mod tests {
         let v = NewProduct::parse(&product_input(&[], &[], &[], &[]), "").unwrap_err();
         assert_eq!(
             description(&v, "collateral_accepted"),
-            "must name at least one of CREDIT, GUARANTEE, REAL_ESTATE, EQUIPMENT, RECEIVABLES, IP_PLEDGE, INVENTORY"
+            "must name at least one of COLLATERAL_CREDIT, COLLATERAL_GUARANTEE, COLLATERAL_REAL_ESTATE, COLLATERAL_EQUIPMENT, COLLATERAL_RECEIVABLES, COLLATERAL_IP_PLEDGE, COLLATERAL_INVENTORY"
         );
     }
 

@@ -1,5 +1,7 @@
 //! The closed value sets of the domain, by their canonical names (the bare
-//! upper-case names stored in SQL; the proto prefixes them with the enum name).
+//! upper-case names stored in SQL) and their wire names (the proto's, the
+//! canonical name after the enum's prefix: `PURPOSE_WORKING_CAPITAL`). Messages
+//! a client reads name values as it must type them: [`fmt::Display`] is the wire name.
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,7 +11,7 @@ use super::DomainError;
 macro_rules! canonical_enum {
     (
         $(#[$meta:meta])*
-        $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }
+        $name:ident($prefix:literal) { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -28,15 +30,27 @@ macro_rules! canonical_enum {
                 }
             }
 
-            /// `"A, B, C"`: the accepted names, for error messages.
+            /// The proto's name, as a client types it, e.g. in JSON.
+            pub const fn wire_name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => concat!($prefix, $text)),+
+                }
+            }
+
+            /// `"A, B, C"`: the canonical names, for errors about stored values.
             pub fn expected() -> String {
                 Self::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+            }
+
+            /// `"P_A, P_B, P_C"`: the wire names, for errors a client reads.
+            pub fn wire_expected() -> String {
+                Self::ALL.iter().map(|v| v.wire_name()).collect::<Vec<_>>().join(", ")
             }
 
             /// The error for a value that was not given (a proto enum left at
             /// `*_UNSPECIFIED`, or a number this build does not know).
             pub fn unspecified() -> DomainError {
-                DomainError::Unspecified { expected: Self::expected() }
+                DomainError::Unspecified { expected: Self::wire_expected() }
             }
 
             /// Turns an optional value into a required one.
@@ -60,9 +74,10 @@ macro_rules! canonical_enum {
             }
         }
 
+        /// The wire name: what a message shows a client.
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
+                f.write_str(self.wire_name())
             }
         }
     };
@@ -71,11 +86,11 @@ macro_rules! canonical_enum {
 canonical_enum! {
     /// Enterprise size class (MIIT 2011 thresholds), ordered smallest first
     /// so that `size >= product.min_size` reads naturally.
-    EnterpriseSize { Micro = "MICRO", Small = "SMALL", Medium = "MEDIUM", Large = "LARGE" }
+    EnterpriseSize("ENTERPRISE_SIZE_") { Micro = "MICRO", Small = "SMALL", Medium = "MEDIUM", Large = "LARGE" }
 }
 
 canonical_enum! {
-    LenderKind {
+    LenderKind("LENDER_KIND_") {
         Policy = "POLICY",
         StateOwned = "STATE_OWNED",
         JointStock = "JOINT_STOCK",
@@ -87,7 +102,7 @@ canonical_enum! {
 
 canonical_enum! {
     /// Security offered for a loan; CREDIT means unsecured.
-    Collateral {
+    Collateral("COLLATERAL_") {
         Credit = "CREDIT",
         Guarantee = "GUARANTEE",
         RealEstate = "REAL_ESTATE",
@@ -99,7 +114,7 @@ canonical_enum! {
 }
 
 canonical_enum! {
-    Purpose {
+    Purpose("PURPOSE_") {
         WorkingCapital = "WORKING_CAPITAL",
         Payroll = "PAYROLL",
         RawMaterials = "RAW_MATERIALS",
@@ -112,12 +127,12 @@ canonical_enum! {
 
 canonical_enum! {
     /// How a need reached finmatch.
-    Channel { SelfService = "SELF", Bureau = "BUREAU", BankReferral = "BANK_REFERRAL" }
+    Channel("CHANNEL_") { SelfService = "SELF", Bureau = "BUREAU", BankReferral = "BANK_REFERRAL" }
 }
 
 canonical_enum! {
     /// Lifecycle of a financing need; see [`NeedStatus::can_transition`].
-    NeedStatus {
+    NeedStatus("NEED_STATUS_") {
         Submitted = "SUBMITTED",
         Routed = "ROUTED",
         Approved = "APPROVED",
@@ -130,7 +145,7 @@ canonical_enum! {
 
 canonical_enum! {
     /// Lifecycle of a referral; see [`ReferralStatus::can_transition`].
-    ReferralStatus {
+    ReferralStatus("REFERRAL_STATUS_") {
         Pending = "PENDING",
         Acknowledged = "ACKNOWLEDGED",
         InfoRequested = "INFO_REQUESTED",
@@ -143,7 +158,7 @@ canonical_enum! {
 }
 
 canonical_enum! {
-    DeclineReason {
+    DeclineReason("DECLINE_REASON_") {
         OutsideAppetite = "OUTSIDE_APPETITE",
         InsufficientCollateral = "INSUFFICIENT_COLLATERAL",
         CreditHistory = "CREDIT_HISTORY",
@@ -156,16 +171,16 @@ canonical_enum! {
 canonical_enum! {
     /// Lifecycle of a special-loan allocation; see
     /// [`AllocationStatus::can_transition`].
-    AllocationStatus { Reserved = "RESERVED", Confirmed = "CONFIRMED", Released = "RELEASED" }
+    AllocationStatus("ALLOCATION_STATUS_") { Reserved = "RESERVED", Confirmed = "CONFIRMED", Released = "RELEASED" }
 }
 
 canonical_enum! {
     /// Who a credential speaks for.
-    Role { Operator = "OPERATOR", Portal = "PORTAL", Lender = "LENDER" }
+    Role("ROLE_") { Operator = "OPERATOR", Portal = "PORTAL", Lender = "LENDER" }
 }
 
 canonical_enum! {
-    ReferralEventKind {
+    ReferralEventKind("REFERRAL_EVENT_KIND_") {
         Created = "CREATED",
         Acknowledged = "ACKNOWLEDGED",
         InfoRequested = "INFO_REQUESTED",
@@ -175,6 +190,14 @@ canonical_enum! {
         Expired = "EXPIRED",
         Cancelled = "CANCELLED",
     }
+}
+
+/// The wire name of a value stored by its canonical name (`WORKING_CAPITAL` as `Purpose` gives
+/// `PURPOSE_WORKING_CAPITAL`), for messages; a name the enum does not know is shown as it is.
+pub fn wire_name<E: FromStr + fmt::Display>(canonical: &str) -> String {
+    canonical
+        .parse::<E>()
+        .map_or_else(|_| canonical.to_owned(), |value| value.to_string())
 }
 
 /// A set of [`Collateral`] kinds as a bitset: what a need offers or a product
@@ -232,7 +255,7 @@ impl fmt::Display for CollateralSet {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            f.write_str(c.as_str())?;
+            f.write_str(c.wire_name())?;
         }
         Ok(())
     }
@@ -242,27 +265,33 @@ impl fmt::Display for CollateralSet {
 mod tests {
     use super::*;
 
-    fn round_trips<T: FromStr<Err = DomainError> + fmt::Display + PartialEq + fmt::Debug + Copy>(
-        all: &[T],
-    ) {
-        for v in all {
-            assert_eq!(v.to_string().parse::<T>(), Ok(*v));
-        }
+    /// Each value parses back from its canonical name, and shows as its wire name: the
+    /// canonical name behind the enum's prefix.
+    macro_rules! round_trips {
+        ($($t:ident: $prefix:literal),+ $(,)?) => {$(
+            for v in $t::ALL {
+                assert_eq!(v.as_str().parse::<$t>(), Ok(*v));
+                assert_eq!(v.to_string(), format!("{}{}", $prefix, v.as_str()));
+                assert_eq!(wire_name::<$t>(v.as_str()), v.wire_name());
+            }
+        )+};
     }
 
     #[test]
     fn every_enum_round_trips_through_its_canonical_name() {
-        round_trips(EnterpriseSize::ALL);
-        round_trips(LenderKind::ALL);
-        round_trips(Collateral::ALL);
-        round_trips(Purpose::ALL);
-        round_trips(Channel::ALL);
-        round_trips(NeedStatus::ALL);
-        round_trips(ReferralStatus::ALL);
-        round_trips(DeclineReason::ALL);
-        round_trips(AllocationStatus::ALL);
-        round_trips(Role::ALL);
-        round_trips(ReferralEventKind::ALL);
+        round_trips!(
+            EnterpriseSize: "ENTERPRISE_SIZE_",
+            LenderKind: "LENDER_KIND_",
+            Collateral: "COLLATERAL_",
+            Purpose: "PURPOSE_",
+            Channel: "CHANNEL_",
+            NeedStatus: "NEED_STATUS_",
+            ReferralStatus: "REFERRAL_STATUS_",
+            DeclineReason: "DECLINE_REASON_",
+            AllocationStatus: "ALLOCATION_STATUS_",
+            Role: "ROLE_",
+            ReferralEventKind: "REFERRAL_EVENT_KIND_",
+        );
     }
 
     #[test]
@@ -321,7 +350,7 @@ mod tests {
         );
         assert_eq!(
             Role::required(None).unwrap_err().to_string(),
-            "must be specified; expected one of OPERATOR, PORTAL, LENDER"
+            "must be specified; expected one of ROLE_OPERATOR, ROLE_PORTAL, ROLE_LENDER"
         );
         assert_eq!(Role::required(Some(Role::Lender)), Ok(Role::Lender));
     }
@@ -343,7 +372,10 @@ mod tests {
         .into_iter()
         .collect();
         assert_eq!(offered.len(), 2);
-        assert_eq!(offered.to_string(), "CREDIT, REAL_ESTATE");
+        assert_eq!(
+            offered.to_string(),
+            "COLLATERAL_CREDIT, COLLATERAL_REAL_ESTATE"
+        );
         assert!(offered.contains(Collateral::Credit));
         assert!(!offered.contains(Collateral::Inventory));
         let accepted: CollateralSet = [Collateral::Inventory, Collateral::RealEstate]

@@ -23,7 +23,7 @@ pub use credit_code::{CreditCode, credit_code_with_check};
 pub use dates::{parse_date, parse_uuid};
 pub use enums::{
     AllocationStatus, Channel, Collateral, CollateralSet, DeclineReason, EnterpriseSize,
-    LenderKind, NeedStatus, Purpose, ReferralEventKind, ReferralStatus, Role,
+    LenderKind, NeedStatus, Purpose, ReferralEventKind, ReferralStatus, Role, wire_name,
 };
 pub use error::{DomainError, FieldViolation, Violations};
 pub use numbers::{

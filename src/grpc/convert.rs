@@ -27,8 +27,7 @@ pub trait Bridge: Sized + Copy {
 
     /// The wire number of a domain value.
     fn from_domain(value: Self::Domain) -> i32 {
-        let name = format!("{}{}", Self::PREFIX, value.to_string());
-        Self::from_name(&name).map_or(0, Self::number)
+        Self::from_name(&value.to_string()).map_or(0, Self::number)
     }
 }
 

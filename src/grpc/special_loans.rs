@@ -211,7 +211,7 @@ impl pb::special_loan_service_server::SpecialLoanService for SpecialLoanHandler 
                     format!("statuses[{i}]"),
                     format!(
                         "must be specified; expected one of {}",
-                        AllocationStatus::expected()
+                        AllocationStatus::wire_expected()
                     ),
                 ),
             }

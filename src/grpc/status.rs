@@ -30,7 +30,7 @@ impl From<Error> for Status {
                     details.add_bad_request_violation(v.field.clone(), v.description.clone());
                 }
                 let message = match violations.len() {
-                    1 => format!("invalid argument: {}", violations),
+                    1 => violations.to_string(),
                     n => format!("{n} invalid fields: {}", violations),
                 };
                 Status::with_error_details(Code::InvalidArgument, message, details)

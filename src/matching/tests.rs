@@ -853,7 +853,7 @@ fn reasons_carry_the_figures() {
             ),
             (
                 "BELOW_MINIMUM_SIZE",
-                "enterprise size SMALL is below the product's minimum MEDIUM".to_owned()
+                "enterprise size ENTERPRISE_SIZE_SMALL is below the product's minimum ENTERPRISE_SIZE_MEDIUM".to_owned()
             ),
             (
                 "DESIGNATION_NOT_HELD",

@@ -351,11 +351,11 @@ fn validate(input: &NewCredential) -> Result<()> {
     match (input.role, input.lender_id) {
         (Role::Lender, None) => violations.add(
             "lender_id",
-            "a LENDER credential must name the lender it acts for",
+            "a ROLE_LENDER credential must name the lender it acts for",
         ),
         (Role::Operator | Role::Portal, Some(_)) => violations.add(
             "lender_id",
-            "only LENDER credentials are bound to a lender; leave lender_id empty",
+            "only ROLE_LENDER credentials are bound to a lender; leave lender_id empty",
         ),
         _ => {}
     }

@@ -62,7 +62,7 @@ pub mod reason {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The request is malformed; every bad field is listed.
-    #[error("invalid argument: {0}")]
+    #[error("{0}")]
     InvalidArgument(Violations),
     /// The entity does not exist, or is not visible to the caller (another lender's referral).
     #[error("{entity} {id} not found")]

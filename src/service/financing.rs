@@ -17,7 +17,7 @@ use super::routing::{
 use super::{App, Error, Idempotency, Principal, Result, audit, error, reason};
 use crate::domain::{
     Channel, Collateral, DeclineReason, IndustryPrefix, NeedStatus, NewNeed, Purpose,
-    ReferralStatus, RegionPrefix, Role,
+    ReferralStatus, RegionPrefix, Role, wire_name,
 };
 use crate::matching::{IneligibleReason, evaluate, select_routes};
 use crate::storage::needs::{NeedFilter, NeedRow};
@@ -1242,7 +1242,10 @@ fn duplicate_open_need(open: &NeedRow) -> Error {
         message: format!(
             "enterprise {} already has open need {} with purpose {} (status {}); \
              withdraw it or wait until it is closed",
-            open.enterprise_id, open.id, open.purpose, open.status
+            open.enterprise_id,
+            open.id,
+            wire_name::<Purpose>(&open.purpose),
+            wire_name::<NeedStatus>(&open.status)
         ),
         existing_id: open.id.to_string(),
     }

@@ -152,12 +152,12 @@ impl Principal {
         } else {
             let allowed = roles
                 .iter()
-                .map(|r| r.as_str())
+                .map(|r| r.wire_name())
                 .collect::<Vec<_>>()
                 .join(" or ");
             Err(Error::PermissionDenied(format!(
                 "{rpc} requires the {allowed} role; this credential has role {}",
-                self.role.as_str()
+                self.role
             )))
         }
     }

@@ -694,16 +694,11 @@ fn require_from(
 fn illegal(row: &ReferralRow, status: ReferralStatus, to: ReferralStatus) -> Error {
     Error::precondition(
         reason::ILLEGAL_TRANSITION,
-        format!(
-            "referral {} is {}; it cannot become {}",
-            row.id,
-            status.as_str(),
-            to.as_str()
-        ),
+        format!("referral {} is {status}; it cannot become {to}", row.id),
     )
     .with_metadata("referral_id", row.id)
-    .with_metadata("status", status.as_str())
-    .with_metadata("requested_status", to.as_str())
+    .with_metadata("status", status)
+    .with_metadata("requested_status", to)
 }
 
 fn exceeds_unfunded(need_id: Uuid, amount_minor: i64, unfunded_minor: i64) -> Error {

@@ -382,7 +382,7 @@ impl App {
                         return Err(illegal_transition(
                             id,
                             format!(
-                                "is already CONFIRMED with loan_reference {:?} disbursed on {}",
+                                "is already ALLOCATION_STATUS_CONFIRMED with loan_reference {:?} disbursed on {}",
                                 row.loan_reference.unwrap_or_default(),
                                 row.disbursed_on.map(|d| d.to_string()).unwrap_or_default()
                             ),
@@ -391,7 +391,7 @@ impl App {
                     AllocationStatus::Released => {
                         return Err(illegal_transition(
                             id,
-                            "is RELEASED; reserve quota again".into(),
+                            "is ALLOCATION_STATUS_RELEASED; reserve quota again".into(),
                         ));
                     }
                     AllocationStatus::Reserved => {}
@@ -485,7 +485,7 @@ impl App {
                         return Err(illegal_transition(
                             id,
                             format!(
-                                "is CONFIRMED (loan {:?} disbursed); a disbursed loan's quota \
+                                "is ALLOCATION_STATUS_CONFIRMED (loan {:?} disbursed); a disbursed loan's quota \
                                  cannot be released",
                                 row.loan_reference.unwrap_or_default()
                             ),
