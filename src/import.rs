@@ -79,9 +79,19 @@ pub struct Rejection {
     pub credit_code: String,
     /// gRPC code name (INVALID_ARGUMENT, …), or PARSE for a row the client could not read.
     pub code: String,
-    /// ErrorInfo reason, when the server gave one.
+    /// ErrorInfo reason when the server gave one; for INVALID_ARGUMENT the file's columns at
+    /// fault (`needed_by`, `amount_yuan`), `;`-separated.
     pub reason: String,
     pub message: String,
+}
+
+/// Where a stored row's need went, as the server reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub need_id: String,
+    /// The need's status when it was stored, by its wire name: `NEED_STATUS_ROUTED`,
+    /// `NEED_STATUS_UNMATCHED` or `NEED_STATUS_SUBMITTED` (no consent: kept from every bank).
+    pub status: String,
 }
 
 /// What an import did.
@@ -94,6 +104,12 @@ pub struct Report {
     pub replayed: i64,
     /// Rows the previous report of the same file marks stored; not sent again.
     pub earlier: u64,
+    /// Of every stored row (this run's or an earlier run's): routed to at least one bank.
+    pub routed: u64,
+    /// Of every stored row: no product fits the need (UNMATCHED).
+    pub unmatched: u64,
+    /// Of every stored row: kept from the banks for want of consent (SUBMITTED).
+    pub unrouted: u64,
     /// Ordered by row.
     pub rejected: Vec<Rejection>,
     /// Rows not settled because the run stopped early.
@@ -455,9 +471,13 @@ impl Outcome {
     }
 }
 
-/// The rows an earlier report of the same file marks stored, by row number. A report of another
-/// file (other idempotency keys), of an older format or that cannot be read marks nothing.
-fn earlier_outcomes(report_file: &Path, digest: &str) -> HashMap<u64, Outcome> {
+/// The rows an earlier report of the same file marks stored, by row number, with where their needs
+/// went when the report says. A report of another file (other idempotency keys), of an older
+/// format or that cannot be read marks nothing.
+fn earlier_outcomes(
+    report_file: &Path,
+    digest: &str,
+) -> HashMap<u64, (Outcome, Option<Placement>)> {
     let mut done = HashMap::new();
     let Ok(mut csv) = csv::Reader::from_path(report_file) else {
         return done;
@@ -471,6 +491,7 @@ fn earlier_outcomes(report_file: &Path, digest: &str) -> HashMap<u64, Outcome> {
     else {
         return done;
     };
+    let (status_at, need_at) = (column("status"), column("need_id"));
     for record in csv.records().map_while(Result::ok) {
         let Some(row) = record.get(row_at).and_then(|r| r.parse::<u64>().ok()) else {
             continue;
@@ -482,7 +503,15 @@ fn earlier_outcomes(report_file: &Path, digest: &str) -> HashMap<u64, Outcome> {
             _ => continue,
         };
         if record.get(key_at) == Some(idempotency_key(digest, row).as_str()) {
-            done.insert(row, outcome);
+            let field = |at: Option<usize>| at.and_then(|at| record.get(at)).unwrap_or_default();
+            let placement = match (field(need_at), field(status_at)) {
+                ("", _) | (_, "") => None,
+                (need_id, status) => Some(Placement {
+                    need_id: need_id.to_owned(),
+                    status: status.to_owned(),
+                }),
+            };
+            done.insert(row, (outcome, placement));
         }
     }
     done
@@ -491,6 +520,8 @@ fn earlier_outcomes(report_file: &Path, digest: &str) -> HashMap<u64, Outcome> {
 /// The state of an import while it runs: one outcome per data row.
 struct Import {
     outcomes: Vec<Outcome>,
+    /// Where each stored row's need went, when the server (or the earlier report) said.
+    placements: Vec<Option<Placement>>,
     /// Rows an earlier run stored (their outcome is the earlier one); not sent again.
     earlier: Vec<bool>,
     rejections: HashMap<u64, Rejection>,
@@ -556,18 +587,20 @@ async fn import_chunk(
 }
 
 impl Import {
-    fn new(rows: u64, earlier: &HashMap<u64, Outcome>) -> Self {
+    fn new(rows: u64, earlier: &HashMap<u64, (Outcome, Option<Placement>)>) -> Self {
         let rows = rows as usize;
         let mut import = Self {
             outcomes: vec![Outcome::Pending; rows],
+            placements: vec![None; rows],
             earlier: vec![false; rows],
             rejections: HashMap::new(),
             accepted: 0,
             replayed: 0,
         };
-        for (&row, &outcome) in earlier {
+        for (&row, (outcome, placement)) in earlier {
             if let Some(i) = (row as usize).checked_sub(2).filter(|&i| i < rows) {
-                import.outcomes[i] = outcome;
+                import.outcomes[i] = *outcome;
+                import.placements[i] = placement.clone();
                 import.earlier[i] = true;
             }
         }
@@ -772,6 +805,27 @@ impl Import {
         for &i in &chunk.rows {
             self.outcomes[i] = stored;
         }
+        // Each stored item listed (all of them: a chunk is no longer than the list) says whether
+        // it was accepted or replayed, and where its need went.
+        for item in response.stored {
+            let Some(&i) = usize::try_from(item.index)
+                .ok()
+                .and_then(|n| chunk.rows.get(n))
+            else {
+                bail!("the server stored item {} which was not sent", item.index);
+            };
+            self.outcomes[i] = if item.replayed {
+                Outcome::Replayed
+            } else {
+                Outcome::Accepted
+            };
+            let status = pb::NeedStatus::try_from(item.status)
+                .map_or("NEED_STATUS_UNSPECIFIED", |s| s.as_str_name());
+            self.placements[i] = Some(Placement {
+                need_id: item.need_id,
+                status: status.to_owned(),
+            });
+        }
         for (rejection, item) in response.rejected.into_iter().map(|r| {
             let item = usize::try_from(r.index)
                 .ok()
@@ -786,10 +840,11 @@ impl Import {
             };
             let i = chunk.rows[n];
             let error = rejection.error.unwrap_or_default();
-            let mut message = error.message;
-            for violation in error.field_violations {
-                message.push_str(&format!("; {}: {}", violation.field, violation.description));
-            }
+            let reason = if error.reason.is_empty() {
+                columns_at_fault(error.field_violations.iter().map(|v| v.field.as_str()))
+            } else {
+                error.reason
+            };
             let credit_code = chunk.credit_codes[n].clone();
             self.reject(
                 i,
@@ -797,8 +852,9 @@ impl Import {
                     row: i as u64 + 2,
                     credit_code,
                     code: code_name(tonic::Code::from_i32(error.code)).to_owned(),
-                    reason: error.reason,
-                    message,
+                    reason,
+                    // The message states every field violation already.
+                    message: error.message,
                 },
             );
         }
@@ -811,11 +867,21 @@ impl Import {
     fn report(&self, failure: Option<String>) -> Report {
         let mut rejected: Vec<Rejection> = self.rejections.values().cloned().collect();
         rejected.sort_by_key(|r| r.row);
+        let placed = |status: &str| {
+            self.placements
+                .iter()
+                .flatten()
+                .filter(|p| p.status == status)
+                .count() as u64
+        };
         Report {
             rows: self.outcomes.len() as u64,
             accepted: self.accepted,
             replayed: self.replayed,
             earlier: self.earlier.iter().filter(|&&e| e).count() as u64,
+            routed: placed(pb::NeedStatus::Routed.as_str_name()),
+            unmatched: placed(pb::NeedStatus::Unmatched.as_str_name()),
+            unrouted: placed(pb::NeedStatus::Submitted.as_str_name()),
             rejected,
             pending: self
                 .outcomes
@@ -894,64 +960,89 @@ async fn register(
 ) -> anyhow::Result<Result<String, Rejection>> {
     use tonic_types::StatusExt;
     let code = enterprise.credit_code.clone();
-    // Twice at most: a concurrent registration of the same code may answer ALREADY_EXISTS
-    // without naming the winner; the second attempt finds it.
-    for _ in 0..2 {
-        let created = with_retries(options, || {
-            let mut client = client.clone();
-            let request = with_token(
-                tonic::Request::new(pb::CreateEnterpriseRequest {
-                    enterprise: Some(enterprise.clone()),
-                }),
-                bearer,
-            );
-            async move { client.create_enterprise(request).await }
-        })
-        .await;
-        match created {
-            Ok(response) => {
-                return Ok(Ok(response.into_inner().enterprise.unwrap_or_default().id));
-            }
-            Err(status) if status.code() == tonic::Code::AlreadyExists => {
-                let existing = status
-                    .get_details_resource_info()
-                    .map(|info| info.resource_name)
-                    .unwrap_or_default();
-                if !existing.is_empty() {
-                    return Ok(Ok(existing));
-                }
-            }
-            Err(status)
-                if retryable(&status)
-                    || matches!(
-                        status.code(),
-                        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
-                    ) =>
-            {
-                bail!(
-                    "CreateEnterprise failed: {}: {}",
-                    code_name(status.code()),
+    let created = with_retries(options, || {
+        let mut client = client.clone();
+        let request = with_token(
+            tonic::Request::new(pb::CreateEnterpriseRequest {
+                enterprise: Some(enterprise.clone()),
+            }),
+            bearer,
+        );
+        async move { client.create_enterprise(request).await }
+    })
+    .await;
+    match created {
+        Ok(response) => Ok(Ok(response.into_inner().enterprise.unwrap_or_default().id)),
+        // Registered already: the refusal names the enterprise.
+        Err(status) if status.code() == tonic::Code::AlreadyExists => {
+            match status.get_details_resource_info() {
+                Some(info) if !info.resource_name.is_empty() => Ok(Ok(info.resource_name)),
+                _ => bail!(
+                    "CreateEnterprise for {code} answered ALREADY_EXISTS without naming the \
+                     enterprise: {}",
                     status.message()
-                );
-            }
-            Err(status) => {
-                let mut message = format!("enterprise: {}", status.message());
-                if let Some(bad) = status.get_details_bad_request() {
-                    for v in bad.field_violations {
-                        message.push_str(&format!("; {}: {}", v.field, v.description));
-                    }
-                }
-                return Ok(Err(Rejection {
-                    row: 0,
-                    credit_code: code,
-                    code: code_name(status.code()).to_owned(),
-                    reason: String::new(),
-                    message,
-                }));
+                ),
             }
         }
+        Err(status)
+            if retryable(&status)
+                || matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+        {
+            bail!(
+                "CreateEnterprise failed: {}: {}",
+                code_name(status.code()),
+                status.message()
+            );
+        }
+        Err(status) => {
+            let reason = match (
+                status.get_details_error_info(),
+                status.get_details_bad_request(),
+            ) {
+                (Some(info), _) => info.reason,
+                (None, Some(bad)) => {
+                    columns_at_fault(bad.field_violations.iter().map(|v| v.field.as_str()))
+                }
+                (None, None) => String::new(),
+            };
+            Ok(Err(Rejection {
+                row: 0,
+                credit_code: code,
+                code: code_name(status.code()).to_owned(),
+                reason,
+                // The message states every field violation already.
+                message: status.message().to_owned(),
+            }))
+        }
     }
-    bail!("CreateEnterprise for {code} answered ALREADY_EXISTS without naming the enterprise")
+}
+
+/// The file's columns a request's bad fields come from (`need.needed_by` → `needed_by`,
+/// `need.amount_minor` → `amount_yuan`, `enterprise.region_code` → `region_code`), in order,
+/// each once, `;`-separated; a field no column feeds is named as the server named it.
+fn columns_at_fault<'a>(fields: impl Iterator<Item = &'a str>) -> String {
+    let mut columns: Vec<&str> = Vec::new();
+    for field in fields {
+        let bare = field
+            .trim_start_matches("need.")
+            .trim_start_matches("enterprise.");
+        let bare = bare.split_once('[').map_or(bare, |(name, _)| name);
+        let column = match bare {
+            "amount_minor" => "amount_yuan",
+            "consent_to_share" => "consent",
+            "name" => "enterprise_name",
+            "size" | "region_code" | "industry_code" | "credit_code" | "term_months"
+            | "purpose" | "collateral" | "max_rate_bps" | "needed_by" => bare,
+            _ => field,
+        };
+        if !columns.contains(&column) {
+            columns.push(column);
+        }
+    }
+    columns.join(";")
 }
 
 /// Writes the report: a line per row of the file, in file order, with its outcome. Written
@@ -983,19 +1074,23 @@ fn write_report(
             .map(|r| columns.get(r, "credit_code").to_owned())
             .unwrap_or_default();
         let outcome = import.outcomes[i];
+        let placement = import.placements[i].as_ref();
+        let (status, need_id) =
+            placement.map_or(("", ""), |p| (p.status.as_str(), p.need_id.as_str()));
         let (code, reason, message) = match outcome {
             Outcome::Rejected => {
                 let r = &import.rejections[&row];
                 (r.code.as_str(), r.reason.as_str(), r.message.as_str())
             }
             Outcome::Pending => ("", "", pending.as_str()),
-            _ if import.earlier[i] => ("", "", "stored by an earlier run"),
-            _ => ("", "", ""),
+            _ => ("", "", placement_note(status, import.earlier[i])),
         };
         out.write_record([
             row.to_string().as_str(),
             &credit_code,
             outcome.as_str(),
+            status,
+            need_id,
             code,
             reason,
             message,
@@ -1009,11 +1104,34 @@ fn write_report(
     Ok(())
 }
 
+/// What a stored row's status means for the bureau, in the report's message column.
+fn placement_note(status: &str, earlier: bool) -> &'static str {
+    let routed = pb::NeedStatus::Routed.as_str_name();
+    let unmatched = pb::NeedStatus::Unmatched.as_str_name();
+    let unrouted = pb::NeedStatus::Submitted.as_str_name();
+    match (status, earlier) {
+        (s, false) if s == routed => "routed to banks",
+        (s, true) if s == routed => "stored by an earlier run; routed to banks",
+        (s, false) if s == unmatched => "no product fits this need: sent to no bank",
+        (s, true) if s == unmatched => {
+            "stored by an earlier run; no product fits this need: sent to no bank"
+        }
+        (s, false) if s == unrouted => "no consent to share: kept from every bank",
+        (s, true) if s == unrouted => {
+            "stored by an earlier run; no consent to share: kept from every bank"
+        }
+        (_, true) => "stored by an earlier run",
+        (_, false) => "",
+    }
+}
+
 /// The columns of the report file.
-pub const REPORT_COLUMNS: [&str; 7] = [
+pub const REPORT_COLUMNS: [&str; 9] = [
     "row",
     "credit_code",
     "outcome",
+    "status",
+    "need_id",
     "code",
     "reason",
     "message",
@@ -1037,11 +1155,19 @@ impl Report {
             text.push_str(&format!(", {} pending", self.pending));
         }
         text.push('\n');
+        let placed = self.routed + self.unmatched + self.unrouted;
+        if placed > 0 {
+            text.push_str(&format!(
+                "  of the stored needs: {} routed to banks, {} UNMATCHED (no product fits), {} not \
+                 routed (no consent to share)\n",
+                self.routed, self.unmatched, self.unrouted
+            ));
+        }
         for r in self.rejected.iter().take(SUMMARY_REJECTIONS) {
             let reason = if r.reason.is_empty() {
                 String::new()
             } else {
-                format!(" {}", r.reason)
+                format!(" [{}]", r.reason)
             };
             text.push_str(&format!(
                 "  row {}: {}{}: {}\n",

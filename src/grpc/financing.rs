@@ -317,7 +317,7 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
 }
 
 /// Rejections an ImportNeedsResponse lists; the rest are only counted in `rejected_total`
-/// (stated in the proto: keep them in step).
+/// (stated in the proto: keep them in step). Stored items are listed up to the same number.
 pub const LISTED_REJECTIONS_MAX: usize = 1000;
 
 /// The next [`IMPORT_BATCH`] items of an ImportNeeds stream, valid or not, in stream order.
@@ -355,14 +355,46 @@ impl FinancingHandler {
         };
         let mut refused = Vec::new();
         for ((index, key), outcome) in keys.into_iter().zip(outcomes) {
-            match outcome {
-                ImportOutcome::Accepted => response.accepted += 1,
-                ImportOutcome::Replayed => response.replayed += 1,
-                ImportOutcome::Rejected(error) => refused.push(pb::ImportNeedsRejection {
-                    index: index as i64,
-                    idempotency_key: key,
-                    error: Some(item_error(error)),
-                }),
+            let stored = match outcome {
+                ImportOutcome::Accepted { need_id, status } => {
+                    response.accepted += 1;
+                    pb::ImportNeedsStored {
+                        index: index as i64,
+                        need_id: need_id.to_string(),
+                        status: pb::NeedStatus::from_domain(status),
+                        replayed: false,
+                    }
+                }
+                ImportOutcome::Replayed(saved) => {
+                    response.replayed += 1;
+                    let need = pb::SubmitNeedResponse::decode(saved.as_slice())
+                        .map_err(|e| Status::internal(format!("a saved response: {e}")))?
+                        .need
+                        .unwrap_or_default();
+                    pb::ImportNeedsStored {
+                        index: index as i64,
+                        need_id: need.id,
+                        status: need.status,
+                        replayed: true,
+                    }
+                }
+                ImportOutcome::Rejected(error) => {
+                    refused.push(pb::ImportNeedsRejection {
+                        index: index as i64,
+                        idempotency_key: key,
+                        error: Some(item_error(error)),
+                    });
+                    continue;
+                }
+            };
+            match pb::NeedStatus::try_from(stored.status) {
+                Ok(pb::NeedStatus::Routed) => response.routed += 1,
+                Ok(pb::NeedStatus::Unmatched) => response.unmatched += 1,
+                // SUBMITTED: a need is stored in no other status.
+                _ => response.unrouted += 1,
+            }
+            if response.stored.len() < LISTED_REJECTIONS_MAX {
+                response.stored.push(stored);
             }
         }
         let mut rejections: Vec<_> = invalid.into_iter().chain(refused).collect();

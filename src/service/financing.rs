@@ -121,8 +121,13 @@ pub(super) struct WaveItem<'a> {
 /// The result of one ImportNeeds item.
 #[derive(Debug)]
 pub enum ImportOutcome {
-    Accepted,
-    Replayed,
+    /// Stored now, with the status it was stored in (ROUTED, UNMATCHED or SUBMITTED).
+    Accepted {
+        need_id: Uuid,
+        status: NeedStatus,
+    },
+    /// Stored by an earlier call under the item's key: that call's saved response.
+    Replayed(Vec<u8>),
     Rejected(Error),
 }
 
@@ -267,10 +272,14 @@ impl App {
             let stored = self.import_wave(who, items, &wave, encode).await?;
             let mut alone = Vec::new();
             for (i, stored) in wave.into_iter().zip(stored) {
-                if stored {
-                    outcomes[i] = Some(ImportOutcome::Accepted);
-                } else {
-                    alone.push(i);
+                match stored {
+                    Some(need) => {
+                        outcomes[i] = Some(ImportOutcome::Accepted {
+                            need_id: need.id,
+                            status: need.status,
+                        });
+                    }
+                    None => alone.push(i),
                 }
             }
             let results: Vec<(usize, Result<ImportOutcome>)> = futures::stream::iter(
@@ -289,14 +298,14 @@ impl App {
         Ok(outcomes.into_iter().flatten().collect())
     }
 
-    /// Stores an ImportNeeds wave (see [`App::store_wave`]): for each item, whether it is stored.
+    /// Stores an ImportNeeds wave (see [`App::store_wave`]): for each item, the need it stored.
     async fn import_wave(
         &self,
         who: &Principal,
         items: &[ImportItem],
         wave: &[usize],
         encode: Encoder,
-    ) -> Result<Vec<bool>> {
+    ) -> Result<Vec<Option<Need>>> {
         let wave: Vec<WaveItem<'_>> = wave
             .iter()
             .map(|&i| WaveItem {
@@ -306,7 +315,7 @@ impl App {
             })
             .collect();
         let stored = self.store_wave(who, &wave).await?;
-        Ok(stored.iter().map(Option::is_some).collect())
+        Ok(stored.into_iter().map(|s| s.map(|s| s.need)).collect())
     }
 
     /// Stores a wave of new needs of `who` (distinct enterprises and keys) in one statement, each
@@ -443,8 +452,11 @@ impl App {
         })
         .await;
         match outcome {
-            Ok(Submission::Created(_)) => Ok(ImportOutcome::Accepted),
-            Ok(Submission::Replayed(_)) => Ok(ImportOutcome::Replayed),
+            Ok(Submission::Created(stored)) => Ok(ImportOutcome::Accepted {
+                need_id: stored.need.id,
+                status: stored.need.status,
+            }),
+            Ok(Submission::Replayed(saved)) => Ok(ImportOutcome::Replayed(saved)),
             Err(e @ (Error::Unavailable | Error::Internal(_))) => Err(e),
             Err(e) => Ok(ImportOutcome::Rejected(e)),
         }

@@ -919,6 +919,84 @@ async fn import_accepts_good_items_reports_bad_ones_and_a_repeat_adds_nothing() 
     assert_eq!(listed.next_page_token, "");
 }
 
+/// The response lists each stored item with its need and the status it was stored in, so a
+/// client can tell routed needs from UNMATCHED ones and from those kept back for want of consent;
+/// a repeat of the stream lists the same needs, replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_lists_each_stored_item_with_its_need_and_status() {
+    let app = TestApp::spawn().await;
+    lender(&app, "Import Bank", OFFER).await;
+    let routed = need(&enterprise(&app).await, pb::Purpose::Payroll);
+    let mut unmatched = need(&enterprise(&app).await, pb::Purpose::Payroll);
+    unmatched.amount_minor = OFFER.max_amount_minor * 5; // above every product's range
+    let mut private = need(&enterprise(&app).await, pb::Purpose::Payroll);
+    private.consent_to_share = false;
+    let mut invalid = need(&enterprise(&app).await, pb::Purpose::Payroll);
+    invalid.term_months = 0;
+    let items = vec![
+        import_item("routed".into(), routed.clone()),
+        import_item("unmatched".into(), unmatched),
+        import_item("invalid".into(), invalid),
+        import_item("private".into(), private),
+        import_item("routed".into(), routed),
+    ];
+
+    let first = import(&app, items.clone()).await;
+    assert_eq!(
+        (first.accepted, first.replayed, first.rejected_total),
+        (3, 1, 1)
+    );
+    assert_eq!(
+        (first.routed, first.unmatched, first.unrouted),
+        (2, 1, 1),
+        "the repeated key counts as the need it replays"
+    );
+    let listed: Vec<(i64, i32, bool)> = first
+        .stored
+        .iter()
+        .map(|s| (s.index, s.status, s.replayed))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (0, pb::NeedStatus::Routed as i32, false),
+            (1, pb::NeedStatus::Unmatched as i32, false),
+            (3, pb::NeedStatus::Submitted as i32, false),
+            (4, pb::NeedStatus::Routed as i32, true),
+        ]
+    );
+    assert_eq!(first.stored[0].need_id, first.stored[3].need_id);
+    let db = database(&app).await;
+    for stored in &first.stored {
+        let status = db
+            .query_one(
+                "SELECT status FROM needs WHERE id = $1::text::uuid",
+                &[&stored.need_id],
+            )
+            .await
+            .unwrap()
+            .get::<_, String>(0);
+        assert_eq!(
+            format!("NEED_STATUS_{status}"),
+            pb::NeedStatus::try_from(stored.status)
+                .unwrap()
+                .as_str_name()
+        );
+    }
+
+    let again = import(&app, items).await;
+    assert_eq!((again.accepted, again.replayed), (0, 4));
+    assert_eq!((again.routed, again.unmatched, again.unrouted), (2, 1, 1));
+    assert!(again.stored.iter().all(|s| s.replayed));
+    let ids = |r: &pb::ImportNeedsResponse| {
+        r.stored
+            .iter()
+            .map(|s| (s.index, s.need_id.clone(), s.status))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&again), ids(&first));
+}
+
 /// A wave of import items is written in one statement only when every item can be stored as
 /// SubmitNeed would store it. Here another server (a statement) fills a product after this one
 /// read today's usage, so the wave's statement finds too little room and is undone, and the

@@ -218,10 +218,17 @@ fn report_lines(file: &std::path::Path) -> Vec<(u64, String, String)> {
         csv.headers().unwrap().iter().collect::<Vec<_>>(),
         finmatch::import::REPORT_COLUMNS
     );
+    let header = csv.headers().unwrap().clone();
+    let at = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (row, outcome, code) = (at("row"), at("outcome"), at("code"));
     csv.records()
         .map(|r| {
             let r = r.unwrap();
-            (r[0].parse().unwrap(), r[2].to_owned(), r[3].to_owned())
+            (
+                r[row].parse().unwrap(),
+                r[outcome].to_owned(),
+                r[code].to_owned(),
+            )
         })
         .collect()
 }
@@ -741,6 +748,177 @@ async fn parallel_calls_keep_each_enterprises_rows_in_file_order() {
     assert!(
         amounts.iter().all(|&a| a == 100_000_100),
         "every stored need is its enterprise's first row: {amounts:?}"
+    );
+    let _ = std::fs::remove_dir_all(file.parent().unwrap());
+}
+
+/// A lender serving Suizhou with one product that takes the generated rows (C27, up to ¥10
+/// million, credit).
+async fn one_product(app: &TestApp) {
+    use pb::lender_service_client::LenderServiceClient;
+    let lender_id = crate::helpers::create_lender(app, "Report Bank").await;
+    LenderServiceClient::new(app.channel.clone())
+        .create_product(authed(
+            pb::CreateProductRequest {
+                product: Some(pb::Product {
+                    lender_id: lender_id.to_string(),
+                    name: "Working capital".into(),
+                    min_amount_minor: 10_000_000,
+                    max_amount_minor: 1_000_000_000,
+                    min_term_months: 6,
+                    max_term_months: 36,
+                    industry_prefixes: vec!["C27".into()],
+                    region_prefixes: vec!["4213".into()],
+                    collateral_accepted: vec![pb::Collateral::Credit as i32],
+                    min_size: pb::EnterpriseSize::Micro as i32,
+                    min_rate_bps: 350,
+                    max_rate_bps: 450,
+                    daily_capacity: 500,
+                    response_sla_hours: 48,
+                    active: Some(true),
+                    ..Default::default()
+                }),
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap();
+}
+
+/// The report's lines by row: (outcome, status, need_id, code, reason, message).
+fn report_by_row(file: &std::path::Path) -> std::collections::BTreeMap<u64, [String; 6]> {
+    let mut csv = csv::Reader::from_path(finmatch::import::report_path(file)).unwrap();
+    let header = csv.headers().unwrap().clone();
+    let at = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let columns = ["outcome", "status", "need_id", "code", "reason", "message"].map(at);
+    csv.records()
+        .map(|r| {
+            let r = r.unwrap();
+            (
+                r[at("row")].parse().unwrap(),
+                columns.map(|c| r[c].to_owned()),
+            )
+        })
+        .collect()
+}
+
+/// 20 rows: three bad (one the command cannot read, one the server refuses, one whose enterprise
+/// cannot be registered), one no product fits and one without consent. The summary and the
+/// report say where each stored need went and why each bad row failed, once; a second run, and a
+/// run without the report, say the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_tells_routed_unmatched_unrouted_and_each_error_once() {
+    let app = TestApp::spawn().await;
+    one_product(&app).await;
+    let mut csv = String::from(HEADER);
+    for n in 0..20u32 {
+        let row = n + 2;
+        let (mut region, mut amount, mut needed_by, mut consent) =
+            ("421303", "2500000", "2030-06-30", "yes");
+        match row {
+            4 => amount = "12,5",
+            7 => needed_by = "2020-01-01",
+            10 => region = "999999",
+            13 => amount = "90000000",
+            16 => consent = "no",
+            _ => {}
+        }
+        csv.push_str(&format!(
+            "{},Suizhou Report Works No. {n},{region},C2770,small,{amount},12,working_capital,\
+             credit,,{needed_by},{consent}\n",
+            crate::helpers::credit_code(7000 + n)
+        ));
+    }
+    let file = scratch_file(&csv);
+    let server = format!("http://{}", app.addr);
+
+    let first = finmatch::import::run(&file, &server, &app.operator)
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.rows, first.accepted, first.rejected.len()),
+        (20, 17, 3)
+    );
+    assert_eq!((first.routed, first.unmatched, first.unrouted), (15, 1, 1));
+    let summary = first.summary(&finmatch::import::report_path(&file));
+    assert!(
+        summary.contains(
+            "15 routed to banks, 1 UNMATCHED (no product fits), 1 not routed (no consent to share)"
+        ),
+        "{summary}"
+    );
+    let lines = report_by_row(&file);
+    let [outcome, status, need_id, ..] = &lines[&13];
+    assert_eq!(
+        (outcome.as_str(), status.as_str()),
+        ("accepted", "NEED_STATUS_UNMATCHED")
+    );
+    let (client, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let unmatched: String = client
+        .query_one("SELECT id::text FROM needs WHERE status = 'UNMATCHED'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(need_id, &unmatched, "the report names the need");
+    assert_eq!(lines[&16][1], "NEED_STATUS_SUBMITTED");
+    assert_eq!(lines[&2][1], "NEED_STATUS_ROUTED");
+    let rejected = |row: u64| {
+        let [outcome, _, _, code, reason, message] = lines[&row].clone();
+        (outcome, code, reason, message)
+    };
+    let (outcome, code, reason, message) = rejected(7);
+    assert_eq!(
+        (outcome.as_str(), code.as_str(), reason.as_str()),
+        ("rejected", "INVALID_ARGUMENT", "needed_by")
+    );
+    assert_eq!(
+        message.matches("must not be in the past").count(),
+        1,
+        "{message}"
+    );
+    assert!(
+        !message.to_lowercase().starts_with("invalid argument"),
+        "{message}"
+    );
+    let (_, code, reason, message) = rejected(10);
+    assert_eq!(
+        (code.as_str(), reason.as_str()),
+        ("INVALID_ARGUMENT", "region_code")
+    );
+    assert_eq!(message.matches("region_code").count(), 1, "{message}");
+    assert_eq!(rejected(4).1, "PARSE");
+    assert_eq!(
+        summary.matches("must not be in the past").count(),
+        1,
+        "{summary}"
+    );
+
+    let second = finmatch::import::run(&file, &server, &app.operator)
+        .await
+        .unwrap();
+    assert_eq!(
+        (second.accepted, second.earlier, second.rejected.len()),
+        (0, 17, 3)
+    );
+    assert_eq!(
+        (second.routed, second.unmatched, second.unrouted),
+        (15, 1, 1)
+    );
+    assert_eq!(report_by_row(&file)[&13][2], unmatched);
+
+    std::fs::remove_file(finmatch::import::report_path(&file)).unwrap();
+    let third = finmatch::import::run(&file, &server, &app.operator)
+        .await
+        .unwrap();
+    assert_eq!((third.accepted, third.replayed), (0, 17));
+    assert_eq!((third.routed, third.unmatched, third.unrouted), (15, 1, 1));
+    let lines = report_by_row(&file);
+    assert_eq!(
+        (lines[&13][0].as_str(), lines[&13][2].as_str()),
+        ("replayed", unmatched.as_str())
     );
     let _ = std::fs::remove_dir_all(file.parent().unwrap());
 }
