@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use anyhow::{Context, anyhow, bail};
 use chrono::{NaiveDate, Utc};
 use sha2::Digest as _;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::domain::{
@@ -79,7 +80,9 @@ pub async fn load(app: &App) -> anyhow::Result<Loaded> {
     // Scores must not depend on how long the load takes (lender records are otherwise counted
     // again every 30 s), or two loads would play different rounds.
     let pin = app.pin_lender_stats();
-    let outcome = Loader::run(app).await;
+    let outcome = Loader::run(app)
+        .instrument(tracing::info_span!(crate::telemetry::DEMO_SPAN))
+        .await;
     drop(pin);
     let unlocked = crate::storage::locks::unlock_demo_load(&mut guard).await;
     drop(guard);
@@ -172,6 +175,7 @@ impl<'a> Loader<'a> {
         // The load's own error says more than a failed revocation after it.
         outcome?;
         revoked?;
+        tracing::info!("demo: the loader's own credentials are revoked");
         Ok(Loaded {
             lenders: loader.banks.iter().map(|b| (b.spec, b.lender_id)).collect(),
             program_id: loader.program_id,
@@ -184,7 +188,13 @@ impl<'a> Loader<'a> {
     async fn load_all(&mut self) -> anyhow::Result<()> {
         self.banks_and_products().await?;
         self.program().await?;
-        for enterprise in data::enterprises() {
+        let enterprises = data::enterprises();
+        tracing::info!(
+            banks = self.banks.len(),
+            enterprises = enterprises.len(),
+            "demo: banks, products and the program are in; playing the response round"
+        );
+        for enterprise in enterprises {
             self.enterprise(&enterprise).await.with_context(|| {
                 format!("loading {} ({})", enterprise.name, enterprise.credit_code)
             })?;
