@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use finmatch::config::{DatabaseArgs, LogFormat, ServerArgs, Settings};
-use finmatch::domain::Role;
+use finmatch::domain::{Role, format_cny};
 use finmatch::server::{Application, shutdown_signal};
 use finmatch::service::credentials::NewCredential;
+use finmatch::service::reporting::SummaryQuery;
 use finmatch::service::{App, Error};
 use finmatch::{devdb, storage, telemetry};
 use uuid::Uuid;
@@ -306,12 +307,23 @@ async fn dev(
         () = &mut shutdown => return Ok(()),
     };
     eprintln!("{}", loaded.summary());
+    // The tokens an earlier start printed go: each start's are the only ones `dev` leaves valid.
+    let revoked = app
+        .revoke_labelled_as_system(DEV_LABEL)
+        .await
+        .map_err(describe)?;
+    if revoked > 0 {
+        tracing::info!(
+            revoked,
+            "revoked the tokens of the previous `finmatch dev` start"
+        );
+    }
     let started = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S");
     let operator = app
         .bootstrap_credential(NewCredential {
             role: Role::Operator,
             lender_id: None,
-            label: format!("dev operator {started}"),
+            label: format!("{DEV_LABEL}operator, {started}"),
         })
         .await
         .map_err(describe)?;
@@ -321,13 +333,25 @@ async fn dev(
             .bootstrap_credential(NewCredential {
                 role: Role::Lender,
                 lender_id: Some(*lender_id),
-                label: format!("dev {} {started}", bank.short),
+                label: format!("{DEV_LABEL}{}, {started}", bank.short),
             })
             .await
             .map_err(describe)?;
         banks.push((bank.short, bank.name, issued.token));
     }
-    print_banner(&addr.to_string(), &operator.token, &banks);
+    let reader = app.authenticate(&operator.token).await.map_err(describe)?;
+    let summary = app
+        .get_summary(&reader, SummaryQuery::everything())
+        .await
+        .map_err(describe)?;
+    let banner = Banner {
+        addr: addr.to_string(),
+        operator_token: &operator.token,
+        banks: &banks,
+        summary: &summary,
+        revoked,
+    };
+    println!("{banner}");
     application.run_until(shutdown).await
 }
 
@@ -338,26 +362,103 @@ async fn seed_demo(url: &str) -> anyhow::Result<finmatch::demo::Loaded> {
     finmatch::demo::load(&app).await
 }
 
-fn print_banner(addr: &str, operator_token: &str, banks: &[(&str, &str, String)]) {
-    let bank_exports: String = banks
-        .iter()
-        .map(|(short, name, token)| format!("  export BANK_{short}={token}   # {name}\n"))
-        .collect();
-    println!(
-        r#"
-finmatch is serving on {addr} (gRPC and gRPC-Web; Ctrl-C stops it), with the demo data set:
-spring 2020 in Suizhou (region 4213xx), 9 partner banks, 196 enterprises, ¥3.56 billion of needs.
+/// Label prefix of the credentials `finmatch dev` issues; the next start revokes them.
+const DEV_LABEL: &str = "finmatch dev: ";
 
-Operator token (export it for the examples below and the README's operator's guide):
-  export TOKEN={operator_token}
-Bank tokens (a bank sees only its own referrals):
-{bank_exports}
-Try it with grpcurl (no .proto files needed, the server has reflection):
-  grpcurl -plaintext {addr} list
-  grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{}}' {addr} finmatch.v1.ReportingService/GetSummary
-  grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"page_size":20}}' {addr} finmatch.v1.LenderService/ListLenders
-  grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"list_code":"NATIONAL_KEY_SUPPLY","page_size":50}}' {addr} finmatch.v1.EnterpriseService/ListEnterprises
-  grpcurl -plaintext -H "authorization: Bearer $BANK_ICBC" -d '{{"page_size":5}}' {addr} finmatch.v1.PartnerService/ListReferrals
-"#
-    );
+/// What `finmatch dev` prints once it serves: the tokens, and the data set's figures as the
+/// database has them.
+struct Banner<'a> {
+    addr: String,
+    operator_token: &'a str,
+    banks: &'a [(&'a str, &'a str, String)],
+    summary: &'a finmatch::service::reporting::Summary,
+    /// Tokens of the previous start revoked now.
+    revoked: usize,
+}
+
+impl std::fmt::Display for Banner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Banner {
+            addr,
+            operator_token,
+            banks,
+            summary,
+            revoked,
+        } = self;
+        let totals = &summary.totals;
+        let special: Vec<String> = summary
+            .by_program
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}: {} enterprise(s), {} allocated",
+                    p.code,
+                    p.enterprises,
+                    format_cny(p.allocated_minor)
+                )
+            })
+            .collect();
+        writeln!(f)?;
+        writeln!(
+            f,
+            "finmatch is serving on {addr} (gRPC and gRPC-Web; Ctrl-C stops it). In the database:"
+        )?;
+        writeln!(
+            f,
+            "  {} bank(s), {} enterprise(s) with {} need(s), {} of demand; {} funded, {} disbursed",
+            summary.by_lender.len(),
+            totals.enterprises,
+            totals.needs,
+            format_cny(totals.demand_minor),
+            totals.funded_needs,
+            format_cny(totals.disbursed_minor)
+        )?;
+        if !special.is_empty() {
+            writeln!(f, "  {}", special.join("; "))?;
+        }
+        writeln!(
+            f,
+            "  (response times of the demo round are not meaningful: it is played in seconds at load)"
+        )?;
+        writeln!(f)?;
+        match revoked {
+            0 => writeln!(f, "New tokens for this start:")?,
+            n => writeln!(
+                f,
+                "New tokens for this start (the {n} of the previous start are revoked):"
+            )?,
+        }
+        writeln!(
+            f,
+            "Operator token (export it for the examples below and the README's operator's guide):"
+        )?;
+        writeln!(f, "  export TOKEN={operator_token}")?;
+        writeln!(f, "Bank tokens (a bank sees only its own referrals):")?;
+        for (short, name, token) in banks.iter() {
+            writeln!(f, "  export BANK_{short}={token}   # {name}")?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "Try it with grpcurl (no .proto files needed, the server has reflection):"
+        )?;
+        let auth = r#"-H "authorization: Bearer $TOKEN""#;
+        writeln!(f, "  grpcurl -plaintext {addr} list")?;
+        writeln!(
+            f,
+            "  grpcurl -plaintext {auth} -d '{{}}' {addr} finmatch.v1.ReportingService/GetSummary"
+        )?;
+        writeln!(
+            f,
+            "  grpcurl -plaintext {auth} -d '{{\"page_size\":20}}' {addr} finmatch.v1.LenderService/ListLenders"
+        )?;
+        writeln!(
+            f,
+            "  grpcurl -plaintext {auth} -d '{{\"list_code\":\"NATIONAL_KEY_SUPPLY\",\"page_size\":50}}' {addr} finmatch.v1.EnterpriseService/ListEnterprises"
+        )?;
+        write!(
+            f,
+            "  grpcurl -plaintext -H \"authorization: Bearer $BANK_ICBC\" -d '{{\"page_size\":5}}' {addr} finmatch.v1.PartnerService/ListReferrals"
+        )
+    }
 }

@@ -295,6 +295,16 @@ impl App {
         self.revoke(None, id).await
     }
 
+    /// Revokes, from the CLI, every unrevoked credential whose label starts with `prefix` (the
+    /// tokens an earlier `finmatch dev` start printed); returns how many.
+    pub async fn revoke_labelled_as_system(&self, prefix: &str) -> Result<usize> {
+        let ids = storage::credentials::active_labelled(&mut *self.conn().await?, prefix).await?;
+        for &id in &ids {
+            self.revoke(None, id).await?;
+        }
+        Ok(ids.len())
+    }
+
     async fn revoke(&self, who: Option<&Principal>, id: Uuid) -> Result<Credential> {
         let cache = self.credential_cache();
         let mut echo = cache.notified.subscribe();

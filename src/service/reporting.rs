@@ -27,6 +27,20 @@ pub struct SummaryQuery {
     pub region_group_length: i32,
 }
 
+impl SummaryQuery {
+    /// Every need, grouped as an empty GetSummary request groups them.
+    pub fn everything() -> Self {
+        SummaryQuery {
+            from: None,
+            to: None,
+            region_prefix: None,
+            industry_prefix: None,
+            industry_group_length: 3,
+            region_group_length: 6,
+        }
+    }
+}
+
 /// Need figures of the cohort or of one of its groups.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NeedFigures {

@@ -54,6 +54,24 @@ pub async fn find_active_by_hash(
         .optional()
 }
 
+/// The unrevoked credentials whose label starts with `prefix`, oldest first.
+pub async fn active_labelled(conn: &mut Connection, prefix: &str) -> QueryResult<Vec<Uuid>> {
+    let pattern = format!(
+        "{}%",
+        prefix
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    );
+    credentials::table
+        .filter(credentials::label.like(pattern))
+        .filter(credentials::revoked_at.is_null())
+        .order_by((credentials::created_at, credentials::id))
+        .select(credentials::id)
+        .load(conn)
+        .await
+}
+
 /// Marks the credential revoked (keeping the first revocation time) and returns it.
 pub async fn revoke(conn: &mut Connection, id: Uuid) -> QueryResult<Option<CredentialRow>> {
     diesel::update(credentials::table.find(id))
