@@ -91,13 +91,21 @@ fn bearer_token(headers: &http::HeaderMap) -> Result<String, Error> {
         .to_str()
         .map_err(|_| Error::Unauthenticated("the authorization metadata is not text".into()))?;
     let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .strip_prefix("Bearer")
+        .or_else(|| value.strip_prefix("bearer"))
+        .filter(|rest| rest.is_empty() || rest.starts_with(' '))
         .ok_or_else(|| {
             Error::Unauthenticated("the authorization metadata must be `Bearer <token>`".into())
-        })?;
+        })?
+        .trim();
+    if token.is_empty() {
+        // `-H "authorization: Bearer $TOKEN"` with TOKEN unset: the commonest slip.
+        return Err(Error::Unauthenticated(
+            "the authorization metadata has no token after `Bearer`; is the variable holding \
+             it set in this shell?"
+                .into(),
+        ));
+    }
     Ok(token.to_owned())
 }
 

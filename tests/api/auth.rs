@@ -44,6 +44,26 @@ async fn an_unknown_or_malformed_token_is_unauthenticated() {
         .insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
     let status = client.list_enterprises(request).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
+
+    // A shell variable left unset: `-H "authorization: Bearer $TOKEN"`.
+    let status = client
+        .list_enterprises(authed(list(), ""))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(
+        status.message().contains("no token after `Bearer`"),
+        "{}",
+        status.message()
+    );
+    // The token glued to the scheme is not a token.
+    let mut request = tonic::Request::new(list());
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer{}", app.operator).parse().unwrap(),
+    );
+    let status = client.list_enterprises(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
