@@ -332,9 +332,9 @@ impl App {
         wave: &[WaveItem<'_>],
     ) -> Result<Vec<Option<NeedWithReferrals>>> {
         let mut conn = self.conn().await?;
-        // A wave that lost a race for a key or purpose is read and tried once more: the
-        // transaction it waited for has ended by then, so the second read leaves out what it took.
-        for _ in 0..2 {
+        // A wave that lost a race for a key or purpose is read and tried again: the transaction
+        // it waited for has ended by then, so the next read leaves out what it took.
+        for _ in 0..error::TRIES {
             if let Some(stored) = self.try_wave(&mut conn, who, wave).await? {
                 return Ok(stored);
             }

@@ -120,34 +120,47 @@ async fn lead_waves(app: App) {
     }
 }
 
+/// One caller's calls of a batch: those one statement stores, and those it must not.
+#[derive(Default)]
+struct Wave {
+    enterprises: HashSet<Uuid>,
+    keys: HashSet<String>,
+    calls: Vec<Queued>,
+    /// Calls sharing an enterprise or key with one of `calls`: they go alone once the wave is
+    /// stored, so each replays or is refused as it would be had it come after.
+    after: Vec<Queued>,
+}
+
 /// Splits queued calls into waves: one caller each, its calls with distinct enterprises and
 /// keys (one statement cannot store two needs that may collide). A call sharing an enterprise or
-/// key with one before it is answered at once, to go alone: the two race as any two concurrent
-/// calls do, and the database's unique keys decide.
-fn waves(calls: Vec<Queued>) -> Vec<Vec<Queued>> {
-    #[derive(Default)]
-    struct Wave {
-        enterprises: HashSet<Uuid>,
-        keys: HashSet<String>,
-        calls: Vec<Queued>,
-    }
+/// key with one before it waits for that wave, then goes alone. Sent at once instead, it would
+/// race the wave for the key or purpose, and a wave that loses twice stores nothing itself.
+fn waves(calls: Vec<Queued>) -> Vec<Wave> {
     let mut waves: HashMap<Uuid, Wave> = HashMap::new();
     for call in calls {
         let wave = waves.entry(call.who.credential_id).or_default();
         let enterprise = call.need.enterprise_id();
         if wave.enterprises.contains(&enterprise) || wave.keys.contains(&call.idempotency.key) {
-            let _ = call.done.send(None);
+            wave.after.push(call);
             continue;
         }
         wave.enterprises.insert(enterprise);
         wave.keys.insert(call.idempotency.key.clone());
         wave.calls.push(call);
     }
-    waves.into_values().map(|wave| wave.calls).collect()
+    waves.into_values().collect()
 }
 
-/// Stores one caller's wave and answers each call.
-async fn store(app: &App, wave: Vec<Queued>) {
+/// Stores one caller's wave and answers each call, then sends the calls held back to go alone.
+async fn store(app: &App, Wave { calls, after, .. }: Wave) {
+    store_calls(app, calls).await;
+    for call in after {
+        let _ = call.done.send(None);
+    }
+}
+
+/// Stores calls of one caller, with distinct enterprises and keys, and answers each.
+async fn store_calls(app: &App, wave: Vec<Queued>) {
     let items: Vec<WaveItem<'_>> = wave
         .iter()
         .map(|call| WaveItem {
