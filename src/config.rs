@@ -30,6 +30,19 @@ pub struct DatabaseArgs {
     /// Maximum connections this replica keeps to PostgreSQL.
     #[arg(long, env = "FINMATCH_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
+
+    /// How long start-up waits for PostgreSQL to accept a connection and the migrations,
+    /// trying again with backoff while it is unreachable, starting up or lacks the database;
+    /// 0 tries once. A wrong URL, role or password fails at once.
+    #[arg(long, env = "FINMATCH_DB_CONNECT_TIMEOUT_SECS", default_value_t = 60)]
+    pub db_connect_timeout_secs: u64,
+}
+
+impl DatabaseArgs {
+    /// See `db_connect_timeout_secs`.
+    pub fn connect_patience(&self) -> Duration {
+        Duration::from_secs(self.db_connect_timeout_secs)
+    }
 }
 
 /// Everything `serve` (and `dev`) needs beyond the database.
@@ -149,6 +162,8 @@ pub struct Settings {
     pub database_url: String,
     pub db_pool_size: usize,
     pub migrate: bool,
+    /// How long start-up waits for PostgreSQL (see [`DatabaseArgs::connect_patience`]).
+    pub db_connect_patience: Duration,
     pub server: ServerArgs,
 }
 

@@ -4,6 +4,7 @@
 //! Only `grpc` sees tonic and the generated types; only `storage` writes SQL.
 
 pub mod bench;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod devdb;

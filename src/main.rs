@@ -1,10 +1,13 @@
-//! The `finmatch` command line: serve, migrate, dev, seed-demo, credentials, import, bench.
+//! The `finmatch` command line: serve, migrate, dev, seed-demo, health, credentials, import,
+//! bench.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use finmatch::client::{self, ServerAddress};
 use finmatch::config::{DatabaseArgs, LogFormat, ServerArgs, Settings};
 use finmatch::domain::{Role, format_cny};
 use finmatch::server::{Application, shutdown_signal};
@@ -12,6 +15,7 @@ use finmatch::service::credentials::NewCredential;
 use finmatch::service::reporting::SummaryQuery;
 use finmatch::service::{App, Error};
 use finmatch::{devdb, storage, telemetry};
+use tonic_health::pb::health_check_response::ServingStatus;
 use uuid::Uuid;
 
 /// mimalloc instead of glibc's malloc: under load the server allocates per call (requests,
@@ -71,6 +75,20 @@ enum Command {
         database: DatabaseArgs,
         #[command(flatten)]
         server: ServerArgs,
+    },
+    /// Ask a running server whether it serves: prints SERVING and exits 0, or says what is not
+    /// serving and exits 1. Asks about every finmatch service (NOT_SERVING while PostgreSQL is
+    /// unreachable) unless --service names one; "" asks whether the process runs at all. The
+    /// container image's health probe.
+    Health {
+        #[command(flatten)]
+        address: ServerAddress,
+        /// One service to ask about, e.g. finmatch.v1.PartnerService, or "" for the process.
+        #[arg(long)]
+        service: Option<String>,
+        /// How long to wait for the answers.
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
     },
     /// Create or revoke credentials directly in the database (the bootstrap for the first operator).
     Credentials {
@@ -172,20 +190,35 @@ async fn run(command: Command, shutdown: impl Future<Output = ()> + Send) -> any
                 database_url: required_url(&database)?,
                 db_pool_size: database.db_pool_size,
                 migrate: !no_migrate,
+                db_connect_patience: database.connect_patience(),
                 server,
             };
-            let application = Application::build(settings).await?;
+            let mut shutdown = std::pin::pin!(shutdown);
+            // A SIGTERM while start-up waits for PostgreSQL ends it cleanly, as it would later.
+            let application = tokio::select! {
+                built = Application::build(settings) => built?,
+                () = &mut shutdown => {
+                    tracing::info!("stopped before PostgreSQL was ready");
+                    return Ok(());
+                }
+            };
             application.run_until(shutdown).await
         }
         Command::Migrate { database } => {
             let url = required_url(&database)?;
-            let applied = storage::run_migrations(&url).await?;
+            let applied =
+                storage::run_migrations_patiently(&url, database.connect_patience()).await?;
             eprintln!("{} migration(s) applied", applied.len());
             Ok(())
         }
+        Command::Health {
+            address,
+            service,
+            timeout_secs,
+        } => health(&address, service.as_deref(), timeout_secs).await,
         Command::SeedDemo { database } => {
             let url = required_url(&database)?;
-            storage::run_migrations(&url).await?;
+            storage::run_migrations_patiently(&url, database.connect_patience()).await?;
             let loaded = tokio::select! {
                 loaded = seed_demo(&url) => loaded?,
                 () = shutdown => bail!("interrupted; load again to go on where it stopped"),
@@ -228,8 +261,33 @@ fn required_url(database: &DatabaseArgs) -> anyhow::Result<String> {
 /// An [`App`] on a migrated database, for the commands that act without a server.
 async fn offline_app(database: &DatabaseArgs) -> anyhow::Result<App> {
     let url = required_url(database)?;
-    storage::run_migrations(&url).await?;
+    storage::run_migrations_patiently(&url, database.connect_patience()).await?;
     Ok(App::new(storage::pool(&url, 2)?))
+}
+
+/// `finmatch health`: SERVING on stdout and success, or what is not serving and failure.
+async fn health(
+    address: &ServerAddress,
+    service: Option<&str>,
+    timeout_secs: u64,
+) -> anyhow::Result<()> {
+    let services: Vec<&str> = match service {
+        Some(service) => vec![service],
+        None => finmatch::grpc::SERVICE_NAMES.to_vec(),
+    };
+    let answers =
+        client::health(address, &services, Duration::from_secs(timeout_secs.max(1))).await?;
+    let not_serving: Vec<String> = services
+        .iter()
+        .zip(&answers)
+        .filter(|(_, status)| **status != ServingStatus::Serving)
+        .map(|(service, status)| format!("{service:?} is {}", status.as_str_name()))
+        .collect();
+    if !not_serving.is_empty() {
+        bail!("{}: {}", address.server, not_serving.join(", "));
+    }
+    println!("SERVING");
+    Ok(())
 }
 
 async fn credentials(action: CredentialsCommand) -> anyhow::Result<()> {
@@ -288,6 +346,7 @@ async fn dev(
         database_url: database_url.clone(),
         db_pool_size: database.db_pool_size,
         migrate: true,
+        db_connect_patience: database.connect_patience(),
         server,
     };
     // Built (and migrated) first, so a taken port fails at once; it serves once the demo is in.

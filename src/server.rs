@@ -38,12 +38,16 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects the pool, applies migrations (unless disabled) and binds the listener.
+    /// Applies migrations (unless disabled; waiting for PostgreSQL up to its patience), then
+    /// builds the pool, which connects lazily, and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         if settings.migrate {
-            let applied = storage::run_migrations(&settings.database_url)
-                .await
-                .context("applying migrations")?;
+            let applied = storage::run_migrations_patiently(
+                &settings.database_url,
+                settings.db_connect_patience,
+            )
+            .await
+            .context("applying migrations")?;
             if !applied.is_empty() {
                 tracing::info!(?applied, "migrations applied");
             }

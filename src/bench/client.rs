@@ -1,45 +1,29 @@
 //! Connections to the server under test, and the setup calls made before the clock starts.
 
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::StreamExt as _;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
+use crate::client::ServerAddress;
 use crate::grpc::pb;
 use crate::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
 use crate::grpc::pb::financing_service_client::FinancingServiceClient;
 
-/// Where the server is and how to reach it.
+/// Where the server is, how to reach it and with which token.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// The server's URL; https:// needs --tls-ca.
-    #[arg(
-        long,
-        env = "FINMATCH_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub server: String,
+    #[command(flatten)]
+    pub address: ServerAddress,
     /// An OPERATOR token (the setup creates enterprises and needs with it).
     #[arg(long, env = "FINMATCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// HTTP/2 connections to open; calls are spread over them round-robin.
     #[arg(long, default_value_t = 2)]
     pub connections: usize,
-    /// PEM file of the CA that signed the server's certificate (for https://).
-    #[arg(long)]
-    pub tls_ca: Option<PathBuf>,
-    /// PEM client certificate, for a server that requires mutual TLS.
-    #[arg(long, requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM key of --tls-cert.
-    #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// The name the server's certificate is checked against (default: the URL's host).
-    #[arg(long)]
-    pub tls_domain: Option<String>,
 }
 
 /// A parsed `authorization` value: built once, cloned per call (a reference count).
@@ -77,45 +61,16 @@ impl ConnectArgs {
         }
     }
 
-    async fn endpoint(&self) -> anyhow::Result<Endpoint> {
-        let mut endpoint = Endpoint::from_shared(self.server.clone())
-            .context("the server must be a URL such as http://127.0.0.1:50051")?
-            .tcp_nodelay(true)
-            .connect_timeout(std::time::Duration::from_secs(10));
-        if self.server.starts_with("https://") {
-            let ca = self
-                .tls_ca
-                .as_ref()
-                .context("an https:// server needs --tls-ca")?;
-            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(
-                tokio::fs::read(ca)
-                    .await
-                    .with_context(|| format!("reading {}", ca.display()))?,
-            ));
-            if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-                tls = tls.identity(Identity::from_pem(
-                    tokio::fs::read(cert).await.context("reading --tls-cert")?,
-                    tokio::fs::read(key).await.context("reading --tls-key")?,
-                ));
-            }
-            if let Some(domain) = &self.tls_domain {
-                tls = tls.domain_name(domain.clone());
-            }
-            endpoint = endpoint.tls_config(tls)?;
-        }
-        Ok(endpoint)
-    }
-
     /// `--connections` channels, each its own HTTP/2 connection, connected now.
     pub async fn connect(&self) -> anyhow::Result<Channels> {
-        let endpoint = self.endpoint().await?;
+        let endpoint = self.address.endpoint(Duration::from_secs(10)).await?;
         let mut channels = Vec::with_capacity(self.connections.max(1));
         for _ in 0..self.connections.max(1) {
             channels.push(
                 endpoint
                     .connect()
                     .await
-                    .with_context(|| format!("connecting to {}", self.server))?,
+                    .with_context(|| format!("connecting to {}", self.address.server))?,
             );
         }
         Ok(Channels(Arc::from(channels)))

@@ -214,7 +214,7 @@ pub async fn execute(command: BenchCommand) -> anyhow::Result<Outcome> {
             let state = seed::seed(
                 &channels,
                 &operator,
-                &args.connect.server,
+                &args.connect.address.server,
                 args.lenders,
                 args.products,
                 &args.state,
@@ -275,7 +275,7 @@ fn finish(
     let mut report = Report::new(
         Frame {
             scenario,
-            server: &args.connect.server,
+            server: &args.connect.address.server,
             connections: args.connect.connections.max(1),
             concurrency: args.concurrency.max(1),
             warmup: args.warmup,

@@ -62,6 +62,74 @@ pub async fn run_migrations(database_url: &str) -> anyhow::Result<Vec<String>> {
     .await?
 }
 
+/// Applies pending migrations as [`run_migrations`] does, waiting up to `patience` for PostgreSQL
+/// to take them: while it cannot be reached, is starting up or shutting down, or lacks the
+/// database, the attempt is repeated after a pause that grows from a quarter second to five (a
+/// container started beside its database, a failover). Any other failure ends the wait at once:
+/// a malformed URL, a refused role or password, a migration's SQL.
+pub async fn run_migrations_patiently(
+    database_url: &str,
+    patience: Duration,
+) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context as _;
+    use backon::{ExponentialBuilder, Retryable as _};
+    let deadline = std::time::Instant::now() + patience;
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times();
+    let attempt = || async {
+        // tokio-postgres says why it could not connect (refused, no such host, …); diesel keeps
+        // only its first words, so a first connection of its own tells the operator.
+        let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+            .await
+            .map_err(anyhow::Error::new)?;
+        drop(client);
+        let _ = connection.await;
+        run_migrations(database_url).await
+    };
+    let applied = attempt
+        .retry(backoff)
+        .when(is_not_ready)
+        // The last pause ends at the deadline, and there is one more try then; none after it.
+        .adjust(|_, pause| {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            pause.filter(|_| !left.is_zero()).map(|pause| pause.min(left))
+        })
+        .notify(|error, pause| {
+            tracing::warn!(error = %format!("{error:#}"), ?pause, "PostgreSQL is not ready; trying again");
+        })
+        .await;
+    match applied {
+        Err(error) if is_not_ready(&error) => Err(error).with_context(|| {
+            format!(
+                "PostgreSQL was not ready within {} s (--db-connect-timeout-secs, \
+                 FINMATCH_DB_CONNECT_TIMEOUT_SECS)",
+                patience.as_secs()
+            )
+        }),
+        applied => applied,
+    }
+}
+
+/// Whether a failure to connect or migrate says PostgreSQL is not ready yet, rather than that
+/// the URL, the role or the SQL is wrong.
+fn is_not_ready(error: &anyhow::Error) -> bool {
+    const SIGNS: [&str; 3] = [
+        // tokio-postgres could not open the socket: refused, timed out, name not resolved yet.
+        "error connecting to server",
+        // PostgreSQL says so itself: "is starting up", "is shutting down", "is in recovery mode",
+        // "is not yet accepting connections".
+        "the database system is",
+        "connection closed",
+    ];
+    let text = format!("{error:#}");
+    SIGNS.iter().any(|sign| text.contains(sign))
+        || is_connection_message(&text)
+        || (text.contains("database \"") && text.ends_with("\" does not exist"))
+}
+
 /// What went wrong in the database, as the service layer needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {

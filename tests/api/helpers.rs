@@ -135,6 +135,38 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// A database named on the test server but not created yet ([`TestDatabase::create_now`]).
+    pub async fn not_created_yet() -> Self {
+        let (server, _) = template().await;
+        let name = format!("finmatch_test_{}", Uuid::new_v4().simple());
+        Self {
+            url: server.database(&name),
+            admin_url: server.database("postgres"),
+            name,
+        }
+    }
+
+    /// Creates the database [`TestDatabase::not_created_yet`] named, empty (not migrated).
+    pub async fn create_now(&self) {
+        devdb::execute(
+            &self.admin_url,
+            &format!("CREATE DATABASE \"{}\"", self.name),
+        )
+        .await
+        .expect("create the test database");
+    }
+}
+
+/// A port nothing listens on (bound, then released).
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let admin = self.admin_url.clone();
@@ -201,6 +233,7 @@ impl TestApp {
         let settings = Settings {
             database_url: database.url.clone(),
             db_pool_size: 8,
+            db_connect_patience: std::time::Duration::ZERO,
             // The template is migrated already; running them again must be a no-op.
             migrate: true,
             server: args,

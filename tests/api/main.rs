@@ -15,3 +15,4 @@ mod partner;
 mod reporting;
 mod server;
 mod special_loans;
+mod startup;

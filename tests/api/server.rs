@@ -224,6 +224,7 @@ async fn without_postgres_calls_are_unavailable_and_the_server_stays_up() {
     let settings = Settings {
         database_url: "postgres://postgres@127.0.0.1:1/finmatch".into(),
         db_pool_size: 2,
+        db_connect_patience: std::time::Duration::ZERO,
         migrate: false,
         server: ServerArgs {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
