@@ -13,7 +13,7 @@ use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::config::Settings;
-use crate::grpc::{self, pb};
+use crate::grpc;
 use crate::service::App;
 use crate::service::events::ReferralFeed;
 use crate::storage;
@@ -141,13 +141,10 @@ impl Application {
         // Reflection describes every service on the port, health and both reflection versions
         // included, so `grpcurl list` shows what is really served.
         let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(
-                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-                )
+            grpc::methods::DESCRIPTOR_SETS.iter().fold(
+                tonic_reflection::server::Builder::configure(),
+                |builder, set| builder.register_encoded_file_descriptor_set(set),
+            )
         };
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -168,16 +165,7 @@ impl Application {
             builder = builder.tls_config(tls)?;
         }
 
-        let call_timeout = grpc::deadline::CallTimeoutLayer::new(
-            server_args.call_timeout(),
-            &[
-                pb::FILE_DESCRIPTOR_SET,
-                tonic_health::pb::FILE_DESCRIPTOR_SET,
-                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-            ],
-        )
-        .context("reading the served descriptors")?;
+        let call_timeout = grpc::deadline::CallTimeoutLayer::new(server_args.call_timeout());
         let layers = ServiceBuilder::new()
             .layer(grpc::layers::cors())
             .layer(tonic_web::GrpcWebLayer::new())

@@ -151,3 +151,55 @@ async fn without_a_metrics_address_no_metrics_listener_is_bound() {
     let app = TestApp::spawn().await;
     assert_eq!(app.metrics_addr, None);
 }
+
+/// Calls to made-up methods, even under a real service's name, are counted under `other`: a
+/// client cannot mint metric series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_share_one_label_and_add_no_series() {
+    let database = Arc::new(TestDatabase::create().await);
+    let args = ServerArgs {
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..ServerArgs::default()
+    };
+    let app = TestApp::spawn_with(database, args).await;
+    let before = scrape(&app).await;
+    let others = |body: &str| -> f64 {
+        body.lines()
+            .filter(|l| {
+                l.starts_with("finmatch_rpc_requests_total{") && l.contains("method=\"other\"")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let mut grpc = tonic::client::Grpc::new(app.channel.clone());
+    const CALLS: usize = 60;
+    for i in 0..CALLS {
+        grpc.ready().await.unwrap();
+        let path = format!("/finmatch.v1.EnterpriseService/MadeUp{i}");
+        let status = grpc
+            .unary::<(), (), _>(
+                tonic::Request::new(()),
+                http::uri::PathAndQuery::try_from(path).unwrap(),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_ne!(status.code(), tonic::Code::Ok);
+    }
+    let after = scrape(&app).await;
+    assert!(
+        !after.contains("MadeUp"),
+        "a made-up method got a label: {after}"
+    );
+    assert_eq!(others(&after) - others(&before), CALLS as f64, "{after}");
+    let labels: std::collections::HashSet<&str> = after
+        .lines()
+        .filter(|l| l.starts_with("finmatch_rpc_"))
+        .filter_map(|l| l.split("method=\"").nth(1)?.split('"').next())
+        .collect();
+    assert!(
+        labels.len() <= finmatch::grpc::methods::served().len() + 1,
+        "{} method labels: {labels:?}",
+        labels.len()
+    );
+}

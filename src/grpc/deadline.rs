@@ -4,57 +4,28 @@
 //! messages (`FINMATCH_STREAM_IDLE_SECS`, enforced by its handler), a server stream
 //! (WatchReferrals) by its heartbeats and the revocation of its credential.
 //!
-//! Which methods stream is read from the served descriptor sets, so a new streaming RPC is exempt
-//! without a list to keep up. A client's own `grpc-timeout` is honoured on every call by tonic
+//! Which methods stream is read from the served descriptor sets ([`methods::served`]), so a new
+//! streaming RPC is exempt without a list to keep up. A client's own `grpc-timeout` is honoured on every call by tonic
 //! itself, outside this layer.
 
-use std::collections::HashSet;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use prost::Message as _;
 use tonic::Status;
 use tower::{Layer, Service};
 
+use super::methods;
+
 /// Bounds unary calls by `timeout`; lets streaming calls through.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct CallTimeoutLayer {
     timeout: Duration,
-    streaming: Arc<HashSet<String>>,
 }
 
 impl CallTimeoutLayer {
-    /// `descriptor_sets`: the encoded `FileDescriptorSet`s of every service served.
-    pub fn new(timeout: Duration, descriptor_sets: &[&[u8]]) -> Result<Self, prost::DecodeError> {
-        let mut streaming = HashSet::new();
-        for bytes in descriptor_sets {
-            let set = prost_types::FileDescriptorSet::decode(*bytes)?;
-            for file in set.file {
-                let package = file.package();
-                for service in &file.service {
-                    for method in &service.method {
-                        if method.client_streaming() || method.server_streaming() {
-                            streaming.insert(format!(
-                                "/{package}.{}/{}",
-                                service.name(),
-                                method.name()
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(Self {
-            timeout,
-            streaming: Arc::new(streaming),
-        })
-    }
-
-    /// Whether the call to `path` (`/package.Service/Method`) streams.
-    pub fn is_streaming(&self, path: &str) -> bool {
-        self.streaming.contains(path)
+    pub fn new(timeout: Duration) -> Self {
+        Self { timeout }
     }
 }
 
@@ -90,7 +61,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        if self.layer.is_streaming(request.uri().path()) {
+        if methods::served().is_streaming(request.uri().path()) {
             return Box::pin(self.inner.call(request));
         }
         let timeout = self.layer.timeout;
@@ -106,28 +77,5 @@ where
                 .into_http()),
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn streaming_methods_are_read_from_the_descriptors() {
-        let layer = CallTimeoutLayer::new(
-            Duration::from_secs(1),
-            &[
-                crate::grpc::pb::FILE_DESCRIPTOR_SET,
-                tonic_health::pb::FILE_DESCRIPTOR_SET,
-            ],
-        )
-        .unwrap();
-        assert!(layer.is_streaming("/finmatch.v1.FinancingService/ImportNeeds"));
-        assert!(layer.is_streaming("/finmatch.v1.PartnerService/WatchReferrals"));
-        assert!(layer.is_streaming("/grpc.health.v1.Health/Watch"));
-        assert!(!layer.is_streaming("/finmatch.v1.FinancingService/SubmitNeed"));
-        assert!(!layer.is_streaming("/grpc.health.v1.Health/Check"));
-        assert!(!layer.is_streaming("/no.such.Service/Method"));
     }
 }

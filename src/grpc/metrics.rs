@@ -33,10 +33,6 @@ const BUCKETS: &[f64] = &[
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Call paths whose method is used as a label as it is; anything else is counted as `other`, so
-/// a client probing random paths cannot grow the label set without bound.
-const KNOWN_PREFIXES: &[&str] = &["/finmatch.v1.", "/grpc.health.v1.", "/grpc.reflection."];
-
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
 /// The process's Prometheus registry, installing it as the global recorder on first use.
@@ -173,13 +169,13 @@ where
 
 /// A call whose outcome is not recorded yet.
 struct Call {
-    method: String,
+    method: &'static str,
     start: Instant,
 }
 
 impl Call {
     fn finish(self, code: tonic::Code) {
-        metrics::counter!(REQUESTS_TOTAL, "method" => self.method.clone(), "code" => code_name(code))
+        metrics::counter!(REQUESTS_TOTAL, "method" => self.method, "code" => code_name(code))
             .increment(1);
         metrics::histogram!(DURATION_SECONDS, "method" => self.method)
             .record(self.start.elapsed().as_secs_f64());
@@ -245,12 +241,10 @@ impl<B> Drop for MetricsBody<B> {
     }
 }
 
-fn method_label(path: &str) -> String {
-    if KNOWN_PREFIXES.iter().any(|p| path.starts_with(p)) && path.len() <= 128 {
-        path.trim_start_matches('/').to_owned()
-    } else {
-        "other".to_owned()
-    }
+/// The method of a call to `path`, or `other` for a path no served method has: a label set
+/// bounded by the methods served, whatever paths clients send.
+fn method_label(path: &str) -> &'static str {
+    super::methods::served().label(path)
 }
 
 fn grpc_code(headers: &HeaderMap) -> Option<tonic::Code> {
@@ -298,6 +292,10 @@ mod tests {
             "grpc.health.v1.Health/Check"
         );
         assert_eq!(method_label("/random/path"), "other");
+        assert_eq!(
+            method_label("/finmatch.v1.EnterpriseService/MadeUp"),
+            "other"
+        );
         assert_eq!(
             method_label(&format!("/finmatch.v1.{}", "x".repeat(200))),
             "other"

@@ -14,6 +14,7 @@ pub mod enterprises;
 pub mod financing;
 pub mod layers;
 pub mod lenders;
+pub mod methods;
 pub mod metrics;
 pub mod partner;
 pub mod reporting;
