@@ -6,8 +6,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::DomainError;
-
 macro_rules! canonical_enum {
     (
         $(#[$meta:meta])*
@@ -49,24 +47,24 @@ macro_rules! canonical_enum {
 
             /// The error for a value that was not given (a proto enum left at
             /// `*_UNSPECIFIED`, or a number this build does not know).
-            pub fn unspecified() -> DomainError {
-                DomainError::Unspecified { expected: Self::wire_expected() }
+            pub fn unspecified() -> $crate::domain::DomainError {
+                $crate::domain::DomainError::Unspecified { expected: Self::wire_expected() }
             }
 
             /// Turns an optional value into a required one.
-            pub fn required(value: Option<Self>) -> Result<Self, DomainError> {
+            pub fn required(value: Option<Self>) -> Result<Self, $crate::domain::DomainError> {
                 value.ok_or_else(Self::unspecified)
             }
         }
 
-        impl FromStr for $name {
-            type Err = DomainError;
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::domain::DomainError;
 
             /// Accepts exactly the canonical name.
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $($text => Ok(Self::$variant),)+
-                    _ => Err(DomainError::UnknownValue {
+                    _ => Err($crate::domain::DomainError::UnknownValue {
                         found: s.to_owned(),
                         expected: Self::expected(),
                     }),
@@ -75,13 +73,15 @@ macro_rules! canonical_enum {
         }
 
         /// The wire name: what a message shows a client.
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.wire_name())
             }
         }
     };
 }
+/// For the other closed sets named by the proto (the matching engine's reasons).
+pub(crate) use canonical_enum;
 
 canonical_enum! {
     /// Enterprise size class (MIIT 2011 thresholds), ordered smallest first

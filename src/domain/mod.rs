@@ -6,6 +6,7 @@ mod commands;
 mod credit_code;
 mod dates;
 mod enums;
+pub(crate) use enums::canonical_enum;
 mod error;
 mod lifecycle;
 mod numbers;

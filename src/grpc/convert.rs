@@ -76,6 +76,11 @@ bridge!(
 );
 bridge!(pb::Role, domain::Role, "ROLE_");
 bridge!(
+    pb::Ineligibility,
+    crate::matching::IneligibleReason,
+    "INELIGIBILITY_"
+);
+bridge!(
     pb::ReferralEventKind,
     domain::ReferralEventKind,
     "REFERRAL_EVENT_KIND_"
@@ -288,6 +293,24 @@ mod tests {
         }
         for v in domain::DeclineReason::ALL {
             assert_ne!(pb::DeclineReason::from_domain(*v), 0, "{v}");
+        }
+    }
+
+    #[test]
+    fn ineligibility_reasons_and_the_proto_list_the_same_values() {
+        use crate::matching::IneligibleReason;
+        for v in IneligibleReason::ALL {
+            let number = pb::Ineligibility::from_domain(*v);
+            assert_ne!(number, 0, "{v}");
+            assert_eq!(pb::Ineligibility::to_domain(number), Some(*v));
+        }
+        // Every proto value but UNSPECIFIED names a reason the engine gives.
+        let wire: Vec<i32> = (1..64)
+            .filter(|n| pb::Ineligibility::try_from(*n).is_ok())
+            .collect();
+        assert_eq!(wire.len(), IneligibleReason::ALL.len());
+        for n in wire {
+            assert!(pb::Ineligibility::to_domain(n).is_some(), "{n}");
         }
     }
 

@@ -9,7 +9,6 @@ use super::pb;
 use crate::domain::{
     DomainError, IndustryPrefix, NeedInput, NewNeed, Note, RegionPrefix, Violations,
 };
-use crate::matching::IneligibleReason;
 use crate::service::financing::{
     IMPORT_BATCH, ImportItem, ImportOutcome, MatchCandidate, Need, NeedQuery, NeedWithReferrals,
     PreviewSubject, Referral, Submission,
@@ -518,25 +517,6 @@ fn item_error(error: Error) -> pb::ItemError {
     }
 }
 
-fn ineligibility(reason: IneligibleReason) -> pb::Ineligibility {
-    use pb::Ineligibility as P;
-    match reason {
-        IneligibleReason::ProductInactive => P::ProductInactive,
-        IneligibleReason::LenderInactive => P::LenderInactive,
-        IneligibleReason::AmountOutOfRange => P::AmountOutOfRange,
-        IneligibleReason::TermOutOfRange => P::TermOutOfRange,
-        IneligibleReason::RegionNotServed => P::RegionNotServed,
-        IneligibleReason::IndustryNotServed => P::IndustryNotServed,
-        IneligibleReason::CollateralNotAccepted => P::CollateralNotAccepted,
-        IneligibleReason::BelowMinimumSize => P::SizeBelowMinimum,
-        IneligibleReason::DesignationNotHeld => P::DesignationMissing,
-        IneligibleReason::RateAboveMaximum => P::RateBelowMinimum,
-        IneligibleReason::CapacityUsedUp => P::CapacityExhausted,
-        IneligibleReason::LenderAlreadyTried => P::AlreadyTried,
-        IneligibleReason::NoConsent => P::NoConsent,
-    }
-}
-
 fn candidate_pb(c: MatchCandidate) -> pb::MatchCandidate {
     pb::MatchCandidate {
         lender_id: c.lender_id.to_string(),
@@ -548,7 +528,7 @@ fn candidate_pb(c: MatchCandidate) -> pb::MatchCandidate {
             .reasons
             .into_iter()
             .map(|(reason, detail)| pb::IneligibleReason {
-                code: ineligibility(reason) as i32,
+                code: pb::Ineligibility::from_domain(reason),
                 detail,
             })
             .collect(),

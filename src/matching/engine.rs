@@ -18,62 +18,29 @@ use super::{
 };
 use crate::domain::{EnterpriseSize, ListCode, format_cny, format_percent, shared_levels_packed};
 
-/// Why a product cannot take a need. A product lists every reason that
-/// applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum IneligibleReason {
-    ProductInactive,
-    LenderInactive,
-    AmountOutOfRange,
-    TermOutOfRange,
-    RegionNotServed,
-    IndustryNotServed,
-    CollateralNotAccepted,
-    BelowMinimumSize,
-    DesignationNotHeld,
-    /// The need's maximum rate is below the product's minimum rate.
-    RateAboveMaximum,
-    CapacityUsedUp,
-    LenderAlreadyTried,
-    NoConsent,
+crate::domain::canonical_enum! {
+    /// Why a product cannot take a need. A product lists every reason that applies. The names
+    /// are the proto's `Ineligibility` values (`INELIGIBILITY_` then the canonical name), so the
+    /// wire conversion is the same bridge as every other enum's.
+    IneligibleReason("INELIGIBILITY_") {
+        ProductInactive = "PRODUCT_INACTIVE",
+        LenderInactive = "LENDER_INACTIVE",
+        AmountOutOfRange = "AMOUNT_OUT_OF_RANGE",
+        TermOutOfRange = "TERM_OUT_OF_RANGE",
+        RegionNotServed = "REGION_NOT_SERVED",
+        IndustryNotServed = "INDUSTRY_NOT_SERVED",
+        CollateralNotAccepted = "COLLATERAL_NOT_ACCEPTED",
+        SizeBelowMinimum = "SIZE_BELOW_MINIMUM",
+        DesignationMissing = "DESIGNATION_MISSING",
+        /// The need's maximum rate is below the product's minimum rate.
+        RateBelowMinimum = "RATE_BELOW_MINIMUM",
+        CapacityExhausted = "CAPACITY_EXHAUSTED",
+        AlreadyTried = "ALREADY_TRIED",
+        NoConsent = "NO_CONSENT",
+    }
 }
 
 impl IneligibleReason {
-    pub const ALL: [IneligibleReason; 13] = [
-        IneligibleReason::ProductInactive,
-        IneligibleReason::LenderInactive,
-        IneligibleReason::AmountOutOfRange,
-        IneligibleReason::TermOutOfRange,
-        IneligibleReason::RegionNotServed,
-        IneligibleReason::IndustryNotServed,
-        IneligibleReason::CollateralNotAccepted,
-        IneligibleReason::BelowMinimumSize,
-        IneligibleReason::DesignationNotHeld,
-        IneligibleReason::RateAboveMaximum,
-        IneligibleReason::CapacityUsedUp,
-        IneligibleReason::LenderAlreadyTried,
-        IneligibleReason::NoConsent,
-    ];
-
-    /// A stable machine-readable code.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            IneligibleReason::ProductInactive => "PRODUCT_INACTIVE",
-            IneligibleReason::LenderInactive => "LENDER_INACTIVE",
-            IneligibleReason::AmountOutOfRange => "AMOUNT_OUT_OF_RANGE",
-            IneligibleReason::TermOutOfRange => "TERM_OUT_OF_RANGE",
-            IneligibleReason::RegionNotServed => "REGION_NOT_SERVED",
-            IneligibleReason::IndustryNotServed => "INDUSTRY_NOT_SERVED",
-            IneligibleReason::CollateralNotAccepted => "COLLATERAL_NOT_ACCEPTED",
-            IneligibleReason::BelowMinimumSize => "BELOW_MINIMUM_SIZE",
-            IneligibleReason::DesignationNotHeld => "DESIGNATION_NOT_HELD",
-            IneligibleReason::RateAboveMaximum => "RATE_ABOVE_MAXIMUM",
-            IneligibleReason::CapacityUsedUp => "CAPACITY_USED_UP",
-            IneligibleReason::LenderAlreadyTried => "LENDER_ALREADY_TRIED",
-            IneligibleReason::NoConsent => "NO_CONSENT",
-        }
-    }
-
     /// A generic sentence; [`Candidate::reason_message`] gives the figures.
     pub const fn describe(self) -> &'static str {
         match self {
@@ -84,19 +51,17 @@ impl IneligibleReason {
             IneligibleReason::RegionNotServed => "the enterprise's region is not served",
             IneligibleReason::IndustryNotServed => "the enterprise's industry is not served",
             IneligibleReason::CollateralNotAccepted => "none of the offered collateral is accepted",
-            IneligibleReason::BelowMinimumSize => {
+            IneligibleReason::SizeBelowMinimum => {
                 "the enterprise is below the product's minimum size"
             }
-            IneligibleReason::DesignationNotHeld => {
+            IneligibleReason::DesignationMissing => {
                 "the enterprise holds none of the required designations"
             }
-            IneligibleReason::RateAboveMaximum => {
+            IneligibleReason::RateBelowMinimum => {
                 "the product's minimum rate is above the need's maximum rate"
             }
-            IneligibleReason::CapacityUsedUp => "the product's daily capacity is used up",
-            IneligibleReason::LenderAlreadyTried => {
-                "the lender has already been tried for this need"
-            }
+            IneligibleReason::CapacityExhausted => "the product's daily capacity is used up",
+            IneligibleReason::AlreadyTried => "the lender has already been tried for this need",
             IneligibleReason::NoConsent => "the enterprise has not consented to share the need",
         }
     }
@@ -127,7 +92,8 @@ impl ReasonSet {
     pub fn iter(&self) -> impl Iterator<Item = IneligibleReason> + use<> {
         let bits = self.0;
         IneligibleReason::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .filter(move |r| bits & r.bit() != 0)
     }
 }
@@ -269,11 +235,11 @@ impl<'a> Candidate<'a> {
                 "offered collateral ({}) is not among the accepted ({})",
                 n.collateral, p.collateral_accepted
             ),
-            IneligibleReason::BelowMinimumSize => format!(
+            IneligibleReason::SizeBelowMinimum => format!(
                 "enterprise size {} is below the product's minimum {}",
                 e.size, p.min_size
             ),
-            IneligibleReason::DesignationNotHeld => format!(
+            IneligibleReason::DesignationMissing => format!(
                 "the product requires one of {}; the enterprise holds {}",
                 join(&p.required_designations),
                 if e.designations.is_empty() {
@@ -282,16 +248,16 @@ impl<'a> Candidate<'a> {
                     join(&e.designations)
                 }
             ),
-            IneligibleReason::RateAboveMaximum => format!(
+            IneligibleReason::RateBelowMinimum => format!(
                 "the product's minimum rate {} is above the need's maximum {}",
                 format_percent(p.rate.min().get()),
                 format_percent(n.max_rate.map_or(0, |r| r.get()))
             ),
-            IneligibleReason::CapacityUsedUp => format!(
+            IneligibleReason::CapacityExhausted => format!(
                 "daily capacity used up ({} of {} referrals today)",
                 self.referrals_today, p.daily_capacity
             ),
-            IneligibleReason::LenderAlreadyTried => {
+            IneligibleReason::AlreadyTried => {
                 "the lender has already been tried for this need".to_owned()
             }
             IneligibleReason::NoConsent => {
@@ -480,7 +446,7 @@ impl NeedContext<'_> {
             !self.need.collateral.intersects(p.collateral),
             R::CollateralNotAccepted,
         );
-        flag(self.size < p.min_size, R::BelowMinimumSize);
+        flag(self.size < p.min_size, R::SizeBelowMinimum);
         if p.flags & GATED != 0 {
             let held = if p.flags & DESIGNATIONS_BY_NAME == 0 {
                 p.designations & self.designations != 0
@@ -488,14 +454,14 @@ impl NeedContext<'_> {
                 let required = &self.catalog.products[i].required_designations;
                 required.iter().any(|d| self.held.contains(d))
             };
-            flag(!held, R::DesignationNotHeld);
+            flag(!held, R::DesignationMissing);
         }
         flag(
             self.max_rate.is_some_and(|cap| cap < p.rate_min),
-            R::RateAboveMaximum,
+            R::RateBelowMinimum,
         );
-        flag(used >= p.capacity, R::CapacityUsedUp);
-        flag(tried, R::LenderAlreadyTried);
+        flag(used >= p.capacity, R::CapacityExhausted);
+        flag(tried, R::AlreadyTried);
         flag(!self.need.consent_to_share, R::NoConsent);
         ReasonSet(bits)
     }

@@ -284,7 +284,7 @@ fn enterprise_below_minimum_size_is_ineligible() {
         min_size: EnterpriseSize::Medium,
         ..product(1, 1)
     };
-    assert_eq!(reasons_of(p), [R::BelowMinimumSize]);
+    assert_eq!(reasons_of(p), [R::SizeBelowMinimum]);
     let p = MatchProduct {
         min_size: EnterpriseSize::Small,
         ..product(1, 1)
@@ -298,7 +298,7 @@ fn required_designation_not_held_is_ineligible() {
         required_designations: vec![list("PROVINCIAL_KEY")],
         ..product(1, 1)
     };
-    assert_eq!(reasons_of(p), [R::DesignationNotHeld]);
+    assert_eq!(reasons_of(p), [R::DesignationMissing]);
     // Any one of the required lists is enough.
     let p = MatchProduct {
         required_designations: vec![list("PROVINCIAL_KEY"), list("NATIONAL_KEY_SUPPLY")],
@@ -313,7 +313,7 @@ fn product_minimum_rate_above_the_needs_maximum_is_ineligible() {
         rate: rates(501, 700),
         ..product(1, 1)
     };
-    assert_eq!(reasons_of(p), [R::RateAboveMaximum]);
+    assert_eq!(reasons_of(p), [R::RateBelowMinimum]);
     let p = MatchProduct {
         rate: rates(500, 700),
         ..product(1, 1)
@@ -333,7 +333,7 @@ fn product_minimum_rate_above_the_needs_maximum_is_ineligible() {
 #[test]
 fn used_up_daily_capacity_is_ineligible() {
     let o = evaluate_with(&need(), &enterprise(), product(1, 1), &used(1, 20), &[]);
-    assert_eq!(o.reasons, [R::CapacityUsedUp]);
+    assert_eq!(o.reasons, [R::CapacityExhausted]);
     let o = evaluate_with(&need(), &enterprise(), product(1, 1), &used(1, 19), &[]);
     assert_eq!(o.reasons, []);
     // Another product's referrals do not count.
@@ -350,7 +350,7 @@ fn a_lender_already_tried_is_ineligible() {
         &Activity::default(),
         &[lender_id(7), lender_id(1)],
     );
-    assert_eq!(o.reasons, [R::LenderAlreadyTried]);
+    assert_eq!(o.reasons, [R::AlreadyTried]);
 }
 
 #[test]
@@ -427,7 +427,7 @@ fn designations_beyond_the_first_64_lists_are_compared_by_name() {
         candidates
             .iter()
             .filter(|c| !c.eligible())
-            .all(|c| c.reasons().collect::<Vec<_>>() == [R::DesignationNotHeld])
+            .all(|c| c.reasons().collect::<Vec<_>>() == [R::DesignationMissing])
     );
 }
 
@@ -852,22 +852,22 @@ fn reasons_carry_the_figures() {
                 "amount ¥3,000,000.00 is outside the product's range ¥100,000.00 to ¥2,000,000.00".to_owned()
             ),
             (
-                "BELOW_MINIMUM_SIZE",
+                "SIZE_BELOW_MINIMUM",
                 "enterprise size ENTERPRISE_SIZE_SMALL is below the product's minimum ENTERPRISE_SIZE_MEDIUM".to_owned()
             ),
             (
-                "DESIGNATION_NOT_HELD",
+                "DESIGNATION_MISSING",
                 "the product requires one of PROVINCIAL_KEY, LOCAL_KEY; the enterprise holds NATIONAL_KEY_SUPPLY"
                     .to_owned()
             ),
             (
-                "CAPACITY_USED_UP",
+                "CAPACITY_EXHAUSTED",
                 "daily capacity used up (20 of 20 referrals today)".to_owned()
             ),
         ]
     );
     assert_eq!(
-        IneligibleReason::CapacityUsedUp.describe(),
+        IneligibleReason::CapacityExhausted.describe(),
         "the product's daily capacity is used up"
     );
 }
