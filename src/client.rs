@@ -89,8 +89,8 @@ impl ServerAddress {
 
 /// Asks the server's gRPC health service about each of `services` on one connection and returns
 /// the answers in order; fails when the server cannot be reached or has not answered them all
-/// within `timeout`. The server answers `""` (the process) SERVING while it runs, and each
-/// finmatch service NOT_SERVING while PostgreSQL is unreachable.
+/// within `timeout`. The server answers `""` (the server as a whole) and each finmatch service
+/// NOT_SERVING while PostgreSQL is unreachable.
 pub async fn health(
     address: &ServerAddress,
     services: &[&str],

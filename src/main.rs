@@ -77,13 +77,13 @@ enum Command {
         server: ServerArgs,
     },
     /// Ask a running server whether it serves: prints SERVING and exits 0, or says what is not
-    /// serving and exits 1. Asks about every finmatch service (NOT_SERVING while PostgreSQL is
-    /// unreachable) unless --service names one; "" asks whether the process runs at all. The
-    /// container image's health probe.
+    /// serving and exits 1. Asks about the server as a whole ("") and every finmatch service,
+    /// all NOT_SERVING while PostgreSQL is unreachable or the server shuts down, unless
+    /// --service names one. The container image's health probe.
     Health {
         #[command(flatten)]
         address: ServerAddress,
-        /// One service to ask about, e.g. finmatch.v1.PartnerService, or "" for the process.
+        /// One service to ask about, e.g. finmatch.v1.PartnerService, or "" for the server.
         #[arg(long)]
         service: Option<String>,
         /// How long to wait for the answers.
@@ -273,7 +273,9 @@ async fn health(
 ) -> anyhow::Result<()> {
     let services: Vec<&str> = match service {
         Some(service) => vec![service],
-        None => finmatch::grpc::SERVICE_NAMES.to_vec(),
+        None => std::iter::once("")
+            .chain(finmatch::grpc::SERVICE_NAMES)
+            .collect(),
     };
     let answers =
         client::health(address, &services, Duration::from_secs(timeout_secs.max(1))).await?;
@@ -281,7 +283,10 @@ async fn health(
         .iter()
         .zip(&answers)
         .filter(|(_, status)| **status != ServingStatus::Serving)
-        .map(|(service, status)| format!("{service:?} is {}", status.as_str_name()))
+        .map(|(service, status)| match *service {
+            "" => format!("the server is {}", status.as_str_name()),
+            service => format!("{service} is {}", status.as_str_name()),
+        })
         .collect();
     if !not_serving.is_empty() {
         bail!("{}: {}", address.server, not_serving.join(", "));

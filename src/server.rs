@@ -112,11 +112,7 @@ impl Application {
         let addr = listener.local_addr()?;
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        for name in grpc::SERVICE_NAMES {
-            health
-                .set_service_status(name, ServingStatus::Serving)
-                .await;
-        }
+        set_health(&health, ServingStatus::Serving).await;
         let readiness = tokio::spawn(watch_database(app.clone(), health.clone()));
         let product_cache = tokio::spawn(app.clone().watch_products(settings.database_url.clone()));
         let credential_cache =
@@ -208,11 +204,7 @@ impl Application {
                 tracing::info!("shutting down: refusing new calls, draining the ones in flight");
                 // Watch streams never end by themselves; end them so draining can finish.
                 referral_feed.close();
-                for name in grpc::SERVICE_NAMES {
-                    health
-                        .set_service_status(name, ServingStatus::NotServing)
-                        .await;
-                }
+                set_health(&health, ServingStatus::NotServing).await;
             }
         };
         // The feed runs inside this future rather than in a task of its own: a server that is
@@ -254,6 +246,15 @@ impl Application {
 
 /// Reports the finmatch services NOT_SERVING while PostgreSQL is unreachable (the server itself
 /// stays up and answers UNAVAILABLE), and SERVING again when it returns.
+/// Sets every health entry: the server as a whole (`""`, which grpc_health_probe and Kubernetes
+/// probes ask) and each finmatch service. None can serve without PostgreSQL.
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for name in grpc::SERVICE_NAMES {
+        health.set_service_status(name, status).await;
+    }
+}
+
 async fn watch_database(app: App, health: tonic_health::server::HealthReporter) {
     let mut serving = true;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -269,9 +270,7 @@ async fn watch_database(app: App, health: tonic_health::server::HealthReporter) 
                 tracing::warn!("database unreachable");
                 ServingStatus::NotServing
             };
-            for name in grpc::SERVICE_NAMES {
-                health.set_service_status(name, status).await;
-            }
+            set_health(&health, status).await;
         }
     }
 }

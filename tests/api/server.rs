@@ -262,10 +262,26 @@ async fn without_postgres_calls_are_unavailable_and_the_server_stays_up() {
             status.message()
         );
     }
-    let health = HealthClient::new(channel)
-        .check(HealthCheckRequest::default())
-        .await
-        .expect("health still answers");
-    assert_eq!(health.into_inner().status, ServingStatus::Serving as i32);
+    // The server as a whole (`""`, what probes ask) turns NOT_SERVING once the database watcher
+    // has looked (at once, then every 5 s), and health keeps answering: the process stays up.
+    let mut health = HealthClient::new(channel);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = health
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("health still answers")
+            .into_inner()
+            .status;
+        if status == ServingStatus::NotServing as i32 {
+            break;
+        }
+        assert_eq!(status, ServingStatus::Serving as i32);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "\"\" still SERVING 10 s without a database"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     server.abort();
 }
