@@ -73,6 +73,10 @@ pub async fn run_migrations_patiently(
 ) -> anyhow::Result<Vec<String>> {
     use anyhow::Context as _;
     use backon::{ExponentialBuilder, Retryable as _};
+    // A URL that does not parse will not parse later either.
+    database_url
+        .parse::<tokio_postgres::Config>()
+        .context("FINMATCH_DATABASE_URL is not a PostgreSQL URL")?;
     let deadline = std::time::Instant::now() + patience;
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
@@ -80,54 +84,71 @@ pub async fn run_migrations_patiently(
         .with_jitter()
         .without_max_times();
     let attempt = || async {
-        // tokio-postgres says why it could not connect (refused, no such host, …); diesel keeps
-        // only its first words, so a first connection of its own tells the operator.
+        // A first connection of tokio-postgres's own: its error keeps the SQLSTATE and the I/O
+        // cause (diesel keeps only the first words of the message), so the wait is decided by
+        // codes, whatever language PostgreSQL speaks, and the log says why.
         let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
             .await
-            .map_err(anyhow::Error::new)?;
+            .map_err(|e| {
+                let not_ready = is_not_ready(&e);
+                (anyhow::Error::new(e), not_ready)
+            })?;
         drop(client);
         let _ = connection.await;
-        run_migrations(database_url).await
+        run_migrations(database_url).await.map_err(|e| (e, false))
     };
     let applied = attempt
         .retry(backoff)
-        .when(is_not_ready)
+        .when(|(_, not_ready)| *not_ready)
         // The last pause ends at the deadline, and there is one more try then; none after it.
         .adjust(|_, pause| {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             pause.filter(|_| !left.is_zero()).map(|pause| pause.min(left))
         })
-        .notify(|error, pause| {
+        .notify(|(error, _), pause| {
             tracing::warn!(error = %format!("{error:#}"), ?pause, "PostgreSQL is not ready; trying again");
         })
         .await;
     match applied {
-        Err(error) if is_not_ready(&error) => Err(error).with_context(|| {
+        Ok(applied) => Ok(applied),
+        Err((error, true)) => Err(error).with_context(|| {
             format!(
                 "PostgreSQL was not ready within {} s (--db-connect-timeout-secs, \
                  FINMATCH_DB_CONNECT_TIMEOUT_SECS)",
                 patience.as_secs()
             )
         }),
-        applied => applied,
+        Err((error, false)) => Err(error),
     }
 }
 
-/// Whether a failure to connect or migrate says PostgreSQL is not ready yet, rather than that
-/// the URL, the role or the SQL is wrong.
-fn is_not_ready(error: &anyhow::Error) -> bool {
-    const SIGNS: [&str; 3] = [
-        // tokio-postgres could not open the socket: refused, timed out, name not resolved yet.
-        "error connecting to server",
-        // PostgreSQL says so itself: "is starting up", "is shutting down", "is in recovery mode",
-        // "is not yet accepting connections".
-        "the database system is",
-        "connection closed",
+/// Whether a failed first connection says PostgreSQL is not ready yet, rather than that the
+/// role, the password or the settings are wrong: by SQLSTATE when PostgreSQL answered, else by
+/// whether the socket failed (refused, reset, timed out, a host name not resolvable yet).
+fn is_not_ready(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    const NOT_READY: [SqlState; 5] = [
+        // Starting up, shutting down, in recovery, not yet accepting connections.
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::TOO_MANY_CONNECTIONS,
+        // The database does not exist yet (it is created after the server starts).
+        SqlState::INVALID_CATALOG_NAME,
     ];
-    let text = format!("{error:#}");
-    SIGNS.iter().any(|sign| text.contains(sign))
-        || is_connection_message(&text)
-        || (text.contains("database \"") && text.ends_with("\" does not exist"))
+    match error.code() {
+        Some(code) => NOT_READY.contains(code),
+        None => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+            while let Some(e) = cause {
+                if e.is::<std::io::Error>() {
+                    return true;
+                }
+                cause = e.source();
+            }
+            error.is_closed()
+        }
+    }
 }
 
 /// What went wrong in the database, as the service layer needs to know it.
