@@ -86,6 +86,22 @@ impl RegionCode {
         region_digits(raw, true).map(|(bytes, _)| Self(bytes))
     }
 
+    /// A served area as a lender names it: a province (2 digits, `42`), a prefecture (4,
+    /// `4213`) or a county-level code (6, `421303`). A 2- or 4-digit prefix is taken as the code
+    /// of that province or prefecture (`42` is `420000`, `4213` is `421300`), whose
+    /// [`RegionCode::coverage`] is the prefix again.
+    pub fn parse_area(raw: &str) -> Result<Self, DomainError> {
+        let (mut bytes, len) = region_digits(raw, false)?;
+        if len % 2 != 0 {
+            return Err(DomainError::Format {
+                expected: "a province (2 digits), prefecture (4) or county-level code (6)",
+                found: raw.trim().to_owned(),
+            });
+        }
+        bytes[usize::from(len)..6].fill(b'0');
+        Ok(Self(bytes))
+    }
+
     pub fn as_str(&self) -> &str {
         ascii(&self.0[..6])
     }
@@ -386,6 +402,27 @@ mod tests {
 
     fn region(s: &str) -> RegionCode {
         RegionCode::parse(s).unwrap()
+    }
+
+    #[test]
+    fn an_area_is_a_province_prefecture_or_county_and_covers_its_prefix() {
+        for (given, code, covers) in [
+            ("42", "420000", "42"),
+            ("4213", "421300", "4213"),
+            (" 421303 ", "421303", "421303"),
+            ("421300", "421300", "4213"),
+        ] {
+            let area = RegionCode::parse_area(given).unwrap();
+            assert_eq!(area.as_str(), code, "{given}");
+            assert_eq!(area.coverage().as_str(), covers, "{given}");
+        }
+        for bad in ["4", "421", "42130", "4213001", "99", "42a3", ""] {
+            assert!(RegionCode::parse_area(bad).is_err(), "{bad:?}");
+        }
+        assert!(matches!(
+            RegionCode::parse_area("421"),
+            Err(DomainError::Format { .. })
+        ));
     }
 
     #[test]

@@ -427,18 +427,12 @@ impl NewLender {
         let mut v = Violations::default();
         let name = v.field(path(prefix, "name"), Name::parse(input.name));
         let kind = v.field(path(prefix, "kind"), LenderKind::required(input.kind));
-        if input.region_codes.is_empty() {
-            v.add(
-                path(prefix, "region_codes"),
-                "must name at least one region code",
-            );
-        }
         let region_codes = each(
             &mut v,
             prefix,
             "region_codes",
             input.region_codes,
-            RegionCode::parse,
+            RegionCode::parse_area,
         );
         match (name, kind) {
             (Some(name), Some(kind)) if v.is_empty() => Ok(Self {
@@ -458,8 +452,10 @@ impl NewLender {
         self.kind
     }
 
-    /// Never empty; duplicates removed. A code ending in `00` pairs covers
-    /// its whole prefecture or province ([`RegionCode::coverage`]).
+    /// Empty for a lender serving the whole country; duplicates removed. Each
+    /// as a 6-digit code: a code ending in `00` pairs (a 2- or 4-digit prefix
+    /// as given) covers its whole prefecture or province
+    /// ([`RegionCode::coverage`]).
     pub fn region_codes(&self) -> &[RegionCode] {
         &self.region_codes
     }
@@ -1208,8 +1204,8 @@ mod tests {
     }
 
     #[test]
-    fn lender_needs_a_kind_and_regions() {
-        let regions = strings(&["420000", "421300", "420000"]);
+    fn lender_regions_are_provinces_prefectures_or_counties_and_empty_is_nationwide() {
+        let regions = strings(&["420000", "4213", "42", "421303"]);
         let l = NewLender::parse(
             &LenderInput {
                 name: "湖北银行随州分行",
@@ -1219,16 +1215,17 @@ mod tests {
             "",
         )
         .unwrap();
+        // "42" is 420000 again, so it is dropped as a duplicate.
         assert_eq!(
             l.region_codes()
                 .iter()
                 .map(RegionCode::as_str)
                 .collect::<Vec<_>>(),
-            ["420000", "421300"]
+            ["420000", "421300", "421303"]
         );
         assert_eq!(l.kind(), LenderKind::CityCommercial);
 
-        let bad_regions = strings(&["421300", "4213", "990000"]);
+        let bad_regions = strings(&["421300", "421", "990000"]);
         let v = NewLender::parse(
             &LenderInput {
                 name: "",
@@ -1247,7 +1244,7 @@ mod tests {
                 "lender.region_codes[2]"
             ]
         );
-        let v = NewLender::parse(
+        let nationwide = NewLender::parse(
             &LenderInput {
                 name: "A bank",
                 kind: Some(LenderKind::Rural),
@@ -1255,11 +1252,8 @@ mod tests {
             },
             "",
         )
-        .unwrap_err();
-        assert_eq!(
-            description(&v, "region_codes"),
-            "must name at least one region code"
-        );
+        .unwrap();
+        assert!(nationwide.region_codes().is_empty());
     }
 
     fn product_input<'a>(

@@ -143,7 +143,10 @@ impl ProductCatalog {
             }
 
             let prefix_start = catalog.prefixes.len() as u32;
-            if p.region_prefixes.is_empty() {
+            if p.region_prefixes.is_empty() && p.lender_region_codes.is_empty() {
+                // A lender with no regions serves the whole country: the empty prefix.
+                catalog.prefixes.push((0, 0));
+            } else if p.region_prefixes.is_empty() {
                 let coverage = p
                     .lender_region_codes
                     .iter()

@@ -340,7 +340,7 @@ impl<'a> Candidate<'a> {
                             e.region_code
                         )
                     }
-                    None => "the lender lists no regions".to_owned(),
+                    None => "the lender serves the whole country; none of it is nearer".to_owned(),
                 }
             }
         }

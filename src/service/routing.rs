@@ -124,7 +124,7 @@ async fn load_catalog(conn: &mut Connection) -> Result<Catalog> {
         let parsed = stored_product(&product)?;
         let regions = storage::lenders::strings(lender.region_codes)
             .iter()
-            .filter_map(|code| RegionCode::parse(code).ok())
+            .filter_map(|code| RegionCode::parse_area(code).ok())
             .collect();
         products.push(MatchProduct::from_product(
             product.id,

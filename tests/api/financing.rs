@@ -69,6 +69,11 @@ const OFFER: Offer = Offer {
 
 /// A lender serving the test region with one product; returns (lender_id, product_id).
 async fn lender(app: &TestApp, name: &str, offer: Offer) -> (String, String) {
+    lender_in(app, name, offer, &[REGION]).await
+}
+
+/// A lender serving `regions` with one product; returns (lender_id, product_id).
+async fn lender_in(app: &TestApp, name: &str, offer: Offer, regions: &[&str]) -> (String, String) {
     let mut lenders = LenderServiceClient::new(app.channel.clone());
     let lender_id = lenders
         .create_lender(authed(
@@ -76,7 +81,7 @@ async fn lender(app: &TestApp, name: &str, offer: Offer) -> (String, String) {
                 lender: Some(pb::Lender {
                     name: name.into(),
                     kind: pb::LenderKind::CityCommercial as i32,
-                    region_codes: vec![REGION.into()],
+                    region_codes: regions.iter().map(|r| r.to_string()).collect(),
                     active: Some(true),
                     ..Default::default()
                 }),
@@ -265,6 +270,80 @@ async fn market(app: &TestApp) -> (Vec<String>, String, String) {
         .unwrap()
         .id;
     (eligible, too_small, far_product)
+}
+
+/// A lender's regions may be provinces, prefectures or county-level codes, as the proto says;
+/// none means the whole country. The test enterprise is in Suizhou (421300), Hubei (42).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lender_regions_may_be_prefixes_and_none_serves_the_whole_country() {
+    let app = TestApp::spawn().await;
+    let (nationwide, _) = lender_in(&app, "Nationwide Bank", OFFER, &[]).await;
+    let (hubei, _) = lender_in(&app, "Hubei Bank", OFFER, &["42"]).await;
+    let (suizhou, _) = lender_in(&app, "Suizhou Bank", OFFER, &["4213"]).await;
+    let (beijing, _) = lender_in(&app, "Beijing Bank", OFFER, &["11"]).await;
+    let mut lenders = LenderServiceClient::new(app.channel.clone());
+    for (id, stored) in [
+        (&nationwide, vec![]),
+        (&hubei, vec!["420000"]),
+        (&suizhou, vec!["421300"]),
+    ] {
+        let lender = lenders
+            .get_lender(authed(
+                pb::GetLenderRequest {
+                    lender_id: id.clone(),
+                },
+                &app.operator,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .lender
+            .unwrap();
+        assert_eq!(
+            lender.region_codes, stored,
+            "a prefix is kept as its area's code"
+        );
+    }
+
+    let enterprise_id = enterprise(&app).await;
+    let page = preview(&app, need(&enterprise_id, pb::Purpose::Payroll)).await;
+    let by_lender: HashMap<&str, &pb::MatchCandidate> = page
+        .candidates
+        .iter()
+        .map(|c| (c.lender_id.as_str(), c))
+        .collect();
+    for id in [&nationwide, &hubei, &suizhou] {
+        assert!(by_lender[id.as_str()].eligible, "{id}: {page:?}");
+    }
+    let far = by_lender[beijing.as_str()];
+    assert!(!far.eligible);
+    assert_eq!(
+        far.ineligible_reasons
+            .iter()
+            .map(|r| r.code)
+            .collect::<Vec<_>>(),
+        [pb::Ineligibility::RegionNotServed as i32]
+    );
+
+    let status = lenders
+        .create_lender(authed(
+            pb::CreateLenderRequest {
+                lender: Some(pb::Lender {
+                    name: "Odd Bank".into(),
+                    kind: pb::LenderKind::Rural as i32,
+                    region_codes: vec!["42".into(), "421".into(), "42130".into()],
+                    ..Default::default()
+                }),
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        violated_fields(&status),
+        ["lender.region_codes[1]", "lender.region_codes[2]"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
