@@ -35,7 +35,7 @@ impl<S> Layer<S> for CallTimeoutLayer {
     fn layer(&self, inner: S) -> Self::Service {
         CallTimeout {
             inner,
-            layer: self.clone(),
+            layer: *self,
         }
     }
 }
