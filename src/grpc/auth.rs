@@ -1,6 +1,7 @@
-//! Authentication: a layer that turns the bearer token into a [`Principal`] in the request
-//! extensions. Health and reflection stay open; every `finmatch.v1` call needs a valid token.
-//! Authorization (which role may call what) is decided by the use cases.
+//! Authentication and authorization: a layer that turns the bearer token into a [`Principal`]
+//! in the request extensions, and refuses a caller whose role the method does not admit
+//! ([`access`]) before the body is read. Health and reflection stay open; every `finmatch.v1`
+//! call needs a valid token.
 
 use std::task::{Context, Poll};
 
@@ -8,7 +9,7 @@ use http::{Request, Response};
 use tonic::Status;
 use tower::{Layer, Service};
 
-use crate::service::{App, Error, Principal};
+use crate::service::{App, Error, Principal, access};
 
 /// Path prefix of the calls that need a credential.
 const PROTECTED_PREFIX: &str = "/finmatch.v1.";
@@ -70,6 +71,14 @@ where
             };
             match app.authenticate(&token).await {
                 Ok(principal) => {
+                    // A method the table does not know is not served: the router answers
+                    // UNIMPLEMENTED for it.
+                    let rpc = request.uri().path().rsplit('/').next().unwrap_or_default();
+                    if access::roles(rpc).is_some()
+                        && let Err(denied) = access::check(&principal, rpc)
+                    {
+                        return Ok(Status::from(denied).into_http());
+                    }
                     tracing::Span::current()
                         .record("principal", principal.credential_id.to_string());
                     request.extensions_mut().insert(principal);
@@ -116,4 +125,29 @@ pub fn principal<T>(request: &tonic::Request<T>) -> Result<Principal, Status> {
         .get::<Principal>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("missing credentials"))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::service::access;
+
+    #[test]
+    fn every_served_finmatch_method_has_its_roles_and_nothing_else_does() {
+        let served: Vec<&str> = crate::grpc::methods::served()
+            .paths()
+            .filter_map(|path| path.strip_prefix("/finmatch.v1."))
+            .map(|rest| rest.rsplit('/').next().unwrap())
+            .collect();
+        for rpc in &served {
+            assert!(
+                access::roles(rpc).is_some(),
+                "{rpc} has no entry in access::RULES"
+            );
+        }
+        let mut named: Vec<&str> = access::rpcs().collect();
+        let mut served = served;
+        named.sort_unstable();
+        served.sort_unstable();
+        assert_eq!(named, served);
+    }
 }

@@ -64,6 +64,11 @@ impl Methods {
         self.0.get(path).map_or(OTHER, |m| m.label.as_str())
     }
 
+    /// Every served path, `/package.Service/Method`.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
     /// How many methods are served.
     pub fn len(&self) -> usize {
         self.0.len()

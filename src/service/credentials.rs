@@ -225,7 +225,7 @@ impl App {
         who: &Principal,
         input: NewCredential,
     ) -> Result<IssuedCredential> {
-        who.require("IssueCredential", &[Role::Operator])?;
+        who.require("IssueCredential")?;
         self.create_credential(Some(who), input).await
     }
 
@@ -286,7 +286,7 @@ impl App {
     /// Revokes a credential at once (OPERATOR only). Revoking twice is harmless.
     #[tracing::instrument(skip(self, who))]
     pub async fn revoke_credential(&self, who: &Principal, id: Uuid) -> Result<Credential> {
-        who.require("RevokeCredential", &[Role::Operator])?;
+        who.require("RevokeCredential")?;
         self.revoke(Some(who), id).await
     }
 

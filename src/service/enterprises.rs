@@ -11,15 +11,12 @@ use super::paging::{Cursor, Page, PageRequest};
 use super::{App, Error, Principal, Result, audit, reason};
 use crate::domain::{
     EnterprisePatch, EnterpriseSize, IndustryPrefix, ListCode, NewDesignation, NewEnterprise,
-    RegionPrefix, Role,
+    RegionPrefix,
 };
 use crate::storage::enterprises::{
     DesignationRow, EnterpriseChanges, EnterpriseFilter, EnterpriseRow,
 };
 use crate::storage::{self, Connection, Failure};
-
-/// Who may use the enterprise register.
-const REGISTRARS: &[Role] = &[Role::Operator, Role::Portal];
 
 /// An enterprise as stored, with its current (unrevoked) designations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +69,7 @@ impl App {
         who: &Principal,
         input: NewEnterprise,
     ) -> Result<Enterprise> {
-        who.require("CreateEnterprise", REGISTRARS)?;
+        who.require("CreateEnterprise")?;
         let created = retry_conflicts(TRIES, || {
             let (who, input) = (who.clone(), input.clone());
             async move {
@@ -114,7 +111,7 @@ impl App {
     }
 
     pub async fn get_enterprise(&self, who: &Principal, id: Uuid) -> Result<Enterprise> {
-        who.require("GetEnterprise", REGISTRARS)?;
+        who.require("GetEnterprise")?;
         let mut conn = self.conn().await?;
         load(&mut conn, id).await
     }
@@ -125,7 +122,7 @@ impl App {
         query: EnterpriseQuery,
         page: PageRequest,
     ) -> Result<Page<Enterprise>> {
-        who.require("ListEnterprises", REGISTRARS)?;
+        who.require("ListEnterprises")?;
         let mut conn = self.conn().await?;
         let filter = EnterpriseFilter {
             region_prefix: query.region_prefix.as_ref().map(|p| p.as_str()),
@@ -159,7 +156,7 @@ impl App {
         id: Uuid,
         patch: EnterprisePatch,
     ) -> Result<Enterprise> {
-        who.require("UpdateEnterprise", REGISTRARS)?;
+        who.require("UpdateEnterprise")?;
         retry_conflicts(TRIES, || {
             let (who, patch) = (who.clone(), patch.clone());
             async move {
@@ -214,7 +211,7 @@ impl App {
         enterprise_id: Uuid,
         designation: NewDesignation,
     ) -> Result<Enterprise> {
-        who.require("GrantDesignation", REGISTRARS)?;
+        who.require("GrantDesignation")?;
         let who = who.clone();
         self.conn()
             .await?
@@ -275,7 +272,7 @@ impl App {
         enterprise_id: Uuid,
         list_code: ListCode,
     ) -> Result<Enterprise> {
-        who.require("RevokeDesignation", REGISTRARS)?;
+        who.require("RevokeDesignation")?;
         let who = who.clone();
         self.conn()
             .await?

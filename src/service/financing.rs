@@ -17,15 +17,12 @@ use super::routing::{
 use super::{App, Error, Idempotency, Principal, Result, audit, error, reason};
 use crate::domain::{
     Channel, Collateral, DeclineReason, IndustryPrefix, NeedStatus, NewNeed, Purpose,
-    ReferralStatus, RegionPrefix, Role, wire_name,
+    ReferralStatus, RegionPrefix, wire_name,
 };
 use crate::matching::{IneligibleReason, evaluate, select_routes};
 use crate::storage::needs::{NeedFilter, NeedRow};
 use crate::storage::referrals::{NewReferralEvent, ReferralRow};
 use crate::storage::{self, Connection, Failure};
-
-/// Who may work with needs.
-const INTAKE: &[Role] = &[Role::Operator, Role::Portal];
 
 pub const RPC_SUBMIT: &str = "finmatch.v1.FinancingService/SubmitNeed";
 const RPC_WITHDRAW: &str = "finmatch.v1.FinancingService/WithdrawNeed";
@@ -201,7 +198,7 @@ impl App {
         need: NewNeed,
         encode: Encoder,
     ) -> Result<Submission> {
-        who.require("SubmitNeed", INTAKE)?;
+        who.require("SubmitNeed")?;
         // Usually stored with the calls that arrived meanwhile, in one statement and one commit;
         // the rare call the wave cannot store (a replay, a duplicate, a full product) goes alone.
         if let Some(stored) = self
@@ -248,7 +245,7 @@ impl App {
         items: Vec<ImportItem>,
         encode: Encoder,
     ) -> Result<Vec<ImportOutcome>> {
-        who.require("ImportNeeds", INTAKE)?;
+        who.require("ImportNeeds")?;
         let items = &items;
         let mut outcomes: Vec<Option<ImportOutcome>> = items.iter().map(|_| None).collect();
         let mut pending: Vec<usize> = (0..items.len()).collect();
@@ -473,7 +470,7 @@ impl App {
         offset: usize,
         size: usize,
     ) -> Result<PreviewPage> {
-        who.require("PreviewMatches", INTAKE)?;
+        who.require("PreviewMatches")?;
         let now = Utc::now();
         let policy = self.policy();
         let (need, enterprise_id, tried, open) = match subject {
@@ -547,7 +544,7 @@ impl App {
 
     /// A need with all its referrals, oldest first.
     pub async fn get_need(&self, who: &Principal, id: Uuid) -> Result<NeedWithReferrals> {
-        who.require("GetNeed", INTAKE)?;
+        who.require("GetNeed")?;
         let mut conn = self.conn().await?;
         let (row, referrals, disbursed) = storage::needs::find_with_referrals(&mut conn, id)
             .await?
@@ -561,7 +558,7 @@ impl App {
         query: NeedQuery,
         page: PageRequest,
     ) -> Result<Page<Need>> {
-        who.require("ListNeeds", INTAKE)?;
+        who.require("ListNeeds")?;
         let mut conn = self.conn().await?;
         let filter = NeedFilter {
             statuses: query.statuses.iter().map(|s| s.as_str()).collect(),
@@ -597,7 +594,7 @@ impl App {
         id: Uuid,
         reason: String,
     ) -> Result<NeedWithReferrals> {
-        who.require("WithdrawNeed", INTAKE)?;
+        who.require("WithdrawNeed")?;
         error::retry_conflicts(TRIES, || {
             let (who, reason) = (who.clone(), reason.clone());
             async move {
@@ -649,7 +646,7 @@ impl App {
         id: Uuid,
         target_open: Option<usize>,
     ) -> Result<NeedWithReferrals> {
-        who.require("RerouteNeed", &[Role::Operator])?;
+        who.require("RerouteNeed")?;
         let target = target_open.unwrap_or(self.policy().top_k);
         error::retry_conflicts(TRIES, || {
             let who = who.clone();

@@ -8,12 +8,10 @@ use super::error::{TRIES, retry_conflicts};
 use super::paging::{Cursor, Page, PageRequest};
 use super::{App, Error, Principal, Result, audit, reason};
 use crate::domain::{
-    Collateral, EnterpriseSize, LenderKind, NewLender, NewProduct, ProductInput, ProductPatch, Role,
+    Collateral, EnterpriseSize, LenderKind, NewLender, NewProduct, ProductInput, ProductPatch,
 };
 use crate::storage::lenders::{LenderRow, ProductRow, ProductValues, strings};
 use crate::storage::{self, Failure};
-
-const OPERATORS: &[Role] = &[Role::Operator];
 
 const RPC_CREATE_LENDER: &str = "finmatch.v1.LenderService/CreateLender";
 const RPC_CREATE_PRODUCT: &str = "finmatch.v1.LenderService/CreateProduct";
@@ -62,7 +60,7 @@ impl App {
         input: NewLender,
         active: bool,
     ) -> Result<Lender> {
-        who.require("CreateLender", OPERATORS)?;
+        who.require("CreateLender")?;
         let lender = retry_conflicts(TRIES, || {
             let (who, input) = (who.clone(), input.clone());
             async move {
@@ -109,7 +107,7 @@ impl App {
     }
 
     pub async fn get_lender(&self, who: &Principal, id: Uuid) -> Result<Lender> {
-        who.require("GetLender", OPERATORS)?;
+        who.require("GetLender")?;
         let mut conn = self.conn().await?;
         let row = storage::lenders::find(&mut conn, id)
             .await?
@@ -123,7 +121,7 @@ impl App {
         active: Option<bool>,
         page: PageRequest,
     ) -> Result<Page<Lender>> {
-        who.require("ListLenders", OPERATORS)?;
+        who.require("ListLenders")?;
         let mut conn = self.conn().await?;
         let rows = storage::lenders::list(
             &mut conn,
@@ -150,7 +148,7 @@ impl App {
     /// lender has a product of that name.
     #[tracing::instrument(skip_all, fields(lender_id = %input.lender_id()))]
     pub async fn create_product(&self, who: &Principal, input: NewProduct) -> Result<Product> {
-        who.require("CreateProduct", OPERATORS)?;
+        who.require("CreateProduct")?;
         retry_conflicts(TRIES, || {
             let (who, input) = (who.clone(), input.clone());
             async move {
@@ -195,7 +193,7 @@ impl App {
         id: Uuid,
         patch: ProductPatch,
     ) -> Result<Product> {
-        who.require("UpdateProduct", OPERATORS)?;
+        who.require("UpdateProduct")?;
         retry_conflicts(TRIES, || {
             let (who, patch) = (who.clone(), patch.clone());
             async move {
@@ -236,7 +234,7 @@ impl App {
         active: Option<bool>,
         page: PageRequest,
     ) -> Result<Page<Product>> {
-        who.require("ListProducts", OPERATORS)?;
+        who.require("ListProducts")?;
         let mut conn = self.conn().await?;
         let rows = storage::lenders::list_products(
             &mut conn,

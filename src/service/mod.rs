@@ -36,6 +36,7 @@ use crate::domain::Role;
 use crate::matching::RoutingPolicy;
 use crate::storage::{self, DbPool, PooledConnection};
 
+pub mod access;
 pub mod audit;
 pub mod credentials;
 pub mod enterprises;
@@ -145,26 +146,14 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// PERMISSION_DENIED unless the caller has one of `roles`.
-    pub fn require(&self, rpc: &str, roles: &[Role]) -> Result<()> {
-        if roles.contains(&self.role) {
-            Ok(())
-        } else {
-            let allowed = roles
-                .iter()
-                .map(|r| r.wire_name())
-                .collect::<Vec<_>>()
-                .join(" or ");
-            Err(Error::PermissionDenied(format!(
-                "{rpc} requires the {allowed} role; this credential has role {}",
-                self.role
-            )))
-        }
+    /// PERMISSION_DENIED unless the caller has a role `rpc` admits ([`access`]).
+    pub fn require(&self, rpc: &str) -> Result<()> {
+        access::check(self, rpc)
     }
 
     /// The lender a LENDER credential is bound to; PERMISSION_DENIED for other roles.
     pub fn require_lender(&self, rpc: &str) -> Result<Uuid> {
-        self.require(rpc, &[Role::Lender])?;
+        self.require(rpc)?;
         self.lender_id
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("lender credential without lender")))
     }

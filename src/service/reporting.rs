@@ -6,11 +6,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{App, Error, Principal, Result};
-use crate::domain::{DeclineReason, IndustryPrefix, NeedStatus, RegionPrefix, Role};
+use crate::domain::{DeclineReason, IndustryPrefix, NeedStatus, RegionPrefix};
 use crate::storage::reporting::{self as queries, CohortFilter, NeedGroupRow};
-
-/// Who may read the summary.
-const READERS: &[Role] = &[Role::Operator, Role::Portal];
 
 /// The cohort and groupings of a summary, validated by the caller.
 #[derive(Debug, Clone)]
@@ -115,7 +112,7 @@ impl App {
     /// breakdowns add up to the totals even while needs are being submitted.
     #[tracing::instrument(skip(self, who))]
     pub async fn get_summary(&self, who: &Principal, query: SummaryQuery) -> Result<Summary> {
-        who.require("GetSummary", READERS)?;
+        who.require("GetSummary")?;
         let filter = CohortFilter {
             from: query.from,
             to: query.to,

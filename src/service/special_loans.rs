@@ -18,7 +18,7 @@ use super::paging::{Cursor, Page, PageRequest};
 use super::{App, Error, Idempotency, Principal, Result, audit, reason};
 use crate::domain::special_loan::{effective_rate_bps, subsidy_minor};
 use crate::domain::{
-    AllocationStatus, AmountMinor, Bps, ListCode, Name, NonNegativeMinor, Note, Reference, Role,
+    AllocationStatus, AmountMinor, Bps, ListCode, Name, NonNegativeMinor, Note, Reference,
     TermMonths, format_cny, format_percent,
 };
 use crate::storage::special_loans::{
@@ -31,9 +31,6 @@ const RPC_SET_QUOTA: &str = "finmatch.v1.SpecialLoanService/SetLenderQuota";
 const RPC_ALLOCATE: &str = "finmatch.v1.SpecialLoanService/AllocateSpecialLoan";
 const RPC_CONFIRM: &str = "finmatch.v1.SpecialLoanService/ConfirmAllocation";
 const RPC_RELEASE: &str = "finmatch.v1.SpecialLoanService/ReleaseAllocation";
-
-/// Who may read programs and work with allocations (a lender only with its own).
-const PARTICIPANTS: &[Role] = &[Role::Operator, Role::Lender];
 
 /// A program to create, with its rules.
 #[derive(Debug, Clone)]
@@ -143,7 +140,7 @@ impl App {
     /// Creates a program with its rules and no lender quotas; ALREADY_EXISTS for a taken code.
     #[tracing::instrument(skip_all, fields(code = input.code.as_str()))]
     pub async fn create_program(&self, who: &Principal, input: NewProgram) -> Result<Program> {
-        who.require("CreateProgram", &[Role::Operator])?;
+        who.require("CreateProgram")?;
         let program = retry_conflicts(TRIES, || {
             let (who, input) = (who.clone(), input.clone());
             async move {
@@ -209,7 +206,7 @@ impl App {
 
     /// The program with its balances, read in one snapshot; a lender sees only its own quota.
     pub async fn get_program(&self, who: &Principal, id: Uuid) -> Result<Program> {
-        who.require("GetProgram", PARTICIPANTS)?;
+        who.require("GetProgram")?;
         let lender_scope = who.lender_id;
         self.conn()
             .await?
@@ -230,7 +227,7 @@ impl App {
         lender_id: Uuid,
         quota: NonNegativeMinor,
     ) -> Result<Program> {
-        who.require("SetLenderQuota", &[Role::Operator])?;
+        who.require("SetLenderQuota")?;
         let who = who.clone();
         let quota = quota.get();
         self.conn()
@@ -311,7 +308,7 @@ impl App {
         idempotency: Idempotency,
         request: AllocationRequest,
     ) -> Result<Allocation> {
-        who.require("AllocateSpecialLoan", PARTICIPANTS)?;
+        who.require("AllocateSpecialLoan")?;
         if let Some(own) = who.lender_id
             && own != request.lender_id
         {
@@ -361,7 +358,7 @@ impl App {
         loan_reference: Reference,
         disbursed_on: NaiveDate,
     ) -> Result<Allocation> {
-        who.require("ConfirmAllocation", PARTICIPANTS)?;
+        who.require("ConfirmAllocation")?;
         retry_conflicts(TRIES, || {
             let (who, loan_reference) = (who.clone(), loan_reference.clone());
             async move {
@@ -470,7 +467,7 @@ impl App {
         id: Uuid,
         why: Note,
     ) -> Result<Allocation> {
-        who.require("ReleaseAllocation", PARTICIPANTS)?;
+        who.require("ReleaseAllocation")?;
         let who = who.clone();
         self.conn()
             .await?
@@ -538,7 +535,7 @@ impl App {
         query: AllocationQuery,
         page: PageRequest,
     ) -> Result<Page<Allocation>> {
-        who.require("ListAllocations", PARTICIPANTS)?;
+        who.require("ListAllocations")?;
         let lender_id = match (who.lender_id, query.lender_id) {
             (Some(own), Some(asked)) if own != asked => {
                 return Err(Error::PermissionDenied(format!(
