@@ -65,6 +65,13 @@ impl ReferralStatus {
         )
     }
 
+    /// Whether the lender may see the enterprise's contact data on a referral in this status
+    /// (given the owner's consent): while the referral is open, and once the lender has lent on
+    /// it. Declined, expired and cancelled referrals (a withdrawn need's among them) show none.
+    pub fn shows_contact(self) -> bool {
+        self.is_open() || self == ReferralStatus::Disbursed
+    }
+
     /// Whether the lender still owes a decision (the SLA clock runs).
     pub fn awaits_decision(self) -> bool {
         matches!(

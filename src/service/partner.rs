@@ -39,7 +39,8 @@ pub struct LenderReferral {
     /// Filled where the contract says the lender sees the need.
     pub need: Option<Need>,
     /// Filled where the contract says the lender sees the enterprise; contact data blanked
-    /// unless the need's owner consented to share.
+    /// unless the need's owner consented to share and the referral is open or was lent on
+    /// ([`ReferralStatus::shows_contact`]).
     pub enterprise: Option<Enterprise>,
 }
 
@@ -749,8 +750,8 @@ async fn bare(conn: &mut Connection, row: ReferralRow) -> Result<LenderReferral>
     })
 }
 
-/// Fills need, enterprise (contact data only with consent) and disbursed sums, in four queries
-/// for the whole page.
+/// Fills need, enterprise (contact data only with consent, on an open or lent-on referral) and
+/// disbursed sums, in four queries for the whole page.
 async fn with_context(
     conn: &mut Connection,
     rows: Vec<ReferralRow>,
@@ -782,16 +783,18 @@ async fn with_context(
             let need = needs.get(&row.need_id).cloned().ok_or_else(|| {
                 Error::Internal(anyhow::anyhow!("referral {} without need", row.id))
             })?;
+            let disbursed_minor = disbursed.get(&row.id).copied().unwrap_or(0);
+            let referral = to_referral(row)?;
             let mut enterprise = enterprises.get(&need.enterprise_id).cloned();
-            if !need.consent_to_share
+            if !(need.consent_to_share && referral.status.shows_contact())
                 && let Some(e) = enterprise.as_mut()
             {
                 e.contact_name = String::new();
                 e.contact_phone = None;
             }
             Ok(LenderReferral {
-                disbursed_minor: disbursed.get(&row.id).copied().unwrap_or(0),
-                referral: to_referral(row)?,
+                disbursed_minor,
+                referral,
                 need: Some(to_need(need)?),
                 enterprise,
             })

@@ -530,6 +530,90 @@ async fn get_referral_shows_need_and_enterprise_with_contact_only_under_consent(
     assert_eq!(enterprise.contact_phone, "");
 }
 
+/// Contact data reaches a lender only while it may still lend on the referral, or once it has:
+/// not after it declined, nor on a referral cancelled because another bank funded the need or
+/// the enterprise withdrew it. The rest of the enterprise stays visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contact_data_is_shown_only_on_open_and_funded_referrals() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let b = bank(&app, "Bank B").await;
+    let c = bank(&app, "Bank C").await;
+    let contact = |r: &pb::Referral| {
+        let e = r.enterprise.as_ref().expect("the enterprise is shown");
+        assert!(!e.name.is_empty());
+        (e.contact_name.clone(), e.contact_phone.clone())
+    };
+    let shown = ("王经理".to_owned(), "13912345678".to_owned());
+    let hidden = (String::new(), String::new());
+    let listed = |bank: &Bank, id: Uuid| {
+        let app = &app;
+        let token = bank.token.clone();
+        async move {
+            partner(app)
+                .list_referrals(authed(pb::ListReferralsRequest::default(), &token))
+                .await
+                .unwrap()
+                .into_inner()
+                .referrals
+                .into_iter()
+                .find(|r| r.id == id.to_string())
+                .expect("listed")
+        }
+    };
+
+    let r = routed(&app, 1_000_000, &[&a, &b, &c]).await;
+    let (ra, rb, rc) = (r.referrals[0], r.referrals[1], r.referrals[2]);
+    for (bank, id) in [(&a, ra), (&b, rb), (&c, rc)] {
+        assert_eq!(contact(&get(&app, bank, id).await.unwrap()), shown, "open");
+    }
+    partner(&app)
+        .decide_referral(authed(
+            decline(rb, "decline-b", pb::DeclineReason::CreditHistory, ""),
+            &b.token,
+        ))
+        .await
+        .expect("decline");
+    assert_eq!(
+        contact(&get(&app, &b, rb).await.unwrap()),
+        hidden,
+        "declined"
+    );
+    assert_eq!(contact(&listed(&b, rb).await), hidden, "declined, listed");
+
+    approved(&app, &a, ra, 1_000_000).await;
+    disburse(&app, &a, disbursement(ra, "A-1", 1_000_000))
+        .await
+        .unwrap();
+    let funded = get(&app, &a, ra).await.unwrap();
+    assert_eq!(status(&funded), pb::ReferralStatus::Disbursed);
+    assert_eq!(contact(&funded), shown, "the lender that lent");
+    assert_eq!(contact(&listed(&a, ra).await), shown);
+    let cancelled = get(&app, &c, rc).await.unwrap();
+    assert_eq!(status(&cancelled), pb::ReferralStatus::Cancelled);
+    assert_eq!(
+        contact(&cancelled),
+        hidden,
+        "cancelled: another bank funded it"
+    );
+
+    let w = routed(&app, 1_000_000, &[&a, &b, &c]).await;
+    FinancingServiceClient::new(app.channel.clone())
+        .withdraw_need(authed(
+            pb::WithdrawNeedRequest {
+                need_id: w.need_id.to_string(),
+                reason: "financed elsewhere".into(),
+            },
+            &app.operator,
+        ))
+        .await
+        .expect("withdraw");
+    let after = get(&app, &a, w.referrals[0]).await.unwrap();
+    assert_eq!(status(&after), pb::ReferralStatus::Cancelled);
+    assert_eq!(contact(&after), hidden, "withdrawn");
+    assert_eq!(contact(&listed(&a, w.referrals[0]).await), hidden);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_referrals_filters_by_status_and_time_and_pages() {
     let app = TestApp::spawn().await;
