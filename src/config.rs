@@ -85,6 +85,15 @@ pub struct ServerArgs {
     #[arg(long, env = "FINMATCH_MAX_CONCURRENT_CALLS", default_value_t = 512)]
     pub max_concurrent_calls: usize,
 
+    /// WatchReferrals streams one credential may hold open on this replica at once; beyond it
+    /// RESOURCE_EXHAUSTED. Open streams also count against --max-concurrent-calls.
+    #[arg(
+        long,
+        env = "FINMATCH_MAX_WATCH_STREAMS_PER_CREDENTIAL",
+        default_value_t = 4
+    )]
+    pub max_watch_streams_per_credential: usize,
+
     /// Upper bound on any unary call's duration, whatever deadline the client sets. Streaming
     /// calls are not bounded by it (see --stream-idle-secs).
     #[arg(long, env = "FINMATCH_CALL_TIMEOUT_SECS", default_value_t = 30)]
@@ -148,6 +157,7 @@ impl Default for ServerArgs {
             tls_key: None,
             tls_client_ca: None,
             max_concurrent_calls: 512,
+            max_watch_streams_per_credential: 4,
             call_timeout_secs: 30,
             stream_idle_secs: 30,
             max_message_bytes: 4 * 1024 * 1024,

@@ -15,7 +15,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use crate::config::Settings;
 use crate::grpc;
 use crate::service::App;
-use crate::service::events::ReferralFeed;
+use crate::service::events::{ReferralFeed, StreamLimits};
 use crate::storage;
 
 /// The HTTP/2 flow-control window of each call's request stream. Most gRPC clients send each
@@ -65,7 +65,15 @@ impl Application {
             ),
             None => None,
         };
-        let referral_feed = ReferralFeed::new(settings.server.relay_lease());
+        let referral_feed = ReferralFeed::with_limits(
+            settings.server.relay_lease(),
+            StreamLimits {
+                per_credential: settings.server.max_watch_streams_per_credential,
+                calls: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                    settings.server.max_concurrent_calls,
+                )),
+            },
+        );
         Ok(Self {
             listener,
             metrics_listener,
@@ -170,8 +178,9 @@ impl Application {
             .layer(grpc::layers::trace())
             .layer(call_timeout)
             .load_shed()
-            .layer(GlobalConcurrencyLimitLayer::new(
-                server_args.max_concurrent_calls,
+            // The permits are the feed's: each open watch stream holds one too.
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+                referral_feed.call_permits(),
             ))
             .layer(grpc::auth::AuthLayer::new(app.clone()))
             .layer(grpc::partner::FeedLayer::new(referral_feed.clone()))

@@ -61,7 +61,7 @@ use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection as _;
 use futures::stream::BoxStream;
 use futures::{FutureExt as _, StreamExt as _};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -156,6 +156,47 @@ struct Shared {
     /// This server's id as a lease holder.
     holder: Uuid,
     lease: Duration,
+    limits: StreamLimits,
+    /// Open watch streams by credential.
+    open: Mutex<HashMap<Uuid, usize>>,
+}
+
+/// How many watch streams may be open at once.
+#[derive(Debug, Clone)]
+pub struct StreamLimits {
+    /// Per credential (`--max-watch-streams-per-credential`).
+    pub per_credential: usize,
+    /// The server's call permits (`--max-concurrent-calls`), shared with its unary calls' limit:
+    /// an open stream holds one for as long as it is open.
+    pub calls: Arc<Semaphore>,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            per_credential: 4,
+            calls: Arc::new(Semaphore::new(512)),
+        }
+    }
+}
+
+/// One open watch stream's place in the counts; given back when the stream ends.
+struct StreamSlot {
+    shared: Arc<Shared>,
+    credential_id: Uuid,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.shared.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.credential_id) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.credential_id);
+            }
+        }
+    }
 }
 
 /// The referral event feed of one server; cheap to clone.
@@ -168,6 +209,11 @@ impl ReferralFeed {
     /// A feed whose relay lease, when this server holds it, lasts `lease` unless renewed; it does
     /// nothing until [`run`](Self::run) is polled.
     pub fn new(lease: Duration) -> Self {
+        Self::with_limits(lease, StreamLimits::default())
+    }
+
+    /// [`ReferralFeed::new`], with these stream limits.
+    pub fn with_limits(lease: Duration, limits: StreamLimits) -> Self {
         let (state, _) = watch::channel(FeedState {
             ready: false,
             open: true,
@@ -179,8 +225,48 @@ impl ReferralFeed {
                 counters: Counters::default(),
                 holder: Uuid::new_v4(),
                 lease: lease.max(Duration::from_secs(1)),
+                limits,
+                open: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// The server's call permits, for the unary calls' concurrency limit.
+    pub fn call_permits(&self) -> Arc<Semaphore> {
+        self.shared.limits.calls.clone()
+    }
+
+    /// A place for one more stream of `credential_id`, or RESOURCE_EXHAUSTED naming the limit.
+    fn open_stream(&self, credential_id: Uuid) -> Result<StreamSlot> {
+        let limits = &self.shared.limits;
+        let mut open = self.shared.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(credential_id).or_default();
+        if *count >= limits.per_credential {
+            return Err(Error::ResourceExhausted(format!(
+                "this credential has {count} WatchReferrals streams open on this server, the most \
+                 allowed (FINMATCH_MAX_WATCH_STREAMS_PER_CREDENTIAL); close one, or resume on it \
+                 with its last cursor"
+            )));
+        }
+        let permit = limits.calls.clone().try_acquire_owned().map_err(|_| {
+            Error::ResourceExhausted(
+                "the server is at its limit of concurrent calls and streams \
+                 (FINMATCH_MAX_CONCURRENT_CALLS); retry with backoff"
+                    .into(),
+            )
+        })?;
+        *count += 1;
+        Ok(StreamSlot {
+            shared: self.shared.clone(),
+            credential_id,
+            _permit: permit,
+        })
+    }
+
+    /// Watch streams open on this server, over all credentials.
+    pub fn open_streams(&self) -> usize {
+        let open = self.shared.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.values().sum()
     }
 
     pub fn stats(&self) -> FeedStats {
@@ -467,7 +553,9 @@ impl App {
         after_cursor: i64,
     ) -> Result<BoxStream<'static, Result<WatchItem>>> {
         let lender_id = who.require_lender("WatchReferrals")?;
+        let slot = feed.open_stream(who.credential_id)?;
         let state = Watch {
+            _slot: slot,
             app: self.clone(),
             feed: feed.clone(),
             feed_state: feed.shared.state.subscribe(),
@@ -495,6 +583,8 @@ impl App {
 
 /// The position of one watch stream.
 struct Watch {
+    /// Its place in the stream counts, given back when the stream is dropped.
+    _slot: StreamSlot,
     app: App,
     feed: ReferralFeed,
     feed_state: watch::Receiver<FeedState>,

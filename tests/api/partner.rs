@@ -1766,3 +1766,108 @@ async fn answers_racing_the_sla_sweeper_never_deadlock_and_never_end_internal() 
         "{codes:?}"
     );
 }
+
+/// Opens a watch stream with `token`: the stream, or the status the call was refused with.
+async fn try_watch(
+    app: &TestApp,
+    token: &str,
+) -> Result<tonic::Streaming<pb::WatchReferralsResponse>, tonic::Status> {
+    partner(app)
+        .watch_referrals(authed(pb::WatchReferralsRequest { after_cursor: 0 }, token))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_credential_holds_at_most_its_share_of_watch_streams() {
+    let app = TestApp::spawn_with(
+        std::sync::Arc::new(crate::helpers::TestDatabase::create().await),
+        finmatch::config::ServerArgs {
+            max_watch_streams_per_credential: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    let a = bank(&app, "Bank A").await;
+    let b = bank(&app, "Bank B").await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        open.push(try_watch(&app, &a.token).await.expect("within the limit"));
+    }
+    let refused = try_watch(&app, &a.token).await.expect_err("over the limit");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("FINMATCH_MAX_WATCH_STREAMS_PER_CREDENTIAL"),
+        "{refused:?}"
+    );
+    // The limit is the credential's: another credential of the same bank, and another bank,
+    // still open theirs.
+    let a_again = app.token(Role::Lender, Some(a.lender_id)).await;
+    let _other_credential = try_watch(&app, &a_again).await.expect("own count");
+    let _other_bank = try_watch(&app, &b.token).await.expect("own count");
+    assert_eq!(app.feed.open_streams(), 4);
+
+    // A stream the bank closes gives its place back.
+    drop(open.pop());
+    eventually("the closed stream is no longer counted", || {
+        app.feed.open_streams() == 3
+    })
+    .await;
+    let mut reopened = try_watch(&app, &a.token).await.expect("a place is free");
+    let routed = routed(&app, 1_000_000, &[&a, &b]).await;
+    let got = events(&mut reopened, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        got[0].referral.as_ref().unwrap().id,
+        routed.referrals[0].to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_watch_streams_count_against_the_servers_concurrency_limit() {
+    let app = TestApp::spawn_with(
+        std::sync::Arc::new(crate::helpers::TestDatabase::create().await),
+        finmatch::config::ServerArgs {
+            max_concurrent_calls: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    let banks = [
+        bank(&app, "Bank A").await,
+        bank(&app, "Bank B").await,
+        bank(&app, "Bank C").await,
+    ];
+    // Each stream keeps one of the three permits; opening one needs a second for the call
+    // itself, so two streams fit and a third does not.
+    let first = try_watch(&app, &banks[0].token).await.expect("a permit");
+    let _second = try_watch(&app, &banks[1].token).await.expect("a permit");
+    let refused = try_watch(&app, &banks[2].token)
+        .await
+        .expect_err("no permit left for a stream");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("FINMATCH_MAX_CONCURRENT_CALLS"),
+        "{refused:?}"
+    );
+    // A unary call still gets the last permit.
+    list_referrals_of(&app, &banks[0]).await;
+
+    drop(first);
+    eventually("the closed stream gives its permit back", || {
+        app.feed.open_streams() == 1
+    })
+    .await;
+    try_watch(&app, &banks[2].token)
+        .await
+        .expect("the freed permit");
+}
+
+/// Any unary call of `bank`'s: a listing of its referrals.
+async fn list_referrals_of(app: &TestApp, bank: &Bank) {
+    partner(app)
+        .list_referrals(authed(pb::ListReferralsRequest::default(), &bank.token))
+        .await
+        .expect("a unary call within the limit");
+}
