@@ -94,8 +94,13 @@ PORT=$(free_port)
 METRICS_PORT=$(free_port)
 SERVER="http://127.0.0.1:$PORT"
 log "starting finmatch serve on $SERVER (metrics on 127.0.0.1:$METRICS_PORT)"
+# The watch scenario opens --streams streams over the seeded lenders' one credential each, far
+# beyond a production credential's share (FINMATCH_MAX_WATCH_STREAMS_PER_CREDENTIAL, default 4),
+# and each open stream holds one of the FINMATCH_MAX_CONCURRENT_CALLS permits (default 512).
 FINMATCH_DATABASE_URL="$DB_URL" FINMATCH_LISTEN_ADDR="127.0.0.1:$PORT" \
   FINMATCH_METRICS_ADDR="127.0.0.1:$METRICS_PORT" RUST_LOG=warn \
+  FINMATCH_MAX_WATCH_STREAMS_PER_CREDENTIAL="$STREAMS" \
+  FINMATCH_MAX_CONCURRENT_CALLS=$((STREAMS + 1024)) \
   "$BIN" serve >"$OUT/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 300); do

@@ -309,6 +309,7 @@ async fn credentials(action: CredentialsCommand) -> anyhow::Result<()> {
                     role: role.into(),
                     lender_id,
                     label,
+                    expires_at: None,
                 })
                 .await
                 .map_err(describe)?;
@@ -388,6 +389,7 @@ async fn dev(
             role: Role::Operator,
             lender_id: None,
             label: format!("{DEV_LABEL}operator, {started}"),
+            expires_at: None,
         })
         .await
         .map_err(describe)?;
@@ -398,6 +400,7 @@ async fn dev(
                 role: Role::Lender,
                 lender_id: Some(*lender_id),
                 label: format!("{DEV_LABEL}{}, {started}", bank.short),
+                expires_at: None,
             })
             .await
             .map_err(describe)?;

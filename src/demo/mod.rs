@@ -840,12 +840,14 @@ async fn loader_credential(
             role,
             lender_id,
             label: label.to_owned(),
+            expires_at: None,
         })
         .await?;
     Ok(Principal {
         credential_id: issued.credential.id,
         role,
         lender_id,
+        expires_at: None,
     })
 }
 

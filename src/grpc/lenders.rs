@@ -215,6 +215,7 @@ impl pb::lender_service_server::LenderService for LenderHandler {
             crate::domain::Role::required(pb::Role::to_domain(body.role)),
         );
         let lender_id = convert::optional_id("lender_id", &body.lender_id, &mut v);
+        let expires_at = convert::instant("expire_time", body.expire_time.as_ref(), &mut v);
         check(v)?;
         let issued = self
             .app
@@ -224,12 +225,14 @@ impl pb::lender_service_server::LenderService for LenderHandler {
                     role: role.expect("checked"),
                     lender_id: lender_id.flatten(),
                     label: body.label,
+                    expires_at,
                 },
             )
             .await?;
         Ok(Response::new(pb::IssueCredentialResponse {
             credential_id: issued.credential.id.to_string(),
             token: issued.token,
+            expire_time: issued.credential.expires_at.and_then(convert::timestamp),
         }))
     }
 

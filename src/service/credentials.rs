@@ -47,6 +47,8 @@ pub struct Credential {
     pub label: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When it stops being valid, as if revoked then; `None` = no expiry.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// A new credential and its token, which is shown this once and never stored.
@@ -56,12 +58,15 @@ pub struct IssuedCredential {
     pub token: String,
 }
 
-/// What an operator asks for: a role, the lender a LENDER credential is bound to, and a label.
+/// What an operator asks for: a role, the lender a LENDER credential is bound to, a label, and
+/// optionally when it expires.
 #[derive(Debug, Clone)]
 pub struct NewCredential {
     pub role: Role,
     pub lender_id: Option<Uuid>,
     pub label: String,
+    /// Must be in the future; `None` = valid until revoked.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// How many principals one replica keeps (about 200 bytes each).
@@ -182,23 +187,34 @@ impl App {
     pub async fn authenticate(&self, token: &str) -> Result<Principal> {
         let hash = token_hash(token);
         let cache = self.credential_cache();
-        if let Some(principal) = cache.get(&hash) {
+        // One that expired since it was cached is refused by the database lookup below.
+        if let Some(principal) = cache.get(&hash)
+            && principal.expires_at.is_none_or(|at| at > Utc::now())
+        {
             return Ok(principal);
         }
         let ticket = cache.ticket();
         let mut conn = self.conn().await?;
         let row = storage::credentials::find_active_by_hash(&mut conn, &hash)
             .await?
-            .ok_or_else(|| Error::Unauthenticated("unknown or revoked credential".to_owned()))?;
+            .ok_or_else(|| {
+                Error::Unauthenticated("unknown, revoked or expired credential".to_owned())
+            })?;
         let principal = Principal {
             credential_id: row.id,
             role: parse_role(&row.role)?,
             lender_id: row.lender_id,
+            expires_at: row.expires_at,
         };
         if let Some(ticket) = ticket {
             cache.fill(ticket, hash, principal.clone());
         }
         Ok(principal)
+    }
+
+    /// The ids of credentials changed (revoked), as this replica's listener hears of them.
+    pub(crate) fn credential_changes(&self) -> tokio::sync::broadcast::Receiver<Uuid> {
+        self.credential_cache().notified.subscribe()
     }
 
     /// Whether this replica answers authentication from its cache (its listener is live).
@@ -256,6 +272,7 @@ impl App {
                         lender_id: input.lender_id,
                         label: &input.label,
                         token_hash: &hash,
+                        expires_at: input.expires_at,
                     },
                 )
                 .await?;
@@ -273,6 +290,7 @@ impl App {
                         "role": input.role.as_str(),
                         "lender_id": input.lender_id,
                         "label": input.label,
+                        "expires_at": input.expires_at,
                     }),
                 )
                 .await?;
@@ -373,6 +391,12 @@ fn validate(input: &NewCredential) -> Result<()> {
     if label.is_empty() || label.chars().count() > 200 {
         violations.add("label", "a label of 1 to 200 characters is required");
     }
+    if input.expires_at.is_some_and(|at| at <= Utc::now()) {
+        violations.add(
+            "expire_time",
+            "must be in the future; leave it unset for a credential valid until revoked",
+        );
+    }
     if violations.is_empty() {
         Ok(())
     } else {
@@ -395,6 +419,7 @@ fn to_credential(row: storage::credentials::CredentialRow) -> Result<Credential>
         label: row.label,
         created_at: row.created_at,
         revoked_at: row.revoked_at,
+        expires_at: row.expires_at,
     })
 }
 
@@ -423,6 +448,7 @@ mod tests {
             credential_id: Uuid::new_v4(),
             role: Role::Portal,
             lender_id: None,
+            expires_at: None,
         }
     }
 

@@ -51,6 +51,15 @@
 //! in the ring, catches up from the table by itself, and rejoins, so a slow consumer costs its
 //! own reads and never memory or other streams' delivery. A stream holds no database connection
 //! while it waits.
+//!
+//! Revocation: a stream ends UNAUTHENTICATED once its credential is revoked or expires, and is
+//! sent nothing committed after that. Every read of events (the feed's fan-out of a batch, a
+//! stream's catch-up page) is followed, before anything read is sent, by a check in PostgreSQL of
+//! the credentials it would go to; an event committed after a revocation can only be read after
+//! it, so that check sees the revocation. Quiet streams end when this replica's credential
+//! listener hears of the revocation, or at the next [`REVOCATION_POLL`], and at their expiry.
+//! Streams are counted per credential and hold one of the server's call permits
+//! ([`StreamLimits`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -91,6 +100,10 @@ const RELAY_POLL: Duration = Duration::from_millis(20);
 const IDLE_PROBE: Duration = Duration::from_secs(5);
 /// Longest wait before reconnecting a broken listener.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often the credentials of this server's open streams are checked in PostgreSQL, besides
+/// the checks a revocation's notification and every fanned-out batch trigger: the bound on how
+/// long a revocation this server did not hear of can leave a quiet stream open.
+const REVOCATION_POLL: Duration = Duration::from_millis(500);
 
 /// One message of a watch stream.
 #[derive(Debug, Clone)]
@@ -158,7 +171,15 @@ struct Shared {
     lease: Duration,
     limits: StreamLimits,
     /// Open watch streams by credential.
-    open: Mutex<HashMap<Uuid, usize>>,
+    open: Mutex<HashMap<Uuid, CredentialStreams>>,
+}
+
+/// The open watch streams of one credential.
+struct CredentialStreams {
+    lender_id: Uuid,
+    count: usize,
+    /// Set once the credential is found revoked or expired: its streams end UNAUTHENTICATED.
+    ended: watch::Sender<bool>,
 }
 
 /// How many watch streams may be open at once.
@@ -184,15 +205,17 @@ impl Default for StreamLimits {
 struct StreamSlot {
     shared: Arc<Shared>,
     credential_id: Uuid,
+    /// Becomes true when the credential is found revoked or expired.
+    ended: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         let mut open = self.shared.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.credential_id) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(streams) = open.get_mut(&self.credential_id) {
+            streams.count -= 1;
+            if streams.count == 0 {
                 open.remove(&self.credential_id);
             }
         }
@@ -236,12 +259,27 @@ impl ReferralFeed {
         self.shared.limits.calls.clone()
     }
 
-    /// A place for one more stream of `credential_id`, or RESOURCE_EXHAUSTED naming the limit.
-    fn open_stream(&self, credential_id: Uuid) -> Result<StreamSlot> {
+    fn open_credentials(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, CredentialStreams>> {
+        self.shared
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A place for one more stream of `credential_id` (acting for `lender_id`), or
+    /// RESOURCE_EXHAUSTED naming the limit.
+    fn open_stream(&self, credential_id: Uuid, lender_id: Uuid) -> Result<StreamSlot> {
         let limits = &self.shared.limits;
-        let mut open = self.shared.open.lock().unwrap_or_else(|p| p.into_inner());
-        let count = open.entry(credential_id).or_default();
-        if *count >= limits.per_credential {
+        let mut open = self.open_credentials();
+        let streams = open
+            .entry(credential_id)
+            .or_insert_with(|| CredentialStreams {
+                lender_id,
+                count: 0,
+                ended: watch::channel(false).0,
+            });
+        let count = streams.count;
+        if count >= limits.per_credential {
             return Err(Error::ResourceExhausted(format!(
                 "this credential has {count} WatchReferrals streams open on this server, the most \
                  allowed (FINMATCH_MAX_WATCH_STREAMS_PER_CREDENTIAL); close one, or resume on it \
@@ -255,18 +293,85 @@ impl ReferralFeed {
                     .into(),
             )
         })?;
-        *count += 1;
+        streams.count += 1;
         Ok(StreamSlot {
             shared: self.shared.clone(),
             credential_id,
+            ended: streams.ended.subscribe(),
             _permit: permit,
         })
     }
 
     /// Watch streams open on this server, over all credentials.
     pub fn open_streams(&self) -> usize {
-        let open = self.shared.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.values().sum()
+        self.open_credentials().values().map(|s| s.count).sum()
+    }
+
+    /// Ends, with UNAUTHENTICATED, the streams of those of `candidates` that PostgreSQL no longer
+    /// holds active (revoked, expired); returns how many credentials it ended.
+    async fn end_inactive(&self, conn: &mut Connection, candidates: &[Uuid]) -> Result<usize> {
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let inactive = storage::credentials::inactive_among(conn, candidates).await?;
+        let open = self.open_credentials();
+        for id in &inactive {
+            if let Some(streams) = open.get(id) {
+                streams.ended.send_replace(true);
+                tracing::info!(credential_id = %id, streams = streams.count,
+                    "credential revoked or expired: its watch streams end");
+            }
+        }
+        Ok(inactive.len())
+    }
+
+    /// The credentials with streams open here, those acting for `lenders` only when given.
+    fn credentials_watching(&self, lenders: Option<&[Uuid]>) -> Vec<Uuid> {
+        self.open_credentials()
+            .iter()
+            .filter(|(_, s)| !*s.ended.borrow())
+            .filter(|(_, s)| lenders.is_none_or(|l| l.contains(&s.lender_id)))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Ends the streams of credentials revoked or expired anywhere: checks a credential when
+    /// this replica's listener hears it changed, and every credential with streams here every
+    /// [`REVOCATION_POLL`] (which also catches expiry, and revocations while the listener is
+    /// down). Runs until the feed closes.
+    async fn end_revoked(&self, app: &App) {
+        let mut changes = app.credential_changes();
+        let mut state = self.shared.state.subscribe();
+        let mut poll = tokio::time::interval(REVOCATION_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let candidates = tokio::select! {
+                changed = changes.recv() => match changed {
+                    Ok(id) => vec![id],
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.credentials_watching(None),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = poll.tick() => self.credentials_watching(None),
+                _ = state.wait_for(|s| !s.open) => return,
+            };
+            let candidates: Vec<Uuid> = {
+                let open = self.open_credentials();
+                candidates
+                    .into_iter()
+                    .filter(|id| open.contains_key(id))
+                    .collect()
+            };
+            if candidates.is_empty() {
+                continue;
+            }
+            let checked = match app.conn().await {
+                Ok(mut conn) => self.end_inactive(&mut conn, &candidates).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = checked {
+                tracing::warn!(%error, "could not check watch streams' credentials; retrying");
+            }
+        }
     }
 
     pub fn stats(&self) -> FeedStats {
@@ -292,6 +397,12 @@ impl ReferralFeed {
     /// lease, and fans every new batch out to this server's streams. Reconnects with backoff
     /// when its connection breaks.
     pub async fn run(self, app: App) {
+        tokio::join!(self.follow_log(&app), self.end_revoked(&app));
+    }
+
+    /// [`run`](Self::run)'s following of the event log.
+    async fn follow_log(&self, app: &App) {
+        let app = app.clone();
         let mut last = None;
         let mut backoff = Duration::from_millis(100);
         while self.is_open() {
@@ -471,6 +582,20 @@ impl ReferralFeed {
                 .fetch_add(1, Ordering::Relaxed);
             metrics::counter!("finmatch_watch_event_reads_total", "path" => "fanout").increment(1);
             let full = rows.len() as i64 == FANOUT_PAGE;
+            // A credential revoked before these events committed must not receive them, however
+            // late this replica hears of the revocation: check the credentials of the streams
+            // they are for now, after reading them, and end those no longer active first.
+            let watched: Vec<Uuid> = {
+                let lenders = self.lenders();
+                rows.iter()
+                    .map(|row| row.0.lender_id)
+                    .filter(|id| lenders.contains_key(id))
+                    .collect()
+            };
+            if !watched.is_empty() {
+                let candidates = self.credentials_watching(Some(&watched));
+                self.end_inactive(conn, &candidates).await?;
+            }
             let mut lenders = self.lenders();
             for row in rows {
                 last = row.0.cursor;
@@ -553,9 +678,13 @@ impl App {
         after_cursor: i64,
     ) -> Result<BoxStream<'static, Result<WatchItem>>> {
         let lender_id = who.require_lender("WatchReferrals")?;
-        let slot = feed.open_stream(who.credential_id)?;
+        let slot = feed.open_stream(who.credential_id, lender_id)?;
         let state = Watch {
-            _slot: slot,
+            slot,
+            expires_at: who.expires_at.map(|at| {
+                let left = (at - Utc::now()).to_std().unwrap_or_default();
+                Instant::now() + left
+            }),
             app: self.clone(),
             feed: feed.clone(),
             feed_state: feed.shared.state.subscribe(),
@@ -583,8 +712,11 @@ impl App {
 
 /// The position of one watch stream.
 struct Watch {
-    /// Its place in the stream counts, given back when the stream is dropped.
-    _slot: StreamSlot,
+    /// Its place in the stream counts, given back when the stream is dropped; says when the
+    /// credential is found revoked or expired.
+    slot: StreamSlot,
+    /// When the credential expires, if it does.
+    expires_at: Option<Instant>,
     app: App,
     feed: ReferralFeed,
     feed_state: watch::Receiver<FeedState>,
@@ -607,6 +739,7 @@ impl Watch {
             if !self.feed_state.borrow_and_update().open {
                 return Err(Error::Unavailable);
             }
+            self.still_authenticated()?;
             if let Some(event) = self.buffer.pop_front() {
                 return Ok(self.send(event));
             }
@@ -621,10 +754,22 @@ impl Watch {
                 self.read_page().await?;
                 continue;
             }
+            let never = std::future::pending::<()>();
+            let expiry = async {
+                match self.expires_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => never.await,
+                }
+            };
             let live = self.live.as_mut().expect("subscribed above");
             tokio::select! {
                 received = live.recv() => match received {
-                    Ok(event) if event.cursor > self.sent => return Ok(self.send(event)),
+                    // The feed ends a revoked credential's streams before it sends them anything
+                    // committed after the revocation: look again before sending.
+                    Ok(event) if event.cursor > self.sent => {
+                        self.still_authenticated()?;
+                        return Ok(self.send(event));
+                    }
                     // Read from the table already.
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -636,9 +781,22 @@ impl Watch {
                     Err(broadcast::error::RecvError::Closed) => return Err(Error::Unavailable),
                 },
                 _ = self.feed_state.changed() => {}
+                _ = self.slot.ended.changed() => {}
+                () = expiry => {}
                 () = tokio::time::sleep_until(self.heartbeat_at) => return Ok(self.heartbeat()),
             }
         }
+    }
+
+    /// UNAUTHENTICATED once the credential is known to be revoked or has expired.
+    fn still_authenticated(&mut self) -> Result<()> {
+        let expired = self.expires_at.is_some_and(|at| at <= Instant::now());
+        if expired || *self.slot.ended.borrow_and_update() {
+            return Err(Error::Unauthenticated(
+                "the credential was revoked or has expired; this stream has ended".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn send(&mut self, event: Arc<ReferralEvent>) -> WatchItem {
@@ -660,8 +818,20 @@ impl Watch {
     async fn read_page(&mut self) -> Result<()> {
         let rows = {
             let mut conn = self.app.conn().await?;
-            storage::partner::delivered_events(&mut conn, Some(self.lender_id), self.sent, PAGE)
-                .await?
+            let rows = storage::partner::delivered_events(
+                &mut conn,
+                Some(self.lender_id),
+                self.sent,
+                PAGE,
+            )
+            .await?;
+            // As in the fan-out: nothing read after a revocation is sent.
+            if !rows.is_empty() {
+                self.feed
+                    .end_inactive(&mut conn, &[self.slot.credential_id])
+                    .await?;
+            }
+            rows
         };
         self.feed
             .shared

@@ -143,6 +143,8 @@ pub struct Principal {
     pub role: Role,
     /// Set exactly when `role` is LENDER: the only lender this caller may act for.
     pub lender_id: Option<Uuid>,
+    /// When the credential expires, if it does: from then on it is treated as revoked.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Principal {

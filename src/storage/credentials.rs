@@ -21,6 +21,7 @@ pub struct CredentialRow {
     pub label: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Insertable)]
@@ -30,6 +31,7 @@ pub struct NewCredential<'a> {
     pub lender_id: Option<Uuid>,
     pub label: &'a str,
     pub token_hash: &'a [u8],
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 pub async fn insert(conn: &mut Connection, new: &NewCredential<'_>) -> QueryResult<CredentialRow> {
@@ -40,18 +42,50 @@ pub async fn insert(conn: &mut Connection, new: &NewCredential<'_>) -> QueryResu
         .await
 }
 
-/// The unrevoked credential with this token hash, if any.
+type Active = diesel::dsl::And<
+    diesel::dsl::IsNull<credentials::revoked_at>,
+    diesel::dsl::Or<
+        diesel::dsl::IsNull<credentials::expires_at>,
+        diesel::dsl::Gt<credentials::expires_at, diesel::dsl::now>,
+    >,
+>;
+
+/// Unrevoked and not expired, by the database's clock.
+fn active() -> Active {
+    credentials::revoked_at.is_null().and(
+        credentials::expires_at
+            .is_null()
+            .or(credentials::expires_at.gt(diesel::dsl::now)),
+    )
+}
+
+/// The active (unrevoked, unexpired) credential with this token hash, if any.
 pub async fn find_active_by_hash(
     conn: &mut Connection,
     token_hash: &[u8],
 ) -> QueryResult<Option<CredentialRow>> {
     credentials::table
         .filter(credentials::token_hash.eq(token_hash))
-        .filter(credentials::revoked_at.is_null())
+        .filter(active())
         .select(CredentialRow::as_select())
         .first(conn)
         .await
         .optional()
+}
+
+/// Which of `ids` are no longer active (revoked, expired, or gone), by the database's clock.
+pub async fn inactive_among(conn: &mut Connection, ids: &[Uuid]) -> QueryResult<Vec<Uuid>> {
+    let active: Vec<Uuid> = credentials::table
+        .filter(credentials::id.eq_any(ids))
+        .filter(active())
+        .select(credentials::id)
+        .load(conn)
+        .await?;
+    Ok(ids
+        .iter()
+        .copied()
+        .filter(|id| !active.contains(id))
+        .collect())
 }
 
 /// The unrevoked credentials whose label starts with `prefix`, oldest first.

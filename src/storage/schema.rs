@@ -73,6 +73,8 @@ diesel::table! {
         created_at -> Timestamptz,
         /// When the credential was revoked; NULL = valid.
         revoked_at -> Nullable<Timestamptz>,
+        /// When the credential stops being valid, as if revoked then; NULL = no expiry.
+        expires_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -77,6 +77,7 @@ async fn an_issued_token_works_until_revoked_and_revocation_is_immediate_on_ever
                 role: pb::Role::Portal as i32,
                 lender_id: String::new(),
                 label: "bureau portal".into(),
+                ..Default::default()
             },
             &app.operator,
         ))
@@ -140,6 +141,7 @@ async fn roles_calling_rpcs_they_may_not_are_permission_denied() {
                 role: pb::Role::Operator as i32,
                 lender_id: String::new(),
                 label: "escalation".into(),
+                ..Default::default()
             },
             &bank,
         ))
@@ -169,6 +171,7 @@ async fn a_lender_credential_must_name_an_existing_lender() {
                 role: pb::Role::Lender as i32,
                 lender_id: String::new(),
                 label: "bank gateway".into(),
+                ..Default::default()
             },
             &app.operator,
         ))
@@ -183,6 +186,7 @@ async fn a_lender_credential_must_name_an_existing_lender() {
                 role: pb::Role::Lender as i32,
                 lender_id: uuid::Uuid::new_v4().to_string(),
                 label: "bank gateway".into(),
+                ..Default::default()
             },
             &app.operator,
         ))
@@ -212,6 +216,7 @@ async fn portal_credential(app: &TestApp) -> (String, String) {
                 role: pb::Role::Portal as i32,
                 lender_id: String::new(),
                 label: "bureau portal".into(),
+                ..Default::default()
             },
             &app.operator,
         ))

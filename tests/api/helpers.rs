@@ -257,6 +257,7 @@ impl TestApp {
                 role: Role::Operator,
                 lender_id: None,
                 label: "test operator".into(),
+                expires_at: None,
             })
             .await
             .expect("bootstrap an operator")
@@ -285,6 +286,7 @@ impl TestApp {
                 role,
                 lender_id,
                 label: format!("test {}", role.as_str().to_lowercase()),
+                expires_at: None,
             })
             .await
             .expect("issue a test credential")

@@ -187,6 +187,7 @@ async fn unconsented(app: &TestApp, bank: &Bank) -> Uuid {
             role: Role::Portal,
             lender_id: None,
             label: "fixture".into(),
+            expires_at: None,
         })
         .await
         .unwrap()
@@ -1378,7 +1379,14 @@ async fn delivered_cursors(app: &TestApp, lender_id: Uuid) -> Vec<i64> {
 async fn fan_out_reads_each_batch_once_whatever_the_number_of_streams() {
     const STREAMS: usize = 200;
     const NEEDS: usize = 10;
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(
+        std::sync::Arc::new(crate::helpers::TestDatabase::create().await),
+        finmatch::config::ServerArgs {
+            max_watch_streams_per_credential: STREAMS,
+            ..Default::default()
+        },
+    )
+    .await;
     let banks = [
         bank(&app, "Bank A").await,
         bank(&app, "Bank B").await,
@@ -1870,4 +1878,190 @@ async fn list_referrals_of(app: &TestApp, bank: &Bank) {
         .list_referrals(authed(pb::ListReferralsRequest::default(), &bank.token))
         .await
         .expect("a unary call within the limit");
+}
+
+/// A LENDER credential for `bank`'s lender issued over the API: its id and token.
+async fn issue(
+    app: &TestApp,
+    bank: &Bank,
+    expire_time: Option<prost_types::Timestamp>,
+) -> Result<(Uuid, String), tonic::Status> {
+    let issued = LenderServiceClient::new(app.channel.clone())
+        .issue_credential(authed(
+            pb::IssueCredentialRequest {
+                role: pb::Role::Lender as i32,
+                lender_id: bank.lender_id.to_string(),
+                label: "bank gateway".into(),
+                expire_time,
+            },
+            &app.operator,
+        ))
+        .await?
+        .into_inner();
+    Ok((issued.credential_id.parse().unwrap(), issued.token))
+}
+
+/// What a watch stream yields until it ends (within `within`): its events, and the status
+/// it ended with.
+async fn until_ended(
+    stream: &mut tonic::Streaming<pb::WatchReferralsResponse>,
+    within: Duration,
+) -> (Vec<pb::ReferralEvent>, tonic::Status) {
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(within, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(message)) => {
+                    if let Some(Payload::Event(event)) = message.payload {
+                        got.push(event);
+                    }
+                }
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the stream did not end within {within:?}"));
+    (got, ended)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_ends_the_credentials_streams_on_every_replica_within_a_second() {
+    let app = TestApp::spawn().await;
+    let replica = app.replica().await;
+    let a = bank(&app, "Bank A").await;
+    let (credential_id, token) = issue(&app, &a, None).await.unwrap();
+    let gateway = Bank {
+        token,
+        lender_id: a.lender_id,
+        product_id: a.product_id,
+    };
+    let mut here = watch(&app, &gateway, 0).await;
+    let mut there = watch(&replica, &gateway, 0).await;
+    let before = routed(&app, 1_000_000, &[&a]).await.referrals[0];
+    for stream in [&mut here, &mut there] {
+        let got = events(stream, 1, Duration::from_secs(5)).await;
+        assert_eq!(got[0].referral.as_ref().unwrap().id, before.to_string());
+    }
+    // Another credential of the same bank is not affected.
+    let mut other = watch(&replica, &a, 0).await;
+
+    LenderServiceClient::new(app.channel.clone())
+        .revoke_credential(authed(
+            pb::RevokeCredentialRequest {
+                credential_id: credential_id.to_string(),
+            },
+            &app.operator,
+        ))
+        .await
+        .expect("revoke");
+    // Quiet streams: no event comes to end them; the revocation itself does.
+    for stream in [&mut here, &mut there] {
+        let (got, ended) = until_ended(stream, Duration::from_secs(1)).await;
+        assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+        assert!(got.is_empty(), "{got:?}");
+    }
+    let after = routed(&app, 2_000_000, &[&a]).await.referrals[0];
+    let got = events(&mut other, 2, Duration::from_secs(5)).await;
+    assert_eq!(got[1].referral.as_ref().unwrap().id, after.to_string());
+    let refused = try_watch(&replica, &gateway.token).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+}
+
+/// Revokes in PostgreSQL directly, as a DBA would, with no notification: the replicas hear of
+/// it only from the database.
+async fn revoke_silently(app: &TestApp, credential_id: Uuid) {
+    let (client, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "UPDATE credentials SET revoked_at = now() WHERE id = $1::text::uuid",
+            &[&credential_id.to_string()],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_gets_nothing_committed_after_its_credentials_revocation() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let (credential_id, token) = issue(&app, &a, None).await.unwrap();
+    let gateway = Bank {
+        token,
+        lender_id: a.lender_id,
+        product_id: a.product_id,
+    };
+    let mut live = watch(&app, &gateway, 0).await;
+    let first = routed(&app, 1_000_000, &[&a]).await.referrals[0];
+    let got = events(&mut live, 1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].referral.as_ref().unwrap().id, first.to_string());
+
+    // Unheard of by any listener, the revocation must still hold back what commits after it:
+    // from the live fan-out...
+    revoke_silently(&app, credential_id).await;
+    let after = routed(&app, 2_000_000, &[&a]).await.referrals[0];
+    let (got, ended) = until_ended(&mut live, Duration::from_secs(2)).await;
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(
+        got.iter()
+            .all(|e| e.referral.as_ref().unwrap().id != after.to_string()),
+        "the live stream delivered an event committed after the revocation: {got:?}"
+    );
+    // ...and from the table, to a stream opened while the token is still in a replica's
+    // cache (or refused outright, when it is not).
+    match try_watch(&app, &gateway.token).await {
+        Err(refused) => assert_eq!(refused.code(), Code::Unauthenticated),
+        Ok(mut replay) => {
+            let (got, ended) = until_ended(&mut replay, Duration::from_secs(2)).await;
+            assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+            assert!(got.is_empty(), "a revoked credential was replayed {got:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_credential_is_refused_and_its_streams_end() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let past = prost_types::Timestamp {
+        seconds: Utc::now().timestamp() - 1,
+        nanos: 0,
+    };
+    let refused = issue(&app, &a, Some(past)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&refused), ["expire_time"]);
+
+    let expires = Utc::now() + TimeDelta::seconds(3);
+    let (_, token) = issue(
+        &app,
+        &a,
+        Some(prost_types::Timestamp {
+            seconds: expires.timestamp(),
+            nanos: 0,
+        }),
+    )
+    .await
+    .unwrap();
+    let gateway = Bank {
+        token,
+        lender_id: a.lender_id,
+        product_id: a.product_id,
+    };
+    let mut stream = watch(&app, &gateway, 0).await;
+    list_referrals_of(&app, &gateway).await;
+    let (_, ended) = until_ended(&mut stream, Duration::from_secs(10)).await;
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(
+        Utc::now() >= expires - TimeDelta::milliseconds(1000),
+        "ended before the expiry"
+    );
+    let refused = partner(&app)
+        .list_referrals(authed(pb::ListReferralsRequest::default(), &gateway.token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
 }
