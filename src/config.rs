@@ -85,6 +85,11 @@ pub struct ServerArgs {
     #[arg(long, env = "FINMATCH_MAX_CONCURRENT_CALLS", default_value_t = 512)]
     pub max_concurrent_calls: usize,
 
+    /// The bureau's time zone (IANA name): business dates (`needed_by`, daily capacity days,
+    /// loan dates) are its days.
+    #[arg(long, env = "FINMATCH_TIME_ZONE", default_value = "Asia/Shanghai")]
+    pub time_zone: chrono_tz::Tz,
+
     /// WatchReferrals streams one credential may hold open on this replica at once; beyond it
     /// RESOURCE_EXHAUSTED. Open streams also count against --max-concurrent-calls.
     #[arg(
@@ -158,6 +163,7 @@ impl Default for ServerArgs {
             tls_client_ca: None,
             max_concurrent_calls: 512,
             max_watch_streams_per_credential: 4,
+            time_zone: chrono_tz::Asia::Shanghai,
             call_timeout_secs: 30,
             stream_idle_secs: 30,
             max_message_bytes: 4 * 1024 * 1024,

@@ -53,7 +53,11 @@ impl Application {
             }
         }
         let pool = storage::pool(&settings.database_url, settings.db_pool_size)?;
-        let app = App::with_policy(pool, settings.server.routing_policy()?);
+        let app = App::configured(
+            pool,
+            settings.server.routing_policy()?,
+            crate::domain::BureauCalendar::new(settings.server.time_zone),
+        );
         let listener = TcpListener::bind(settings.server.listen_addr)
             .await
             .with_context(|| format!("binding {}", settings.server.listen_addr))?;

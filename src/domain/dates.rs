@@ -1,9 +1,44 @@
-//! Calendar dates and ids as they arrive in requests.
+//! Calendar dates and ids as they arrive in requests, and the bureau's calendar.
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
 use super::DomainError;
+
+/// The bureau's calendar: which business day an instant falls on. Business dates (a need's
+/// `needed_by`, a product's daily capacity day, loan dates, designations' validity) are days in
+/// the bureau's time zone, not UTC: in Beijing the UTC date changes at 08:00.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BureauCalendar {
+    zone: chrono_tz::Tz,
+}
+
+impl BureauCalendar {
+    pub fn new(zone: chrono_tz::Tz) -> Self {
+        Self { zone }
+    }
+
+    pub fn zone(self) -> chrono_tz::Tz {
+        self.zone
+    }
+
+    /// The business day `at` falls on.
+    pub fn day(self, at: DateTime<Utc>) -> NaiveDate {
+        at.with_timezone(&self.zone).date_naive()
+    }
+
+    /// Today's business day.
+    pub fn today(self) -> NaiveDate {
+        self.day(Utc::now())
+    }
+}
+
+impl Default for BureauCalendar {
+    /// Asia/Shanghai, the zone of every Chinese bureau.
+    fn default() -> Self {
+        Self::new(chrono_tz::Asia::Shanghai)
+    }
+}
 
 const DATE_FORMAT: &str = "a date YYYY-MM-DD";
 

@@ -7,16 +7,17 @@ use super::{AllocationStatus, NeedStatus, ReferralEventKind, ReferralStatus};
 
 impl NeedStatus {
     /// SUBMITTED → ROUTED → APPROVED → FUNDED; any open status may end as
-    /// WITHDRAWN (the enterprise) or EXPIRED (`needed_by` passed); SUBMITTED
-    /// and ROUTED may end as UNMATCHED (no eligible lender left). An APPROVED
-    /// need has a lender's yes, so it is no longer unmatched.
+    /// WITHDRAWN (the enterprise); SUBMITTED and ROUTED may end as EXPIRED
+    /// (`needed_by` passed) or UNMATCHED (no eligible lender left). An
+    /// APPROVED need has a lender's yes: it is no longer unmatched, and the
+    /// calendar does not void it (the bank must still record its loan).
     pub fn can_transition(self, to: NeedStatus) -> bool {
         use NeedStatus::*;
         matches!(
             (self, to),
             (Submitted, Routed | Unmatched | Withdrawn | Expired)
                 | (Routed, Approved | Unmatched | Withdrawn | Expired)
-                | (Approved, Funded | Withdrawn | Expired)
+                | (Approved, Funded | Withdrawn)
         )
     }
 
@@ -51,6 +52,15 @@ impl ReferralStatus {
                 InfoRequested,
                 Acknowledged | Approved | Declined | Expired | Cancelled
             ) | (Approved, Disbursed | Cancelled)
+        )
+    }
+
+    /// PENDING, ACKNOWLEDGED and INFO_REQUESTED: waiting for the lender's decision, which is
+    /// due by the referral's SLA deadline.
+    pub fn is_undecided(self) -> bool {
+        matches!(
+            self,
+            ReferralStatus::Pending | ReferralStatus::Acknowledged | ReferralStatus::InfoRequested
         )
     }
 
@@ -151,7 +161,6 @@ mod tests {
             (Routed, Expired),
             (Approved, Funded),
             (Approved, Withdrawn),
-            (Approved, Expired),
         ];
         exhaustive(NeedStatus::ALL, &allowed, NeedStatus::can_transition);
     }

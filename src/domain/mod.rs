@@ -21,7 +21,7 @@ pub use commands::{
     ProductInput, ProductPatch, ProductPatchInput,
 };
 pub use credit_code::{CreditCode, credit_code_with_check};
-pub use dates::{parse_date, parse_uuid};
+pub use dates::{BureauCalendar, parse_date, parse_uuid};
 pub use enums::{
     AllocationStatus, Channel, Collateral, CollateralSet, DeclineReason, EnterpriseSize,
     LenderKind, NeedStatus, Purpose, ReferralEventKind, ReferralStatus, Role, wire_name,

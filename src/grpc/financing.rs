@@ -46,7 +46,7 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
         let body = request.into_inner();
         let mut v = Violations::default();
         let idempotency = idempotency(&body.idempotency_key, body.need.as_ref(), &mut v);
-        let need = v.nested(parse_need(body.need.as_ref()));
+        let need = v.nested(parse_need(body.need.as_ref(), self.app.calendar().today()));
         check(v)?;
         let submitted = self
             .app
@@ -89,7 +89,7 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
             received += 1;
             let mut v = Violations::default();
             let idempotency = idempotency(&item.idempotency_key, item.need.as_ref(), &mut v);
-            let need = v.nested(parse_need(item.need.as_ref()));
+            let need = v.nested(parse_need(item.need.as_ref(), self.app.calendar().today()));
             match v.finish() {
                 Ok(()) => batch.items.push(ImportItem {
                     index,
@@ -131,7 +131,7 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
                 convert::id("need_id", id, &mut v).map(PreviewSubject::Stored)
             }
             Some(Subject::Need(need)) => v
-                .nested(parse_need(Some(need)))
+                .nested(parse_need(Some(need), self.app.calendar().today()))
                 .map(PreviewSubject::Unsaved),
         };
         // A token belongs to the subject it was made for.
@@ -441,7 +441,8 @@ fn idempotency(key: &str, need: Option<&pb::Need>, v: &mut Violations) -> Option
 
 /// The need of a request, every bad field reported as `need.<field>`. A missing message reads as
 /// an empty one, so each required field is reported.
-fn parse_need(given: Option<&pb::Need>) -> Result<NewNeed, Violations> {
+/// The need of a request; `needed_by` must not be before `today`, the bureau's business day.
+fn parse_need(given: Option<&pb::Need>, today: chrono::NaiveDate) -> Result<NewNeed, Violations> {
     let empty = pb::Need::default();
     let given = given.unwrap_or(&empty);
     let collateral = convert::enums::<pb::Collateral>(&given.collateral);
@@ -457,7 +458,7 @@ fn parse_need(given: Option<&pb::Need>) -> Result<NewNeed, Violations> {
         channel: pb::Channel::to_domain(given.channel),
         note: &given.note,
     };
-    NewNeed::parse(&input, "need.", chrono::Utc::now().date_naive())
+    NewNeed::parse(&input, "need.", today)
 }
 
 /// The SubmitNeed response as saved for replays (also used by the demo loader).

@@ -210,10 +210,18 @@ impl pb::partner_service_server::PartnerService for PartnerHandler {
         let rate = v.field("rate_bps", domain::Bps::new(body.rate_bps));
         let term = v.field("term_months", domain::TermMonths::new(body.term_months));
         let disbursed_on = v.field("disbursed_on", domain::parse_date(&body.disbursed_on));
+        let calendar = self.app.calendar();
         if let Some(day) = disbursed_on
-            && day > chrono::Utc::now().date_naive()
+            && day > calendar.today()
         {
-            v.add("disbursed_on", "must not be after today (UTC)");
+            v.add(
+                "disbursed_on",
+                format!(
+                    "must not be after today ({} in {})",
+                    calendar.today(),
+                    calendar.zone()
+                ),
+            );
         }
         check(v)?;
         let recorded = self

@@ -146,13 +146,18 @@ impl pb::special_loan_service_server::SpecialLoanService for SpecialLoanHandler 
             convert::loan_reference(&body.loan_reference),
         );
         let disbursed_on = v.field("disbursed_on", domain::parse_date(&body.disbursed_on));
-        let today = chrono::Utc::now().date_naive();
+        let calendar = self.app.calendar();
+        let today = calendar.today();
         if let Some(day) = disbursed_on
             && day > today
         {
             v.add(
                 "disbursed_on",
-                format!("{day} is in the future; confirm a loan once it is disbursed (today is {today} UTC)"),
+                format!(
+                    "{day} is in the future; confirm a loan once it is disbursed (today is {today} \
+                     in {})",
+                    calendar.zone()
+                ),
             );
         }
         check(v)?;

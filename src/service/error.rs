@@ -44,6 +44,8 @@ pub mod reason {
     /// Disbursements on a referral above its approved amount.
     pub const AMOUNT_EXCEEDS_APPROVED: &str = "AMOUNT_EXCEEDS_APPROVED";
     pub const ILLEGAL_TRANSITION: &str = "ILLEGAL_TRANSITION";
+    /// A lender's answer to a referral after its SLA deadline.
+    pub const RESPONSE_DEADLINE_PASSED: &str = "RESPONSE_DEADLINE_PASSED";
     pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
     pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
     pub const NOT_ELIGIBLE: &str = "NOT_ELIGIBLE";

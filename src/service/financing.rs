@@ -349,7 +349,7 @@ impl App {
     ) -> Result<Option<Vec<Option<NeedWithReferrals>>>> {
         let mut stored: Vec<Option<NeedWithReferrals>> = wave.iter().map(|_| None).collect();
         let now = Utc::now().trunc_subsecs(6);
-        let day = now.date_naive();
+        let day = self.calendar().day(now);
         let ids: Vec<Uuid> = wave.iter().map(|item| item.need.enterprise_id()).collect();
         let keys: Vec<&str> = wave
             .iter()
@@ -491,7 +491,7 @@ impl App {
             ),
         };
         let enterprise = self.enterprise_for_preview(enterprise_id).await?;
-        let enterprise = match_enterprise(&enterprise, now.date_naive())?;
+        let enterprise = match_enterprise(&enterprise, self.calendar().day(now))?;
         let catalog = self.catalog_now().await?;
         let market = self.market_now(catalog, now).await?;
         let candidates = evaluate(
@@ -707,8 +707,8 @@ impl App {
         .await
     }
 
-    /// One pass of the SLA sweeper at `now`: expires open needs whose `needed_by` is before
-    /// `now`'s date (cancelling their open referrals), then expires undecided referrals past
+    /// One pass of the SLA sweeper at `now`: expires the needs nobody approved whose `needed_by`
+    /// is before `now`'s business day (cancelling their open referrals), then expires undecided referrals past
     /// their deadline and routes their needs to the next best untried lenders (up to the
     /// policy's limit; with none left and nothing open the need becomes UNMATCHED).
     ///
@@ -721,11 +721,12 @@ impl App {
     pub async fn sweep_once(&self, now: DateTime<Utc>) -> Result<SweepReport> {
         let mut report = SweepReport::default();
         // Needs first: a need past needed_by is closed, not routed again.
+        let today = self.calendar().day(now);
         loop {
             let expired = error::retry_conflicts(TRIES, || async {
                 self.conn()
                     .await?
-                    .transaction(async move |conn| expire_needs(conn, now.date_naive()).await)
+                    .transaction(async move |conn| expire_needs(conn, today).await)
                     .await
             })
             .await?;
@@ -807,7 +808,7 @@ async fn submit_in(
 ) -> Result<Submission> {
     // Microseconds, as PostgreSQL keeps them, so the response equals what GetNeed reads back.
     let now = Utc::now().trunc_subsecs(6);
-    let day = now.date_naive();
+    let day = app.calendar().day(now);
     let enterprise = enterprises::load(conn, need.enterprise_id()).await?;
     let catalog = app.catalog(conn).await?;
     let market = app.market(conn, catalog, now).await?;
@@ -1157,9 +1158,13 @@ async fn expire_needs(conn: &mut Connection, today: NaiveDate) -> Result<usize> 
         // The demo loader replays needs dated 2020; it expires them itself when it is done.
         return Ok(0);
     }
-    let overdue =
-        storage::needs::claim_overdue(conn, &storage::needs::OPEN_STATUSES, today, SWEEP_BATCH)
-            .await?;
+    // Only needs nobody approved: an approval is not voided by the calendar.
+    let expiring: Vec<&str> = NeedStatus::ALL
+        .iter()
+        .filter(|s| s.can_transition(NeedStatus::Expired))
+        .map(|s| s.as_str())
+        .collect();
+    let overdue = storage::needs::claim_overdue(conn, &expiring, today, SWEEP_BATCH).await?;
     for need in &overdue {
         let cancelled = cancel_open_referrals(conn, need.id, "need expired").await?;
         storage::needs::set_status(conn, need.id, NeedStatus::Expired.as_str(), 0).await?;

@@ -215,7 +215,7 @@ impl App {
         catalog: Arc<Catalog>,
         now: DateTime<Utc>,
     ) -> Result<Market> {
-        let day = now.date_naive();
+        let day = self.calendar().day(now);
         let activity = match (self.activity_cache().fresh(day, now), conn) {
             (Some(activity), _) => activity,
             (None, Some(conn)) => self.read_activity(conn, &catalog, now).await?,
@@ -238,7 +238,7 @@ impl App {
         catalog: &Catalog,
         now: DateTime<Utc>,
     ) -> Result<Arc<Activity>> {
-        let day = now.date_naive();
+        let day = self.calendar().day(now);
         let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
         let (stats, stats_read_at) = match self.activity_cache().fresh_stats(now) {
             Some(stats) => (stats, None),

@@ -73,6 +73,8 @@ struct Inner {
     /// SubmitNeed calls waiting to be stored together (see `group_commit`).
     submit_queue: group_commit::SubmitQueue,
     policy: RoutingPolicy,
+    /// Which day it is for the bureau (business dates).
+    calendar: crate::domain::BureauCalendar,
 }
 
 impl App {
@@ -82,6 +84,15 @@ impl App {
 
     /// An app routing by `policy`, which must pass [`RoutingPolicy::validate`].
     pub fn with_policy(pool: DbPool, policy: RoutingPolicy) -> Self {
+        Self::configured(pool, policy, crate::domain::BureauCalendar::default())
+    }
+
+    /// An app routing by `policy` and dating business days by `calendar`.
+    pub fn configured(
+        pool: DbPool,
+        policy: RoutingPolicy,
+        calendar: crate::domain::BureauCalendar,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 pool,
@@ -91,12 +102,18 @@ impl App {
                 credentials: credentials::CredentialCache::default(),
                 submit_queue: group_commit::SubmitQueue::default(),
                 policy,
+                calendar,
             }),
         }
     }
 
     pub fn policy(&self) -> &RoutingPolicy {
         &self.inner.policy
+    }
+
+    /// The bureau's calendar: business dates are its days.
+    pub fn calendar(&self) -> crate::domain::BureauCalendar {
+        self.inner.calendar
     }
 
     pub(crate) fn products(&self) -> &routing::ProductCache {

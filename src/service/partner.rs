@@ -678,18 +678,32 @@ async fn append_event(
 }
 
 /// ILLEGAL_TRANSITION unless the use case accepts `status` as a start and the state machine
-/// allows the move.
+/// allows the move; RESPONSE_DEADLINE_PASSED for a lender's answer to an undecided referral
+/// after its SLA deadline, whether or not the sweeper has expired it yet.
 fn require_from(
     row: &ReferralRow,
     status: ReferralStatus,
     from: &[ReferralStatus],
     to: ReferralStatus,
 ) -> Result<()> {
-    if from.contains(&status) && status.can_transition(to) {
-        Ok(())
-    } else {
-        Err(illegal(row, status, to))
+    if !(from.contains(&status) && status.can_transition(to)) {
+        return Err(illegal(row, status, to));
     }
+    if status.is_undecided() && row.sla_deadline <= Utc::now() {
+        return Err(Error::precondition(
+            reason::RESPONSE_DEADLINE_PASSED,
+            format!(
+                "referral {}'s response deadline passed at {}; it is expiring and the need goes \
+                 to the next lender",
+                row.id,
+                row.sla_deadline
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        )
+        .with_metadata("referral_id", row.id)
+        .with_metadata("sla_deadline", row.sla_deadline.to_rfc3339()));
+    }
+    Ok(())
 }
 
 fn illegal(row: &ReferralRow, status: ReferralStatus, to: ReferralStatus) -> Error {

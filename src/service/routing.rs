@@ -380,7 +380,7 @@ pub(crate) async fn route_onwards(
         ))
     })?;
     let enterprise = super::enterprises::load(conn, need.enterprise_id).await?;
-    let enterprise = match_enterprise(&enterprise, now.date_naive())?;
+    let enterprise = match_enterprise(&enterprise, app.calendar().day(now))?;
     let created = top_up(conn, app, catalog, need, &enterprise, target_open, now).await?;
     let to = if storage::referrals::count_open(conn, need.id).await? == 0 {
         NeedStatus::Unmatched

@@ -1539,7 +1539,10 @@ async fn sweeper_expires_a_need_past_needed_by_and_it_can_no_longer_be_withdrawn
     market(&app).await;
     let enterprise_id = enterprise(&app).await;
     let mut urgent = need(&enterprise_id, pb::Purpose::Payroll);
-    urgent.needed_by = Utc::now().date_naive().format("%Y-%m-%d").to_string();
+    urgent.needed_by = finmatch::domain::BureauCalendar::default()
+        .today()
+        .format("%Y-%m-%d")
+        .to_string();
     let id = submit(&app, "urgent", urgent)
         .await
         .unwrap()

@@ -124,6 +124,17 @@ async fn enterprise(app: &TestApp) -> Uuid {
 /// routing must send it to exactly `banks` (each test sets up the banks so it does). The
 /// referrals are returned in the order of `banks`.
 async fn routed(app: &TestApp, amount_minor: i64, banks: &[&Bank]) -> Routed {
+    let in_two_months = finmatch::domain::BureauCalendar::default().today() + TimeDelta::days(60);
+    routed_by(app, amount_minor, banks, in_two_months).await
+}
+
+/// [`routed`], for a need needed by `needed_by`.
+async fn routed_by(
+    app: &TestApp,
+    amount_minor: i64,
+    banks: &[&Bank],
+    needed_by: chrono::NaiveDate,
+) -> Routed {
     let enterprise_id = enterprise(app).await;
     let submitted = FinancingServiceClient::new(app.channel.clone())
         .submit_need(authed(
@@ -135,9 +146,7 @@ async fn routed(app: &TestApp, amount_minor: i64, banks: &[&Bank]) -> Routed {
                     term_months: 12,
                     purpose: pb::Purpose::WorkingCapital as i32,
                     collateral: vec![pb::Collateral::Credit as i32],
-                    needed_by: (Utc::now().date_naive() + TimeDelta::days(60))
-                        .format("%Y-%m-%d")
-                        .to_string(),
+                    needed_by: needed_by.format("%Y-%m-%d").to_string(),
                     consent_to_share: true,
                     channel: pb::Channel::Bureau as i32,
                     ..Default::default()
@@ -2064,4 +2073,182 @@ async fn an_expired_credential_is_refused_and_its_streams_end() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+}
+
+/// The need's status and its referrals' statuses, as the bureau reads them.
+async fn need_statuses(app: &TestApp, need_id: Uuid) -> (pb::NeedStatus, Vec<pb::ReferralStatus>) {
+    let got = FinancingServiceClient::new(app.channel.clone())
+        .get_need(authed(
+            pb::GetNeedRequest {
+                need_id: need_id.to_string(),
+            },
+            &app.operator,
+        ))
+        .await
+        .expect("get need")
+        .into_inner();
+    (
+        got.need.unwrap().status(),
+        got.referrals.iter().map(|r| r.status()).collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_need_outlives_its_needed_by_and_the_bank_records_its_loan() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let today = finmatch::domain::BureauCalendar::default().today();
+    let approved_need = routed_by(&app, 1_000_000, &[&a], today).await;
+    let waiting_need = routed_by(&app, 2_000_000, &[&a], today).await;
+    let referral = approved_need.referrals[0];
+    approved(&app, &a, referral, 1_000_000).await;
+
+    // A day and a half on (the SLA is 48 hours): both needs are past needed_by.
+    let report = app
+        .app
+        .sweep_once(Utc::now() + TimeDelta::hours(36))
+        .await
+        .unwrap();
+    assert_eq!(report.expired_needs, 1, "{report:?}");
+    assert_eq!(
+        need_statuses(&app, waiting_need.need_id).await,
+        (pb::NeedStatus::Expired, vec![pb::ReferralStatus::Cancelled])
+    );
+    assert_eq!(
+        need_statuses(&app, approved_need.need_id).await,
+        (pb::NeedStatus::Approved, vec![pb::ReferralStatus::Approved])
+    );
+    disburse(&app, &a, disbursement(referral, "LN-APPROVED-1", 1_000_000))
+        .await
+        .expect("the approved loan is recorded");
+    assert_eq!(
+        need_statuses(&app, approved_need.need_id).await,
+        (pb::NeedStatus::Funded, vec![pb::ReferralStatus::Disbursed])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn needed_by_is_a_day_in_the_bureaus_time_zone() {
+    let shanghai = TestApp::spawn().await;
+    let utc = TestApp::spawn_with(
+        std::sync::Arc::new(crate::helpers::TestDatabase::create().await),
+        finmatch::config::ServerArgs {
+            time_zone: chrono_tz::UTC,
+            ..Default::default()
+        },
+    )
+    .await;
+    let today = finmatch::domain::BureauCalendar::default().today();
+    // 20:00 UTC on the need's last day is 04:00 the next morning in Beijing.
+    let evening = today.and_hms_opt(20, 0, 0).unwrap().and_utc();
+    let mut needs = Vec::new();
+    for app in [&shanghai, &utc] {
+        let a = bank(app, "Bank A").await;
+        needs.push(routed_by(app, 1_000_000, &[&a], today).await.need_id);
+    }
+    let report = shanghai.app.sweep_once(evening).await.unwrap();
+    assert_eq!(report.expired_needs, 1, "past needed_by in Beijing");
+    assert_eq!(
+        need_statuses(&shanghai, needs[0]).await.0,
+        pb::NeedStatus::Expired
+    );
+    let report = utc.app.sweep_once(evening).await.unwrap();
+    assert_eq!(report.expired_needs, 0, "still needed_by's day in UTC");
+    let report = utc
+        .app
+        .sweep_once(evening + TimeDelta::hours(4))
+        .await
+        .unwrap();
+    assert_eq!(report.expired_needs, 1, "the next day in UTC");
+
+    // Submission takes "today" in the bureau's zone too.
+    let yesterday = today - TimeDelta::days(1);
+    let refused = FinancingServiceClient::new(shanghai.channel.clone())
+        .submit_need(authed(
+            pb::SubmitNeedRequest {
+                idempotency_key: Uuid::new_v4().to_string(),
+                need: Some(pb::Need {
+                    enterprise_id: enterprise(&shanghai).await.to_string(),
+                    amount_minor: 1_000_000,
+                    term_months: 12,
+                    purpose: pb::Purpose::WorkingCapital as i32,
+                    collateral: vec![pb::Collateral::Credit as i32],
+                    needed_by: yesterday.format("%Y-%m-%d").to_string(),
+                    consent_to_share: true,
+                    channel: pb::Channel::Bureau as i32,
+                    ..Default::default()
+                }),
+            },
+            &shanghai.operator,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&refused), ["need.needed_by"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_after_the_response_deadline_is_refused_before_the_sweeper_runs() {
+    let app = TestApp::spawn_with(
+        std::sync::Arc::new(crate::helpers::TestDatabase::create().await),
+        finmatch::config::ServerArgs {
+            sweep_interval_secs: 3600,
+            ..Default::default()
+        },
+    )
+    .await;
+    let a = bank(&app, "Bank A").await;
+    let b = bank(&app, "Bank B").await;
+    let routed = routed(&app, 1_000_000, &[&a, &b]).await;
+    let (late, on_time) = (routed.referrals[0], routed.referrals[1]);
+    acknowledge(&app, &a, late).await;
+    let (client, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "UPDATE referrals SET sla_deadline = now() - interval '1 minute' \
+             WHERE id = $1::text::uuid",
+            &[&late.to_string()],
+        )
+        .await
+        .unwrap();
+
+    for request in [
+        approve(late, "late-approve", 1_000_000, 450),
+        decline(late, "late-decline", pb::DeclineReason::Capacity, ""),
+    ] {
+        let refused = partner(&app)
+            .decide_referral(authed(request, &a.token))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert_eq!(
+            error_reason(&refused).as_deref(),
+            Some("RESPONSE_DEADLINE_PASSED")
+        );
+        assert!(refused.message().contains("deadline"), "{refused:?}");
+    }
+    let refused = partner(&app)
+        .request_information(authed(
+            pb::RequestInformationRequest {
+                referral_id: late.to_string(),
+                message: "latest accounts, please".into(),
+            },
+            &a.token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error_reason(&refused).as_deref(),
+        Some("RESPONSE_DEADLINE_PASSED")
+    );
+    // Nothing changed (the sweeper will expire it), and the other bank, within its deadline,
+    // answers as usual.
+    assert_eq!(
+        get(&app, &a, late).await.unwrap().status(),
+        pb::ReferralStatus::Acknowledged
+    );
+    approved(&app, &b, on_time, 1_000_000).await;
 }
