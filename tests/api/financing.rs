@@ -870,7 +870,8 @@ async fn a_product_filled_after_the_usage_was_read_is_replaced_and_nothing_is_co
         .await
         .unwrap();
     tokio::spawn(connection);
-    let today = "(now() AT TIME ZONE 'UTC')::date";
+    // The bureau's business day (FINMATCH_TIME_ZONE, Asia/Shanghai by default) counts capacity.
+    let today = "(now() AT TIME ZONE 'Asia/Shanghai')::date";
     db.execute(
         &format!(
             "INSERT INTO product_daily_usage (product_id, day, referrals) \
@@ -1124,7 +1125,7 @@ async fn an_import_wave_that_cannot_be_stored_whole_is_stored_item_by_item() {
     assert!(preview.candidates.iter().all(|c| c.eligible && c.selected));
     db.execute(
         "INSERT INTO product_daily_usage (product_id, day, referrals) \
-         VALUES ($1::text::uuid, (now() AT TIME ZONE 'UTC')::date, 4)",
+         VALUES ($1::text::uuid, (now() AT TIME ZONE 'Asia/Shanghai')::date, 4)",
         &[&small_product],
     )
     .await
