@@ -29,8 +29,8 @@ use uuid::Uuid;
 
 use crate::domain::{
     AllocationStatus, AmountMinor, Bps, Channel, DesignationInput, EnterpriseInput, LenderInput,
-    ListCode, Name, NeedInput, NeedStatus, NewDesignation, NewEnterprise, NewLender, NewNeed,
-    NewProduct, NonNegativeMinor, Note, ProductInput, Reference, ReferralStatus, Role, TermMonths,
+    ListCode, LoanReference, Name, NeedInput, NeedStatus, NewDesignation, NewEnterprise, NewLender,
+    NewNeed, NewProduct, NonNegativeMinor, Note, ProductInput, ReferralStatus, Role, TermMonths,
     Violations, format_cny,
 };
 use crate::service::credentials::NewCredential;
@@ -722,7 +722,7 @@ impl<'a> Loader<'a> {
                 let current = self.app.get_referral(&bank.who, *referral).await?.referral;
                 let input = DisbursementInput {
                     referral_id: *referral,
-                    loan_reference: Reference::parse(loan_reference)?,
+                    loan_reference: LoanReference::parse(loan_reference)?,
                     amount_minor: current.approved_amount_minor.unwrap_or(0),
                     rate_bps: current.approved_rate_bps.unwrap_or(0),
                     term_months: current.approved_term_months.unwrap_or(0),
@@ -760,7 +760,7 @@ impl<'a> Loader<'a> {
                     .confirm_allocation(
                         &bank()?.who,
                         *allocation,
-                        Reference::parse(loan_reference)?,
+                        LoanReference::parse(loan_reference)?,
                         *disbursed_on,
                     )
                     .await?;

@@ -31,4 +31,4 @@ pub use numbers::{
     AmountMinor, Bounds, Bps, DailyCapacity, Employees, MAX_MINOR, NonNegativeMinor, SlaHours,
     TermMonths, format_cny, format_percent,
 };
-pub use text::{Name, Note, Phone, Reference};
+pub use text::{LoanReference, Name, Note, Phone, Reference};

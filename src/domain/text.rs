@@ -103,8 +103,9 @@ impl Note {
     }
 }
 
-/// An identifier issued by someone else: a designation's document number, a
-/// lender's loan reference. 1 to 100 printable characters.
+/// An identifier issued by someone else, such as a designation's document
+/// number: 1 to 100 printable characters. (A lender's loan reference is a
+/// [`LoanReference`].)
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Reference(String);
 
@@ -113,6 +114,47 @@ impl Reference {
 
     pub fn parse(raw: &str) -> Result<Self, DomainError> {
         bounded(raw, 1, Self::MAX_LEN, false).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A lender's loan reference: its natural key for a loan, compared exactly, on
+/// disbursements and special-loan confirmations alike. 1 to
+/// [`LoanReference::MAX_LEN`] printable ASCII characters, spaces only inside.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LoanReference(String);
+
+impl LoanReference {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<Self, DomainError> {
+        const ALLOWED: &str = "printable ASCII characters, no leading or trailing space";
+        if raw.is_empty() {
+            return Err(DomainError::Missing);
+        }
+        let count = raw.chars().count();
+        if count > Self::MAX_LEN {
+            return Err(DomainError::TooLong {
+                max: Self::MAX_LEN,
+                actual: count,
+            });
+        }
+        let inner = |i: usize| i != 0 && i != count - 1;
+        if let Some((i, c)) = raw
+            .chars()
+            .enumerate()
+            .find(|&(i, c)| !(c.is_ascii_graphic() || (c == ' ' && inner(i))))
+        {
+            return Err(DomainError::IllegalCharacter {
+                position: i + 1,
+                found: c,
+                allowed: ALLOWED,
+            });
+        }
+        Ok(Self(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -142,7 +184,7 @@ macro_rules! text_impls {
     )+};
 }
 
-text_impls!(Name, Phone, Note, Reference);
+text_impls!(Name, Phone, Note, Reference, LoanReference);
 
 #[cfg(test)]
 mod tests {
@@ -249,5 +291,24 @@ mod tests {
                 actual: 101
             })
         );
+    }
+
+    #[test]
+    fn loan_references_are_printable_ascii_without_outer_spaces() {
+        assert_eq!(
+            LoanReference::parse("ICBC-2020 017").unwrap().as_str(),
+            "ICBC-2020 017"
+        );
+        for bad in ["", " ICBC-1", "ICBC-1 ", "贷款-1", "a\tb"] {
+            assert!(LoanReference::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(LoanReference::parse(&"x".repeat(64)).is_ok());
+        assert!(matches!(
+            LoanReference::parse(&"x".repeat(65)),
+            Err(DomainError::TooLong {
+                max: 64,
+                actual: 65
+            })
+        ));
     }
 }

@@ -6,7 +6,7 @@ use sha2::Digest as _;
 use uuid::Uuid;
 
 use super::pb;
-use crate::domain::{self, DomainError, Reference, Violations};
+use crate::domain::{self, DomainError, Violations};
 
 /// A proto enum paired with its domain enum: the proto names are the domain's canonical names
 /// behind a prefix (`ENTERPRISE_SIZE_MICRO` ⇄ `MICRO`).
@@ -229,38 +229,6 @@ pub fn check(violations: Violations) -> Result<(), tonic::Status> {
         .map_err(|v| crate::service::Error::InvalidArgument(v).into())
 }
 
-/// Longest loan reference, in characters.
-pub const MAX_LOAN_REFERENCE_LEN: usize = 64;
-
-/// A lender's loan reference, its natural key for a loan and compared exactly: 1 to
-/// [`MAX_LOAN_REFERENCE_LEN`] printable ASCII characters, no leading or trailing space.
-pub fn loan_reference(raw: &str) -> Result<Reference, DomainError> {
-    const ALLOWED: &str = "printable ASCII characters, no leading or trailing space";
-    if raw.is_empty() {
-        return Err(DomainError::Missing);
-    }
-    let count = raw.chars().count();
-    if count > MAX_LOAN_REFERENCE_LEN {
-        return Err(DomainError::TooLong {
-            max: MAX_LOAN_REFERENCE_LEN,
-            actual: count,
-        });
-    }
-    let inner = |i: usize| i != 0 && i != count - 1;
-    if let Some((i, c)) = raw
-        .chars()
-        .enumerate()
-        .find(|&(i, c)| !(c.is_ascii_graphic() || (c == ' ' && inner(i))))
-    {
-        return Err(DomainError::IllegalCharacter {
-            position: i + 1,
-            found: c,
-            allowed: ALLOWED,
-        });
-    }
-    Reference::parse(raw)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,24 +280,5 @@ mod tests {
         for n in wire {
             assert!(pb::Ineligibility::to_domain(n).is_some(), "{n}");
         }
-    }
-
-    #[test]
-    fn loan_references_are_printable_ascii_without_outer_spaces() {
-        assert_eq!(
-            loan_reference("ICBC-2020 017").unwrap().as_str(),
-            "ICBC-2020 017"
-        );
-        for bad in ["", " ICBC-1", "ICBC-1 ", "贷款-1", "a\tb"] {
-            assert!(loan_reference(bad).is_err(), "{bad:?}");
-        }
-        assert!(loan_reference(&"x".repeat(64)).is_ok());
-        assert!(matches!(
-            loan_reference(&"x".repeat(65)),
-            Err(DomainError::TooLong {
-                max: 64,
-                actual: 65
-            })
-        ));
     }
 }

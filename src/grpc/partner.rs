@@ -204,7 +204,7 @@ impl pb::partner_service_server::PartnerService for PartnerHandler {
         let referral_id = convert::id("referral_id", &body.referral_id, &mut v);
         let loan_reference = v.field(
             "loan_reference",
-            convert::loan_reference(&body.loan_reference),
+            domain::LoanReference::parse(&body.loan_reference),
         );
         let amount = v.field("amount_minor", domain::AmountMinor::new(body.amount_minor));
         let rate = v.field("rate_bps", domain::Bps::new(body.rate_bps));

@@ -143,7 +143,7 @@ impl pb::special_loan_service_server::SpecialLoanService for SpecialLoanHandler 
         let id = convert::id("allocation_id", &body.allocation_id, &mut v);
         let loan_reference = v.field(
             "loan_reference",
-            convert::loan_reference(&body.loan_reference),
+            domain::LoanReference::parse(&body.loan_reference),
         );
         let disbursed_on = v.field("disbursed_on", domain::parse_date(&body.disbursed_on));
         let calendar = self.app.calendar();

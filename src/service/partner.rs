@@ -19,7 +19,7 @@ use super::financing::{Need, Referral, to_need, to_referral};
 use super::paging::{Cursor, Page, PageRequest};
 use super::routing::route_onwards;
 use super::{App, Error, Idempotency, Principal, Result, audit, error, reason};
-use crate::domain::{DeclineReason, Note, Reference, ReferralStatus};
+use crate::domain::{DeclineReason, LoanReference, Note, ReferralStatus};
 use crate::storage::needs::NeedRow;
 use crate::storage::partner::{DisbursementRow, NewDisbursement, ReferralChanges, ReferralFilter};
 use crate::storage::referrals::{NewReferralEvent, OPEN_STATUSES, ReferralRow};
@@ -71,7 +71,7 @@ pub enum Decision {
 #[derive(Debug, Clone)]
 pub struct DisbursementInput {
     pub referral_id: Uuid,
-    pub loan_reference: Reference,
+    pub loan_reference: LoanReference,
     pub amount_minor: i64,
     pub rate_bps: i32,
     pub term_months: i32,

@@ -18,7 +18,7 @@ use super::paging::{Cursor, Page, PageRequest};
 use super::{App, Error, Idempotency, Principal, Result, audit, reason};
 use crate::domain::special_loan::{effective_rate_bps, subsidy_minor};
 use crate::domain::{
-    AllocationStatus, AmountMinor, Bps, ListCode, Name, NonNegativeMinor, Note, Reference,
+    AllocationStatus, AmountMinor, Bps, ListCode, LoanReference, Name, NonNegativeMinor, Note,
     TermMonths, format_cny, format_percent,
 };
 use crate::storage::special_loans::{
@@ -355,7 +355,7 @@ impl App {
         &self,
         who: &Principal,
         id: Uuid,
-        loan_reference: Reference,
+        loan_reference: LoanReference,
         disbursed_on: NaiveDate,
     ) -> Result<Allocation> {
         who.require("ConfirmAllocation")?;
