@@ -19,7 +19,7 @@ use super::{App, Error, Idempotency, Principal, Result, audit, reason};
 use crate::domain::special_loan::{effective_rate_bps, subsidy_minor};
 use crate::domain::{
     AllocationStatus, AmountMinor, Bps, ListCode, LoanReference, Name, NonNegativeMinor, Note,
-    TermMonths, format_cny, format_percent,
+    ReferralStatus, TermMonths, format_cny, format_percent,
 };
 use crate::storage::special_loans::{
     AllocationFilter, AllocationRow, LenderQuotaRow, NewAllocation, ProgramRow,
@@ -605,6 +605,12 @@ async fn allocate(
     storage::enterprises::find(conn, request.enterprise_id)
         .await?
         .ok_or_else(|| Error::not_found("enterprise", request.enterprise_id))?;
+    if who.lender_id.is_some() && !holds_referral(conn, request).await? {
+        // Quota is the bureau's to steer: a bank reserves it only for an enterprise the bureau
+        // referred to it (else it could bind any key enterprise to itself under the one-bank
+        // rule). To the bank, an enterprise it holds no referral of is as unknown as any other.
+        return Err(Error::not_found("enterprise", request.enterprise_id));
+    }
     if let Some(referral_id) = request.referral_id {
         check_referral(conn, who, request, referral_id).await?;
     }
@@ -629,7 +635,7 @@ async fn allocate(
     .await;
     match standing {
         Ok(Some(_)) => {}
-        Ok(None) => return Err(enterprise_refusal(conn, &program, request).await?),
+        Ok(None) => return Err(enterprise_refusal(conn, who, &program, request).await?),
         // Binding the enterprise to a lender needs that lender's quota row.
         Err(e) if matches!(storage::classify(&e), Failure::ForeignKeyViolation(_)) => {
             return Err(no_lender_quota(&program, lender_id, amount));
@@ -695,6 +701,23 @@ async fn allocate(
     let saved = serde_json::to_vec(&row).map_err(|e| Error::Internal(e.into()))?;
     audit::remember(conn, who, RPC_ALLOCATE, idempotency, &saved).await?;
     to_allocation(row)
+}
+
+/// Whether the request's lender holds a live referral (open or funded: one on which it may see
+/// the enterprise) for a need of the request's enterprise.
+async fn holds_referral(conn: &mut Connection, request: &AllocationRequest) -> Result<bool> {
+    let live: Vec<&str> = ReferralStatus::ALL
+        .iter()
+        .filter(|s| s.shows_contact())
+        .map(|s| s.as_str())
+        .collect();
+    Ok(storage::special_loans::lender_holds_referral(
+        conn,
+        request.lender_id,
+        request.enterprise_id,
+        &live,
+    )
+    .await?)
 }
 
 /// A referral named by an allocation must be the lender's, for a need of the enterprise.
@@ -860,12 +883,16 @@ async fn eligible_designation(
     }
 }
 
-/// Why the enterprise's standing refused the amount: the one-bank rule first, then the cap.
+/// Why the enterprise's standing refused the amount: the one-bank rule first, then the cap. The
+/// bureau is told the other lender and the amounts; a lender learns neither another lender nor
+/// any amount that is not its own.
 async fn enterprise_refusal(
     conn: &mut Connection,
+    who: &Principal,
     program: &ProgramRow,
     request: &AllocationRequest,
 ) -> Result<Error> {
+    let to_lender = who.lender_id.is_some();
     let standing =
         storage::special_loans::find_program_enterprise(conn, program.id, request.enterprise_id)
             .await?;
@@ -875,6 +902,17 @@ async fn enterprise_refusal(
         && standing.live_minor > 0
         && standing.lender_id != request.lender_id
     {
+        if to_lender {
+            return Ok(Error::precondition(
+                reason::ONE_BANK_RULE,
+                format!(
+                    "enterprise {} already borrows in program {} through another lender; one \
+                     enterprise, one bank: this lender cannot reserve quota for it while that \
+                     lasts",
+                    request.enterprise_id, program.code
+                ),
+            ));
+        }
         return Ok(Error::precondition(
             reason::ONE_BANK_RULE,
             format!(
@@ -898,6 +936,21 @@ async fn enterprise_refusal(
         )));
     };
     let total = live + request.amount.get();
+    if to_lender {
+        return Ok(Error::precondition(
+            reason::ENTERPRISE_CAP,
+            format!(
+                "amount_minor {} would take enterprise {}'s live allocations in program {} over \
+                 its per_enterprise_cap_minor {}",
+                money(request.amount.get()),
+                request.enterprise_id,
+                program.code,
+                money(cap)
+            ),
+        )
+        .with_metadata("limit", cap)
+        .with_metadata("requested", request.amount.get()));
+    }
     Ok(Error::precondition(
         reason::ENTERPRISE_CAP,
         format!(

@@ -433,6 +433,24 @@ pub async fn eligible_designations(
 }
 
 /// The lender and the enterprise of a referral (through its need).
+/// Whether `lender_id` holds a referral in one of `statuses` for a need of `enterprise_id`.
+pub async fn lender_holds_referral(
+    conn: &mut Connection,
+    lender_id: Uuid,
+    enterprise_id: Uuid,
+    statuses: &[&str],
+) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        referrals::table
+            .inner_join(needs::table)
+            .filter(referrals::lender_id.eq(lender_id))
+            .filter(needs::enterprise_id.eq(enterprise_id))
+            .filter(referrals::status.eq_any(statuses.to_vec())),
+    ))
+    .get_result(conn)
+    .await
+}
+
 pub async fn referral_parties(
     conn: &mut Connection,
     referral_id: Uuid,

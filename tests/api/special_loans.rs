@@ -78,6 +78,89 @@ impl World {
         lender.id.parse().unwrap()
     }
 
+    /// Gives `lender` a referral of `status` for a new need of `enterprise`, stored directly (the
+    /// allocation rules care only that it exists): the lender gets a product for it.
+    async fn referral(&self, lender: Uuid, enterprise: Uuid, status: &str) -> Uuid {
+        use finmatch::storage;
+        let product = LenderServiceClient::new(self.app.channel.clone())
+            .create_product(self.op(pb::CreateProductRequest {
+                product: Some(pb::Product {
+                    lender_id: lender.to_string(),
+                    name: format!("working capital {}", Uuid::new_v4()),
+                    min_amount_minor: 100,
+                    max_amount_minor: TEN_MILLION_YUAN,
+                    min_term_months: 6,
+                    max_term_months: 36,
+                    collateral_accepted: vec![pb::Collateral::Credit as i32],
+                    min_size: pb::EnterpriseSize::Micro as i32,
+                    min_rate_bps: 300,
+                    max_rate_bps: 600,
+                    daily_capacity: 1000,
+                    response_sla_hours: 48,
+                    ..Default::default()
+                }),
+            }))
+            .await
+            .expect("create product")
+            .into_inner()
+            .product
+            .unwrap();
+        let creator = self
+            .app
+            .app
+            .bootstrap_credential(finmatch::service::credentials::NewCredential {
+                role: Role::Portal,
+                lender_id: None,
+                label: "fixture".into(),
+                expires_at: None,
+            })
+            .await
+            .unwrap()
+            .credential
+            .id;
+        let mut conn = self.app.app.conn().await.unwrap();
+        let need = storage::needs::insert(
+            &mut conn,
+            &storage::needs::NewNeed {
+                enterprise_id: enterprise,
+                amount_minor: 1_000_000,
+                term_months: 12,
+                purpose: "WORKING_CAPITAL",
+                collateral: vec!["CREDIT"],
+                max_rate_bps: None,
+                needed_by: chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap(),
+                consent_to_share: true,
+                channel: "BUREAU",
+                note: "",
+                // A closed referral's need is closed too (one open need per purpose).
+                status: if status == "EXPIRED" {
+                    "EXPIRED"
+                } else {
+                    "ROUTED"
+                },
+                idempotency_key: None,
+                created_by: creator,
+            },
+        )
+        .await
+        .unwrap();
+        storage::referrals::insert(
+            &mut conn,
+            &storage::referrals::NewReferral {
+                need_id: need.id,
+                lender_id: lender,
+                product_id: product.id.parse().unwrap(),
+                status,
+                score: 700,
+                factors: serde_json::json!([]),
+                sla_deadline: chrono::Utc::now() + chrono::TimeDelta::hours(48),
+            },
+        )
+        .await
+        .unwrap()
+        .id
+    }
+
     /// An enterprise holding the given designations (list code, granted_on, expires_on).
     async fn enterprise(&self, n: u32, designations: &[(&str, &str, &str)]) -> Uuid {
         let mut enterprises = EnterpriseServiceClient::new(self.app.channel.clone());
@@ -799,6 +882,8 @@ async fn a_lender_sees_and_touches_only_its_own_allocations_and_quota() {
     let token_a = w.app.token(Role::Lender, Some(a)).await;
     let portal = w.app.token(Role::Portal, None).await;
     let client = w.client.clone();
+    // The bureau referred e1 to bank A (a lender allocates only for such an enterprise).
+    w.referral(a, e1, "ACKNOWLEDGED").await;
 
     let own = allocate_as(&client, &token_a, loan(program, a, e1, 1_000_000))
         .await
@@ -1350,4 +1435,54 @@ async fn allocation_names_every_bad_field_and_unknown_parties_are_not_found() {
         .unwrap()
         .get(0);
     assert_eq!(audited, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lender_reserves_only_for_an_enterprise_referred_to_it_and_learns_nothing_of_other_banks()
+{
+    let w = World::new().await;
+    let (program, a, b) = w.pboc_with_two_lenders().await;
+    let e = w.key_enterprise(1).await;
+    let token_a = w.app.token(Role::Lender, Some(a)).await;
+    let client = w.client.clone();
+
+    // No referral, or only a closed one: the enterprise is as unknown to the bank as any other.
+    let squat = allocate_as(&client, &token_a, loan(program, a, e, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(squat.code(), Code::NotFound, "{squat:?}");
+    w.referral(a, e, "EXPIRED").await;
+    let squat = allocate_as(&client, &token_a, loan(program, a, e, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(squat.code(), Code::NotFound, "{squat:?}");
+    assert_eq!(w.balance(program).await.reserved_minor, 0);
+
+    // Bank B lends to it through the bureau; bank A, referred it too, is refused under the
+    // one-bank rule without learning who B is or what B lends.
+    w.allocate(loan(program, b, e, 1_234_567)).await.unwrap();
+    w.referral(a, e, "ACKNOWLEDGED").await;
+    let status = allocate_as(&client, &token_a, loan(program, a, e, 1_000_000))
+        .await
+        .unwrap_err();
+    let message = refused(Err(status.clone()), "ONE_BANK_RULE");
+    let shown = format!("{message} {:?}", metadata(&status));
+    assert!(!shown.contains(&b.to_string()), "{shown}");
+    assert!(
+        !shown.contains("12,345.67") && !shown.contains("1234567"),
+        "{shown}"
+    );
+    // The bureau sees the whole picture.
+    let message = refused(
+        w.allocate(loan(program, a, e, 1_000_000)).await,
+        "ONE_BANK_RULE",
+    );
+    assert!(message.contains(&b.to_string()), "{message}");
+
+    // Referred a live need of another enterprise, the bank reserves as before.
+    let other = w.key_enterprise(2).await;
+    w.referral(a, other, "PENDING").await;
+    allocate_as(&client, &token_a, loan(program, a, other, 1_000_000))
+        .await
+        .expect("a referred enterprise");
 }
