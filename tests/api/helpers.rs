@@ -223,6 +223,12 @@ impl TestApp {
         Self::spawn_with(self.database.clone(), args).await
     }
 
+    /// A server on a fresh database, with these settings.
+    #[allow(dead_code)] // used by tests/api, not by tests/metrics.rs
+    pub async fn spawn_configured(args: ServerArgs) -> Self {
+        Self::spawn_with(std::sync::Arc::new(TestDatabase::create().await), args).await
+    }
+
     pub async fn spawn_with(database: std::sync::Arc<TestDatabase>, mut args: ServerArgs) -> Self {
         LOGS.get_or_init(|| {
             if std::env::var_os("RUST_LOG").is_some() {

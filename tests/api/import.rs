@@ -274,11 +274,7 @@ fn import_item(
 }
 
 async fn spawn_with(args: finmatch::config::ServerArgs) -> TestApp {
-    TestApp::spawn_with(
-        std::sync::Arc::new(crate::helpers::TestDatabase::create().await),
-        args,
-    )
-    .await
+    TestApp::spawn_configured(args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1388,13 +1388,10 @@ async fn delivered_cursors(app: &TestApp, lender_id: Uuid) -> Vec<i64> {
 async fn fan_out_reads_each_batch_once_whatever_the_number_of_streams() {
     const STREAMS: usize = 200;
     const NEEDS: usize = 10;
-    let app = TestApp::spawn_with(
-        std::sync::Arc::new(crate::helpers::TestDatabase::create().await),
-        finmatch::config::ServerArgs {
-            max_watch_streams_per_credential: STREAMS,
-            ..Default::default()
-        },
-    )
+    let app = TestApp::spawn_configured(finmatch::config::ServerArgs {
+        max_watch_streams_per_credential: STREAMS,
+        ..Default::default()
+    })
     .await;
     let banks = [
         bank(&app, "Bank A").await,
@@ -1496,11 +1493,7 @@ async fn when_the_relay_replica_dies_another_takes_over_once_its_lease_expires()
         relay_lease_secs: 2,
         ..Default::default()
     };
-    let first = TestApp::spawn_with(
-        std::sync::Arc::new(crate::helpers::TestDatabase::create().await),
-        short_lease(),
-    )
-    .await;
+    let first = TestApp::spawn_configured(short_lease()).await;
     eventually("the first server is the relay", || first.feed.stats().relay).await;
     let second = first.replica_with(short_lease()).await;
     let a = bank(&second, "Bank A").await;
@@ -1797,13 +1790,10 @@ async fn try_watch(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_credential_holds_at_most_its_share_of_watch_streams() {
-    let app = TestApp::spawn_with(
-        std::sync::Arc::new(crate::helpers::TestDatabase::create().await),
-        finmatch::config::ServerArgs {
-            max_watch_streams_per_credential: 2,
-            ..Default::default()
-        },
-    )
+    let app = TestApp::spawn_configured(finmatch::config::ServerArgs {
+        max_watch_streams_per_credential: 2,
+        ..Default::default()
+    })
     .await;
     let a = bank(&app, "Bank A").await;
     let b = bank(&app, "Bank B").await;
@@ -1843,13 +1833,10 @@ async fn one_credential_holds_at_most_its_share_of_watch_streams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_watch_streams_count_against_the_servers_concurrency_limit() {
-    let app = TestApp::spawn_with(
-        std::sync::Arc::new(crate::helpers::TestDatabase::create().await),
-        finmatch::config::ServerArgs {
-            max_concurrent_calls: 3,
-            ..Default::default()
-        },
-    )
+    let app = TestApp::spawn_configured(finmatch::config::ServerArgs {
+        max_concurrent_calls: 3,
+        ..Default::default()
+    })
     .await;
     let banks = [
         bank(&app, "Bank A").await,
@@ -2130,13 +2117,10 @@ async fn an_approved_need_outlives_its_needed_by_and_the_bank_records_its_loan()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn needed_by_is_a_day_in_the_bureaus_time_zone() {
     let shanghai = TestApp::spawn().await;
-    let utc = TestApp::spawn_with(
-        std::sync::Arc::new(crate::helpers::TestDatabase::create().await),
-        finmatch::config::ServerArgs {
-            time_zone: chrono_tz::UTC,
-            ..Default::default()
-        },
-    )
+    let utc = TestApp::spawn_configured(finmatch::config::ServerArgs {
+        time_zone: chrono_tz::UTC,
+        ..Default::default()
+    })
     .await;
     let today = finmatch::domain::BureauCalendar::default().today();
     // 20:00 UTC on the need's last day is 04:00 the next morning in Beijing.
@@ -2189,13 +2173,10 @@ async fn needed_by_is_a_day_in_the_bureaus_time_zone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_after_the_response_deadline_is_refused_before_the_sweeper_runs() {
-    let app = TestApp::spawn_with(
-        std::sync::Arc::new(crate::helpers::TestDatabase::create().await),
-        finmatch::config::ServerArgs {
-            sweep_interval_secs: 3600,
-            ..Default::default()
-        },
-    )
+    let app = TestApp::spawn_configured(finmatch::config::ServerArgs {
+        sweep_interval_secs: 3600,
+        ..Default::default()
+    })
     .await;
     let a = bank(&app, "Bank A").await;
     let b = bank(&app, "Bank B").await;
