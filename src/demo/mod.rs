@@ -288,6 +288,7 @@ impl<'a> Loader<'a> {
             loan_date_from: PROGRAM.loan_date_from,
             loan_date_to: None,
             one_bank_per_enterprise: true,
+            reservation_hours: crate::domain::special_loan::DEFAULT_RESERVATION_HOURS,
         };
         let existing = match self.app.create_program(&self.operator, program).await {
             Ok(created) => created,

@@ -175,6 +175,11 @@ canonical_enum! {
 }
 
 canonical_enum! {
+    /// Why a RELEASED allocation was released.
+    ReleaseReason("ALLOCATION_RELEASE_REASON_") { ReleasedByCaller = "RELEASED_BY_CALLER", Lapsed = "LAPSED" }
+}
+
+canonical_enum! {
     /// Who a credential speaks for.
     Role("ROLE_") { Operator = "OPERATOR", Portal = "PORTAL", Lender = "LENDER" }
 }
@@ -289,6 +294,7 @@ mod tests {
             ReferralStatus: "REFERRAL_STATUS_",
             DeclineReason: "DECLINE_REASON_",
             AllocationStatus: "ALLOCATION_STATUS_",
+            ReleaseReason: "ALLOCATION_RELEASE_REASON_",
             Role: "ROLE_",
             ReferralEventKind: "REFERRAL_EVENT_KIND_",
         );
@@ -335,6 +341,7 @@ mod tests {
             AllocationStatus::expected(),
             "RESERVED, CONFIRMED, RELEASED"
         );
+        assert_eq!(ReleaseReason::expected(), "RELEASED_BY_CALLER, LAPSED");
         assert_eq!(Role::expected(), "OPERATOR, PORTAL, LENDER");
         assert_eq!(
             ReferralEventKind::expected(),

@@ -24,7 +24,8 @@ pub use credit_code::{CreditCode, credit_code_with_check};
 pub use dates::{BureauCalendar, parse_date, parse_uuid};
 pub use enums::{
     AllocationStatus, Channel, Collateral, CollateralSet, DeclineReason, EnterpriseSize,
-    LenderKind, NeedStatus, Purpose, ReferralEventKind, ReferralStatus, Role, wire_name,
+    LenderKind, NeedStatus, Purpose, ReferralEventKind, ReferralStatus, ReleaseReason, Role,
+    wire_name,
 };
 pub use error::{DomainError, FieldViolation, Violations};
 pub use numbers::{

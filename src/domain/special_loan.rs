@@ -9,6 +9,11 @@ use super::{AmountMinor, Bps, TermMonths};
 
 const BPS: i128 = 10_000;
 
+/// How long a reservation holds quota when the program does not say, in hours.
+pub const DEFAULT_RESERVATION_HOURS: i32 = 72;
+/// The longest reservation a program may set: a year, in hours.
+pub const MAX_RESERVATION_HOURS: i32 = 8_760;
+
 /// `numerator / denominator` rounded half-up, for non-negative operands.
 fn div_round_half_up(numerator: i128, denominator: i128) -> i128 {
     debug_assert!(numerator >= 0 && denominator > 0);

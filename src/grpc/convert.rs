@@ -74,6 +74,11 @@ bridge!(
     domain::AllocationStatus,
     "ALLOCATION_STATUS_"
 );
+bridge!(
+    pb::AllocationReleaseReason,
+    domain::ReleaseReason,
+    "ALLOCATION_RELEASE_REASON_"
+);
 bridge!(pb::Role, domain::Role, "ROLE_");
 bridge!(
     pb::Ineligibility,

@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 use super::auth::principal;
 use super::convert::{self, Bridge, check};
 use super::pb;
+use crate::domain::special_loan::{DEFAULT_RESERVATION_HOURS, MAX_RESERVATION_HOURS};
 use crate::domain::{
     self, AllocationStatus, AmountMinor, Bps, DomainError, ListCode, Name, NonNegativeMinor, Note,
     TermMonths, Violations,
@@ -266,6 +267,13 @@ pub fn parse_new_program(given: &pb::Program) -> Result<NewProgram, Status> {
         "program.max_term_months",
         at_least(given.max_term_months, TermMonths::MIN, MAX_TERM_MONTHS).and_then(TermMonths::new),
     );
+    let reservation_hours = v.field(
+        "program.reservation_hours",
+        match given.reservation_hours {
+            0 => Ok(DEFAULT_RESERVATION_HOURS),
+            hours => at_least(hours, 1, MAX_RESERVATION_HOURS),
+        },
+    );
     let mut required_designations: Vec<ListCode> = Vec::new();
     for (i, raw) in given.required_designations.iter().enumerate() {
         if let Some(code) = v.field(
@@ -309,6 +317,7 @@ pub fn parse_new_program(given: &pb::Program) -> Result<NewProgram, Status> {
         loan_date_from: loan_date_from.expect("checked"),
         loan_date_to: loan_date_to.expect("checked"),
         one_bank_per_enterprise: given.one_bank_per_enterprise,
+        reservation_hours: reservation_hours.expect("checked"),
     })
 }
 
@@ -359,6 +368,7 @@ pub fn program_to_pb(program: Program) -> pb::Program {
         }),
         create_time: convert::timestamp(program.created_at),
         update_time: convert::timestamp(program.updated_at),
+        reservation_hours: program.reservation_hours,
     }
 }
 
@@ -384,5 +394,11 @@ pub fn allocation_to_pb(allocation: Allocation) -> pb::Allocation {
         disbursed_on: convert::optional_date(allocation.disbursed_on),
         create_time: convert::timestamp(allocation.created_at),
         update_time: convert::timestamp(allocation.updated_at),
+        expire_time: allocation.expires_at.and_then(convert::timestamp),
+        release_reason: allocation
+            .release_reason
+            .map_or(pb::AllocationReleaseReason::Unspecified as i32, |r| {
+                pb::AllocationReleaseReason::from_domain(r)
+            }),
     }
 }

@@ -58,6 +58,14 @@ pub mod reason {
     pub const LOAN_REFERENCE_REUSED: &str = "LOAN_REFERENCE_REUSED";
     pub const LENDER_INACTIVE: &str = "LENDER_INACTIVE";
     pub const CREDENTIAL_REVOKED: &str = "CREDENTIAL_REVOKED";
+    /// A confirmation after the reservation's expire_time.
+    pub const RESERVATION_LAPSED: &str = "RESERVATION_LAPSED";
+    /// A confirmation naming no disbursement of the lender for the allocation's enterprise.
+    pub const NO_DISBURSEMENT: &str = "NO_DISBURSEMENT";
+    /// A confirmation whose date is not the disbursement's.
+    pub const DISBURSEMENT_MISMATCH: &str = "DISBURSEMENT_MISMATCH";
+    /// A confirmation by a disbursement smaller than the allocation.
+    pub const DISBURSEMENT_TOO_SMALL: &str = "DISBURSEMENT_TOO_SMALL";
 }
 
 /// The application error every use case returns.

@@ -28,7 +28,7 @@ pub const RPC_SUBMIT: &str = "finmatch.v1.FinancingService/SubmitNeed";
 const RPC_WITHDRAW: &str = "finmatch.v1.FinancingService/WithdrawNeed";
 const RPC_REROUTE: &str = "finmatch.v1.FinancingService/RerouteNeed";
 /// Audit "rpc" of the background SLA sweeper.
-const SWEEPER: &str = "finmatch.sweeper";
+pub(crate) const SWEEPER: &str = "finmatch.sweeper";
 
 /// Items ImportNeeds hands to the use case at once.
 pub const IMPORT_BATCH: usize = 1000;
@@ -185,6 +185,8 @@ pub struct SweepReport {
     pub unmatched_needs: usize,
     /// Needs marked EXPIRED (needed_by passed).
     pub expired_needs: usize,
+    /// Special-loan reservations released because they lapsed unconfirmed.
+    pub lapsed_reservations: usize,
 }
 
 impl App {
@@ -710,7 +712,8 @@ impl App {
     /// One pass of the SLA sweeper at `now`: expires the needs nobody approved whose `needed_by`
     /// is before `now`'s business day (cancelling their open referrals), then expires undecided referrals past
     /// their deadline and routes their needs to the next best untried lenders (up to the
-    /// policy's limit; with none left and nothing open the need becomes UNMATCHED).
+    /// policy's limit; with none left and nothing open the need becomes UNMATCHED), then
+    /// releases the special-loan reservations that lapsed ([`App::release_lapsed_reservations`]).
     ///
     /// Work is claimed by locking needs with `FOR NO KEY UPDATE SKIP LOCKED`, so replicas
     /// sweeping at once never handle one referral or need twice, and a need some call is
@@ -772,6 +775,7 @@ impl App {
                 break;
             }
         }
+        report.lapsed_reservations = self.release_lapsed_reservations(now).await?;
         if report != SweepReport::default() {
             tracing::info!(?report, "SLA sweep");
         }

@@ -9,17 +9,18 @@
 //! of calls on any number of replicas can overdraw a quota, exceed a cap or bind an enterprise
 //! to two banks.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use diesel_async::AsyncConnection as _;
 use uuid::Uuid;
 
 use super::error::{TRIES, retry_conflicts};
+use super::financing::SWEEPER;
 use super::paging::{Cursor, Page, PageRequest};
 use super::{App, Error, Idempotency, Principal, Result, audit, reason};
 use crate::domain::special_loan::{effective_rate_bps, subsidy_minor};
 use crate::domain::{
     AllocationStatus, AmountMinor, Bps, ListCode, LoanReference, Name, NonNegativeMinor, Note,
-    ReferralStatus, TermMonths, format_cny, format_percent,
+    ReferralStatus, ReleaseReason, TermMonths, format_cny, format_percent,
 };
 use crate::storage::special_loans::{
     AllocationFilter, AllocationRow, LenderQuotaRow, NewAllocation, ProgramRow,
@@ -31,6 +32,8 @@ const RPC_SET_QUOTA: &str = "finmatch.v1.SpecialLoanService/SetLenderQuota";
 const RPC_ALLOCATE: &str = "finmatch.v1.SpecialLoanService/AllocateSpecialLoan";
 const RPC_CONFIRM: &str = "finmatch.v1.SpecialLoanService/ConfirmAllocation";
 const RPC_RELEASE: &str = "finmatch.v1.SpecialLoanService/ReleaseAllocation";
+/// Lapsed reservations listed at once.
+const LAPSE_BATCH: i64 = 100;
 
 /// A program to create, with its rules.
 #[derive(Debug, Clone)]
@@ -49,6 +52,8 @@ pub struct NewProgram {
     /// Inclusive; None = open-ended. Never before `loan_date_from`.
     pub loan_date_to: Option<NaiveDate>,
     pub one_bank_per_enterprise: bool,
+    /// How long a reservation holds quota, 1 to 8760 hours.
+    pub reservation_hours: i32,
 }
 
 /// A program as stored, with its live balance.
@@ -67,6 +72,7 @@ pub struct Program {
     pub loan_date_from: NaiveDate,
     pub loan_date_to: Option<NaiveDate>,
     pub one_bank_per_enterprise: bool,
+    pub reservation_hours: i32,
     pub balance: ProgramBalance,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -125,6 +131,11 @@ pub struct Allocation {
     pub disbursed_on: Option<NaiveDate>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the reservation lapses; None only in a replay of a response given before
+    /// reservations lapsed.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Set when RELEASED (None on allocations released before reasons were recorded).
+    pub release_reason: Option<ReleaseReason>,
 }
 
 /// Filters of [`App::list_allocations`]; None and empty mean "any".
@@ -172,6 +183,7 @@ impl App {
                             loan_date_from: input.loan_date_from,
                             loan_date_to: input.loan_date_to,
                             one_bank_per_enterprise: input.one_bank_per_enterprise,
+                            reservation_hours: input.reservation_hours,
                         };
                         let row = match storage::special_loans::insert_program(conn, &new).await {
                             // A concurrent creation of the same code won; the retry names it.
@@ -191,6 +203,7 @@ impl App {
                             serde_json::json!({
                                 "code": row.code,
                                 "total_quota_minor": row.total_quota_minor,
+                                "reservation_hours": row.reservation_hours,
                             }),
                         )
                         .await?;
@@ -348,8 +361,9 @@ impl App {
         Err(error)
     }
 
-    /// RESERVED → CONFIRMED with the lender's loan reference; the amount moves from reserved to
-    /// confirmed. Confirming again with the same reference and date returns it unchanged.
+    /// RESERVED → CONFIRMED by the loan the lender recorded under `loan_reference`; the amount
+    /// moves from reserved to confirmed. Confirming again with the same reference and date
+    /// returns it unchanged.
     #[tracing::instrument(skip(self, who, loan_reference))]
     pub async fn confirm_allocation(
         &self,
@@ -362,97 +376,12 @@ impl App {
         retry_conflicts(TRIES, || {
             let (who, loan_reference) = (who.clone(), loan_reference.clone());
             async move {
-                self.conn().await?.transaction(async move |conn| {
-                let reference = loan_reference.as_str();
-                let row =
-                    storage::special_loans::find_allocation_for_update(conn, id, who.lender_id)
-                        .await?
-                        .ok_or_else(|| Error::not_found("allocation", id))?;
-                match status_of(&row)? {
-                    AllocationStatus::Confirmed
-                        if row.loan_reference.as_deref() == Some(reference)
-                            && row.disbursed_on == Some(disbursed_on) =>
-                    {
-                        return to_allocation(row);
-                    }
-                    AllocationStatus::Confirmed => {
-                        return Err(illegal_transition(
-                            id,
-                            format!(
-                                "is already ALLOCATION_STATUS_CONFIRMED with loan_reference {:?} disbursed on {}",
-                                row.loan_reference.unwrap_or_default(),
-                                row.disbursed_on.map(|d| d.to_string()).unwrap_or_default()
-                            ),
-                        ));
-                    }
-                    AllocationStatus::Released => {
-                        return Err(illegal_transition(
-                            id,
-                            "is ALLOCATION_STATUS_RELEASED; reserve quota again".into(),
-                        ));
-                    }
-                    AllocationStatus::Reserved => {}
-                }
-                let program = storage::special_loans::find_program(conn, row.program_id)
+                self.conn()
                     .await?
-                    .ok_or_else(|| Error::not_found("program", row.program_id))?;
-                check_window(&program, disbursed_on, "disbursed_on")?;
-                if let Some(other) = storage::special_loans::find_allocation_by_reference(
-                    conn,
-                    row.lender_id,
-                    reference,
-                )
-                .await?
-                {
-                    return Err(duplicate_reference(reference, other.id));
-                }
-                let updated = match storage::special_loans::confirm_allocation(
-                    conn,
-                    id,
-                    reference,
-                    disbursed_on,
-                )
-                .await
-                {
-                    // A concurrent confirmation took the reference; the retry names it.
-                    Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
-                        return Err(Error::conflict());
-                    }
-                    other => other?,
-                };
-                let amount = row.amount_minor;
-                // Lock order: (allocation,) lender quota, program.
-                storage::special_loans::adjust_lender_balance(
-                    conn,
-                    row.program_id,
-                    row.lender_id,
-                    -amount,
-                    amount,
-                )
-                .await?;
-                storage::special_loans::adjust_program_balance(
-                    conn,
-                    row.program_id,
-                    -amount,
-                    amount,
-                )
-                .await?;
-                audit::record(
-                    conn,
-                    Some(&who),
-                    RPC_CONFIRM,
-                    "allocation",
-                    id,
-                    serde_json::json!({
-                        "program_id": row.program_id,
-                        "loan_reference": reference,
-                        "disbursed_on": disbursed_on,
-                        "amount_minor": amount,
-                    }),
-                )
-                .await?;
-                to_allocation(updated)
-            }).await
+                    .transaction(async move |conn| {
+                        confirm(conn, &who, id, &loan_reference, disbursed_on, Utc::now()).await
+                    })
+                    .await
             }
         })
         .await
@@ -490,42 +419,53 @@ impl App {
                     }
                     AllocationStatus::Reserved => {}
                 }
-                let updated = storage::special_loans::release_allocation(conn, id).await?;
-                let amount = row.amount_minor;
-                // Lock order: (allocation,) enterprise standing, lender quota, program.
-                storage::special_loans::subtract_enterprise_live(
-                    conn,
-                    row.program_id,
-                    row.enterprise_id,
-                    amount,
-                )
-                .await?;
-                storage::special_loans::adjust_lender_balance(
-                    conn,
-                    row.program_id,
-                    row.lender_id,
-                    -amount,
-                    0,
-                )
-                .await?;
-                storage::special_loans::adjust_program_balance(conn, row.program_id, -amount, 0)
-                    .await?;
-                audit::record(
-                    conn,
-                    Some(&who),
-                    RPC_RELEASE,
-                    "allocation",
-                    id,
-                    serde_json::json!({
-                        "program_id": row.program_id,
-                        "amount_minor": amount,
-                        "reason": why.as_str(),
-                    }),
-                )
-                .await?;
-                to_allocation(updated)
+                let detail = serde_json::json!({ "reason": why.as_str() });
+                release(conn, Some(&who), RPC_RELEASE, row, ReleaseReason::ReleasedByCaller, detail)
+                    .await
             })
             .await
+    }
+
+    /// Releases every reservation that lapsed by `now`, one per transaction, each audited as
+    /// the sweeper's. Replicas running it at once never release one twice: each claims its
+    /// allocation with `SKIP LOCKED` and checks it is still RESERVED. Returns how many it
+    /// released.
+    pub async fn release_lapsed_reservations(&self, now: DateTime<Utc>) -> Result<usize> {
+        let mut released = 0;
+        loop {
+            let lapsed = {
+                let mut conn = self.conn().await?;
+                storage::special_loans::lapsed_reservations(&mut conn, now, LAPSE_BATCH).await?
+            };
+            let mut handled = 0;
+            for &id in &lapsed {
+                let done = retry_conflicts(TRIES, || async move {
+                    self.conn()
+                        .await?
+                        .transaction(async move |conn| lapse(conn, id, now).await)
+                        .await
+                })
+                .await?;
+                if let Some(allocation) = done {
+                    handled += 1;
+                    metrics::counter!("finmatch_reservations_lapsed_total").increment(1);
+                    tracing::info!(
+                        allocation_id = %allocation.id,
+                        program_id = %allocation.program_id,
+                        lender_id = %allocation.lender_id,
+                        amount_minor = allocation.amount_minor,
+                        "reservation lapsed; quota released"
+                    );
+                }
+            }
+            released += handled;
+            // The rest are held by calls or other replicas, which finish them or leave them to
+            // the next pass.
+            if lapsed.len() < LAPSE_BATCH as usize || handled == 0 {
+                break;
+            }
+        }
+        Ok(released)
     }
 
     /// Allocations in creation order; a lender sees only its own (filtered in SQL).
@@ -679,6 +619,7 @@ async fn allocate(
             designation_id: designation.as_ref().map(|d| d.id),
             designation_list_code: designation.as_ref().map(|d| d.list_code.as_str()),
             idempotency_key: Some(idempotency.key.as_str()),
+            expires_at: Utc::now() + TimeDelta::hours(i64::from(program.reservation_hours)),
         },
     )
     .await?;
@@ -695,12 +636,206 @@ async fn allocate(
             "amount_minor": amount,
             "designation_id": row.designation_id,
             "designation_list_code": row.designation_list_code,
+            "expires_at": row.expires_at,
         }),
     )
     .await?;
     let saved = serde_json::to_vec(&row).map_err(|e| Error::Internal(e.into()))?;
     audit::remember(conn, who, RPC_ALLOCATE, idempotency, &saved).await?;
     to_allocation(row)
+}
+
+/// One confirmation, in its transaction: the allocation is locked first (see the lock order in
+/// `storage::special_loans`), the recorded loan is read, then the balances move.
+async fn confirm(
+    conn: &mut Connection,
+    who: &Principal,
+    id: Uuid,
+    loan_reference: &LoanReference,
+    disbursed_on: NaiveDate,
+    now: DateTime<Utc>,
+) -> Result<Allocation> {
+    let reference = loan_reference.as_str();
+    let row = storage::special_loans::find_allocation_for_update(conn, id, who.lender_id)
+        .await?
+        .ok_or_else(|| Error::not_found("allocation", id))?;
+    match status_of(&row)? {
+        AllocationStatus::Confirmed
+            if row.loan_reference.as_deref() == Some(reference)
+                && row.disbursed_on == Some(disbursed_on) =>
+        {
+            return to_allocation(row);
+        }
+        AllocationStatus::Confirmed => {
+            return Err(illegal_transition(
+                id,
+                format!(
+                    "is already ALLOCATION_STATUS_CONFIRMED with loan_reference {:?} disbursed on {}",
+                    row.loan_reference.unwrap_or_default(),
+                    row.disbursed_on.map(|d| d.to_string()).unwrap_or_default()
+                ),
+            ));
+        }
+        AllocationStatus::Released => {
+            return Err(illegal_transition(
+                id,
+                "is ALLOCATION_STATUS_RELEASED; reserve quota again".into(),
+            ));
+        }
+        AllocationStatus::Reserved => {}
+    }
+    if let Some(lapsed_at) = row.expires_at.filter(|at| *at <= now) {
+        return Err(Error::precondition(
+            reason::RESERVATION_LAPSED,
+            format!(
+                "allocation {id}'s reservation lapsed at {}; its quota is being released. \
+                 Reserve quota again with AllocateSpecialLoan",
+                lapsed_at.to_rfc3339()
+            ),
+        )
+        .with_metadata("expire_time", lapsed_at.to_rfc3339()));
+    }
+    let program = storage::special_loans::find_program(conn, row.program_id)
+        .await?
+        .ok_or_else(|| Error::not_found("program", row.program_id))?;
+    check_window(&program, disbursed_on, "disbursed_on")?;
+    check_recorded_loan(conn, &row, reference, disbursed_on).await?;
+    if let Some(other) =
+        storage::special_loans::find_allocation_by_reference(conn, row.lender_id, reference).await?
+    {
+        return Err(duplicate_reference(reference, other.id));
+    }
+    let updated =
+        match storage::special_loans::confirm_allocation(conn, id, reference, disbursed_on).await {
+            // A concurrent confirmation took the reference; the retry names it.
+            Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
+                return Err(Error::conflict());
+            }
+            other => other?,
+        };
+    let amount = row.amount_minor;
+    // Lock order: (allocation,) lender quota, program.
+    storage::special_loans::adjust_lender_balance(
+        conn,
+        row.program_id,
+        row.lender_id,
+        -amount,
+        amount,
+    )
+    .await?;
+    storage::special_loans::adjust_program_balance(conn, row.program_id, -amount, amount).await?;
+    audit::record(
+        conn,
+        Some(who),
+        RPC_CONFIRM,
+        "allocation",
+        id,
+        serde_json::json!({
+            "program_id": row.program_id,
+            "loan_reference": reference,
+            "disbursed_on": disbursed_on,
+            "amount_minor": amount,
+        }),
+    )
+    .await?;
+    to_allocation(updated)
+}
+
+/// A special loan is confirmed only by the loan itself: a disbursement the allocation's lender
+/// recorded under `reference`, for the allocation's enterprise (on its referral, when it names
+/// one), paid out on `disbursed_on`, covering the allocation's amount.
+async fn check_recorded_loan(
+    conn: &mut Connection,
+    allocation: &AllocationRow,
+    reference: &str,
+    disbursed_on: NaiveDate,
+) -> Result<()> {
+    let loan = storage::special_loans::recorded_loan(conn, allocation.lender_id, reference)
+        .await?
+        .filter(|loan| {
+            loan.enterprise_id == allocation.enterprise_id
+                && allocation.referral_id.is_none_or(|r| r == loan.referral_id)
+        });
+    let Some(loan) = loan else {
+        let on_referral = allocation
+            .referral_id
+            .map(|r| format!(" on referral {r}"))
+            .unwrap_or_default();
+        return Err(Error::precondition(
+            reason::NO_DISBURSEMENT,
+            format!(
+                "lender {} has recorded no disbursement with loan_reference {reference:?} for \
+                 enterprise {}{on_referral}; record the loan with RecordDisbursement first",
+                allocation.lender_id, allocation.enterprise_id
+            ),
+        ));
+    };
+    if loan.disbursed_on != disbursed_on {
+        return Err(Error::precondition(
+            reason::DISBURSEMENT_MISMATCH,
+            format!(
+                "loan {reference:?} was recorded as disbursed on {}, not {disbursed_on}",
+                loan.disbursed_on
+            ),
+        )
+        .with_metadata("disbursed_on", loan.disbursed_on));
+    }
+    if loan.amount_minor < allocation.amount_minor {
+        return Err(Error::precondition(
+            reason::DISBURSEMENT_TOO_SMALL,
+            format!(
+                "loan {reference:?} disbursed {}, less than the allocation's {} by {}",
+                money(loan.amount_minor),
+                money(allocation.amount_minor),
+                money(allocation.amount_minor - loan.amount_minor)
+            ),
+        )
+        .with_metadata("limit", loan.amount_minor)
+        .with_metadata("requested", allocation.amount_minor));
+    }
+    Ok(())
+}
+
+/// Releases the lapsed reservation `id` if it is still one and nobody holds it.
+async fn lapse(conn: &mut Connection, id: Uuid, now: DateTime<Utc>) -> Result<Option<Allocation>> {
+    let Some(row) = storage::special_loans::lock_lapsed(conn, id, now).await? else {
+        return Ok(None);
+    };
+    let detail =
+        serde_json::json!({ "reason": "reservation lapsed", "expires_at": row.expires_at });
+    release(conn, None, SWEEPER, row, ReleaseReason::Lapsed, detail)
+        .await
+        .map(Some)
+}
+
+/// RESERVED → RELEASED for a locked allocation: its amount returns to the enterprise's cap, the
+/// lender's quota and the program, and the release is audited with `detail`.
+async fn release(
+    conn: &mut Connection,
+    who: Option<&Principal>,
+    rpc: &str,
+    row: AllocationRow,
+    why: ReleaseReason,
+    mut detail: serde_json::Value,
+) -> Result<Allocation> {
+    let updated = storage::special_loans::release_allocation(conn, row.id, why).await?;
+    let amount = row.amount_minor;
+    // Lock order: (allocation,) enterprise standing, lender quota, program.
+    storage::special_loans::subtract_enterprise_live(
+        conn,
+        row.program_id,
+        row.enterprise_id,
+        amount,
+    )
+    .await?;
+    storage::special_loans::adjust_lender_balance(conn, row.program_id, row.lender_id, -amount, 0)
+        .await?;
+    storage::special_loans::adjust_program_balance(conn, row.program_id, -amount, 0).await?;
+    detail["program_id"] = serde_json::json!(row.program_id);
+    detail["amount_minor"] = serde_json::json!(amount);
+    detail["release_reason"] = serde_json::json!(why.as_str());
+    audit::record(conn, who, rpc, "allocation", row.id, detail).await?;
+    to_allocation(updated)
 }
 
 /// Whether the request's lender holds a live referral (open or funded: one on which it may see
@@ -1081,6 +1216,7 @@ fn to_program(row: ProgramRow, quotas: Vec<LenderQuotaRow>) -> Result<Program> {
         loan_date_from: row.loan_date_from,
         loan_date_to: row.loan_date_to,
         one_bank_per_enterprise: row.one_bank_per_enterprise,
+        reservation_hours: row.reservation_hours,
         balance: ProgramBalance {
             reserved_minor: row.reserved_minor,
             confirmed_minor: row.confirmed_minor,
@@ -1119,6 +1255,18 @@ fn decode_saved(saved: &[u8]) -> Result<Allocation> {
 
 fn to_allocation(row: AllocationRow) -> Result<Allocation> {
     let status = status_of(&row)?;
+    let release_reason = row
+        .release_reason
+        .as_deref()
+        .map(|r| {
+            r.parse::<ReleaseReason>().map_err(|_| {
+                Error::Internal(anyhow::anyhow!(
+                    "allocation {} has unknown release reason {r:?}",
+                    row.id
+                ))
+            })
+        })
+        .transpose()?;
     Ok(Allocation {
         id: row.id,
         program_id: row.program_id,
@@ -1138,5 +1286,7 @@ fn to_allocation(row: AllocationRow) -> Result<Allocation> {
         disbursed_on: row.disbursed_on,
         created_at: row.created_at,
         updated_at: row.updated_at,
+        expires_at: row.expires_at,
+        release_reason,
     })
 }

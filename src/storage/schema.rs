@@ -33,6 +33,10 @@ diesel::table! {
         idempotency_key -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        /// When a RESERVED allocation lapses (created_at + the program's reservation_hours): confirmation is refused from then on and the sweeper releases it.
+        expires_at -> Timestamptz,
+        /// Why a RELEASED allocation was released: RELEASED_BY_CALLER (ReleaseAllocation) or LAPSED (its reservation time ran out); NULL otherwise (and on rows the previous release released).
+        release_reason -> Nullable<Text>,
     }
 }
 
@@ -314,6 +318,8 @@ diesel::table! {
         lender_quota_sum_minor -> Int8,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        /// How long a RESERVED allocation holds quota before the sweeper releases it, in hours (1 to 8760).
+        reservation_hours -> Int4,
     }
 }
 

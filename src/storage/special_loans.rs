@@ -15,9 +15,10 @@ use uuid::Uuid;
 
 use super::Connection;
 use super::schema::{
-    allocations, designations, needs, program_enterprises, program_lender_quotas, programs,
-    referrals,
+    allocations, designations, disbursements, needs, program_enterprises, program_lender_quotas,
+    programs, referrals,
 };
+use crate::domain::{AllocationStatus, ReleaseReason};
 
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
 #[diesel(table_name = programs)]
@@ -40,6 +41,7 @@ pub struct ProgramRow {
     pub lender_quota_sum_minor: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub reservation_hours: i32,
 }
 
 #[derive(Debug, Insertable)]
@@ -57,6 +59,7 @@ pub struct NewProgram<'a> {
     pub loan_date_from: NaiveDate,
     pub loan_date_to: Option<NaiveDate>,
     pub one_bank_per_enterprise: bool,
+    pub reservation_hours: i32,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -100,6 +103,13 @@ pub struct AllocationRow {
     pub disbursed_on: Option<NaiveDate>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Always set in the table; None only in a replay record saved before the column existed
+    /// (the replay answers as the first response did, without it).
+    #[diesel(deserialize_as = DateTime<Utc>)]
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub release_reason: Option<String>,
 }
 
 #[derive(Debug, Insertable)]
@@ -118,6 +128,7 @@ pub struct NewAllocation<'a> {
     pub designation_id: Option<Uuid>,
     pub designation_list_code: Option<&'a str>,
     pub idempotency_key: Option<&'a str>,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// Filters of ListAllocations; `None` and empty lists mean "any".
@@ -525,7 +536,7 @@ pub async fn confirm_allocation(
 ) -> QueryResult<AllocationRow> {
     diesel::update(allocations::table.find(id))
         .set((
-            allocations::status.eq("CONFIRMED"),
+            allocations::status.eq(AllocationStatus::Confirmed.as_str()),
             allocations::loan_reference.eq(loan_reference),
             allocations::disbursed_on.eq(disbursed_on),
         ))
@@ -534,12 +545,85 @@ pub async fn confirm_allocation(
         .await
 }
 
-pub async fn release_allocation(conn: &mut Connection, id: Uuid) -> QueryResult<AllocationRow> {
+pub async fn release_allocation(
+    conn: &mut Connection,
+    id: Uuid,
+    why: ReleaseReason,
+) -> QueryResult<AllocationRow> {
     diesel::update(allocations::table.find(id))
-        .set(allocations::status.eq("RELEASED"))
+        .set((
+            allocations::status.eq(AllocationStatus::Released.as_str()),
+            allocations::release_reason.eq(why.as_str()),
+        ))
         .returning(AllocationRow::as_returning())
         .get_result(conn)
         .await
+}
+
+/// Up to `limit` RESERVED allocations whose reservation lapsed by `now`, soonest first.
+pub async fn lapsed_reservations(
+    conn: &mut Connection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> QueryResult<Vec<Uuid>> {
+    allocations::table
+        .filter(allocations::status.eq(AllocationStatus::Reserved.as_str()))
+        .filter(allocations::expires_at.le(now))
+        .order_by((allocations::expires_at, allocations::id))
+        .select(allocations::id)
+        .limit(limit)
+        .load(conn)
+        .await
+}
+
+/// The allocation if it is still a reservation that lapsed by `now` and no other transaction
+/// holds it, locked until the end of the transaction (replicas sweeping at once each take
+/// different ones, and a call confirming or releasing it right now keeps it).
+pub async fn lock_lapsed(
+    conn: &mut Connection,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> QueryResult<Option<AllocationRow>> {
+    allocations::table
+        .filter(allocations::id.eq(id))
+        .filter(allocations::status.eq(AllocationStatus::Reserved.as_str()))
+        .filter(allocations::expires_at.le(now))
+        .select(AllocationRow::as_select())
+        .for_update()
+        .skip_locked()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// What a confirmation checks of the disbursement it names.
+#[derive(Debug, Clone, Queryable)]
+pub struct RecordedLoan {
+    pub referral_id: Uuid,
+    pub enterprise_id: Uuid,
+    pub amount_minor: i64,
+    pub disbursed_on: NaiveDate,
+}
+
+/// The disbursement `lender_id` recorded under `loan_reference`, with its need's enterprise.
+pub async fn recorded_loan(
+    conn: &mut Connection,
+    lender_id: Uuid,
+    loan_reference: &str,
+) -> QueryResult<Option<RecordedLoan>> {
+    disbursements::table
+        .inner_join(needs::table)
+        .filter(disbursements::lender_id.eq(lender_id))
+        .filter(disbursements::loan_reference.eq(loan_reference))
+        .select((
+            disbursements::referral_id,
+            needs::enterprise_id,
+            disbursements::amount_minor,
+            disbursements::disbursed_on,
+        ))
+        .first(conn)
+        .await
+        .optional()
 }
 
 /// One page in (created_at, id) order, after `after` if given; fetches `limit` rows.

@@ -544,7 +544,8 @@ async fn programs_count_live_allocations_of_matching_enterprises() {
         .confirm_allocation(authed(
             pb::ConfirmAllocationRequest {
                 allocation_id: first.id.clone(),
-                loan_reference: "LOAN-P-1".into(),
+                // The loan Bank A recorded for e1 (a confirmation needs it).
+                loan_reference: "LOAN-A-1".into(),
                 disbursed_on: "2020-03-02".into(),
             },
             op,

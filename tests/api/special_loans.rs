@@ -49,7 +49,10 @@ struct World {
 
 impl World {
     async fn new() -> Self {
-        let app = TestApp::spawn().await;
+        Self::on(TestApp::spawn().await)
+    }
+
+    fn on(app: TestApp) -> Self {
         let client = SpecialLoanServiceClient::new(app.channel.clone());
         Self { app, client }
     }
@@ -78,10 +81,8 @@ impl World {
         lender.id.parse().unwrap()
     }
 
-    /// Gives `lender` a referral of `status` for a new need of `enterprise`, stored directly (the
-    /// allocation rules care only that it exists): the lender gets a product for it.
-    async fn referral(&self, lender: Uuid, enterprise: Uuid, status: &str) -> Uuid {
-        use finmatch::storage;
+    /// A new working-capital product of `lender`.
+    async fn product(&self, lender: Uuid) -> Uuid {
         let product = LenderServiceClient::new(self.app.channel.clone())
             .create_product(self.op(pb::CreateProductRequest {
                 product: Some(pb::Product {
@@ -105,6 +106,51 @@ impl World {
             .into_inner()
             .product
             .unwrap();
+        product.id.parse().unwrap()
+    }
+
+    /// A loan of `amount_minor` that `lender` paid out to `enterprise` on 2020-03-02 and recorded
+    /// under `reference` (what ConfirmAllocation requires): a funded need, its DISBURSED referral
+    /// through `product` (one of the lender's) and the disbursement, stored directly. Returns the
+    /// referral.
+    async fn recorded_loan(
+        &self,
+        lender: Uuid,
+        product: Uuid,
+        enterprise: Uuid,
+        amount_minor: i64,
+        reference: &str,
+    ) -> Uuid {
+        let f = crate::fixtures::Fixtures::connect(&self.app).await;
+        let need = f
+            .need(crate::fixtures::NeedRow {
+                enterprise_id: enterprise,
+                amount_minor,
+                purpose: "WORKING_CAPITAL",
+                status: "FUNDED",
+                created_at: None,
+            })
+            .await;
+        let referral = f
+            .referral(crate::fixtures::ReferralRow {
+                need_id: need,
+                lender_id: lender,
+                product_id: product,
+                status: "DISBURSED",
+                decline_reason: None,
+                approved_amount_minor: Some(amount_minor),
+                answered_after_secs: Some(60),
+            })
+            .await;
+        f.disbursement(referral, amount_minor, reference).await;
+        referral
+    }
+
+    /// Gives `lender` a referral of `status` for a new need of `enterprise`, stored directly (the
+    /// allocation rules care only that it exists): the lender gets a product for it.
+    async fn referral(&self, lender: Uuid, enterprise: Uuid, status: &str) -> Uuid {
+        use finmatch::storage;
+        let product = self.product(lender).await;
         let creator = self
             .app
             .app
@@ -149,7 +195,7 @@ impl World {
             &storage::referrals::NewReferral {
                 need_id: need.id,
                 lender_id: lender,
-                product_id: product.id.parse().unwrap(),
+                product_id: product,
                 status,
                 score: 700,
                 factors: serde_json::json!([]),
@@ -765,6 +811,9 @@ async fn confirm_moves_the_amount_to_confirmed_and_is_idempotent_on_the_referenc
         .allocate(loan(program, a, e, TEN_MILLION_YUAN))
         .await
         .unwrap();
+    let product = w.product(a).await;
+    w.recorded_loan(a, product, e, TEN_MILLION_YUAN, "LN-1")
+        .await;
 
     let status = w
         .confirm(&allocation.id, "LN-1", "2021-01-01")
@@ -1158,6 +1207,32 @@ async fn concurrent_allocations_on_two_replicas_never_overdraw_and_use_up_the_qu
     }
 
     let amounts = [UNIT, 2 * UNIT, 3 * UNIT, 5 * UNIT];
+    // The lender, enterprise and amount of client c's attempt k.
+    let party = move |lenders: &[Uuid], enterprises: &[Uuid], c: usize, k: usize| {
+        (
+            lenders[(c + k) % lenders.len()],
+            enterprises[(c * 7 + k * 3) % enterprises.len()],
+            amounts[(c * ATTEMPTS + k) % amounts.len()],
+        )
+    };
+    // The loans the clients confirm by, recorded beforehand (a confirmation needs its loan).
+    let mut products = HashMap::new();
+    for &lender in &lenders {
+        products.insert(lender, w.product(lender).await);
+    }
+    for c in 0..CLIENTS {
+        for k in (0..ATTEMPTS).filter(|k| k % 4 == 1) {
+            let (lender, enterprise, amount) = party(&lenders, &enterprises, c, k);
+            w.recorded_loan(
+                lender,
+                products[&lender],
+                enterprise,
+                amount,
+                &format!("LN-{c}-{k}"),
+            )
+            .await;
+        }
+    }
     let demand: i64 = (0..CLIENTS * ATTEMPTS)
         .map(|i| amounts[i % amounts.len()])
         .sum();
@@ -1184,10 +1259,8 @@ async fn concurrent_allocations_on_two_replicas_never_overdraw_and_use_up_the_qu
         tasks.push(tokio::spawn(async move {
             let mut outcomes: Vec<Result<(), String>> = Vec::new();
             for k in 0..ATTEMPTS {
-                let i = c * ATTEMPTS + k;
-                let enterprise = enterprises[(c * 7 + k * 3) % enterprises.len()];
-                let lender = lenders[(c + k) % lenders.len()];
-                let request = loan(program, lender, enterprise, amounts[i % amounts.len()]);
+                let (lender, enterprise, amount) = party(&lenders, &enterprises, c, k);
+                let request = loan(program, lender, enterprise, amount);
                 match allocate_as(&client, &token, request).await {
                     Ok(allocation) => {
                         outcomes.push(Ok(()));
@@ -1485,4 +1558,286 @@ async fn a_lender_reserves_only_for_an_enterprise_referred_to_it_and_learns_noth
     allocate_as(&client, &token_a, loan(program, a, other, 1_000_000))
         .await
         .expect("a referred enterprise");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmation_requires_the_lenders_recorded_loan_to_that_enterprise_covering_the_allocation()
+ {
+    let w = World::new().await;
+    let (program, a, b) = w.pboc_with_two_lenders().await;
+    let e1 = w.key_enterprise(1).await;
+    let e2 = w.key_enterprise(2).await;
+    let (product_a, product_b) = (w.product(a).await, w.product(b).await);
+    let allocation = w.allocate(loan(program, a, e1, 5_000_000)).await.unwrap();
+
+    // Nothing recorded under the reference: any reference was accepted before.
+    let message = refused(
+        w.confirm(&allocation.id, "LN-NONE", "2020-03-02").await,
+        "NO_DISBURSEMENT",
+    );
+    assert!(message.contains("RecordDisbursement"), "{message}");
+    // Another bank's loan to the enterprise, and the bank's loan to another enterprise.
+    w.recorded_loan(b, product_b, e1, 5_000_000, "LN-B").await;
+    refused(
+        w.confirm(&allocation.id, "LN-B", "2020-03-02").await,
+        "NO_DISBURSEMENT",
+    );
+    w.recorded_loan(a, product_a, e2, 5_000_000, "LN-E2").await;
+    refused(
+        w.confirm(&allocation.id, "LN-E2", "2020-03-02").await,
+        "NO_DISBURSEMENT",
+    );
+    // The bank's loan to the enterprise, but smaller than the quota it would confirm.
+    w.recorded_loan(a, product_a, e1, 4_999_999, "LN-SMALL")
+        .await;
+    let status = w
+        .confirm(&allocation.id, "LN-SMALL", "2020-03-02")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error_reason(&status).as_deref(),
+        Some("DISBURSEMENT_TOO_SMALL")
+    );
+    let info = metadata(&status);
+    assert_eq!(
+        (info["limit"].as_str(), info["requested"].as_str()),
+        ("4999999", "5000000")
+    );
+    // The right loan, claimed on another day than it was paid out.
+    w.recorded_loan(a, product_a, e1, 5_000_000, "LN-1").await;
+    let status = w
+        .confirm(&allocation.id, "LN-1", "2020-03-03")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error_reason(&status).as_deref(),
+        Some("DISBURSEMENT_MISMATCH")
+    );
+    assert_eq!(metadata(&status)["disbursed_on"], "2020-03-02");
+    let balance = w.balance(program).await;
+    assert_eq!(
+        (balance.reserved_minor, balance.confirmed_minor),
+        (5_000_000, 0),
+        "no refused confirmation moved quota"
+    );
+
+    let confirmed = w
+        .confirm(&allocation.id, "LN-1", "2020-03-02")
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status, pb::AllocationStatus::Confirmed as i32);
+    assert_eq!(w.balance(program).await.confirmed_minor, 5_000_000);
+
+    // An allocation made through a referral is confirmed only by a loan on that referral.
+    let f = crate::fixtures::Fixtures::connect(&w.app).await;
+    let need = f
+        .need(crate::fixtures::NeedRow {
+            enterprise_id: e1,
+            amount_minor: 1_000_000,
+            purpose: "PAYROLL",
+            status: "APPROVED",
+            created_at: None,
+        })
+        .await;
+    let referral = f
+        .referral(crate::fixtures::ReferralRow {
+            need_id: need,
+            lender_id: a,
+            product_id: product_a,
+            status: "APPROVED",
+            decline_reason: None,
+            approved_amount_minor: Some(1_000_000),
+            answered_after_secs: Some(60),
+        })
+        .await;
+    let through = w
+        .allocate(pb::AllocateSpecialLoanRequest {
+            referral_id: referral.to_string(),
+            ..loan(program, a, e1, 1_000_000)
+        })
+        .await
+        .unwrap();
+    w.recorded_loan(a, product_a, e1, 1_000_000, "LN-OTHER-REFERRAL")
+        .await;
+    let message = refused(
+        w.confirm(&through.id, "LN-OTHER-REFERRAL", "2020-03-02")
+            .await,
+        "NO_DISBURSEMENT",
+    );
+    assert!(message.contains(&referral.to_string()), "{message}");
+    f.disbursement(referral, 1_000_000, "LN-ON-REFERRAL").await;
+    w.confirm(&through.id, "LN-ON-REFERRAL", "2020-03-02")
+        .await
+        .expect("the loan on the allocation's referral confirms it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_lapses_after_its_programs_hours_and_is_released_once_across_replicas() {
+    // No background sweeps: the test runs each pass itself, at the times it chooses.
+    let quiet = finmatch::config::ServerArgs {
+        sweep_interval_secs: 3600,
+        ..Default::default()
+    };
+    let w = World::on(TestApp::spawn_configured(quiet.clone()).await);
+    let replica = w.app.replica_with(quiet).await;
+    let (long, a, _) = w.pboc_with_two_lenders().await;
+    let short = w
+        .program(pb::Program {
+            reservation_hours: 2,
+            ..pboc_program("SHORT_HOLD")
+        })
+        .await;
+    w.set_quota(short, a, TEN_MILLION_YUAN).await.unwrap();
+    let mut c = w.client.clone();
+    let hours = async |program: Uuid| {
+        let mut c = w.client.clone();
+        c.get_program(w.op(pb::GetProgramRequest {
+            program_id: program.to_string(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .program
+        .unwrap()
+        .reservation_hours
+    };
+    assert_eq!((hours(long).await, hours(short).await), (72, 2));
+
+    const HELD: usize = 12;
+    let mut held = Vec::new();
+    for n in 0..HELD {
+        let e = w.key_enterprise(n as u32 + 1).await;
+        held.push(w.allocate(loan(short, a, e, 1_000_000)).await.unwrap());
+    }
+    let created = held[0].create_time.unwrap();
+    let expires = held[0].expire_time.unwrap();
+    let hold = expires.seconds - created.seconds;
+    assert!(
+        (7_195..=7_205).contains(&hold),
+        "held for {hold} s, not 2 hours"
+    );
+    let e_long = w.key_enterprise(100).await;
+    let kept = w.allocate(loan(long, a, e_long, 1_000_000)).await.unwrap();
+
+    let now = chrono::Utc::now();
+    let early = w
+        .app
+        .app
+        .sweep_once(now + chrono::TimeDelta::hours(1))
+        .await
+        .unwrap();
+    assert_eq!(early.lapsed_reservations, 0);
+    assert_eq!(
+        w.balance(short).await.reserved_minor,
+        HELD as i64 * 1_000_000
+    );
+
+    // Two replicas sweep at once, past the short hold: each reservation is released exactly once.
+    let later = now + chrono::TimeDelta::hours(3);
+    let (one, two) = tokio::join!(w.app.app.sweep_once(later), replica.app.sweep_once(later));
+    assert_eq!(
+        one.unwrap().lapsed_reservations + two.unwrap().lapsed_reservations,
+        HELD
+    );
+    let balance = w.balance(short).await;
+    assert_eq!(
+        (balance.reserved_minor, balance.remaining_minor),
+        (0, 10 * TEN_MILLION_YUAN)
+    );
+    assert_eq!(lender_line(&balance, a).remaining_minor, TEN_MILLION_YUAN);
+    let released = c
+        .list_allocations(w.op(pb::ListAllocationsRequest {
+            program_id: short.to_string(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .allocations;
+    assert_eq!(released.len(), HELD);
+    for allocation in &released {
+        assert_eq!(
+            (allocation.status, allocation.release_reason),
+            (
+                pb::AllocationStatus::Released as i32,
+                pb::AllocationReleaseReason::Lapsed as i32
+            )
+        );
+    }
+    let db = sql(&w.app).await;
+    let (audited, live): (i64, i64) = {
+        let audited = db
+            .query_one(
+                "SELECT count(*) FROM audit_log WHERE rpc = 'finmatch.sweeper' \
+                 AND entity_type = 'allocation' AND principal_role = 'SYSTEM' \
+                 AND detail->>'release_reason' = 'LAPSED'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let live = db
+            .query_one(
+                "SELECT coalesce(sum(live_minor), 0)::bigint FROM program_enterprises \
+                 WHERE program_id = $1::text::uuid",
+                &[&short.to_string()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (audited, live)
+    };
+    assert_eq!((audited, live), (HELD as i64, 0));
+    // The 72-hour reservation is still held; a further pass releases nothing more.
+    let listed = c
+        .list_allocations(w.op(pb::ListAllocationsRequest {
+            program_id: long.to_string(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .allocations;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].id.as_str(), listed[0].status),
+        (kept.id.as_str(), pb::AllocationStatus::Reserved as i32)
+    );
+    assert_eq!(
+        w.app
+            .app
+            .sweep_once(later)
+            .await
+            .unwrap()
+            .lapsed_reservations,
+        0
+    );
+
+    // Past its time a reservation cannot be confirmed, even before any sweep releases it.
+    let product = w.product(a).await;
+    let e = w.key_enterprise(200).await;
+    w.recorded_loan(a, product, e, 1_000_000, "LN-LATE").await;
+    let late = w.allocate(loan(short, a, e, 1_000_000)).await.unwrap();
+    db.execute(
+        "UPDATE allocations SET expires_at = now() - interval '1 second' WHERE id = $1::text::uuid",
+        &[&late.id],
+    )
+    .await
+    .unwrap();
+    let status = w
+        .confirm(&late.id, "LN-LATE", "2020-03-02")
+        .await
+        .unwrap_err();
+    assert_eq!(error_reason(&status).as_deref(), Some("RESERVATION_LAPSED"));
+    assert_eq!(w.balance(short).await.reserved_minor, 1_000_000);
+    assert_eq!(
+        w.app
+            .app
+            .sweep_once(chrono::Utc::now())
+            .await
+            .unwrap()
+            .lapsed_reservations,
+        1
+    );
+    assert_eq!(w.balance(short).await.reserved_minor, 0);
 }
