@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use crate::storage::connect::Connector;
+
 /// The server a newcomer's machine most likely has.
 pub const LOCAL_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432";
 /// Port of the private cluster, chosen away from the default so both can coexist.
@@ -26,9 +28,15 @@ impl ServerUrl {
         Self(url.into().trim_end_matches('/').to_owned())
     }
 
-    /// The URL of database `name` on this server.
+    /// The URL of database `name` on this server, keeping its options
+    /// (`postgres://h?sslmode=require` → `postgres://h/name?sslmode=require`).
     pub fn database(&self, name: &str) -> String {
-        format!("{}/{}", self.0, name)
+        match self.0.split_once('?') {
+            Some((server, options)) => {
+                format!("{}/{name}?{options}", server.trim_end_matches('/'))
+            }
+            None => format!("{}/{name}", self.0),
+        }
     }
 }
 
@@ -58,8 +66,10 @@ pub async fn find_or_start_server(explicit: Option<&str>) -> anyhow::Result<Serv
 
 /// True when `url` accepts a connection within two seconds.
 pub async fn answers(url: &str) -> bool {
-    let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
-    match tokio::time::timeout(Duration::from_secs(2), connect).await {
+    let Ok(connector) = Connector::new(url) else {
+        return false;
+    };
+    match tokio::time::timeout(Duration::from_secs(2), connector.connect()).await {
         Ok(Ok((client, connection))) => {
             drop(client);
             drop(connection);
@@ -71,7 +81,8 @@ pub async fn answers(url: &str) -> bool {
 
 /// Runs one statement on `url` (used for CREATE/DROP DATABASE, which diesel cannot run in a transaction).
 pub async fn execute(url: &str, sql: &str) -> anyhow::Result<()> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let (client, connection) = Connector::new(url)?
+        .connect()
         .await
         .with_context(|| format!("connecting to {}", redact(url)))?;
     let driver = tokio::spawn(connection);
@@ -84,7 +95,7 @@ pub async fn execute(url: &str, sql: &str) -> anyhow::Result<()> {
 /// Creates database `name` on `server` unless it exists.
 pub async fn ensure_database(server: &ServerUrl, name: &str) -> anyhow::Result<String> {
     let admin = server.database("postgres");
-    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await?;
+    let (client, connection) = Connector::new(&admin)?.connect().await?;
     let driver = tokio::spawn(connection);
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
@@ -166,7 +177,9 @@ fn start_private_cluster(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pg_command(program: &Path, as_root: bool) -> Command {
+/// A command running PostgreSQL's `program`, as the `postgres` OS user when `as_root` (PostgreSQL
+/// refuses to run as root).
+pub fn pg_command(program: &Path, as_root: bool) -> Command {
     if as_root {
         let mut command = Command::new("runuser");
         command.args(["-u", "postgres", "--"]).arg(program);
@@ -189,7 +202,8 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -198,7 +212,7 @@ fn is_root() -> bool {
 }
 
 /// The newest PostgreSQL binaries directory: `pg_config --bindir`, else `/usr/lib/postgresql/<v>/bin`.
-fn postgres_bindir() -> Option<PathBuf> {
+pub fn postgres_bindir() -> Option<PathBuf> {
     if let Ok(output) = Command::new("pg_config").arg("--bindir").output()
         && output.status.success()
     {
@@ -241,6 +255,11 @@ mod tests {
         assert_eq!(
             ServerUrl::new("postgres://postgres@h:1/").database("db"),
             "postgres://postgres@h:1/db"
+        );
+        assert_eq!(
+            ServerUrl::new("postgres://postgres@h:1/?sslmode=verify-full&sslrootcert=/ca.pem")
+                .database("db"),
+            "postgres://postgres@h:1/db?sslmode=verify-full&sslrootcert=/ca.pem"
         );
     }
 }

@@ -35,6 +35,9 @@ use crate::storage::needs::NeedRow;
 use crate::storage::referrals::{NewReferral, NewReferralEvent, ReferralRow};
 use crate::storage::{self, Connection};
 
+/// The `application_name` of the connection listening for product changes.
+pub const PRODUCT_LISTENER_NAME: &str = "finmatch product listener";
+
 /// The channel the products and lenders triggers notify on.
 pub const PRODUCTS_CHANGED: &str = "finmatch_products_changed";
 
@@ -215,8 +218,11 @@ impl App {
     }
 
     async fn listen_for_product_changes(&self, database_url: &str) -> anyhow::Result<()> {
-        let (client, mut connection) =
-            tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
+        let mut connector = storage::connect::Connector::new(database_url)?;
+        connector
+            .config_mut()
+            .application_name(PRODUCT_LISTENER_NAME);
+        let (client, mut connection) = connector.connect().await?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
         let driver = tokio::spawn(async move {

@@ -88,12 +88,13 @@ async fn session<F>(
 where
     F: FnMut(ListenEvent),
 {
-    let mut config: tokio_postgres::Config = database_url.parse()?;
-    config
+    let mut connector = super::connect::Connector::new(database_url)?;
+    connector
+        .config_mut()
         .application_name(application_name)
         .connect_timeout(CONNECT_TIMEOUT);
     let (client, mut connection) =
-        tokio::time::timeout(CONNECT_TIMEOUT, config.connect(tokio_postgres::NoTls)).await??;
+        tokio::time::timeout(CONNECT_TIMEOUT, connector.connect()).await??;
     let (tx, mut notifications) = tokio::sync::mpsc::unbounded_channel();
     // The connection is driven here; it ends (dropping `tx`) when the connection breaks.
     let driver = tokio::spawn(async move {

@@ -14,6 +14,7 @@ use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+pub mod connect;
 pub mod schema;
 
 pub use diesel_async::AsyncPgConnection as Connection;
@@ -34,10 +35,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Builds the pool. Connections are opened lazily, so this succeeds while PostgreSQL is down
 /// and the server recovers by itself when it returns.
 pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<DbPool> {
+    let connector = connect::Connector::new(database_url)?;
     let mut config = ManagerConfig::default();
     // A broken connection is dropped when it fails; pinging on every checkout would add a round trip
     // to every call.
     config.recycling_method = RecyclingMethod::Fast;
+    config.custom_setup = Box::new(move |_| {
+        let connector = connector.clone();
+        Box::pin(async move { connector.establish().await })
+    });
     let manager = AsyncDieselConnectionManager::new_with_config(database_url, config);
     Ok(Pool::builder(manager)
         .max_size(max_size)
@@ -50,10 +56,9 @@ pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<DbPool> {
 
 /// Applies pending migrations to `database_url` and returns the versions applied.
 pub async fn run_migrations(database_url: &str) -> anyhow::Result<Vec<String>> {
-    let url = database_url.to_owned();
+    let conn = connect::Connector::new(database_url)?.establish().await?;
     tokio::task::spawn_blocking(move || {
-        use diesel::Connection as _;
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         let applied = conn
             .run_pending_migrations(MIGRATIONS)
             .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
@@ -73,10 +78,9 @@ pub async fn run_migrations_patiently(
 ) -> anyhow::Result<Vec<String>> {
     use anyhow::Context as _;
     use backon::{ExponentialBuilder, Retryable as _};
-    // A URL that does not parse will not parse later either.
-    database_url
-        .parse::<tokio_postgres::Config>()
-        .context("FINMATCH_DATABASE_URL is not a PostgreSQL URL")?;
+    // A URL that does not parse will not parse later either, nor a CA file that is not there.
+    let connector =
+        connect::Connector::new(database_url).context("FINMATCH_DATABASE_URL is not usable")?;
     let deadline = std::time::Instant::now() + patience;
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
@@ -87,12 +91,10 @@ pub async fn run_migrations_patiently(
         // A first connection of tokio-postgres's own: its error keeps the SQLSTATE and the I/O
         // cause (diesel keeps only the first words of the message), so the wait is decided by
         // codes, whatever language PostgreSQL speaks, and the log says why.
-        let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| {
-                let not_ready = is_not_ready(&e);
-                (anyhow::Error::new(e), not_ready)
-            })?;
+        let (client, connection) = connector.connect().await.map_err(|e| {
+            let not_ready = is_not_ready(&e);
+            (anyhow::Error::new(e), not_ready)
+        })?;
         drop(client);
         let _ = connection.await;
         run_migrations(database_url).await.map_err(|e| (e, false))
@@ -141,8 +143,11 @@ fn is_not_ready(error: &tokio_postgres::Error) -> bool {
         None => {
             let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
             while let Some(e) = cause {
-                if e.is::<std::io::Error>() {
-                    return true;
+                if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                    // A refused certificate is refused again: not a server still starting.
+                    return !io
+                        .get_ref()
+                        .is_some_and(|inner| inner.is::<rustls::Error>());
                 }
                 cause = e.source();
             }

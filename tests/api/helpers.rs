@@ -136,6 +136,21 @@ impl TestDatabase {
 }
 
 impl TestDatabase {
+    /// A fresh, empty database on another PostgreSQL `server` (reached with the server URL's
+    /// options, e.g. `sslmode`); the server that spawns on it applies the migrations.
+    pub async fn create_on(server: &devdb::ServerUrl) -> Self {
+        let name = format!("finmatch_test_{}", Uuid::new_v4().simple());
+        let admin_url = server.database("postgres");
+        devdb::execute(&admin_url, &format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create a database on the other server");
+        Self {
+            url: server.database(&name),
+            admin_url,
+            name,
+        }
+    }
+
     /// A database named on the test server but not created yet ([`TestDatabase::create_now`]).
     pub async fn not_created_yet() -> Self {
         let (server, _) = template().await;

@@ -12,6 +12,7 @@ mod helpers;
 mod import;
 mod lenders;
 mod partner;
+mod postgres_tls;
 mod reporting;
 mod server;
 mod special_loans;
