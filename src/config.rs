@@ -64,6 +64,16 @@ pub struct ServerArgs {
     #[arg(long, env = "FINMATCH_SWEEP_INTERVAL_SECS", default_value_t = 30)]
     pub sweep_interval_secs: u64,
 
+    /// How long a call's replay record is kept: within this window a retry with the same
+    /// idempotency key is guaranteed the first call's answer. Older records are deleted by the
+    /// sweeper.
+    #[arg(
+        long,
+        env = "FINMATCH_IDEMPOTENCY_RETENTION_DAYS",
+        default_value_t = 30
+    )]
+    pub idempotency_retention_days: u32,
+
     /// How long the referral event relay's lease lasts unless renewed: when the replica that
     /// relays dies, another takes over after at most this long (renewed every third of it).
     #[arg(long, env = "FINMATCH_RELAY_LEASE_SECS", default_value_t = 10)]
@@ -138,6 +148,10 @@ impl ServerArgs {
         Duration::from_secs(self.sweep_interval_secs.max(1))
     }
 
+    pub fn idempotency_retention(&self) -> chrono::TimeDelta {
+        chrono::TimeDelta::days(i64::from(self.idempotency_retention_days.max(1)))
+    }
+
     pub fn relay_lease(&self) -> Duration {
         Duration::from_secs(self.relay_lease_secs.max(1))
     }
@@ -157,6 +171,7 @@ impl Default for ServerArgs {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_addr: None,
             sweep_interval_secs: 30,
+            idempotency_retention_days: 30,
             relay_lease_secs: 10,
             tls_cert: None,
             tls_key: None,

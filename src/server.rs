@@ -129,7 +129,10 @@ impl Application {
         let product_cache = tokio::spawn(app.clone().watch_products(settings.database_url.clone()));
         let credential_cache =
             tokio::spawn(app.clone().watch_credentials(settings.database_url.clone()));
-        let sweeper = tokio::spawn(app.clone().run_sweeper(server_args.sweep_interval()));
+        let sweeper = tokio::spawn(app.clone().run_sweeper(
+            server_args.sweep_interval(),
+            server_args.idempotency_retention(),
+        ));
         let metrics_tasks = match metrics_listener {
             Some(metrics_listener) => {
                 let handle = grpc::metrics::handle()?;

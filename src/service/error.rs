@@ -47,6 +47,8 @@ pub mod reason {
     /// A lender's answer to a referral after its SLA deadline.
     pub const RESPONSE_DEADLINE_PASSED: &str = "RESPONSE_DEADLINE_PASSED";
     pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+    /// A key whose call is older than the replay records are kept (SubmitNeed).
+    pub const IDEMPOTENCY_KEY_EXPIRED: &str = "IDEMPOTENCY_KEY_EXPIRED";
     pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
     pub const NOT_ELIGIBLE: &str = "NOT_ELIGIBLE";
     pub const RATE_CAP: &str = "RATE_CAP";

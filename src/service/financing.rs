@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, NaiveDate, SubsecRound as _, Utc};
+use chrono::{DateTime, NaiveDate, SubsecRound as _, TimeDelta, Utc};
 use diesel_async::AsyncConnection as _;
 use futures::StreamExt as _;
 use uuid::Uuid;
@@ -34,6 +34,8 @@ pub(crate) const SWEEPER: &str = "finmatch.sweeper";
 pub const IMPORT_BATCH: usize = 1000;
 /// Items of one ImportNeeds batch stored at once (each in its own transaction).
 const IMPORT_CONCURRENCY: usize = 8;
+/// Replay records one purge statement deletes at most.
+pub const PURGE_BATCH: i64 = 1_000;
 /// Rows a sweeper transaction claims at once.
 const SWEEP_BATCH: i64 = 100;
 
@@ -782,16 +784,41 @@ impl App {
         Ok(report)
     }
 
-    /// Runs [`App::sweep_once`] every `period` until the task is dropped.
-    pub async fn run_sweeper(self, period: std::time::Duration) {
+    /// Runs [`App::sweep_once`] every `period` until the task is dropped, and deletes the replay
+    /// records older than `retention` ([`App::purge_replay_records`]).
+    pub async fn run_sweeper(self, period: std::time::Duration, retention: TimeDelta) {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = self.sweep_once(Utc::now()).await {
+            let now = Utc::now();
+            if let Err(e) = self.sweep_once(now).await {
                 tracing::warn!(error = %e, "SLA sweep failed; retrying next period");
             }
+            if let Err(e) = self.purge_replay_records(now - retention).await {
+                tracing::warn!(error = %e, "purging replay records failed; retrying next period");
+            }
         }
+    }
+
+    /// Deletes the replay records of calls made before `before`, in batches of
+    /// [`PURGE_BATCH`] statements of their own (no lock is held for long, and replicas purging
+    /// at once skip each other's rows). Returns how many it deleted.
+    pub async fn purge_replay_records(&self, before: DateTime<Utc>) -> Result<usize> {
+        let mut purged = 0;
+        loop {
+            let mut conn = self.conn().await?;
+            let deleted = storage::idempotency::purge(&mut conn, before, PURGE_BATCH).await?;
+            purged += deleted;
+            if deleted < PURGE_BATCH as usize {
+                break;
+            }
+        }
+        if purged > 0 {
+            metrics::counter!("finmatch_replay_records_purged_total").increment(purged as u64);
+            tracing::info!(purged, %before, "replay records past retention deleted");
+        }
+        Ok(purged)
     }
 }
 
@@ -875,6 +902,12 @@ async fn submit_in(
             if let Some(saved) = audit::replayed(conn, who, RPC_SUBMIT, idempotency).await? {
                 return Ok(Submission::Replayed(saved));
             }
+            // The key is on a need whose replay record has been purged (the retention window).
+            if let Some(earlier) =
+                storage::needs::find_by_key(conn, who.credential_id, &idempotency.key).await?
+            {
+                return Err(key_expired(&idempotency.key, &earlier));
+            }
             if let Some(open) =
                 storage::needs::find_open(conn, need.enterprise_id(), need.purpose().as_str())
                     .await?
@@ -886,6 +919,23 @@ async fn submit_in(
         }
         Err(e) => Err(e),
     }
+}
+
+/// A key whose first call is older than the replay records are kept: its need exists, its answer
+/// is gone, and a new request needs a new key.
+fn key_expired(key: &str, earlier: &NeedRow) -> Error {
+    Error::precondition(
+        reason::IDEMPOTENCY_KEY_EXPIRED,
+        format!(
+            "idempotency_key {key:?} was used on {} for need {}, longer ago than finmatch keeps \
+             replay records (FINMATCH_IDEMPOTENCY_RETENTION_DAYS); read that need with GetNeed, \
+             or use a new key for a new request",
+            earlier.created_at.format("%Y-%m-%d"),
+            earlier.id
+        ),
+    )
+    .with_metadata("idempotency_key", key)
+    .with_metadata("need_id", earlier.id)
 }
 
 /// A need about to be stored with the referrals routing chose, ids and times set.

@@ -1,5 +1,6 @@
 //! Replay records of mutating calls made with an idempotency key.
 
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
@@ -49,4 +50,20 @@ pub async fn insert(conn: &mut Connection, new: &NewIdempotencyKey<'_>) -> Query
         .execute(conn)
         .await
         .map(|_| ())
+}
+
+/// Deletes up to `limit` replay records created before `before`, oldest first, skipping any
+/// another transaction holds (a replica purging at the same time takes others). Returns how many
+/// it deleted.
+pub async fn purge(conn: &mut Connection, before: DateTime<Utc>, limit: i64) -> QueryResult<usize> {
+    use diesel::sql_types::{BigInt, Timestamptz};
+    diesel::sql_query(
+        "DELETE FROM idempotency_keys WHERE (principal_id, rpc, key) IN ( \
+           SELECT principal_id, rpc, key FROM idempotency_keys WHERE created_at < $1 \
+           ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind::<Timestamptz, _>(before)
+    .bind::<BigInt, _>(limit)
+    .execute(conn)
+    .await
 }

@@ -130,6 +130,21 @@ pub async fn find_open(
         .optional()
 }
 
+/// The need `created_by` stored under idempotency key `key`, if any.
+pub async fn find_by_key(
+    conn: &mut Connection,
+    created_by: Uuid,
+    key: &str,
+) -> QueryResult<Option<NeedRow>> {
+    needs::table
+        .filter(needs::created_by.eq(created_by))
+        .filter(needs::idempotency_key.eq(key))
+        .select(NeedRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
 /// Sets the status (and counts `added_attempts` more routing attempts).
 pub async fn set_status(
     conn: &mut Connection,

@@ -509,6 +509,83 @@ async fn replay_returns_the_first_response_and_key_reuse_is_refused() {
     assert_eq!(count(&db, "SELECT count(*) FROM referrals").await, 3);
 }
 
+/// Replay records older than the retention window go, in batches, each exactly once with two
+/// replicas purging at once; a retry inside the window still replays, and a SubmitNeed key
+/// whose record is gone is refused naming the need it made, never a second need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_records_past_retention_are_purged_once_and_an_expired_need_key_names_its_need() {
+    // No background sweeps: the test purges itself, at the cutoff it chooses.
+    let quiet = finmatch::config::ServerArgs {
+        sweep_interval_secs: 3600,
+        ..Default::default()
+    };
+    let app = TestApp::spawn_configured(quiet.clone()).await;
+    let replica = app.replica_with(quiet).await;
+    market(&app).await;
+    let enterprise_id = enterprise(&app).await;
+    let old = submit(&app, "old-key", need(&enterprise_id, pb::Purpose::Payroll))
+        .await
+        .unwrap();
+    let recent_need = need(&enterprise_id, pb::Purpose::WorkingCapital);
+    let recent = submit(&app, "recent-key", recent_need.clone())
+        .await
+        .unwrap();
+    let db = database(&app).await;
+    db.execute(
+        "UPDATE idempotency_keys SET created_at = now() - interval '31 days' WHERE key = 'old-key'",
+        &[],
+    )
+    .await
+    .unwrap();
+    // Many more old records, stored directly (only their age matters): several batches' worth.
+    let old_records = 2 * finmatch::service::financing::PURGE_BATCH + 500;
+    db.execute(
+        "INSERT INTO idempotency_keys (principal_id, rpc, key, request_hash, created_at) \
+         SELECT gen_random_uuid(), 'finmatch.v1.FinancingService/SubmitNeed', 'k' || g, '\\x00', \
+                now() - interval '40 days' \
+         FROM generate_series(1, $1::bigint) g",
+        &[&old_records],
+    )
+    .await
+    .unwrap();
+
+    let cutoff = Utc::now() - TimeDelta::days(30);
+    let (a, b) = tokio::join!(
+        app.app.purge_replay_records(cutoff),
+        replica.app.purge_replay_records(cutoff)
+    );
+    assert_eq!(a.unwrap() + b.unwrap(), old_records as usize + 1);
+    let keys: Vec<String> = db
+        .query("SELECT key FROM idempotency_keys", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys, vec!["recent-key".to_owned()]);
+
+    assert_eq!(
+        submit(&app, "recent-key", recent_need).await.unwrap(),
+        recent,
+        "inside the window a retry replays"
+    );
+    let expired = submit(&app, "old-key", need(&enterprise_id, pb::Purpose::Payroll))
+        .await
+        .unwrap_err();
+    assert_eq!(expired.code(), Code::FailedPrecondition, "{expired:?}");
+    assert_eq!(
+        error_reason(&expired).as_deref(),
+        Some("IDEMPOTENCY_KEY_EXPIRED")
+    );
+    let need_id = old.need.unwrap().id;
+    assert!(
+        expired.message().contains(&need_id),
+        "{}",
+        expired.message()
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM needs").await, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_open_need_for_the_same_purpose_is_already_exists_naming_the_first() {
     use tonic_types::StatusExt;
