@@ -120,6 +120,15 @@ pub struct ServerArgs {
     #[arg(long, env = "FINMATCH_STREAM_IDLE_SECS", default_value_t = 30)]
     pub stream_idle_secs: u64,
 
+    /// On SIGTERM, how long the server keeps answering after reporting NOT_SERVING, so that
+    /// probes and load balancers stop sending it calls before it refuses them.
+    #[arg(long, env = "FINMATCH_SHUTDOWN_NOTICE_SECS", default_value_t = 2)]
+    pub shutdown_notice_secs: u64,
+
+    /// Then, how long calls in flight may take to finish before the server stops without them.
+    #[arg(long, env = "FINMATCH_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
+    pub shutdown_grace_secs: u64,
+
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "FINMATCH_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
@@ -160,6 +169,14 @@ impl ServerArgs {
         Duration::from_secs(self.call_timeout_secs.max(1))
     }
 
+    pub fn shutdown_notice(&self) -> Duration {
+        Duration::from_secs(self.shutdown_notice_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
     pub fn stream_idle(&self) -> Duration {
         Duration::from_secs(self.stream_idle_secs.max(1))
     }
@@ -181,6 +198,8 @@ impl Default for ServerArgs {
             time_zone: chrono_tz::Asia::Shanghai,
             call_timeout_secs: 30,
             stream_idle_secs: 30,
+            shutdown_notice_secs: 2,
+            shutdown_grace_secs: 5,
             max_message_bytes: 4 * 1024 * 1024,
             routing_policy: None,
         }

@@ -212,15 +212,30 @@ impl Application {
         );
 
         tracing::info!(%addr, "finmatch serving gRPC and gRPC-Web");
+        let (notice, grace) = (server_args.shutdown_notice(), server_args.shutdown_grace());
+        let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
         let drained = {
             let health = health.clone();
             let referral_feed = referral_feed.clone();
+            let readiness = readiness.abort_handle();
             async move {
                 shutdown.await;
-                tracing::info!("shutting down: refusing new calls, draining the ones in flight");
-                // Watch streams never end by themselves; end them so draining can finish.
-                referral_feed.close();
+                // Probes and load balancers hear first, while this server still answers.
+                readiness.abort();
                 set_health(&health, ServingStatus::NotServing).await;
+                tracing::info!(
+                    ?notice,
+                    "shutting down: NOT_SERVING, still answering for the notice"
+                );
+                tokio::time::sleep(notice).await;
+                tracing::info!(
+                    ?grace,
+                    "shutting down: refusing new calls, draining the ones in flight"
+                );
+                // Watch streams never end by themselves; end them (UNAVAILABLE, so banks
+                // reconnect to another replica) so draining can finish.
+                referral_feed.close();
+                let _ = draining.send(());
             }
         };
         // The feed runs inside this future rather than in a task of its own: a server that is
@@ -231,13 +246,28 @@ impl Application {
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)));
-        let serving = std::pin::pin!(router.serve_with_incoming_shutdown(incoming, drained));
+        let serving = async {
+            let draining_too_long = async {
+                match drain_started.await {
+                    Ok(()) => tokio::time::sleep(grace).await,
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                result = router.serve_with_incoming_shutdown(incoming, drained) => result,
+                () = draining_too_long => {
+                    tracing::warn!(?grace, "calls still in flight after the shutdown grace; stopping without them");
+                    Ok(())
+                }
+            }
+        };
+        let serving = std::pin::pin!(serving);
         let feed = std::pin::pin!(referral_feed.clone().run(app.clone()));
         let result = match futures::future::select(serving, feed).await {
             futures::future::Either::Left((result, feed)) => {
                 // Closed at shutdown: it gives up the relay lease and returns.
                 referral_feed.close();
-                if tokio::time::timeout(Duration::from_secs(5), feed)
+                if tokio::time::timeout(Duration::from_secs(2), feed)
                     .await
                     .is_err()
                 {

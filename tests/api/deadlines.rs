@@ -10,7 +10,7 @@ use finmatch::grpc::pb::financing_service_client::FinancingServiceClient;
 use finmatch::grpc::pb::partner_service_client::PartnerServiceClient;
 use tonic::Code;
 
-use crate::helpers::{TestApp, TestDatabase, authed, create_lender};
+use crate::helpers::{TestApp, TestDatabase, authed, create_lender, lock_needs};
 
 /// A server whose call timeout is one second.
 async fn impatient() -> TestApp {
@@ -22,25 +22,6 @@ async fn impatient() -> TestApp {
         },
     )
     .await
-}
-
-/// Holds an exclusive lock on `needs` until the returned sender is dropped, so any read of it
-/// waits.
-async fn lock_needs(app: &TestApp) -> tokio::sync::oneshot::Sender<()> {
-    let (client, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-        .batch_execute("BEGIN; LOCK TABLE needs IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = released.await;
-        let _ = client.batch_execute("ROLLBACK").await;
-    });
-    release
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

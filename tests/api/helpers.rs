@@ -454,3 +454,23 @@ pub async fn audit_rows(app: &TestApp, rpc: &str) -> Vec<(String, String, String
         .map(|row| (row.get(0), row.get(1), row.get(2)))
         .collect()
 }
+
+/// Holds an exclusive lock on `needs` until the returned sender is dropped, so any read of it
+/// waits.
+#[allow(dead_code)] // used by tests/api, not by tests/metrics.rs
+pub async fn lock_needs(app: &TestApp) -> tokio::sync::oneshot::Sender<()> {
+    let (client, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("BEGIN; LOCK TABLE needs IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = released.await;
+        let _ = client.batch_execute("ROLLBACK").await;
+    });
+    release
+}

@@ -285,3 +285,124 @@ async fn without_postgres_calls_are_unavailable_and_the_server_stays_up() {
     }
     server.abort();
 }
+
+/// SIGTERM's order, in process: health says NOT_SERVING while the server still answers (the
+/// notice), then new calls are refused, watch streams end UNAVAILABLE so banks reconnect
+/// elsewhere, and a call already in flight still completes; the server returns within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_says_not_serving_first_ends_watches_unavailable_and_lets_calls_in_flight_finish()
+{
+    use finmatch::grpc::pb;
+    use finmatch::grpc::pb::financing_service_client::FinancingServiceClient;
+    use finmatch::grpc::pb::partner_service_client::PartnerServiceClient;
+
+    let app = TestApp::spawn_configured(finmatch::config::ServerArgs {
+        shutdown_notice_secs: 1,
+        shutdown_grace_secs: 5,
+        ..Default::default()
+    })
+    .await;
+    let (channel, operator) = (app.channel.clone(), app.operator.clone());
+    let lender = crate::helpers::create_lender(&app, "Xiaogan Rural Bank").await;
+    let token = app
+        .token(finmatch::domain::Role::Lender, Some(lender))
+        .await;
+    let mut watch = PartnerServiceClient::new(channel.clone())
+        .watch_referrals(crate::helpers::authed(
+            pb::WatchReferralsRequest { after_cursor: 0 },
+            &token,
+        ))
+        .await
+        .expect("the watch opens")
+        .into_inner();
+
+    // A call held in flight: it reads needs, which the test keeps locked.
+    let release = crate::helpers::lock_needs(&app).await;
+    let in_flight = tokio::spawn({
+        let (channel, operator) = (channel.clone(), operator.clone());
+        async move {
+            FinancingServiceClient::new(channel)
+                .list_needs(crate::helpers::authed(
+                    pb::ListNeedsRequest::default(),
+                    &operator,
+                ))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!in_flight.is_finished(), "the call is held by the lock");
+
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(app.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("the server still answers during the notice")
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+
+    // After the notice the watch ends UNAVAILABLE; the held call is still being waited for.
+    let ended = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("the watch ends within the notice and a moment");
+    let ended = ended.expect_err("the watch ends with a status, not a clean end");
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+    assert!(!in_flight.is_finished(), "the held call is still in flight");
+    assert!(
+        !stopping.is_finished(),
+        "the server waits for the held call"
+    );
+    drop(release);
+    let answered = in_flight.await.unwrap();
+    assert!(
+        answered.is_ok(),
+        "the call in flight completes: {answered:?}"
+    );
+    stopping.await.unwrap().expect("a clean stop");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A call that outlasts the grace does not hold the server: it stops after the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_after_the_grace_even_with_a_call_still_in_flight() {
+    use finmatch::grpc::pb;
+    use finmatch::grpc::pb::financing_service_client::FinancingServiceClient;
+
+    let app = TestApp::spawn_configured(finmatch::config::ServerArgs {
+        shutdown_notice_secs: 0,
+        shutdown_grace_secs: 1,
+        ..Default::default()
+    })
+    .await;
+    let release = crate::helpers::lock_needs(&app).await;
+    let in_flight = tokio::spawn({
+        let (channel, operator) = (app.channel.clone(), app.operator.clone());
+        async move {
+            FinancingServiceClient::new(channel)
+                .list_needs(crate::helpers::authed(
+                    pb::ListNeedsRequest::default(),
+                    &operator,
+                ))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    app.shutdown().await.expect("a clean stop");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "stopped after {took:?}, not after the 1 s grace"
+    );
+    let cut = in_flight.await.unwrap();
+    assert!(cut.is_err(), "the held call did not complete: {cut:?}");
+    drop(release);
+}
