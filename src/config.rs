@@ -129,6 +129,11 @@ pub struct ServerArgs {
     #[arg(long, env = "FINMATCH_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
     pub shutdown_grace_secs: u64,
 
+    /// Longest a single SQL statement of a call may run in PostgreSQL (its statement_timeout);
+    /// 0 leaves it unbounded. A statement cut off fails its call with UNAVAILABLE.
+    #[arg(long, env = "FINMATCH_DB_STATEMENT_TIMEOUT_SECS", default_value_t = 30)]
+    pub db_statement_timeout_secs: u64,
+
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "FINMATCH_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
@@ -169,6 +174,10 @@ impl ServerArgs {
         Duration::from_secs(self.call_timeout_secs.max(1))
     }
 
+    pub fn db_statement_timeout(&self) -> Duration {
+        Duration::from_secs(self.db_statement_timeout_secs)
+    }
+
     pub fn shutdown_notice(&self) -> Duration {
         Duration::from_secs(self.shutdown_notice_secs)
     }
@@ -198,6 +207,7 @@ impl Default for ServerArgs {
             time_zone: chrono_tz::Asia::Shanghai,
             call_timeout_secs: 30,
             stream_idle_secs: 30,
+            db_statement_timeout_secs: 30,
             shutdown_notice_secs: 2,
             shutdown_grace_secs: 5,
             max_message_bytes: 4 * 1024 * 1024,

@@ -262,7 +262,11 @@ fn required_url(database: &DatabaseArgs) -> anyhow::Result<String> {
 async fn offline_app(database: &DatabaseArgs) -> anyhow::Result<App> {
     let url = required_url(database)?;
     storage::run_migrations_patiently(&url, database.connect_patience()).await?;
-    Ok(App::new(storage::pool(&url, 2)?))
+    Ok(App::new(storage::pool(
+        &url,
+        2,
+        storage::STATEMENT_TIMEOUT,
+    )?))
 }
 
 /// `finmatch health`: SERVING on stdout and success, or what is not serving and failure.
@@ -425,7 +429,7 @@ async fn dev(
 /// Loads the demo data set into the (migrated) database at `url`, routing by the default policy
 /// so that every load plays the same round.
 async fn seed_demo(url: &str) -> anyhow::Result<finmatch::demo::Loaded> {
-    let app = App::new(storage::pool(url, 4)?);
+    let app = App::new(storage::pool(url, 4, storage::STATEMENT_TIMEOUT)?);
     finmatch::demo::load(&app).await
 }
 

@@ -52,7 +52,11 @@ impl Application {
                 tracing::info!(?applied, "migrations applied");
             }
         }
-        let pool = storage::pool(&settings.database_url, settings.db_pool_size)?;
+        let pool = storage::pool(
+            &settings.database_url,
+            settings.db_pool_size,
+            settings.server.db_statement_timeout(),
+        )?;
         let app = App::configured(
             pool,
             settings.server.routing_policy()?,
@@ -301,12 +305,19 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
     }
 }
 
+/// How long the database watcher's ping may take before PostgreSQL counts as unreachable.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
 async fn watch_database(app: App, health: tonic_health::server::HealthReporter) {
     let mut serving = true;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
-        let up = app.ping().await.is_ok();
+        // A database that stops answering without closing is down too, not a ping in waiting.
+        let up = matches!(
+            tokio::time::timeout(PING_TIMEOUT, app.ping()).await,
+            Ok(Ok(()))
+        );
         if up != serving {
             serving = up;
             let status = if up {

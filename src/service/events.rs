@@ -100,6 +100,20 @@ const RELAY_POLL: Duration = Duration::from_millis(20);
 const IDLE_PROBE: Duration = Duration::from_secs(5);
 /// Longest wait before reconnecting a broken listener.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// The longest one database step of the feed may take: a connection that stops answering
+/// without closing ends the feed's round, and the feed reconnects.
+const FEED_STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A database step of the feed, bounded by [`FEED_STEP_TIMEOUT`] (UNAVAILABLE past it).
+async fn bounded<T, E: Into<Error>>(
+    step: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> Result<T> {
+    match tokio::time::timeout(FEED_STEP_TIMEOUT, step).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(Error::Unavailable),
+    }
+}
+
 /// How often the credentials of this server's open streams are checked in PostgreSQL, besides
 /// the checks a revocation's notification and every fanned-out batch trigger: the bound on how
 /// long a revocation this server did not hear of can leave a quiet stream open.
@@ -159,6 +173,10 @@ struct FeedState {
     ready: bool,
     /// False once the server shuts down: streams end with UNAVAILABLE.
     open: bool,
+    /// The feed is following the log now. While it is not (its connection broke or stopped
+    /// answering), streams send no heartbeat: one due then ends the stream with UNAVAILABLE,
+    /// so a bank never takes a silent feed for a quiet one.
+    live: bool,
 }
 
 struct Shared {
@@ -240,6 +258,7 @@ impl ReferralFeed {
         let (state, _) = watch::channel(FeedState {
             ready: false,
             open: true,
+            live: false,
         });
         Self {
             shared: Arc::new(Shared {
@@ -410,6 +429,11 @@ impl ReferralFeed {
                 Ok(()) => break,
                 Err(error) => {
                     self.set_relay(false);
+                    // A feed that was following starts its pauses afresh.
+                    if self.shared.state.borrow().live {
+                        backoff = Duration::from_millis(100);
+                    }
+                    self.shared.state.send_modify(|s| s.live = false);
                     tracing::warn!(%error, "referral event feed lost its connection; reconnecting");
                     let mut state = self.shared.state.subscribe();
                     tokio::select! {
@@ -446,18 +470,19 @@ impl ReferralFeed {
         // LISTEN needs a connection of its own for as long as it listens: take it out of the pool.
         let mut conn: Connection =
             diesel_async::pooled_connection::deadpool::Object::take(app.conn().await?);
-        storage::relay::listen(&mut conn, DELIVERIES_CHANNEL).await?;
+        bounded(storage::relay::listen(&mut conn, DELIVERIES_CHANNEL)).await?;
         let mut last_read = match *last {
             Some(cursor) => cursor,
             None => {
                 // Events delivered before this are in the table for any stream that subscribes
                 // from now on.
-                let cursor = storage::partner::last_delivery_cursor(&mut conn).await?;
+                let cursor = bounded(storage::partner::last_delivery_cursor(&mut conn)).await?;
                 *last = Some(cursor);
                 self.shared.state.send_modify(|s| s.ready = true);
                 cursor
             }
         };
+        self.shared.state.send_modify(|s| s.live = true);
         let mut state = self.shared.state.subscribe();
         let mut relaying = false;
         let mut claim_at = Instant::now();
@@ -465,8 +490,12 @@ impl ReferralFeed {
         loop {
             if !state.borrow_and_update().open {
                 if relaying {
-                    storage::relay::release_lease(&mut conn, EVENT_RELAY, self.shared.holder)
-                        .await?;
+                    bounded(storage::relay::release_lease(
+                        &mut conn,
+                        EVENT_RELAY,
+                        self.shared.holder,
+                    ))
+                    .await?;
                     self.set_relay(false);
                 }
                 return Ok(());
@@ -479,8 +508,8 @@ impl ReferralFeed {
             }
             // A poll that finds nothing to deliver writes nothing (the lease is renewed on time
             // by `claim`).
-            if claim || (poll && storage::relay::has_undelivered(&mut conn).await?) {
-                let (held, _) = self.relay(&mut conn).await?;
+            if claim || (poll && bounded(storage::relay::has_undelivered(&mut conn)).await?) {
+                let (held, _) = bounded(self.relay(&mut conn)).await?;
                 if held != relaying {
                     relaying = held;
                     self.set_relay(held);
@@ -494,7 +523,7 @@ impl ReferralFeed {
                     claim_at = Instant::now() + self.shared.lease / 3;
                 }
             }
-            last_read = self.fan_out(&mut conn, last_read).await?;
+            last_read = bounded(self.fan_out(&mut conn, last_read)).await?;
             *last = Some(last_read);
 
             let wake_at = if relaying {
@@ -746,12 +775,13 @@ impl Watch {
             if self.live.is_none() {
                 let live = tokio::select! {
                     live = self.feed.subscribe(self.lender_id) => live?,
-                    () = tokio::time::sleep_until(self.heartbeat_at) => return Ok(self.heartbeat()),
+                    () = tokio::time::sleep_until(self.heartbeat_at) => return self.heartbeat(),
                 };
                 self.live = Some(live);
             }
             if !self.caught_up {
-                self.read_page().await?;
+                // Bounded like the feed's own steps: a table read that never answers ends the stream.
+                bounded(self.read_page()).await?;
                 continue;
             }
             let never = std::future::pending::<()>();
@@ -783,7 +813,7 @@ impl Watch {
                 _ = self.feed_state.changed() => {}
                 _ = self.slot.ended.changed() => {}
                 () = expiry => {}
-                () = tokio::time::sleep_until(self.heartbeat_at) => return Ok(self.heartbeat()),
+                () = tokio::time::sleep_until(self.heartbeat_at) => return self.heartbeat(),
             }
         }
     }
@@ -805,12 +835,18 @@ impl Watch {
         WatchItem::Event(event)
     }
 
-    fn heartbeat(&mut self) -> WatchItem {
+    /// A heartbeat says the feed is live; when it is not, the stream ends UNAVAILABLE instead
+    /// (the bank reconnects, to another replica if this one's feed stays down, and resumes).
+    fn heartbeat(&mut self) -> Result<WatchItem> {
+        let feed = *self.feed_state.borrow();
+        if feed.ready && !feed.live {
+            return Err(Error::Unavailable);
+        }
         self.heartbeat_at = Instant::now() + HEARTBEAT;
-        WatchItem::Heartbeat {
+        Ok(WatchItem::Heartbeat {
             time: Utc::now(),
             cursor: self.sent,
-        }
+        })
     }
 
     /// Reads the next page of this lender's events after the last one sent; the connection goes

@@ -29,13 +29,22 @@ pub type PooledConnection = Object<AsyncPgConnection>;
 
 /// How long a caller waits for a free connection before the call fails UNAVAILABLE.
 const POOL_WAIT: Duration = Duration::from_secs(5);
+/// The bound on each statement of the command-line tools' pools.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long establishing a new connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds the pool. Connections are opened lazily, so this succeeds while PostgreSQL is down
 /// and the server recovers by itself when it returns.
-pub fn pool(database_url: &str, max_size: usize) -> anyhow::Result<DbPool> {
-    let connector = connect::Connector::new(database_url)?;
+/// Every statement on a pooled connection is bounded by `statement_timeout` (zero: unbounded),
+/// so one that PostgreSQL cannot finish fails (UNAVAILABLE) instead of holding its connection.
+pub fn pool(
+    database_url: &str,
+    max_size: usize,
+    statement_timeout: Duration,
+) -> anyhow::Result<DbPool> {
+    let mut connector = connect::Connector::new(database_url)?;
+    connector.statement_timeout(statement_timeout);
     let mut config = ManagerConfig::default();
     // A broken connection is dropped when it fails; pinging on every checkout would add a round trip
     // to every call.
@@ -211,8 +220,10 @@ pub fn classify_pool(error: &PoolError) -> Failure {
 }
 
 fn is_connection_message(message: &str) -> bool {
-    const SIGNS: [&str; 6] = [
+    const SIGNS: [&str; 7] = [
         "connection closed",
+        // statement_timeout (57014): PostgreSQL could not finish in time; retry later.
+        "due to statement timeout",
         "terminating connection",
         "Connection refused",
         "broken pipe",

@@ -253,7 +253,10 @@ async fn every_load_plays_the_same_round() {
     let mut rounds = Vec::new();
     for _ in 0..2 {
         let database = TestDatabase::create().await;
-        let app = finmatch::service::App::new(finmatch::storage::pool(&database.url, 4).unwrap());
+        let app = finmatch::service::App::new(
+            finmatch::storage::pool(&database.url, 4, finmatch::storage::STATEMENT_TIMEOUT)
+                .unwrap(),
+        );
         finmatch::demo::load(&app).await.expect("load the demo");
         rounds.push(round_of(&database.url).await);
     }

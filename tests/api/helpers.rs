@@ -151,6 +151,14 @@ impl TestDatabase {
         }
     }
 
+    /// The same database reached at `url` (e.g. through a proxy); it is still dropped through
+    /// the test server.
+    #[allow(dead_code)] // used by tests/api, not by tests/metrics.rs
+    pub fn reached_at(mut self, url: String) -> Self {
+        self.url = url;
+        self
+    }
+
     /// A database named on the test server but not created yet ([`TestDatabase::create_now`]).
     pub async fn not_created_yet() -> Self {
         let (server, _) = template().await;

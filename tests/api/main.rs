@@ -3,6 +3,7 @@
 mod auth;
 mod bench;
 mod cli;
+mod cluster;
 mod deadlines;
 mod demo;
 mod enterprises;
@@ -11,6 +12,7 @@ mod fixtures;
 mod helpers;
 mod import;
 mod lenders;
+mod outages;
 mod partner;
 mod postgres_tls;
 mod reporting;

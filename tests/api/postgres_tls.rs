@@ -2,158 +2,15 @@
 //! in pg_hba.conf), with a certificate for `localhost` signed by a CA made here (rcgen), and
 //! finmatch connecting to it as each `sslmode` says: the pool, the listeners and the migrations.
 
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use finmatch::devdb::{self, ServerUrl};
 use finmatch::grpc::pb;
 use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
 use finmatch::storage::connect::Connector;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use uuid::Uuid;
 
-use crate::helpers::{TestApp, TestDatabase, authed, unused_port};
-
-/// A PostgreSQL cluster of its own, stopped and deleted on drop.
-struct TlsCluster {
-    dir: PathBuf,
-    bin: PathBuf,
-    as_root: bool,
-    port: u16,
-}
-
-impl TlsCluster {
-    fn start() -> Self {
-        let bin = devdb::postgres_bindir()
-            .expect("the PostgreSQL server binaries (initdb, pg_ctl) for a TLS cluster");
-        let as_root = devdb::is_root();
-        let dir = std::env::temp_dir().join(format!("fm-tls-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cluster = Self {
-            dir,
-            bin,
-            as_root,
-            port: unused_port(),
-        };
-        cluster.write_certificates();
-        cluster.chown();
-        cluster.pg("initdb", |c| {
-            c.arg("-D")
-                .arg(cluster.data())
-                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"]);
-        });
-        std::fs::write(
-            cluster.data().join("pg_hba.conf"),
-            "local all all trust\n\
-             hostssl all all 127.0.0.1/32 trust\n\
-             hostssl all all ::1/128 trust\n\
-             hostnossl all all 0.0.0.0/0 reject\n\
-             hostnossl all all ::/0 reject\n",
-        )
-        .unwrap();
-        cluster.chown();
-        let options = format!(
-            "-p {} -c listen_addresses=localhost -k {} -c ssl=on -c ssl_cert_file={} \
-             -c ssl_key_file={}",
-            cluster.port,
-            cluster.dir.display(),
-            cluster.dir.join("server.crt").display(),
-            cluster.dir.join("server.key").display(),
-        );
-        cluster.pg("pg_ctl", |c| {
-            c.arg("-D")
-                .arg(cluster.data())
-                .args(["-o", &options, "-l"])
-                .arg(cluster.dir.join("server.log"))
-                .args(["-w", "start"]);
-        });
-        cluster
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.join("data")
-    }
-
-    /// The CA that signed the server's certificate.
-    fn ca(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    /// A CA that signed nothing of this server's.
-    fn other_ca(&self) -> PathBuf {
-        self.dir.join("other-ca.pem")
-    }
-
-    /// The server at `host` with URL `options`, e.g. `sslmode=require`.
-    fn server(&self, host: &str, options: &str) -> ServerUrl {
-        ServerUrl::new(format!(
-            "postgres://postgres@{host}:{}/?{options}",
-            self.port
-        ))
-    }
-
-    /// A CA, a certificate for `localhost` only (no IP address) signed by it, its key, and an
-    /// unrelated CA.
-    fn write_certificates(&self) {
-        let ca = |name: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(DnType::CommonName, name);
-            let key = KeyPair::generate().unwrap();
-            let cert = params.self_signed(&key).unwrap();
-            (cert, Issuer::new(params, key))
-        };
-        let (ca_cert, issuer) = ca("finmatch test CA");
-        let (other_cert, _) = ca("somebody else's CA");
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        let key = KeyPair::generate().unwrap();
-        let server = params.signed_by(&key, &issuer).unwrap();
-        std::fs::write(self.ca(), ca_cert.pem()).unwrap();
-        std::fs::write(self.other_ca(), other_cert.pem()).unwrap();
-        std::fs::write(self.dir.join("server.crt"), server.pem()).unwrap();
-        let key_file = self.dir.join("server.key");
-        std::fs::write(&key_file, key.serialize_pem()).unwrap();
-        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-
-    fn chown(&self) {
-        if self.as_root {
-            let status = std::process::Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&self.dir)
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
-    }
-
-    fn pg(&self, program: &str, args: impl FnOnce(&mut std::process::Command)) {
-        let mut command = devdb::pg_command(&self.bin.join(program), self.as_root);
-        args(&mut command);
-        let output = command.output().unwrap();
-        assert!(
-            output.status.success(),
-            "{program} failed: {}{}",
-            String::from_utf8_lossy(&output.stderr),
-            std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
-        );
-    }
-}
-
-impl Drop for TlsCluster {
-    fn drop(&mut self) {
-        let mut stop = devdb::pg_command(&self.bin.join("pg_ctl"), self.as_root);
-        stop.arg("-D")
-            .arg(self.data())
-            .args(["-m", "immediate", "stop"]);
-        let _ = stop.output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use crate::cluster::PrivateCluster;
+use crate::helpers::{TestApp, TestDatabase, authed};
 
 /// Whether the connection `url` opens is encrypted, as the server sees it; the error otherwise.
 async fn encrypted(url: &str) -> Result<bool, String> {
@@ -179,7 +36,7 @@ fn ca_option(path: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sslmode_that_asks_for_tls_reaches_a_tls_only_postgresql_and_checks_what_it_says() {
-    let pg = TlsCluster::start();
+    let pg = PrivateCluster::start_tls();
     let ca = ca_option(&pg.ca());
     let url = |host: &str, options: &str| pg.server(host, options).database("postgres");
 
@@ -241,7 +98,7 @@ async fn every_sslmode_that_asks_for_tls_reaches_a_tls_only_postgresql_and_check
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_on_a_tls_only_postgresql_migrates_serves_and_listens_over_verified_tls() {
-    let pg = TlsCluster::start();
+    let pg = PrivateCluster::start_tls();
     let server = pg.server(
         "localhost",
         &format!("sslmode=verify-full&{}", ca_option(&pg.ca())),
