@@ -137,6 +137,10 @@ enum CredentialsCommand {
         /// Who or what holds it, e.g. "ops-alice" or "icbc-gateway".
         #[arg(long)]
         label: String,
+        /// Accept its calls only over mutual TLS with the client certificate of this subject
+        /// (RFC 4514, e.g. "CN=gateway,O=ICBC").
+        #[arg(long)]
+        certificate_subject: Option<String>,
     },
     /// Revoke a credential at once.
     Revoke {
@@ -306,6 +310,7 @@ async fn credentials(action: CredentialsCommand) -> anyhow::Result<()> {
             role,
             lender_id,
             label,
+            certificate_subject,
         } => {
             let app = offline_app(&database).await?;
             let issued = app
@@ -314,6 +319,7 @@ async fn credentials(action: CredentialsCommand) -> anyhow::Result<()> {
                     lender_id,
                     label,
                     expires_at: None,
+                    certificate_subject,
                 })
                 .await
                 .map_err(describe)?;
@@ -394,6 +400,7 @@ async fn dev(
             lender_id: None,
             label: format!("{DEV_LABEL}operator, {started}"),
             expires_at: None,
+            certificate_subject: None,
         })
         .await
         .map_err(describe)?;
@@ -405,6 +412,7 @@ async fn dev(
                 lender_id: Some(*lender_id),
                 label: format!("{DEV_LABEL}{}, {started}", bank.short),
                 expires_at: None,
+                certificate_subject: None,
             })
             .await
             .map_err(describe)?;

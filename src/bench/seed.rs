@@ -124,7 +124,7 @@ pub async fn seed(
                     role: pb::Role::Lender as i32,
                     lender_id: lender.id.clone(),
                     label: format!("bench {}", lender.name),
-                    expire_time: None,
+                    ..Default::default()
                 },
                 operator,
             ))

@@ -842,6 +842,7 @@ async fn loader_credential(
             lender_id,
             label: label.to_owned(),
             expires_at: None,
+            certificate_subject: None,
         })
         .await?;
     Ok(Principal {
@@ -849,6 +850,7 @@ async fn loader_credential(
         role,
         lender_id,
         expires_at: None,
+        certificate_subject: None,
     })
 }
 

@@ -9,6 +9,7 @@ use http::{Request, Response};
 use tonic::Status;
 use tower::{Layer, Service};
 
+use crate::service::credentials::certificate_subject;
 use crate::service::{App, Error, Principal, access};
 
 /// Path prefix of the calls that need a credential.
@@ -70,6 +71,15 @@ where
                 Err(error) => return Ok(Status::from(error).into_http()),
             };
             match app.authenticate(&token).await {
+                Ok(principal) if !presents_bound_certificate(&principal, &request) => {
+                    Ok(Status::from(Error::Unauthenticated(
+                        "this credential is bound to a client certificate, and the connection \
+                         does not present it: call over mutual TLS with the certificate it was \
+                         issued for"
+                            .into(),
+                    ))
+                    .into_http())
+                }
                 Ok(principal) => {
                     // A method the table does not know is not served: the router answers
                     // UNIMPLEMENTED for it.
@@ -88,6 +98,21 @@ where
             }
         })
     }
+}
+
+/// Whether the connection shows the client certificate the principal is bound to (always, for an
+/// unbound one). The leaf certificate's subject is compared as finmatch renders it.
+fn presents_bound_certificate<B>(principal: &Principal, request: &Request<B>) -> bool {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let Some(bound) = &principal.certificate_subject else {
+        return true;
+    };
+    request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .and_then(|chain| chain.first().and_then(|leaf| certificate_subject(leaf)))
+        .is_some_and(|subject| &subject == bound)
 }
 
 fn bearer_token(headers: &http::HeaderMap) -> Result<String, Error> {

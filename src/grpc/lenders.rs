@@ -226,6 +226,8 @@ impl pb::lender_service_server::LenderService for LenderHandler {
                     lender_id: lender_id.flatten(),
                     label: body.label,
                     expires_at,
+                    certificate_subject: Some(body.certificate_subject)
+                        .filter(|s| !s.trim().is_empty()),
                 },
             )
             .await?;
@@ -233,6 +235,7 @@ impl pb::lender_service_server::LenderService for LenderHandler {
             credential_id: issued.credential.id.to_string(),
             token: issued.token,
             expire_time: issued.credential.expires_at.and_then(convert::timestamp),
+            certificate_subject: issued.credential.certificate_subject.unwrap_or_default(),
         }))
     }
 

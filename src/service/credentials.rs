@@ -49,6 +49,8 @@ pub struct Credential {
     pub revoked_at: Option<DateTime<Utc>>,
     /// When it stops being valid, as if revoked then; `None` = no expiry.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The client certificate subject it is bound to; `None` = any connection.
+    pub certificate_subject: Option<String>,
 }
 
 /// A new credential and its token, which is shown this once and never stored.
@@ -67,6 +69,9 @@ pub struct NewCredential {
     pub label: String,
     /// Must be in the future; `None` = valid until revoked.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Binds the credential to the client certificate with this subject (RFC 4514, e.g.
+    /// `CN=gateway,O=ICBC`); `None` = any connection.
+    pub certificate_subject: Option<String>,
 }
 
 /// How many principals one replica keeps (about 200 bytes each).
@@ -205,6 +210,7 @@ impl App {
             role: parse_role(&row.role)?,
             lender_id: row.lender_id,
             expires_at: row.expires_at,
+            certificate_subject: row.certificate_subject,
         };
         if let Some(ticket) = ticket {
             cache.fill(ticket, hash, principal.clone());
@@ -253,9 +259,15 @@ impl App {
     async fn create_credential(
         &self,
         who: Option<&Principal>,
-        input: NewCredential,
+        mut input: NewCredential,
     ) -> Result<IssuedCredential> {
         validate(&input)?;
+        // Stored as finmatch renders a certificate's subject, so the two compare as strings.
+        input.certificate_subject = input
+            .certificate_subject
+            .as_deref()
+            .map(canonical_subject)
+            .transpose()?;
         let token = new_token();
         let hash = token_hash(&token);
         let credential = self
@@ -273,6 +285,7 @@ impl App {
                         label: &input.label,
                         token_hash: &hash,
                         expires_at: input.expires_at,
+                        certificate_subject: input.certificate_subject.as_deref(),
                     },
                 )
                 .await?;
@@ -291,6 +304,7 @@ impl App {
                         "lender_id": input.lender_id,
                         "label": input.label,
                         "expires_at": input.expires_at,
+                        "certificate_subject": input.certificate_subject,
                     }),
                 )
                 .await?;
@@ -397,11 +411,45 @@ fn validate(input: &NewCredential) -> Result<()> {
             "must be in the future; leave it unset for a credential valid until revoked",
         );
     }
+    if let Some(subject) = &input.certificate_subject
+        && let Err(why) = canonical_subject(subject)
+    {
+        violations.add("certificate_subject", why.to_string());
+    }
     if violations.is_empty() {
         Ok(())
     } else {
         Err(Error::InvalidArgument(violations))
     }
+}
+
+/// A certificate subject as finmatch compares it: parsed as an RFC 4514 distinguished name and
+/// written back (so `CN=a, O=b` and `CN=a,O=b` are one subject).
+pub fn canonical_subject(subject: &str) -> Result<String> {
+    use std::str::FromStr as _;
+    let name = x509_cert::name::RdnSequence::from_str(subject.trim()).map_err(|e| {
+        Error::invalid(
+            "certificate_subject",
+            format!(
+                "{subject:?} is not an RFC 4514 distinguished name ({e}); write it as \
+                 `openssl x509 -noout -subject -nameopt RFC2253` prints it, e.g. CN=gateway,O=ICBC"
+            ),
+        )
+    })?;
+    if name.0.is_empty() {
+        return Err(Error::invalid(
+            "certificate_subject",
+            "an empty subject binds nothing; leave the field empty instead",
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// The subject of a DER certificate, as [`canonical_subject`] writes it.
+pub fn certificate_subject(der: &[u8]) -> Option<String> {
+    use x509_cert::der::Decode as _;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    Some(cert.tbs_certificate.subject.to_string())
 }
 
 async fn ensure_lender_exists(conn: &mut Connection, lender_id: Uuid) -> Result<()> {
@@ -420,6 +468,7 @@ fn to_credential(row: storage::credentials::CredentialRow) -> Result<Credential>
         created_at: row.created_at,
         revoked_at: row.revoked_at,
         expires_at: row.expires_at,
+        certificate_subject: row.certificate_subject,
     })
 }
 
@@ -449,7 +498,28 @@ mod tests {
             role: Role::Portal,
             lender_id: None,
             expires_at: None,
+            certificate_subject: None,
         }
+    }
+
+    #[test]
+    fn a_certificates_subject_reads_as_the_bound_subject_is_written() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        // In DER order (country, organisation, common name); RFC 4514 writes it reversed.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "ICBC");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ICBC Xiaogan gateway");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let written = "CN=ICBC Xiaogan gateway,O=ICBC";
+        assert_eq!(certificate_subject(cert.der()).as_deref(), Some(written));
+        assert_eq!(canonical_subject(written).unwrap(), written);
+        assert!(canonical_subject("ICBC gateway").is_err());
+        assert!(canonical_subject("").is_err());
     }
 
     #[test]

@@ -162,6 +162,9 @@ pub struct Principal {
     pub lender_id: Option<Uuid>,
     /// When the credential expires, if it does: from then on it is treated as revoked.
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The subject of the client certificate the credential is bound to, if it is: its calls
+    /// are accepted only over a mutual-TLS connection presenting that certificate.
+    pub certificate_subject: Option<String>,
 }
 
 impl Principal {

@@ -22,6 +22,7 @@ pub struct CredentialRow {
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
+    pub certificate_subject: Option<String>,
 }
 
 #[derive(Debug, Insertable)]
@@ -32,6 +33,7 @@ pub struct NewCredential<'a> {
     pub label: &'a str,
     pub token_hash: &'a [u8],
     pub expires_at: Option<DateTime<Utc>>,
+    pub certificate_subject: Option<&'a str>,
 }
 
 pub async fn insert(conn: &mut Connection, new: &NewCredential<'_>) -> QueryResult<CredentialRow> {

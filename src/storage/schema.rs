@@ -79,6 +79,8 @@ diesel::table! {
         revoked_at -> Nullable<Timestamptz>,
         /// When the credential stops being valid, as if revoked then; NULL = no expiry.
         expires_at -> Nullable<Timestamptz>,
+        /// Subject (RFC 4514, as finmatch renders it) of the client certificate the credential is bound to; NULL = any connection.
+        certificate_subject -> Nullable<Text>,
     }
 }
 

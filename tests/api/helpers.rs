@@ -252,7 +252,17 @@ impl TestApp {
         Self::spawn_with(std::sync::Arc::new(TestDatabase::create().await), args).await
     }
 
-    pub async fn spawn_with(database: std::sync::Arc<TestDatabase>, mut args: ServerArgs) -> Self {
+    pub async fn spawn_with(database: std::sync::Arc<TestDatabase>, args: ServerArgs) -> Self {
+        Self::spawn_with_tls(database, args, None).await
+    }
+
+    /// [`TestApp::spawn_with`], its channel speaking TLS with `tls` when given (the server's
+    /// certificate must name `localhost`).
+    pub async fn spawn_with_tls(
+        database: std::sync::Arc<TestDatabase>,
+        mut args: ServerArgs,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Self {
         LOGS.get_or_init(|| {
             if std::env::var_os("RUST_LOG").is_some() {
                 finmatch::telemetry::init(finmatch::config::LogFormat::Pretty);
@@ -276,17 +286,23 @@ impl TestApp {
         let server = tokio::spawn(application.run_until(async {
             let _ = stopped.await;
         }));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to the test server");
+        let channel = match tls {
+            None => Channel::from_shared(format!("http://{addr}")).unwrap(),
+            Some(tls) => Channel::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(tls.domain_name("localhost"))
+                .expect("a client TLS configuration"),
+        }
+        .connect()
+        .await
+        .expect("connect to the test server");
         let operator = app
             .bootstrap_credential(NewCredential {
                 role: Role::Operator,
                 lender_id: None,
                 label: "test operator".into(),
                 expires_at: None,
+                certificate_subject: None,
             })
             .await
             .expect("bootstrap an operator")
@@ -316,6 +332,7 @@ impl TestApp {
                 lender_id,
                 label: format!("test {}", role.as_str().to_lowercase()),
                 expires_at: None,
+                certificate_subject: None,
             })
             .await
             .expect("issue a test credential")

@@ -12,6 +12,7 @@ mod fixtures;
 mod helpers;
 mod import;
 mod lenders;
+mod mtls;
 mod outages;
 mod partner;
 mod postgres_tls;

@@ -197,6 +197,7 @@ async fn unconsented(app: &TestApp, bank: &Bank) -> Uuid {
             lender_id: None,
             label: "fixture".into(),
             expires_at: None,
+            certificate_subject: None,
         })
         .await
         .unwrap()
@@ -1889,6 +1890,7 @@ async fn issue(
                 lender_id: bank.lender_id.to_string(),
                 label: "bank gateway".into(),
                 expire_time,
+                ..Default::default()
             },
             &app.operator,
         ))

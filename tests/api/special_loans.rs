@@ -159,6 +159,7 @@ impl World {
                 lender_id: None,
                 label: "fixture".into(),
                 expires_at: None,
+                certificate_subject: None,
             })
             .await
             .unwrap()
