@@ -194,6 +194,9 @@ canonical_enum! {
         Disbursed = "DISBURSED",
         Expired = "EXPIRED",
         Cancelled = "CANCELLED",
+        /// A special-loan reservation made through the referral lapsed unconfirmed; the
+        /// referral's status is unchanged.
+        ReservationLapsed = "RESERVATION_LAPSED",
     }
 }
 
@@ -345,7 +348,8 @@ mod tests {
         assert_eq!(Role::expected(), "OPERATOR, PORTAL, LENDER");
         assert_eq!(
             ReferralEventKind::expected(),
-            "CREATED, ACKNOWLEDGED, INFO_REQUESTED, APPROVED, DECLINED, DISBURSED, EXPIRED, CANCELLED"
+            "CREATED, ACKNOWLEDGED, INFO_REQUESTED, APPROVED, DECLINED, DISBURSED, EXPIRED, CANCELLED, \
+             RESERVATION_LAPSED"
         );
     }
 

@@ -20,7 +20,7 @@ use super::{App, Error, Idempotency, Principal, Result, audit, reason};
 use crate::domain::special_loan::{effective_rate_bps, subsidy_minor};
 use crate::domain::{
     AllocationStatus, AmountMinor, Bps, ListCode, LoanReference, Name, NonNegativeMinor, Note,
-    ReferralStatus, ReleaseReason, TermMonths, format_cny, format_percent,
+    ReferralEventKind, ReferralStatus, ReleaseReason, TermMonths, format_cny, format_percent,
 };
 use crate::storage::special_loans::{
     AllocationFilter, AllocationRow, LenderQuotaRow, NewAllocation, ProgramRow,
@@ -803,9 +803,31 @@ async fn lapse(conn: &mut Connection, id: Uuid, now: DateTime<Utc>) -> Result<Op
     };
     let detail =
         serde_json::json!({ "reason": "reservation lapsed", "expires_at": row.expires_at });
-    release(conn, None, SWEEPER, row, ReleaseReason::Lapsed, detail)
-        .await
-        .map(Some)
+    let referral_id = row.referral_id;
+    let released = release(conn, None, SWEEPER, row, ReleaseReason::Lapsed, detail).await?;
+    // The lender hears of it on its feed, when the reservation came through one of its referrals.
+    if let Some(referral_id) = referral_id
+        && let Some(referral) =
+            storage::partner::find(conn, released.lender_id, referral_id).await?
+    {
+        storage::referrals::insert_event(
+            conn,
+            &storage::referrals::NewReferralEvent {
+                referral_id,
+                lender_id: referral.lender_id,
+                need_id: referral.need_id,
+                kind: ReferralEventKind::ReservationLapsed.as_str(),
+                status: &referral.status,
+                detail: serde_json::json!({
+                    "allocation_id": released.id,
+                    "program_id": released.program_id,
+                    "amount_minor": released.amount_minor,
+                }),
+            },
+        )
+        .await?;
+    }
+    Ok(Some(released))
 }
 
 /// RESERVED → RELEASED for a locked allocation: its amount returns to the enterprise's cap, the

@@ -1841,4 +1841,53 @@ async fn a_reservation_lapses_after_its_programs_hours_and_is_released_once_acro
         1
     );
     assert_eq!(w.balance(short).await.reserved_minor, 0);
+
+    // A reservation made through a referral: its lender hears of the lapse on its feed.
+    let e = w.key_enterprise(300).await;
+    let referral = w.referral(a, e, "ACKNOWLEDGED").await;
+    let through = w
+        .allocate(pb::AllocateSpecialLoanRequest {
+            referral_id: referral.to_string(),
+            ..loan(short, a, e, 1_000_000)
+        })
+        .await
+        .unwrap();
+    let token = w.app.token(Role::Lender, Some(a)).await;
+    let mut feed = finmatch::grpc::pb::partner_service_client::PartnerServiceClient::new(
+        w.app.channel.clone(),
+    )
+    .watch_referrals(authed(
+        pb::WatchReferralsRequest { after_cursor: 0 },
+        &token,
+    ))
+    .await
+    .expect("the watch opens")
+    .into_inner();
+    db.execute(
+        "UPDATE allocations SET expires_at = now() - interval '1 second' WHERE id = $1::text::uuid",
+        &[&through.id],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        w.app
+            .app
+            .sweep_once(chrono::Utc::now())
+            .await
+            .unwrap()
+            .lapsed_reservations,
+        1
+    );
+    let event = loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), feed.message())
+            .await
+            .expect("the lapse reaches the feed")
+            .expect("no error")
+            .expect("the stream stays open");
+        if let Some(pb::watch_referrals_response::Payload::Event(event)) = message.payload {
+            break event;
+        }
+    };
+    assert_eq!(event.kind, pb::ReferralEventKind::ReservationLapsed as i32);
+    assert_eq!(event.referral.unwrap().id, referral.to_string());
 }
