@@ -2235,3 +2235,369 @@ async fn an_answer_after_the_response_deadline_is_refused_before_the_sweeper_run
     );
     approved(&app, &b, on_time, 1_000_000).await;
 }
+
+/// The audit rows written since `since` (moved past them), by RPC name.
+async fn audited_since(db: &tokio_postgres::Client, since: &mut i64) -> Vec<String> {
+    let rows = db
+        .query(
+            "SELECT id, rpc FROM audit_log WHERE id > $1 ORDER BY id",
+            &[&*since],
+        )
+        .await
+        .unwrap();
+    if let Some(last) = rows.last() {
+        *since = last.get(0);
+    }
+    rows.iter().map(|r| r.get(1)).collect()
+}
+
+/// Every mutating RPC writes exactly one audit row naming it; a call refused, a replay and a
+/// repeat that changes nothing write none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mutating_call_writes_one_audit_row_and_a_refused_or_replayed_one_none() {
+    use finmatch::grpc::pb::special_loan_service_client::SpecialLoanServiceClient;
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Audit Bank").await;
+    let (db, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut since = 0;
+    audited_since(&db, &mut since).await;
+    let op = app.operator.clone();
+    let today = Utc::now().date_naive().format("%Y-%m-%d").to_string();
+    let mut enterprises = EnterpriseServiceClient::new(app.channel.clone());
+    let mut financing = FinancingServiceClient::new(app.channel.clone());
+    let mut lenders = LenderServiceClient::new(app.channel.clone());
+    let mut loans = SpecialLoanServiceClient::new(app.channel.clone());
+    let mut bank = partner(&app);
+    macro_rules! audited {
+        ($($rpc:literal),*) => {{
+            let expected: Vec<String> = vec![$(format!("finmatch.v1.{}", $rpc)),*];
+            assert_eq!(audited_since(&db, &mut since).await, expected);
+        }};
+    }
+
+    // Enterprises.
+    let e = enterprise(&app).await;
+    audited!("EnterpriseService/CreateEnterprise");
+    enterprises
+        .update_enterprise(authed(
+            pb::UpdateEnterpriseRequest {
+                enterprise: Some(pb::Enterprise {
+                    id: e.to_string(),
+                    employees: 130,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["employees".into()],
+                }),
+            },
+            &op,
+        ))
+        .await
+        .unwrap();
+    audited!("EnterpriseService/UpdateEnterprise");
+    let grant = pb::GrantDesignationRequest {
+        enterprise_id: e.to_string(),
+        list_code: "NATIONAL_KEY_SUPPLY".into(),
+        granted_on: "2020-01-01".into(),
+        reference: "N-1".into(),
+        ..Default::default()
+    };
+    enterprises
+        .grant_designation(authed(grant.clone(), &op))
+        .await
+        .unwrap();
+    audited!("EnterpriseService/GrantDesignation");
+    enterprises
+        .grant_designation(authed(grant, &op))
+        .await
+        .unwrap_err();
+    audited!();
+    enterprises
+        .revoke_designation(authed(
+            pb::RevokeDesignationRequest {
+                enterprise_id: e.to_string(),
+                list_code: "NATIONAL_KEY_SUPPLY".into(),
+            },
+            &op,
+        ))
+        .await
+        .unwrap();
+    audited!("EnterpriseService/RevokeDesignation");
+
+    // Needs.
+    let submit = |key: &str, purpose: pb::Purpose| pb::SubmitNeedRequest {
+        idempotency_key: key.into(),
+        need: Some(pb::Need {
+            enterprise_id: e.to_string(),
+            amount_minor: 1_000_000,
+            term_months: 12,
+            purpose: purpose as i32,
+            collateral: vec![pb::Collateral::Credit as i32],
+            needed_by: "2030-06-30".into(),
+            consent_to_share: true,
+            channel: pb::Channel::Bureau as i32,
+            ..Default::default()
+        }),
+    };
+    let submitted = financing
+        .submit_need(authed(submit("need-1", pb::Purpose::WorkingCapital), &op))
+        .await
+        .unwrap()
+        .into_inner();
+    audited!("FinancingService/SubmitNeed");
+    financing
+        .submit_need(authed(submit("need-1", pb::Purpose::WorkingCapital), &op))
+        .await
+        .unwrap();
+    audited!();
+    let r: Uuid = submitted.referrals[0].id.parse().unwrap();
+
+    // A bank's answers.
+    acknowledge(&app, &a, r).await;
+    audited!("PartnerService/AcknowledgeReferral");
+    acknowledge(&app, &a, r).await;
+    audited!();
+    bank.request_information(authed(
+        pb::RequestInformationRequest {
+            referral_id: r.to_string(),
+            message: "the latest management accounts, please".into(),
+        },
+        &a.token,
+    ))
+    .await
+    .unwrap();
+    audited!("PartnerService/RequestInformation");
+    acknowledge(&app, &a, r).await;
+    audited!("PartnerService/AcknowledgeReferral");
+    bank.decide_referral(authed(approve(r, "decide-1", 1_000_000, 450), &a.token))
+        .await
+        .unwrap();
+    audited!("PartnerService/DecideReferral");
+    bank.decide_referral(authed(approve(r, "decide-1", 1_000_000, 450), &a.token))
+        .await
+        .unwrap();
+    bank.decide_referral(authed(approve(r, "decide-2", 900_000, 450), &a.token))
+        .await
+        .unwrap_err();
+    audited!();
+    let loan = pb::RecordDisbursementRequest {
+        disbursed_on: today.clone(),
+        ..disbursement(r, "LN-AUDIT-1", 600_000)
+    };
+    disburse(&app, &a, loan.clone()).await.unwrap();
+    audited!("PartnerService/RecordDisbursement");
+    disburse(&app, &a, loan).await.unwrap();
+    disburse(&app, &a, disbursement(r, "LN-AUDIT-2", 2_000_000))
+        .await
+        .unwrap_err();
+    audited!();
+
+    let withdrawn = financing
+        .submit_need(authed(submit("need-2", pb::Purpose::Payroll), &op))
+        .await
+        .unwrap()
+        .into_inner()
+        .need
+        .unwrap();
+    audited!("FinancingService/SubmitNeed");
+    financing
+        .withdraw_need(authed(
+            pb::WithdrawNeedRequest {
+                need_id: withdrawn.id.clone(),
+                reason: "funded by its own bank".into(),
+            },
+            &op,
+        ))
+        .await
+        .unwrap();
+    audited!("FinancingService/WithdrawNeed");
+    let rerouted = financing
+        .submit_need(authed(submit("need-3", pb::Purpose::Equipment), &op))
+        .await
+        .unwrap()
+        .into_inner()
+        .need
+        .unwrap();
+    audited!("FinancingService/SubmitNeed");
+    financing
+        .reroute_need(authed(
+            pb::RerouteNeedRequest {
+                need_id: rerouted.id,
+                target_open_referrals: Some(2),
+            },
+            &op,
+        ))
+        .await
+        .unwrap();
+    audited!("FinancingService/RerouteNeed");
+
+    // Lenders, products and credentials.
+    let other = crate::helpers::create_lender(&app, "Audit Bank B").await;
+    audited!("LenderService/CreateLender");
+    let product = lenders
+        .create_product(authed(
+            pb::CreateProductRequest {
+                product: Some(pb::Product {
+                    lender_id: other.to_string(),
+                    name: "Audit working capital".into(),
+                    min_amount_minor: 100,
+                    max_amount_minor: 1_000_000_000,
+                    min_term_months: 6,
+                    max_term_months: 36,
+                    collateral_accepted: vec![pb::Collateral::Credit as i32],
+                    min_size: pb::EnterpriseSize::Micro as i32,
+                    min_rate_bps: MIN_RATE_BPS,
+                    max_rate_bps: MAX_RATE_BPS,
+                    daily_capacity: 10,
+                    response_sla_hours: 48,
+                    ..Default::default()
+                }),
+            },
+            &op,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .product
+        .unwrap();
+    audited!("LenderService/CreateProduct");
+    lenders
+        .update_product(authed(
+            pb::UpdateProductRequest {
+                product: Some(pb::Product {
+                    id: product.id,
+                    daily_capacity: 20,
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["daily_capacity".into()],
+                }),
+            },
+            &op,
+        ))
+        .await
+        .unwrap();
+    audited!("LenderService/UpdateProduct");
+    let issued = lenders
+        .issue_credential(authed(
+            pb::IssueCredentialRequest {
+                role: pb::Role::Lender as i32,
+                lender_id: other.to_string(),
+                label: "audit gateway".into(),
+                ..Default::default()
+            },
+            &op,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    audited!("LenderService/IssueCredential");
+    lenders
+        .revoke_credential(authed(
+            pb::RevokeCredentialRequest {
+                credential_id: issued.credential_id,
+            },
+            &op,
+        ))
+        .await
+        .unwrap();
+    audited!("LenderService/RevokeCredential");
+
+    // Special-loan quota.
+    let program = loans
+        .create_program(authed(
+            pb::CreateProgramRequest {
+                program: Some(pb::Program {
+                    code: "AUDIT_2020".into(),
+                    name: "Audit programme".into(),
+                    total_quota_minor: 100_000_000,
+                    rate_cap_bps: 500,
+                    max_term_months: 12,
+                    loan_date_from: "2020-01-25".into(),
+                    one_bank_per_enterprise: true,
+                    ..Default::default()
+                }),
+            },
+            &op,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .program
+        .unwrap();
+    audited!("SpecialLoanService/CreateProgram");
+    loans
+        .set_lender_quota(authed(
+            pb::SetLenderQuotaRequest {
+                program_id: program.id.clone(),
+                lender_id: a.lender_id.to_string(),
+                quota_minor: 1_000_000,
+            },
+            &op,
+        ))
+        .await
+        .unwrap();
+    audited!("SpecialLoanService/SetLenderQuota");
+    let allocate = |key: &str, amount_minor: i64| pb::AllocateSpecialLoanRequest {
+        idempotency_key: key.into(),
+        program_id: program.id.clone(),
+        lender_id: a.lender_id.to_string(),
+        enterprise_id: e.to_string(),
+        referral_id: r.to_string(),
+        amount_minor,
+        rate_bps: 450,
+        term_months: 12,
+        loan_date: today.clone(),
+    };
+    let first = loans
+        .allocate_special_loan(authed(allocate("alloc-1", 500_000), &op))
+        .await
+        .unwrap()
+        .into_inner()
+        .allocation
+        .unwrap();
+    audited!("SpecialLoanService/AllocateSpecialLoan");
+    loans
+        .allocate_special_loan(authed(allocate("alloc-1", 500_000), &op))
+        .await
+        .unwrap();
+    loans
+        .allocate_special_loan(authed(allocate("alloc-2", 900_000), &op))
+        .await
+        .unwrap_err();
+    audited!();
+    loans
+        .confirm_allocation(authed(
+            pb::ConfirmAllocationRequest {
+                allocation_id: first.id,
+                loan_reference: "LN-AUDIT-1".into(),
+                disbursed_on: today.clone(),
+            },
+            &op,
+        ))
+        .await
+        .unwrap();
+    audited!("SpecialLoanService/ConfirmAllocation");
+    let second = loans
+        .allocate_special_loan(authed(allocate("alloc-3", 100_000), &op))
+        .await
+        .unwrap()
+        .into_inner()
+        .allocation
+        .unwrap();
+    audited!("SpecialLoanService/AllocateSpecialLoan");
+    loans
+        .release_allocation(authed(
+            pb::ReleaseAllocationRequest {
+                allocation_id: second.id,
+                reason: "not taken up".into(),
+            },
+            &op,
+        ))
+        .await
+        .unwrap();
+    audited!("SpecialLoanService/ReleaseAllocation");
+}
