@@ -2601,3 +2601,122 @@ async fn every_mutating_call_writes_one_audit_row_and_a_refused_or_replayed_one_
         .unwrap();
     audited!("SpecialLoanService/ReleaseAllocation");
 }
+
+/// Three banks disbursing parts of one need at the same moment, on two replicas, parts that
+/// together exceed it: the need is funded exactly by the parts that fit, never beyond its amount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_partial_disbursements_on_three_referrals_never_fund_a_need_beyond_it() {
+    let app = TestApp::spawn().await;
+    let replica = app.replica().await;
+    let banks = [
+        bank(&app, "Bank A").await,
+        bank(&app, "Bank B").await,
+        bank(&app, "Bank C").await,
+    ];
+    let (db, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for round in 0..10 {
+        let r = routed(&app, 1_000_000, &[&banks[0], &banks[1], &banks[2]]).await;
+        for (bank, &referral) in banks.iter().zip(&r.referrals) {
+            approved(&app, bank, referral, 1_000_000).await;
+        }
+        // 400,000 each: two fit in 1,000,000, the third does not.
+        let part = |i: usize| disbursement(r.referrals[i], &format!("P-{round}-{i}"), 400_000);
+        let (one, two, three) = tokio::join!(
+            disburse(&app, &banks[0], part(0)),
+            disburse(&replica, &banks[1], part(1)),
+            disburse(&app, &banks[2], part(2)),
+        );
+        let outcomes = [one, two, three];
+        assert_eq!(
+            outcomes.iter().filter(|o| o.is_ok()).count(),
+            2,
+            "round {round}: {outcomes:?}"
+        );
+        let refused = outcomes.iter().find_map(|o| o.as_ref().err()).unwrap();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "round {round}");
+        let row = db
+            .query_one(
+                "SELECT n.funded_minor, n.status, \
+                        (SELECT coalesce(sum(d.amount_minor), 0)::bigint FROM disbursements d \
+                         WHERE d.need_id = n.id) \
+                 FROM needs n WHERE n.id = $1::text::uuid",
+                &[&r.need_id.to_string()],
+            )
+            .await
+            .unwrap();
+        let (funded, status, paid): (i64, String, i64) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!((funded, paid), (800_000, 800_000), "round {round}");
+        assert_eq!(status, "APPROVED", "round {round}: partly funded");
+    }
+}
+
+/// Two approvals of one referral at the same moment, with different keys and amounts, on two
+/// replicas: exactly one takes effect, with one audit row and one APPROVED event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_approvals_of_one_referral_take_effect_once() {
+    let app = TestApp::spawn().await;
+    let replica = app.replica().await;
+    let a = bank(&app, "Bank A").await;
+    let (db, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for round in 0..10 {
+        let r = routed(&app, 1_000_000, &[&a]).await;
+        let id = r.referrals[0];
+        acknowledge(&app, &a, id).await;
+        let (mut here, mut there) = (partner(&app), partner(&replica));
+        let (one, two) = tokio::join!(
+            here.decide_referral(authed(
+                approve(id, &format!("a-{round}"), 1_000_000, 450),
+                &a.token
+            )),
+            there.decide_referral(authed(
+                approve(id, &format!("b-{round}"), 900_000, 500),
+                &a.token
+            )),
+        );
+        let outcomes = [one.map(|r| r.into_inner()), two.map(|r| r.into_inner())];
+        assert_eq!(
+            outcomes.iter().filter(|o| o.is_ok()).count(),
+            1,
+            "round {round}: {outcomes:?}"
+        );
+        let lost = outcomes.iter().find_map(|o| o.as_ref().err()).unwrap();
+        assert_eq!(
+            (lost.code(), error_reason(lost).as_deref()),
+            (Code::FailedPrecondition, Some("ILLEGAL_TRANSITION")),
+            "round {round}: {lost:?}"
+        );
+        let count = |sql: &'static str| {
+            let db = &db;
+            async move {
+                db.query_one(sql, &[&id.to_string()])
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0)
+            }
+        };
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM audit_log WHERE rpc = 'finmatch.v1.PartnerService/DecideReferral' \
+                 AND entity_id = $1"
+            )
+            .await,
+            1,
+            "round {round}"
+        );
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM referral_events WHERE referral_id = $1::text::uuid \
+                 AND kind = 'APPROVED'"
+            )
+            .await,
+            1,
+            "round {round}"
+        );
+    }
+}
