@@ -499,3 +499,51 @@ pub async fn lock_needs(app: &TestApp) -> tokio::sync::oneshot::Sender<()> {
     });
     release
 }
+
+#[allow(dead_code)] // used by tests/api, not by tests/metrics.rs
+/// A `finmatch serve` process on `database_url`, killed (SIGKILL) when dropped.
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub url: String,
+}
+
+#[allow(dead_code)]
+impl ServerProcess {
+    pub async fn start(database_url: &str) -> Self {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_finmatch"))
+            .args(["serve", "--no-migrate", "--listen", &addr.to_string()])
+            .env("FINMATCH_DATABASE_URL", database_url)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start finmatch serve");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "finmatch serve did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Self {
+            child,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

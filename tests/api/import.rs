@@ -4,7 +4,7 @@
 use finmatch::grpc::pb;
 use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
 
-use crate::helpers::{TestApp, authed};
+use crate::helpers::{ServerProcess, TestApp, authed};
 
 async fn registered(app: &TestApp) -> Vec<(String, String, String)> {
     let mut client = EnterpriseServiceClient::new(app.channel.clone());
@@ -441,52 +441,6 @@ async fn importing_more_bad_rows_than_a_response_lists_reports_every_row() {
         "spreadsheet row of the last line"
     );
     let _ = std::fs::remove_dir_all(file.parent().unwrap());
-}
-
-/// A `finmatch serve` process on `database_url`, killed (SIGKILL) when dropped.
-struct ServerProcess {
-    child: std::process::Child,
-    url: String,
-}
-
-impl ServerProcess {
-    async fn start(database_url: &str) -> Self {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_finmatch"))
-            .args(["serve", "--no-migrate", "--listen", &addr.to_string()])
-            .env("FINMATCH_DATABASE_URL", database_url)
-            .env("RUST_LOG", "error")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start finmatch serve");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "finmatch serve did not start"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        Self {
-            child,
-            url: format!("http://{addr}"),
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@ mod auth;
 mod bench;
 mod cli;
 mod cluster;
+mod crash;
 mod deadlines;
 mod demo;
 mod enterprises;
