@@ -95,6 +95,11 @@ enum Command {
         #[command(subcommand)]
         action: CredentialsCommand,
     },
+    /// Check the audit log against its hash chain (see README, "The audit trail").
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
     /// Stream financing needs from a CSV file through ImportNeeds (see README, "Importing needs").
     Import {
         /// The CSV file; the report is written beside it as FILE.import-report.csv.
@@ -119,6 +124,22 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: finmatch::bench::BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the chain from the rows as they are: prints the head and exits 0 when every
+    /// sealed row is as sealed; names each row changed, removed or inserted out of order and
+    /// exits 1 otherwise.
+    Verify {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// A head logged earlier, as ROW:HASH (`sealed_through` and `head` of an `audit chain
+        /// sealed` log line): the chain must still pass through it, which a chain rewritten
+        /// from an earlier row does not.
+        #[arg(long, value_name = "ROW:HASH")]
+        head: Vec<String>,
     },
 }
 
@@ -232,6 +253,47 @@ async fn run(command: Command, shutdown: impl Future<Output = ()> + Send) -> any
         }
         Command::Dev { database, server } => dev(database, server, shutdown).await,
         Command::Credentials { action } => credentials(action).await,
+        Command::Audit {
+            action: AuditCommand::Verify { database, head },
+        } => {
+            let app = offline_app(&database).await?;
+            let mut verdict = app.verify_audit().await.map_err(describe)?;
+            for kept in &head {
+                let Some((row, hash)) = kept
+                    .split_once(':')
+                    .and_then(|(row, hash)| Some((row.parse::<i64>().ok()?, hash)))
+                else {
+                    bail!("--head {kept:?} is not ROW:HASH, e.g. 1200:3f9a…");
+                };
+                match app.audit_seal(row).await.map_err(describe)? {
+                    Some(sealed) if sealed.eq_ignore_ascii_case(hash) => {}
+                    Some(_) => verdict.problems.push(format!(
+                        "the chain no longer passes through the head kept for row {row}: \
+                         the seals were rewritten"
+                    )),
+                    None => verdict
+                        .problems
+                        .push(format!("row {row} of a kept head is not sealed any more")),
+                }
+            }
+            for problem in &verdict.problems {
+                eprintln!("{problem}");
+            }
+            if !verdict.problems.is_empty() {
+                bail!(
+                    "the audit log does not match its hash chain: {} problem(s)",
+                    verdict.problems.len()
+                );
+            }
+            match verdict.head {
+                Some((through, head)) => println!(
+                    "audit log intact: {} rows sealed, through row {through}, head {head}",
+                    verdict.sealed
+                ),
+                None => println!("audit log intact: nothing sealed yet"),
+            }
+            Ok(())
+        }
         Command::Import {
             file,
             server,

@@ -784,8 +784,9 @@ impl App {
         Ok(report)
     }
 
-    /// Runs [`App::sweep_once`] every `period` until the task is dropped, and deletes the replay
-    /// records older than `retention` ([`App::purge_replay_records`]).
+    /// Runs [`App::sweep_once`] every `period` until the task is dropped, deletes the replay
+    /// records older than `retention` ([`App::purge_replay_records`]) and seals the settled
+    /// audit rows ([`App::seal_audit`]).
     pub async fn run_sweeper(self, period: std::time::Duration, retention: TimeDelta) {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -797,6 +798,9 @@ impl App {
             }
             if let Err(e) = self.purge_replay_records(now - retention).await {
                 tracing::warn!(error = %e, "purging replay records failed; retrying next period");
+            }
+            if let Err(e) = self.seal_audit(now).await {
+                tracing::warn!(error = %e, "sealing the audit log failed; retrying next period");
             }
         }
     }

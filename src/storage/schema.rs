@@ -63,6 +63,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Hash chain over audit_log in id order: hash = sha256(previous hash || the row rendered as storage::audit renders it); the first row chains from 32 zero bytes. finmatch audit verify recomputes it.
+    audit_seals (audit_id) {
+        /// The audit_log row sealed (no foreign key: a seal outlives a deleted row, which is how the deletion is found).
+        audit_id -> Int8,
+        /// The chain's SHA-256 through this row.
+        hash -> Bytea,
+        sealed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     /// Bearer-token credentials. Only the SHA-256 of the token is stored; every call looks its token up here, so revocation takes effect at once on every replica.
     credentials (id) {
         id -> Uuid,
@@ -413,6 +424,7 @@ diesel::joinable!(referrals -> needs (need_id));
 diesel::allow_tables_to_appear_in_same_query!(
     allocations,
     audit_log,
+    audit_seals,
     credentials,
     designations,
     disbursements,

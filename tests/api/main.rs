@@ -1,5 +1,6 @@
 //! End-to-end tests: the real server over gRPC, a fresh PostgreSQL database per test.
 
+mod audit_chain;
 mod auth;
 mod bench;
 mod cli;
