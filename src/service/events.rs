@@ -509,7 +509,7 @@ impl ReferralFeed {
             // A poll that finds nothing to deliver writes nothing (the lease is renewed on time
             // by `claim`).
             if claim || (poll && bounded(storage::relay::has_undelivered(&mut conn)).await?) {
-                let (held, _) = bounded(self.relay(&mut conn)).await?;
+                let (held, _) = self.relay(&mut conn).await?;
                 if held != relaying {
                     relaying = held;
                     self.set_relay(held);
@@ -523,7 +523,7 @@ impl ReferralFeed {
                     claim_at = Instant::now() + self.shared.lease / 3;
                 }
             }
-            last_read = bounded(self.fan_out(&mut conn, last_read)).await?;
+            last_read = self.fan_out(&mut conn, last_read).await?;
             *last = Some(last_read);
 
             let wake_at = if relaying {
@@ -565,19 +565,19 @@ impl ReferralFeed {
         let holder = self.shared.holder;
         let lease = self.shared.lease;
         loop {
-            let batch = conn
-                .transaction(async move |conn| {
-                    if !storage::relay::claim_lease(conn, EVENT_RELAY, holder, lease).await? {
-                        return Ok::<_, diesel::result::Error>(None);
-                    }
-                    let assigned =
-                        storage::relay::assign_delivery_cursors(conn, RELAY_BATCH).await?;
-                    if assigned.count > 0 {
-                        storage::relay::notify_delivered(conn, assigned.last).await?;
-                    }
-                    Ok(Some(assigned))
-                })
-                .await?;
+            // Each batch is bounded, not the whole catch-up: a long backlog is relayed batch by
+            // batch, and only a connection that stops answering ends the round.
+            let batch = bounded(conn.transaction(async move |conn| {
+                if !storage::relay::claim_lease(conn, EVENT_RELAY, holder, lease).await? {
+                    return Ok::<_, diesel::result::Error>(None);
+                }
+                let assigned = storage::relay::assign_delivery_cursors(conn, RELAY_BATCH).await?;
+                if assigned.count > 0 {
+                    storage::relay::notify_delivered(conn, assigned.last).await?;
+                }
+                Ok(Some(assigned))
+            }))
+            .await?;
             match batch {
                 None => return Ok((false, 0)),
                 Some(assigned) if assigned.count < RELAY_BATCH => {
@@ -604,7 +604,13 @@ impl ReferralFeed {
     /// ring of its lender if this server has streams for it; returns the new last cursor.
     async fn fan_out(&self, conn: &mut Connection, mut last: i64) -> Result<i64> {
         loop {
-            let rows = storage::partner::delivered_events(conn, None, last, FANOUT_PAGE).await?;
+            let rows = bounded(storage::partner::delivered_events(
+                conn,
+                None,
+                last,
+                FANOUT_PAGE,
+            ))
+            .await?;
             self.shared
                 .counters
                 .fanout_reads
@@ -623,7 +629,7 @@ impl ReferralFeed {
             };
             if !watched.is_empty() {
                 let candidates = self.credentials_watching(Some(&watched));
-                self.end_inactive(conn, &candidates).await?;
+                bounded(self.end_inactive(conn, &candidates)).await?;
             }
             let mut lenders = self.lenders();
             for row in rows {
