@@ -412,9 +412,9 @@ fn validate(input: &NewCredential) -> Result<()> {
         );
     }
     if let Some(subject) = &input.certificate_subject
-        && let Err(why) = canonical_subject(subject)
+        && let Err(why) = parse_subject(subject)
     {
-        violations.add("certificate_subject", why.to_string());
+        violations.add("certificate_subject", why);
     }
     if violations.is_empty() {
         Ok(())
@@ -424,23 +424,22 @@ fn validate(input: &NewCredential) -> Result<()> {
 }
 
 /// A certificate subject as finmatch compares it: parsed as an RFC 4514 distinguished name and
-/// written back (so `CN=a, O=b` and `CN=a,O=b` are one subject).
+/// written back the way [`certificate_subject`] writes a certificate's.
 pub fn canonical_subject(subject: &str) -> Result<String> {
+    parse_subject(subject).map_err(|why| Error::invalid("certificate_subject", why))
+}
+
+/// [`canonical_subject`], or what is wrong with the subject.
+fn parse_subject(subject: &str) -> std::result::Result<String, String> {
     use std::str::FromStr as _;
     let name = x509_cert::name::RdnSequence::from_str(subject.trim()).map_err(|e| {
-        Error::invalid(
-            "certificate_subject",
-            format!(
-                "{subject:?} is not an RFC 4514 distinguished name ({e}); write it as \
-                 `openssl x509 -noout -subject -nameopt RFC2253` prints it, e.g. CN=gateway,O=ICBC"
-            ),
+        format!(
+            "{subject:?} is not an RFC 4514 distinguished name ({e}); write it as \
+             `openssl x509 -noout -subject -nameopt RFC2253` prints it, e.g. CN=gateway,O=ICBC"
         )
     })?;
     if name.0.is_empty() {
-        return Err(Error::invalid(
-            "certificate_subject",
-            "an empty subject binds nothing; leave the field empty instead",
-        ));
+        return Err("an empty subject binds nothing; leave the field empty instead".into());
     }
     Ok(name.to_string())
 }

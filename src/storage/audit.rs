@@ -88,7 +88,9 @@ pub async fn last_seal(conn: &mut Connection) -> QueryResult<Option<(i64, Vec<u8
     .map(|s| s.map(|s| (s.audit_id, s.hash)))
 }
 
-/// Up to `limit` rows after `after`, in id order, written before `settled_before`.
+/// Up to `limit` rows after `after`, in id order, stopping before the first row whose
+/// transaction began at or after `settled_before` (the chain never passes a row that has not
+/// settled, even when a later id has).
 pub async fn unsealed(
     conn: &mut Connection,
     after: i64,
@@ -98,7 +100,10 @@ pub async fn unsealed(
     use diesel::sql_types::{BigInt, Timestamptz};
     diesel::sql_query(format!(
         "SELECT l.id, {CANONICAL} AS canonical FROM audit_log l \
-         WHERE l.id > $1 AND l.created_at < $2 ORDER BY l.id LIMIT $3"
+         WHERE l.id > $1 AND l.id < coalesce( \
+           (SELECT min(u.id) FROM audit_log u WHERE u.id > $1 AND u.created_at >= $2), \
+           9223372036854775807) \
+         ORDER BY l.id LIMIT $3"
     ))
     .bind::<BigInt, _>(after)
     .bind::<Timestamptz, _>(settled_before)

@@ -52,12 +52,38 @@ async fn the_audit_chain_names_a_row_edited_deleted_or_inserted_out_of_order() {
             .await
             .unwrap();
     }
-    // Rows are sealed once they have settled, each exactly once.
+    let (db, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let ids: Vec<i64> = db
+        .query("SELECT id FROM audit_log ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let last = *ids.last().unwrap();
+    // The append-only trigger is the first line; whoever can drop it meets the chain. (Here it
+    // is dropped first to age rows for the sealer, before anything is sealed.)
+    db.batch_execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
+        .await
+        .unwrap();
+
+    // Rows are sealed once settled, in id order: the chain stops at the first row that has not
+    // settled, even when later ones have.
     assert_eq!(app.app.seal_audit(Utc::now()).await.unwrap(), 0);
+    db.execute(
+        "UPDATE audit_log SET created_at = created_at - interval '1 hour' WHERE id <> $1",
+        &[&ids[1]],
+    )
+    .await
+    .unwrap();
+    assert_eq!(app.app.seal_audit(Utc::now()).await.unwrap(), 1);
     let later = Utc::now() + SEAL_SETTLE + TimeDelta::seconds(1);
-    let sealed = app.app.seal_audit(later).await.unwrap();
-    assert!(sealed >= 5, "{sealed} sealed");
-    assert_eq!(app.app.seal_audit(later).await.unwrap(), 0);
+    let sealed = app.app.seal_audit(later).await.unwrap() + 1;
+    assert_eq!(sealed, ids.len());
+    assert_eq!(app.app.seal_audit(later).await.unwrap(), 0, "each row once");
     let verdict = app.app.verify_audit().await.unwrap();
     assert_eq!(verdict.sealed as usize, sealed);
     assert!(verdict.problems.is_empty(), "{verdict:?}");
@@ -72,23 +98,6 @@ async fn the_audit_chain_names_a_row_edited_deleted_or_inserted_out_of_order() {
     let (code, said) = verify_cli(&app, &[forged]);
     assert_eq!(code, 1, "{said}");
     assert!(said.contains("no longer passes through"), "{said}");
-
-    let (db, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let ids: Vec<i64> = db
-        .query("SELECT id FROM audit_log ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let last = *ids.last().unwrap();
-    // The append-only trigger is the first line; whoever can drop it meets the chain.
-    db.batch_execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
-        .await
-        .unwrap();
 
     let edited = ids[2];
     let original: String = db
