@@ -6,10 +6,11 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 
 use finmatch::devdb::{self, ServerUrl};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rcgen::DnType;
 use uuid::Uuid;
 
 use crate::helpers::unused_port;
+use crate::pki::{authority, leaf};
 
 /// A PostgreSQL cluster of its own, stopped and deleted on drop.
 pub struct PrivateCluster {
@@ -126,27 +127,18 @@ impl PrivateCluster {
     /// A CA, a certificate for `localhost` only (no IP address) signed by it, its key, and an
     /// unrelated CA.
     fn write_certificates(&self) {
-        let ca = |name: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(DnType::CommonName, name);
-            let key = KeyPair::generate().unwrap();
-            let cert = params.self_signed(&key).unwrap();
-            (cert, Issuer::new(params, key))
-        };
-        let (ca_cert, issuer) = ca("finmatch test CA");
-        let (other_cert, _) = ca("somebody else's CA");
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        let key = KeyPair::generate().unwrap();
-        let server = params.signed_by(&key, &issuer).unwrap();
-        std::fs::write(self.ca(), ca_cert.pem()).unwrap();
-        std::fs::write(self.other_ca(), other_cert.pem()).unwrap();
-        std::fs::write(self.dir.join("server.crt"), server.pem()).unwrap();
+        let (ca, issuer) = authority("finmatch test CA");
+        let (other, _) = authority("somebody else's CA");
+        let (server, key) = leaf(
+            &issuer,
+            &[(DnType::CommonName, "localhost")],
+            vec!["localhost".to_owned()],
+        );
+        std::fs::write(self.ca(), ca).unwrap();
+        std::fs::write(self.other_ca(), other).unwrap();
+        std::fs::write(self.dir.join("server.crt"), server).unwrap();
         let key_file = self.dir.join("server.key");
-        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        std::fs::write(&key_file, key).unwrap();
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 

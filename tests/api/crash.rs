@@ -70,19 +70,11 @@ async fn market(app: &TestApp) -> Market {
             .create_product(authed(
                 pb::CreateProductRequest {
                     product: Some(pb::Product {
-                        lender_id: lender.to_string(),
-                        name: format!("Crash Bank {n} working capital"),
-                        min_amount_minor: 100,
-                        max_amount_minor: 1_000_000_000,
-                        min_term_months: 6,
-                        max_term_months: 36,
-                        collateral_accepted: vec![pb::Collateral::Credit as i32],
-                        min_size: pb::EnterpriseSize::Micro as i32,
-                        min_rate_bps: 300,
-                        max_rate_bps: 600,
                         daily_capacity: 100_000,
-                        response_sla_hours: 48,
-                        ..Default::default()
+                        ..crate::helpers::working_capital(
+                            lender,
+                            &format!("Crash Bank {n} working capital"),
+                        )
                     }),
                 },
                 &app.operator,

@@ -547,3 +547,40 @@ impl Drop for ServerProcess {
         self.kill();
     }
 }
+
+/// Opens `token`'s WatchReferrals stream on `app` from `after_cursor`.
+#[allow(dead_code)] // used by tests/api, not by tests/metrics.rs
+pub async fn watch_referrals(
+    app: &TestApp,
+    token: &str,
+    after_cursor: i64,
+) -> tonic::Streaming<finmatch::grpc::pb::WatchReferralsResponse> {
+    use finmatch::grpc::pb;
+    pb::partner_service_client::PartnerServiceClient::new(app.channel.clone())
+        .watch_referrals(authed(pb::WatchReferralsRequest { after_cursor }, token))
+        .await
+        .expect("the watch opens")
+        .into_inner()
+}
+
+/// The tests' usual product of `lender_id`: working capital of 100 fen to ¥10,000,000 on credit,
+/// 6 to 36 months, 300 to 600 bps, 1,000 a day, a 48-hour SLA; override what a test varies.
+#[allow(dead_code)] // used by tests/api, not by tests/metrics.rs
+pub fn working_capital(lender_id: Uuid, name: &str) -> finmatch::grpc::pb::Product {
+    use finmatch::grpc::pb;
+    pb::Product {
+        lender_id: lender_id.to_string(),
+        name: name.into(),
+        min_amount_minor: 100,
+        max_amount_minor: 1_000_000_000,
+        min_term_months: 6,
+        max_term_months: 36,
+        collateral_accepted: vec![pb::Collateral::Credit as i32],
+        min_size: pb::EnterpriseSize::Micro as i32,
+        min_rate_bps: 300,
+        max_rate_bps: 600,
+        daily_capacity: 1000,
+        response_sla_hours: 48,
+        ..Default::default()
+    }
+}

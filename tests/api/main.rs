@@ -17,6 +17,7 @@ mod lenders;
 mod mtls;
 mod outages;
 mod partner;
+mod pki;
 mod postgres_tls;
 mod reporting;
 mod server;

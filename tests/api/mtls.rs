@@ -10,7 +10,7 @@ use finmatch::config::ServerArgs;
 use finmatch::grpc::pb;
 use finmatch::grpc::pb::lender_service_client::LenderServiceClient;
 use finmatch::grpc::pb::partner_service_client::PartnerServiceClient;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rcgen::{DnType, Issuer, KeyPair};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_health::pb::HealthCheckRequest;
@@ -19,6 +19,7 @@ use tonic_health::pb::health_client::HealthClient;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, TestDatabase, authed, create_lender, violated_fields};
+use crate::pki::{authority, leaf};
 
 /// Subject of bank A's gateway certificate, as RFC 4514 writes it.
 const BANK_A: &str = "CN=ICBC Xiaogan gateway,O=ICBC";
@@ -84,31 +85,6 @@ impl Drop for Pki {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn authority(name: &str) -> (String, Issuer<'static, KeyPair>) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    let key = KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    (cert.pem(), Issuer::new(params, key))
-}
-
-fn leaf(
-    issuer: &Issuer<'static, KeyPair>,
-    subject: &[(DnType, &str)],
-    names: Vec<String>,
-) -> (String, String) {
-    let mut params = CertificateParams::new(names).unwrap();
-    // Exactly the subject given, in DER order (rcgen's default has a common name of its own).
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    for (kind, value) in subject {
-        params.distinguished_name.push(kind.clone(), *value);
-    }
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
 }
 
 /// A channel to `app` over TLS with `tls`, connected lazily (a refused handshake shows on the

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use finmatch::domain::Role;
 use finmatch::grpc::pb;
 use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
-use finmatch::grpc::pb::partner_service_client::PartnerServiceClient;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,7 +20,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::cluster::PrivateCluster;
-use crate::helpers::{TestApp, TestDatabase, authed, create_lender};
+use crate::helpers::{TestApp, TestDatabase, authed, create_lender, watch_referrals};
 
 /// Forwards TCP to `upstream` until frozen: then it reads and forwards nothing (and new
 /// connections get no answer) while every socket stays open, until resumed.
@@ -199,14 +198,7 @@ async fn a_connection_that_stops_answering_is_noticed_in_seconds_and_no_heartbea
     let app = TestApp::spawn_with(Arc::new(database.reached_at(proxied)), Default::default()).await;
     let lender = create_lender(&app, "Yingcheng Rural Bank").await;
     let token = app.token(Role::Lender, Some(lender)).await;
-    let mut watch = PartnerServiceClient::new(app.channel.clone())
-        .watch_referrals(authed(
-            pb::WatchReferralsRequest { after_cursor: 0 },
-            &token,
-        ))
-        .await
-        .expect("the watch opens")
-        .into_inner();
+    let mut watch = watch_referrals(&app, &token, 0).await;
     // Its first heartbeat: the stream has caught up and now waits on the live feed alone, as a
     // quiet bank's stream does most of the time.
     let first = tokio::time::timeout(Duration::from_secs(25), watch.message())
@@ -243,14 +235,7 @@ async fn a_connection_that_stops_answering_is_noticed_in_seconds_and_no_heartbea
     create_enterprise(&app, 1)
         .await
         .expect("a write once the route is back");
-    let mut again = PartnerServiceClient::new(app.channel.clone())
-        .watch_referrals(authed(
-            pb::WatchReferralsRequest { after_cursor: 0 },
-            &token,
-        ))
-        .await
-        .expect("the watch opens again")
-        .into_inner();
+    let mut again = watch_referrals(&app, &token, 0).await;
     let first = tokio::time::timeout(Duration::from_secs(25), again.message())
         .await
         .expect("a heartbeat from the live feed")

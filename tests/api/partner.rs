@@ -61,19 +61,13 @@ async fn bank_up_to(app: &TestApp, name: &str, max_amount_minor: i64) -> Bank {
         .create_product(authed(
             pb::CreateProductRequest {
                 product: Some(pb::Product {
-                    lender_id: lender.id.clone(),
-                    name: format!("{name} working capital"),
-                    min_amount_minor: 100,
                     max_amount_minor,
-                    min_term_months: 6,
-                    max_term_months: 36,
-                    collateral_accepted: vec![pb::Collateral::Credit as i32],
-                    min_size: pb::EnterpriseSize::Micro as i32,
                     min_rate_bps: MIN_RATE_BPS,
                     max_rate_bps: MAX_RATE_BPS,
-                    daily_capacity: 1000,
-                    response_sla_hours: 48,
-                    ..Default::default()
+                    ..crate::helpers::working_capital(
+                        lender.id.parse().unwrap(),
+                        &format!("{name} working capital"),
+                    )
                 }),
             },
             &app.operator,
@@ -373,14 +367,7 @@ async fn watch(
     bank: &Bank,
     after_cursor: i64,
 ) -> tonic::Streaming<pb::WatchReferralsResponse> {
-    partner(app)
-        .watch_referrals(authed(
-            pb::WatchReferralsRequest { after_cursor },
-            &bank.token,
-        ))
-        .await
-        .expect("watch")
-        .into_inner()
+    crate::helpers::watch_referrals(app, &bank.token, after_cursor).await
 }
 
 /// No event arrives for a while (heartbeats aside).
@@ -2441,19 +2428,8 @@ async fn every_mutating_call_writes_one_audit_row_and_a_refused_or_replayed_one_
         .create_product(authed(
             pb::CreateProductRequest {
                 product: Some(pb::Product {
-                    lender_id: other.to_string(),
-                    name: "Audit working capital".into(),
-                    min_amount_minor: 100,
-                    max_amount_minor: 1_000_000_000,
-                    min_term_months: 6,
-                    max_term_months: 36,
-                    collateral_accepted: vec![pb::Collateral::Credit as i32],
-                    min_size: pb::EnterpriseSize::Micro as i32,
-                    min_rate_bps: MIN_RATE_BPS,
-                    max_rate_bps: MAX_RATE_BPS,
                     daily_capacity: 10,
-                    response_sla_hours: 48,
-                    ..Default::default()
+                    ..crate::helpers::working_capital(other, "Audit working capital")
                 }),
             },
             &op,

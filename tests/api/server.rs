@@ -294,7 +294,6 @@ async fn shutdown_says_not_serving_first_ends_watches_unavailable_and_lets_calls
 {
     use finmatch::grpc::pb;
     use finmatch::grpc::pb::financing_service_client::FinancingServiceClient;
-    use finmatch::grpc::pb::partner_service_client::PartnerServiceClient;
 
     let app = TestApp::spawn_configured(finmatch::config::ServerArgs {
         shutdown_notice_secs: 1,
@@ -307,14 +306,7 @@ async fn shutdown_says_not_serving_first_ends_watches_unavailable_and_lets_calls
     let token = app
         .token(finmatch::domain::Role::Lender, Some(lender))
         .await;
-    let mut watch = PartnerServiceClient::new(channel.clone())
-        .watch_referrals(crate::helpers::authed(
-            pb::WatchReferralsRequest { after_cursor: 0 },
-            &token,
-        ))
-        .await
-        .expect("the watch opens")
-        .into_inner();
+    let mut watch = crate::helpers::watch_referrals(&app, &token, 0).await;
 
     // A call held in flight: it reads needs, which the test keeps locked.
     let release = crate::helpers::lock_needs(&app).await;

@@ -85,21 +85,10 @@ impl World {
     async fn product(&self, lender: Uuid) -> Uuid {
         let product = LenderServiceClient::new(self.app.channel.clone())
             .create_product(self.op(pb::CreateProductRequest {
-                product: Some(pb::Product {
-                    lender_id: lender.to_string(),
-                    name: format!("working capital {}", Uuid::new_v4()),
-                    min_amount_minor: 100,
-                    max_amount_minor: TEN_MILLION_YUAN,
-                    min_term_months: 6,
-                    max_term_months: 36,
-                    collateral_accepted: vec![pb::Collateral::Credit as i32],
-                    min_size: pb::EnterpriseSize::Micro as i32,
-                    min_rate_bps: 300,
-                    max_rate_bps: 600,
-                    daily_capacity: 1000,
-                    response_sla_hours: 48,
-                    ..Default::default()
-                }),
+                product: Some(crate::helpers::working_capital(
+                    lender,
+                    &format!("working capital {}", Uuid::new_v4()),
+                )),
             }))
             .await
             .expect("create product")
@@ -1853,16 +1842,7 @@ async fn a_reservation_lapses_after_its_programs_hours_and_is_released_once_acro
         .await
         .unwrap();
     let token = w.app.token(Role::Lender, Some(a)).await;
-    let mut feed = finmatch::grpc::pb::partner_service_client::PartnerServiceClient::new(
-        w.app.channel.clone(),
-    )
-    .watch_referrals(authed(
-        pb::WatchReferralsRequest { after_cursor: 0 },
-        &token,
-    ))
-    .await
-    .expect("the watch opens")
-    .into_inner();
+    let mut feed = crate::helpers::watch_referrals(&w.app, &token, 0).await;
     db.execute(
         "UPDATE allocations SET expires_at = now() - interval '1 second' WHERE id = $1::text::uuid",
         &[&through.id],
