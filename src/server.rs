@@ -205,15 +205,14 @@ impl Application {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(layers)
+            .add_routes(grpc::routes(
+                &app,
+                server_args.max_message_bytes,
+                server_args.stream_idle(),
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
-        let router = grpc::add_services(
-            router,
-            &app,
-            server_args.max_message_bytes,
-            server_args.stream_idle(),
-        );
 
         tracing::info!(%addr, "finmatch serving gRPC and gRPC-Web");
         let (notice, grace) = (server_args.shutdown_notice(), server_args.shutdown_grace());

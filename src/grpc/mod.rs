@@ -3,7 +3,7 @@
 //! Handlers are thin: convert the request into domain input (field violations on failure),
 //! call one use case on [`App`], convert the result back.
 
-use tonic::transport::server::Router;
+use tonic::service::Routes;
 
 use crate::service::App;
 
@@ -59,15 +59,11 @@ macro_rules! limited {
     };
 }
 
-/// Adds the six finmatch services to `router`, each with explicit message-size limits;
-/// `stream_idle` bounds the wait for a client stream's next message.
-pub fn add_services<L>(
-    router: Router<L>,
-    app: &App,
-    max_decoding: usize,
-    stream_idle: std::time::Duration,
-) -> Router<L> {
-    router
+/// The six finmatch services, each with explicit message-size limits; `stream_idle` bounds the
+/// wait for a client stream's next message. The server serves them beside health and
+/// reflection; the fuzz targets call them without a socket.
+pub fn routes(app: &App, max_decoding: usize, stream_idle: std::time::Duration) -> Routes {
+    Routes::default()
         .add_service(limited!(
             EnterpriseServiceServer,
             enterprises::EnterpriseHandler::new(app.clone()),
