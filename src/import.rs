@@ -316,10 +316,15 @@ pub fn report_path(file: &Path) -> PathBuf {
 }
 
 fn reader(file: &Path) -> anyhow::Result<csv::Reader<std::fs::File>> {
+    let file = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    Ok(csv_reader(file))
+}
+
+/// How every pass reads the file: the first record is the header, fields are trimmed.
+pub fn csv_reader<R: Read>(input: R) -> csv::Reader<R> {
     csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_path(file)
-        .with_context(|| format!("opening {}", file.display()))
+        .from_reader(input)
 }
 
 /// How an import runs; the default is what `finmatch import` does.

@@ -13,7 +13,7 @@
 //! measured window ends with it, so its calls/s stay right).
 
 mod client;
-mod data;
+pub mod data;
 mod load;
 mod report;
 mod scenarios;
