@@ -195,6 +195,7 @@ impl Application {
             ))
             .layer(grpc::auth::AuthLayer::new(app.clone()))
             .layer(grpc::partner::FeedLayer::new(referral_feed.clone()))
+            .map_response(grpc::status::oversized_as_resource_exhausted)
             .into_inner();
 
         // No `Server::timeout`: it would cut streaming calls too. CallTimeoutLayer bounds unary

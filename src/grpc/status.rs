@@ -8,6 +8,31 @@ use crate::service::Error;
 /// The `ErrorInfo.domain` of every error finmatch raises.
 pub const ERROR_DOMAIN: &str = "finmatch";
 
+/// How tonic begins the message of a request message over the server's limit.
+const OVERSIZED: &str = "Error, decoded message length too large";
+
+/// A request message over `FINMATCH_MAX_MESSAGE_BYTES` answers RESOURCE_EXHAUSTED, as gRPC's
+/// status-code guide and its other implementations have it (tonic answers OUT_OF_RANGE), with
+/// the setting named. Other responses pass unchanged.
+pub fn oversized_as_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    if status.code() != Code::OutOfRange || !status.message().starts_with(OVERSIZED) {
+        return response;
+    }
+    let refined = Status::resource_exhausted(format!(
+        "{}: the server takes request messages of at most FINMATCH_MAX_MESSAGE_BYTES; send a \
+         smaller one (ImportNeeds: each need in a stream message of its own)",
+        status.message()
+    ));
+    // The trailers-only response of a refused request: its status is in the headers.
+    if refined.add_header(response.headers_mut()).is_err() {
+        tracing::warn!("could not rewrite the status of an oversized request");
+    }
+    response
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {

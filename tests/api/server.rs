@@ -215,6 +215,55 @@ async fn the_binary_exits_zero_on_sigterm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5_mib_request_is_refused_resource_exhausted_naming_the_limit_and_stores_nothing() {
+    use finmatch::grpc::pb;
+    use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
+
+    let app = TestApp::spawn().await;
+    let mut client =
+        EnterpriseServiceClient::new(app.channel.clone()).max_encoding_message_size(usize::MAX);
+    let mut huge = crate::helpers::enterprise(1);
+    huge.name = "x".repeat(5 * 1024 * 1024);
+    let refused = client
+        .create_enterprise(crate::helpers::authed(
+            pb::CreateEnterpriseRequest {
+                enterprise: Some(huge),
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    for part in ["the limit is: 4194304 bytes", "FINMATCH_MAX_MESSAGE_BYTES"] {
+        assert!(refused.message().contains(part), "{refused:?}");
+    }
+
+    // The same connection carries on, and the refused call stored nothing.
+    let listed = client
+        .list_enterprises(crate::helpers::authed(
+            pb::ListEnterprisesRequest::default(),
+            &app.operator,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.enterprises.is_empty(), "{listed:?}");
+    client
+        .create_enterprise(crate::helpers::authed(
+            pb::CreateEnterpriseRequest {
+                enterprise: Some(crate::helpers::enterprise(1)),
+            },
+            &app.operator,
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_postgres_calls_are_unavailable_and_the_server_stays_up() {
     use finmatch::config::{ServerArgs, Settings};
     use finmatch::grpc::pb;
