@@ -135,6 +135,34 @@ impl Error {
         }
     }
 
+    /// The one refusal of a status change a state machine does not allow: FAILED_PRECONDITION
+    /// `ILLEGAL_TRANSITION`, "need 0190… is NEED_STATUS_FUNDED; it cannot become
+    /// NEED_STATUS_WITHDRAWN", with `subject` (`("need_id", id)`), `status` and
+    /// `requested_status` in the metadata. [`Error::because`] adds why, or what to do instead.
+    pub fn illegal_transition(
+        subject: (&'static str, uuid::Uuid),
+        from: impl std::fmt::Display,
+        to: impl std::fmt::Display,
+    ) -> Self {
+        let (key, id) = subject;
+        let entity = key.strip_suffix("_id").unwrap_or(key);
+        Error::precondition(
+            reason::ILLEGAL_TRANSITION,
+            format!("{entity} {id} is {from}; it cannot become {to}"),
+        )
+        .with_metadata(key, id)
+        .with_metadata("status", from)
+        .with_metadata("requested_status", to)
+    }
+
+    /// Adds why to the message of a FAILED_PRECONDITION (`…: reserve quota again`).
+    pub fn because(mut self, why: impl std::fmt::Display) -> Self {
+        if let Error::FailedPrecondition { message, .. } = &mut self {
+            *message = format!("{message}: {why}");
+        }
+        self
+    }
+
     /// Adds a key/value to the `ErrorInfo` metadata of a FAILED_PRECONDITION.
     pub fn with_metadata(mut self, key: &'static str, value: impl ToString) -> Self {
         if let Error::FailedPrecondition { metadata, .. } = &mut self {

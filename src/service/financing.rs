@@ -613,7 +613,11 @@ impl App {
                             return with_referrals(conn, row).await;
                         }
                         if !status.can_transition(NeedStatus::Withdrawn) {
-                            return Err(illegal_transition(id, status, NeedStatus::Withdrawn));
+                            return Err(Error::illegal_transition(
+                                ("need_id", id),
+                                status,
+                                NeedStatus::Withdrawn,
+                            ));
                         }
                         let cancelled = cancel_open_referrals(conn, id, "need withdrawn").await?;
                         let row =
@@ -666,7 +670,11 @@ impl App {
                     // UNMATCHED is final (DESIGN §1: states only move forward); a need that
                     // new lenders could serve is submitted again.
                     if !matches!(status, NeedStatus::Submitted | NeedStatus::Routed) {
-                        return Err(illegal_transition(id, status, NeedStatus::Routed));
+                        return Err(Error::illegal_transition(
+                            ("need_id", id),
+                            status,
+                            NeedStatus::Routed,
+                        ));
                     }
                     if !row.consent_to_share {
                         return Err(Error::precondition(
@@ -1321,15 +1329,6 @@ fn duplicate_open_need(open: &NeedRow) -> Error {
         ),
         existing_id: open.id.to_string(),
     }
-}
-
-fn illegal_transition(id: Uuid, from: NeedStatus, to: NeedStatus) -> Error {
-    Error::precondition(
-        super::reason::ILLEGAL_TRANSITION,
-        format!("need {id} is {from}; it cannot become {to}"),
-    )
-    .with_metadata("need_id", id)
-    .with_metadata("status", from)
 }
 
 fn corrupt(entity: &str, id: Uuid, what: &str, value: &str) -> Error {

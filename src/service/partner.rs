@@ -439,7 +439,11 @@ async fn disburse(
     let row = locked(conn, lender_id, input.referral_id).await?;
     let status = referral_status(&row)?;
     if !matches!(status, ReferralStatus::Approved | ReferralStatus::Disbursed) {
-        return Err(illegal(&row, status, ReferralStatus::Disbursed));
+        return Err(Error::illegal_transition(
+            ("referral_id", row.id),
+            status,
+            ReferralStatus::Disbursed,
+        ));
     }
     let product = product_of(conn, &row).await?;
     let mut v = crate::domain::Violations::default();
@@ -687,7 +691,11 @@ fn require_from(
     to: ReferralStatus,
 ) -> Result<()> {
     if !(from.contains(&status) && status.can_transition(to)) {
-        return Err(illegal(row, status, to));
+        return Err(Error::illegal_transition(
+            ("referral_id", row.id),
+            status,
+            to,
+        ));
     }
     if status.is_undecided() && row.sla_deadline <= Utc::now() {
         return Err(Error::precondition(
@@ -704,16 +712,6 @@ fn require_from(
         .with_metadata("sla_deadline", row.sla_deadline.to_rfc3339()));
     }
     Ok(())
-}
-
-fn illegal(row: &ReferralRow, status: ReferralStatus, to: ReferralStatus) -> Error {
-    Error::precondition(
-        reason::ILLEGAL_TRANSITION,
-        format!("referral {} is {status}; it cannot become {to}", row.id),
-    )
-    .with_metadata("referral_id", row.id)
-    .with_metadata("status", status)
-    .with_metadata("requested_status", to)
 }
 
 fn exceeds_unfunded(need_id: Uuid, amount_minor: i64, unfunded_minor: i64) -> Error {

@@ -408,14 +408,15 @@ impl App {
                 match status_of(&row)? {
                     AllocationStatus::Released => return to_allocation(row),
                     AllocationStatus::Confirmed => {
-                        return Err(illegal_transition(
-                            id,
-                            format!(
-                                "is ALLOCATION_STATUS_CONFIRMED (loan {:?} disbursed); a disbursed loan's quota \
-                                 cannot be released",
-                                row.loan_reference.unwrap_or_default()
-                            ),
-                        ));
+                        return Err(Error::illegal_transition(
+                            ("allocation_id", id),
+                            AllocationStatus::Confirmed,
+                            AllocationStatus::Released,
+                        )
+                        .because(format!(
+                            "loan {:?} is disbursed, and a disbursed loan's quota cannot be released",
+                            row.loan_reference.unwrap_or_default()
+                        )));
                     }
                     AllocationStatus::Reserved => {}
                 }
@@ -667,20 +668,24 @@ async fn confirm(
             return to_allocation(row);
         }
         AllocationStatus::Confirmed => {
-            return Err(illegal_transition(
-                id,
-                format!(
-                    "is already ALLOCATION_STATUS_CONFIRMED with loan_reference {:?} disbursed on {}",
-                    row.loan_reference.unwrap_or_default(),
-                    row.disbursed_on.map(|d| d.to_string()).unwrap_or_default()
-                ),
-            ));
+            return Err(Error::illegal_transition(
+                ("allocation_id", id),
+                AllocationStatus::Confirmed,
+                AllocationStatus::Confirmed,
+            )
+            .because(format!(
+                "it is already confirmed with loan_reference {:?} disbursed on {}",
+                row.loan_reference.unwrap_or_default(),
+                row.disbursed_on.map(|d| d.to_string()).unwrap_or_default()
+            )));
         }
         AllocationStatus::Released => {
-            return Err(illegal_transition(
-                id,
-                "is ALLOCATION_STATUS_RELEASED; reserve quota again".into(),
-            ));
+            return Err(Error::illegal_transition(
+                ("allocation_id", id),
+                AllocationStatus::Released,
+                AllocationStatus::Confirmed,
+            )
+            .because("reserve quota again"));
         }
         AllocationStatus::Reserved => {}
     }
@@ -1180,10 +1185,6 @@ fn program_quota_exceeded(program: &ProgramRow, amount: i64) -> Error {
     )
     .with_metadata("limit", remaining)
     .with_metadata("requested", amount)
-}
-
-fn illegal_transition(id: Uuid, why: String) -> Error {
-    Error::precondition(reason::ILLEGAL_TRANSITION, format!("allocation {id} {why}"))
 }
 
 fn duplicate_code(code: &str, existing: Uuid) -> Error {

@@ -849,6 +849,25 @@ async fn confirm_moves_the_amount_to_confirmed_and_is_idempotent_on_the_referenc
     // A disbursed loan's quota cannot be released.
     let status = w.release(&allocation.id).await.unwrap_err();
     assert_eq!(error_reason(&status).as_deref(), Some("ILLEGAL_TRANSITION"));
+    // Named as every refused status change is: the allocation, where it is and where it was asked
+    // to go.
+    let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
+    assert_eq!(info.metadata.get("allocation_id"), Some(&allocation.id));
+    assert_eq!(
+        info.metadata.get("status").map(String::as_str),
+        Some("ALLOCATION_STATUS_CONFIRMED")
+    );
+    assert_eq!(
+        info.metadata.get("requested_status").map(String::as_str),
+        Some("ALLOCATION_STATUS_RELEASED")
+    );
+    assert!(
+        status
+            .message()
+            .contains("a disbursed loan's quota cannot be released"),
+        "{}",
+        status.message()
+    );
 
     // The lender's reference is unique across its allocations.
     let other = w.allocate(loan(program, a, e, 1_000_000)).await.unwrap();
