@@ -23,7 +23,7 @@ pub fn oversized_as_resource_exhausted<B>(mut response: http::Response<B>) -> ht
     }
     let refined = Status::resource_exhausted(format!(
         "{}: the server takes request messages of at most FINMATCH_MAX_MESSAGE_BYTES; send a \
-         smaller one (ImportNeeds: each need in a stream message of its own)",
+         smaller one",
         status.message()
     ));
     // The trailers-only response of a refused request: its status is in the headers.
