@@ -15,10 +15,14 @@ const OVERSIZED: &str = "Error, decoded message length too large";
 /// status-code guide and its other implementations have it (tonic answers OUT_OF_RANGE), with
 /// the setting named. Other responses pass unchanged.
 pub fn oversized_as_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    // Every response passes here: only a trailers-only OUT_OF_RANGE (11) is read further.
+    if response.headers().get("grpc-status").map(|v| v.as_bytes()) != Some(b"11") {
+        return response;
+    }
     let Some(status) = Status::from_header_map(response.headers()) else {
         return response;
     };
-    if status.code() != Code::OutOfRange || !status.message().starts_with(OVERSIZED) {
+    if !status.message().starts_with(OVERSIZED) {
         return response;
     }
     let refined = Status::resource_exhausted(format!(
