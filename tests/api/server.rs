@@ -335,15 +335,32 @@ async fn without_postgres_calls_are_unavailable_and_the_server_stays_up() {
     server.abort();
 }
 
+/// A ListNeeds call in its own task: held while the test keeps needs locked
+/// ([`crate::helpers::lock_needs`]).
+fn list_needs_in_flight(
+    channel: &tonic::transport::Channel,
+    operator: &str,
+) -> tokio::task::JoinHandle<
+    Result<tonic::Response<finmatch::grpc::pb::ListNeedsResponse>, tonic::Status>,
+> {
+    use finmatch::grpc::pb::financing_service_client::FinancingServiceClient;
+    let (channel, operator) = (channel.clone(), operator.to_owned());
+    tokio::spawn(async move {
+        FinancingServiceClient::new(channel)
+            .list_needs(crate::helpers::authed(
+                finmatch::grpc::pb::ListNeedsRequest::default(),
+                &operator,
+            ))
+            .await
+    })
+}
+
 /// SIGTERM's order, in process: health says NOT_SERVING while the server still answers (the
 /// notice), then new calls are refused, watch streams end UNAVAILABLE so banks reconnect
 /// elsewhere, and a call already in flight still completes; the server returns within 10 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_says_not_serving_first_ends_watches_unavailable_and_lets_calls_in_flight_finish()
 {
-    use finmatch::grpc::pb;
-    use finmatch::grpc::pb::financing_service_client::FinancingServiceClient;
-
     let app = TestApp::spawn_configured(finmatch::config::ServerArgs {
         shutdown_notice_secs: 1,
         shutdown_grace_secs: 5,
@@ -359,17 +376,7 @@ async fn shutdown_says_not_serving_first_ends_watches_unavailable_and_lets_calls
 
     // A call held in flight: it reads needs, which the test keeps locked.
     let release = crate::helpers::lock_needs(&app).await;
-    let in_flight = tokio::spawn({
-        let (channel, operator) = (channel.clone(), operator.clone());
-        async move {
-            FinancingServiceClient::new(channel)
-                .list_needs(crate::helpers::authed(
-                    pb::ListNeedsRequest::default(),
-                    &operator,
-                ))
-                .await
-        }
-    });
+    let in_flight = list_needs_in_flight(&channel, &operator);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!in_flight.is_finished(), "the call is held by the lock");
 
@@ -414,9 +421,6 @@ async fn shutdown_says_not_serving_first_ends_watches_unavailable_and_lets_calls
 /// A call that outlasts the grace does not hold the server: it stops after the grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_after_the_grace_even_with_a_call_still_in_flight() {
-    use finmatch::grpc::pb;
-    use finmatch::grpc::pb::financing_service_client::FinancingServiceClient;
-
     let app = TestApp::spawn_configured(finmatch::config::ServerArgs {
         shutdown_notice_secs: 0,
         shutdown_grace_secs: 1,
@@ -424,17 +428,7 @@ async fn shutdown_stops_after_the_grace_even_with_a_call_still_in_flight() {
     })
     .await;
     let release = crate::helpers::lock_needs(&app).await;
-    let in_flight = tokio::spawn({
-        let (channel, operator) = (app.channel.clone(), app.operator.clone());
-        async move {
-            FinancingServiceClient::new(channel)
-                .list_needs(crate::helpers::authed(
-                    pb::ListNeedsRequest::default(),
-                    &operator,
-                ))
-                .await
-        }
-    });
+    let in_flight = list_needs_in_flight(&app.channel, &app.operator);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
     app.shutdown().await.expect("a clean stop");
