@@ -11,6 +11,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::config::Settings;
 use crate::grpc;
@@ -184,7 +185,12 @@ impl Application {
         let layers = ServiceBuilder::new()
             .layer(grpc::layers::cors())
             .layer(tonic_web::GrpcWebLayer::new())
-            .layer(grpc::layers::RequestIdLayer)
+            .map_request(grpc::layers::drop_unusable_request_id)
+            .layer(SetRequestIdLayer::new(
+                grpc::layers::REQUEST_ID,
+                MakeRequestUuid,
+            ))
+            .layer(PropagateRequestIdLayer::new(grpc::layers::REQUEST_ID))
             .layer(grpc::metrics::MetricsLayer)
             .layer(grpc::layers::trace())
             .layer(call_timeout)
@@ -194,7 +200,6 @@ impl Application {
                 referral_feed.call_permits(),
             ))
             .layer(grpc::auth::AuthLayer::new(app.clone()))
-            .layer(grpc::partner::FeedLayer::new(referral_feed.clone()))
             .map_response(grpc::status::oversized_as_resource_exhausted)
             .into_inner();
 
@@ -208,6 +213,7 @@ impl Application {
             .layer(layers)
             .add_routes(grpc::routes(
                 &app,
+                &referral_feed,
                 server_args.max_message_bytes,
                 server_args.stream_idle(),
             ))

@@ -58,7 +58,6 @@ struct Harness {
     routes: tonic::service::Routes,
     /// Every served finmatch path, sorted, with the roles it admits.
     methods: Vec<(String, &'static [Role])>,
-    feed: ReferralFeed,
     /// Every finmatch message by full name (`.finmatch.v1.Need`), and each method's request type.
     messages: HashMap<String, DescriptorProto>,
     inputs: HashMap<String, String>,
@@ -69,7 +68,7 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
         .enable_all()
         .build()
         .unwrap();
-    let (routes, feed) = runtime.block_on(async {
+    let routes = runtime.block_on(async {
         // Port 1 on loopback refuses at once: every query fails UNAVAILABLE.
         let pool = finmatch::storage::pool(
             "postgres://fuzz@127.0.0.1:1/fuzz?sslmode=disable",
@@ -81,8 +80,7 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
         let feed = ReferralFeed::new(Duration::from_secs(10));
         // A closed feed: a watch stream that converts ends UNAVAILABLE at once.
         feed.close();
-        let routes = finmatch::grpc::routes(&app, MAX_DECODING, Duration::from_secs(1));
-        (routes, feed)
+        finmatch::grpc::routes(&app, &feed, MAX_DECODING, Duration::from_secs(1))
     });
     let mut methods: Vec<(String, &'static [Role])> = finmatch::grpc::methods::served()
         .paths()
@@ -114,7 +112,6 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
         runtime,
         routes,
         methods,
-        feed,
         messages,
         inputs,
     }
@@ -189,9 +186,8 @@ fuzz_target!(|data: &[u8]| {
         request = request.header("grpc-encoding", "gzip");
     }
     let mut request = request.body(Full::new(frames(rest))).unwrap();
-    // What the auth layer and the feed layer put there on a real connection.
+    // What the auth layer puts there on a real connection.
     request.extensions_mut().insert(principal(role));
-    request.extensions_mut().insert(h.feed.clone());
 
     let status = h.runtime.block_on(async {
         let call = async {

@@ -1,10 +1,8 @@
 //! HTTP layers around every call: CORS for browsers, request ids and request-scoped spans.
 
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Method, Request};
-use tower::{Layer, Service};
+use http::{HeaderName, Method, Request};
 use tower_http::classify::{GrpcCode, GrpcErrorsAsFailures, SharedClassifier};
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, MakeSpan, TraceLayer};
@@ -37,56 +35,22 @@ pub fn cors() -> CorsLayer {
         .max_age(Duration::from_secs(24 * 60 * 60))
 }
 
-/// Gives every call a request id (the caller's `x-request-id`, or a new UUID), visible to the
-/// handlers in the request headers and echoed on the response.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestIdLayer;
+/// The longest request id taken from a caller; a longer one is replaced.
+const MAX_REQUEST_ID_BYTES: usize = 128;
 
-impl<S> Layer<S> for RequestIdLayer {
-    type Service = RequestId<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequestId { inner }
+/// Removes a caller's `x-request-id` that is empty or longer than 128 bytes, so that tower-http's
+/// `SetRequestIdLayer`, which runs next, gives the call a new UUID instead. With it the server
+/// gives every call a request id, visible to the handlers in the request headers and echoed on
+/// the response by `PropagateRequestIdLayer`.
+pub fn drop_unusable_request_id<B>(mut request: Request<B>) -> Request<B> {
+    let usable = request
+        .headers()
+        .get(&REQUEST_ID)
+        .is_none_or(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_BYTES);
+    if !usable {
+        request.headers_mut().remove(&REQUEST_ID);
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct RequestId<S> {
-    inner: S,
-}
-
-impl<S, B, ResBody> Service<Request<B>> for RequestId<S>
-where
-    S: Service<Request<B>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-    S::Error: 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let id = request
-            .headers()
-            .get(&REQUEST_ID)
-            .filter(|v| !v.is_empty() && v.len() <= 128)
-            .cloned()
-            .unwrap_or_else(|| {
-                HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-                    .expect("a UUID is a valid header value")
-            });
-        request.headers_mut().insert(REQUEST_ID, id.clone());
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = future.await?;
-            response.headers_mut().insert(REQUEST_ID, id);
-            Ok(response)
-        })
-    }
+    request
 }
 
 /// Opens one span per call, named by its method and request id, so every log line of a call can

@@ -6,6 +6,7 @@
 use tonic::service::Routes;
 
 use crate::service::App;
+use crate::service::events::ReferralFeed;
 
 pub mod auth;
 pub mod convert;
@@ -60,9 +61,14 @@ macro_rules! limited {
 }
 
 /// The six finmatch services, each with explicit message-size limits; `stream_idle` bounds the
-/// wait for a client stream's next message. The server serves them beside health and
-/// reflection; the fuzz targets call them without a socket.
-pub fn routes(app: &App, max_decoding: usize, stream_idle: std::time::Duration) -> Routes {
+/// wait for a client stream's next message, `feed` is what WatchReferrals streams read. The
+/// server serves them beside health and reflection; the fuzz targets call them without a socket.
+pub fn routes(
+    app: &App,
+    feed: &ReferralFeed,
+    max_decoding: usize,
+    stream_idle: std::time::Duration,
+) -> Routes {
     Routes::default()
         .add_service(limited!(
             EnterpriseServiceServer,
@@ -81,7 +87,7 @@ pub fn routes(app: &App, max_decoding: usize, stream_idle: std::time::Duration) 
         ))
         .add_service(limited!(
             PartnerServiceServer,
-            partner::PartnerHandler::new(app.clone()),
+            partner::PartnerHandler::new(app.clone(), feed.clone()),
             max_decoding
         ))
         .add_service(limited!(

@@ -1,7 +1,5 @@
 //! PartnerService: a partner bank's referrals, answers, loan outcomes and event stream.
 
-use std::task::{Context, Poll};
-
 use futures::StreamExt as _;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
@@ -21,11 +19,13 @@ use crate::storage::partner::DisbursementRow;
 
 pub struct PartnerHandler {
     app: App,
+    /// The server's one referral feed, which every WatchReferrals stream reads.
+    feed: ReferralFeed,
 }
 
 impl PartnerHandler {
-    pub fn new(app: App) -> Self {
-        Self { app }
+    pub fn new(app: App, feed: ReferralFeed) -> Self {
+        Self { app, feed }
     }
 }
 
@@ -83,16 +83,11 @@ impl pb::partner_service_server::PartnerService for PartnerHandler {
         request: Request<pb::WatchReferralsRequest>,
     ) -> Result<Response<Self::WatchReferralsStream>, Status> {
         let who = principal(&request)?;
-        let feed = request
-            .extensions()
-            .get::<ReferralFeed>()
-            .cloned()
-            .ok_or_else(|| Status::from(Error::Unavailable))?;
         let after = request.get_ref().after_cursor;
         if after < 0 {
             return Err(Error::invalid("after_cursor", "must not be negative").into());
         }
-        let stream = self.app.watch_referrals(&who, &feed, after)?;
+        let stream = self.app.watch_referrals(&who, &self.feed, after)?;
         Ok(Response::new(
             stream
                 .map(|item| {
@@ -242,54 +237,6 @@ impl pb::partner_service_server::PartnerService for PartnerHandler {
             disbursement: Some(disbursement_pb(recorded.disbursement)),
             referral: Some(lender_referral_pb(recorded.referral)),
         }))
-    }
-}
-
-/// Puts the server's [`ReferralFeed`] into every request's extensions, where
-/// `WatchReferrals` finds it (the way the auth layer hands over the caller).
-#[derive(Clone)]
-pub struct FeedLayer {
-    feed: ReferralFeed,
-}
-
-impl FeedLayer {
-    pub fn new(feed: ReferralFeed) -> Self {
-        Self { feed }
-    }
-}
-
-impl<S> tower::Layer<S> for FeedLayer {
-    type Service = WithFeed<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        WithFeed {
-            inner,
-            feed: self.feed.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct WithFeed<S> {
-    inner: S,
-    feed: ReferralFeed,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for WithFeed<S>
-where
-    S: tower::Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        request.extensions_mut().insert(self.feed.clone());
-        self.inner.call(request)
     }
 }
 

@@ -36,6 +36,44 @@ async fn health_answers_serving_without_a_token() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_gets_a_request_id_echoed_on_the_response() {
+    let app = TestApp::spawn().await;
+    let mut health = HealthClient::new(app.channel.clone());
+    let check = async |health: &mut HealthClient<_>, sent: Option<String>| {
+        let mut request = tonic::Request::new(HealthCheckRequest::default());
+        if let Some(sent) = sent {
+            request
+                .metadata_mut()
+                .insert("x-request-id", sent.parse().unwrap());
+        }
+        let response = health.check(request).await.unwrap();
+        response
+            .metadata()
+            .get("x-request-id")
+            .expect("every response names its request id")
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    // The caller's own id is kept, so its logs and ours can be joined.
+    assert_eq!(
+        check(&mut health, Some("bank-7f3a-0001".into())).await,
+        "bank-7f3a-0001"
+    );
+    // Without one, or with one too long to log, the server gives the call a new UUID.
+    let given = check(&mut health, None).await;
+    let again = check(&mut health, None).await;
+    assert!(uuid::Uuid::parse_str(&given).is_ok(), "{given}");
+    assert_ne!(given, again, "each call its own id");
+    let long = check(&mut health, Some("x".repeat(129))).await;
+    assert!(uuid::Uuid::parse_str(&long).is_ok(), "{long}");
+    assert_eq!(
+        check(&mut health, Some("y".repeat(128))).await,
+        "y".repeat(128)
+    );
+}
+
 async fn reflect(app: &TestApp, request: MessageRequest) -> MessageResponse {
     let mut client = ServerReflectionClient::new(app.channel.clone());
     let outbound = tokio_stream::iter(vec![ServerReflectionRequest {
