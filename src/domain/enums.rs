@@ -12,7 +12,11 @@ macro_rules! canonical_enum {
         $name:ident($prefix:literal) { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }
     ) => {
         $(#[$meta])*
+        // Stored by its canonical name in a `text` column: `storage::sql_enums` reads and
+        // writes it, so rows hold the domain value and never a string.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(diesel::expression::AsExpression, diesel::deserialize::FromSqlRow)]
+        #[diesel(sql_type = diesel::sql_types::Text)]
         pub enum $name {
             $($(#[$vmeta])* $variant),+
         }
@@ -69,6 +73,20 @@ macro_rules! canonical_enum {
                         expected: Self::expected(),
                     }),
                 }
+            }
+        }
+
+        /// The canonical name, as a replay record stores it.
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let name = <String as ::serde::Deserialize>::deserialize(deserializer)?;
+                name.parse().map_err(::serde::de::Error::custom)
             }
         }
 

@@ -21,6 +21,12 @@ impl NeedStatus {
         )
     }
 
+    /// SUBMITTED and ROUTED: no lender has approved the need yet, so a decline sends it on to
+    /// the next untried lender.
+    pub fn awaits_approval(self) -> bool {
+        matches!(self, NeedStatus::Submitted | NeedStatus::Routed)
+    }
+
     /// SUBMITTED, ROUTED and APPROVED: the need is still being worked on
     /// (and blocks a second need of the same enterprise and purpose).
     pub fn is_open(self) -> bool {
@@ -33,25 +39,24 @@ impl NeedStatus {
 
 impl ReferralStatus {
     /// PENDING → ACKNOWLEDGED → (INFO_REQUESTED ↔ ACKNOWLEDGED) → APPROVED →
-    /// DISBURSED. A lender may ask for information or decide without first
-    /// acknowledging (each implies it). Before a decision a referral may be
-    /// DECLINED, EXPIRED (SLA passed) or CANCELLED; once APPROVED it can only
-    /// be DISBURSED or CANCELLED (the need was funded through another
-    /// referral, or withdrawn).
+    /// DISBURSED, as the proto's `ReferralStatus` states it: a lender asks
+    /// for information or approves only an ACKNOWLEDGED referral (a PENDING
+    /// one is acknowledged first, an INFO_REQUESTED one acknowledged again).
+    /// Before a decision a referral may be DECLINED, EXPIRED (SLA passed) or
+    /// CANCELLED; once APPROVED it can only be DISBURSED or CANCELLED (the
+    /// need was funded through another referral, or withdrawn). This is the
+    /// one table: every use case that moves a referral asks it.
     pub fn can_transition(self, to: ReferralStatus) -> bool {
         use ReferralStatus::*;
         matches!(
             (self, to),
-            (
-                Pending,
-                Acknowledged | InfoRequested | Approved | Declined | Expired | Cancelled
-            ) | (
-                Acknowledged,
-                InfoRequested | Approved | Declined | Expired | Cancelled
-            ) | (
-                InfoRequested,
-                Acknowledged | Approved | Declined | Expired | Cancelled
-            ) | (Approved, Disbursed | Cancelled)
+            (Pending, Acknowledged | Declined | Expired | Cancelled)
+                | (
+                    Acknowledged,
+                    InfoRequested | Approved | Declined | Expired | Cancelled
+                )
+                | (InfoRequested, Acknowledged | Declined | Expired | Cancelled)
+                | (Approved, Disbursed | Cancelled)
         )
     }
 
@@ -73,6 +78,11 @@ impl ReferralStatus {
                 | ReferralStatus::InfoRequested
                 | ReferralStatus::Approved
         )
+    }
+
+    /// APPROVED and DISBURSED: the lender said yes (a lender's approval rate counts these).
+    pub fn is_approved(self) -> bool {
+        matches!(self, ReferralStatus::Approved | ReferralStatus::Disbursed)
     }
 
     /// Whether the lender may see the enterprise's contact data on a referral in this status
@@ -179,6 +189,11 @@ mod tests {
                 "{from:?}"
             );
         }
+        let awaiting: Vec<_> = NeedStatus::ALL
+            .iter()
+            .filter(|s| s.awaits_approval())
+            .collect();
+        assert_eq!(awaiting, [&NeedStatus::Submitted, &NeedStatus::Routed]);
         let open: Vec<_> = NeedStatus::ALL.iter().filter(|s| s.is_open()).collect();
         assert_eq!(
             open,
@@ -195,8 +210,6 @@ mod tests {
         use ReferralStatus::*;
         let allowed = [
             (Pending, Acknowledged),
-            (Pending, InfoRequested),
-            (Pending, Approved),
             (Pending, Declined),
             (Pending, Expired),
             (Pending, Cancelled),
@@ -206,7 +219,6 @@ mod tests {
             (Acknowledged, Expired),
             (Acknowledged, Cancelled),
             (InfoRequested, Acknowledged),
-            (InfoRequested, Approved),
             (InfoRequested, Declined),
             (InfoRequested, Expired),
             (InfoRequested, Cancelled),

@@ -76,7 +76,7 @@ use uuid::Uuid;
 
 use super::financing::{Referral, to_referral};
 use super::{App, Error, Principal, Result};
-use crate::domain::{ReferralEventKind, ReferralStatus};
+use crate::domain::ReferralEventKind;
 use crate::storage::partner::EventRow;
 use crate::storage::referrals::ReferralRow;
 use crate::storage::relay::{DELIVERIES_CHANNEL, EVENT_RELAY};
@@ -685,22 +685,15 @@ impl ReferralFeed {
 }
 
 fn to_event((event, mut referral): (EventRow, ReferralRow)) -> Result<ReferralEvent> {
-    let kind = event.kind.parse().map_err(|_| corrupt(&event.kind))?;
-    let status: ReferralStatus = event.status.parse().map_err(|_| corrupt(&event.status))?;
-    referral.status = status.as_str().to_owned();
+    // The referral as the event left it, not as it is now.
+    referral.status = event.status;
     Ok(ReferralEvent {
         cursor: event.cursor,
         lender_id: event.lender_id,
-        kind,
+        kind: event.kind,
         referral: to_referral(referral)?,
         time: event.created_at,
     })
-}
-
-fn corrupt(value: &str) -> Error {
-    Error::Internal(anyhow::anyhow!(
-        "referral event with unknown value {value:?}"
-    ))
 }
 
 impl App {

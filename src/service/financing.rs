@@ -17,7 +17,7 @@ use super::routing::{
 use super::{App, Error, Idempotency, Principal, Result, audit, error, reason};
 use crate::domain::{
     Channel, Collateral, DeclineReason, IndustryPrefix, NeedStatus, NewNeed, Purpose,
-    ReferralStatus, RegionPrefix, wire_name,
+    ReferralEventKind, ReferralStatus, RegionPrefix,
 };
 use crate::matching::{IneligibleReason, evaluate, select_routes};
 use crate::storage::needs::{NeedFilter, NeedRow};
@@ -565,7 +565,7 @@ impl App {
         who.require("ListNeeds")?;
         let mut conn = self.conn().await?;
         let filter = NeedFilter {
-            statuses: query.statuses.iter().map(|s| s.as_str()).collect(),
+            statuses: query.statuses.clone(),
             enterprise_id: query.enterprise_id,
             region_prefix: query.region_prefix.as_ref().map(|p| p.as_str()),
             industry_prefix: query.industry_prefix.as_ref().map(|p| p.as_str()),
@@ -608,7 +608,7 @@ impl App {
                         let row = storage::needs::find_for_update(conn, id)
                             .await?
                             .ok_or_else(|| Error::not_found("need", id))?;
-                        let status = need_status(&row)?;
+                        let status = row.status;
                         if status == NeedStatus::Withdrawn {
                             return with_referrals(conn, row).await;
                         }
@@ -621,8 +621,7 @@ impl App {
                         }
                         let cancelled = cancel_open_referrals(conn, id, "need withdrawn").await?;
                         let row =
-                            storage::needs::set_status(conn, id, NeedStatus::Withdrawn.as_str(), 0)
-                                .await?;
+                            storage::needs::set_status(conn, id, NeedStatus::Withdrawn, 0).await?;
                         audit::record(
                             conn,
                             Some(&who),
@@ -666,7 +665,7 @@ impl App {
                     let row = storage::needs::find_for_update(conn, id)
                         .await?
                         .ok_or_else(|| Error::not_found("need", id))?;
-                    let status = need_status(&row)?;
+                    let status = row.status;
                     // UNMATCHED is final (DESIGN §1: states only move forward); a need that
                     // new lenders could serve is submitted again.
                     if !matches!(status, NeedStatus::Submitted | NeedStatus::Routed) {
@@ -921,8 +920,7 @@ async fn submit_in(
                 return Err(key_expired(&idempotency.key, &earlier));
             }
             if let Some(open) =
-                storage::needs::find_open(conn, need.enterprise_id(), need.purpose().as_str())
-                    .await?
+                storage::needs::find_open(conn, need.enterprise_id(), need.purpose()).await?
             {
                 return Err(duplicate_open_need(&open));
             }
@@ -1054,14 +1052,14 @@ impl Submitted {
                 enterprise_id: need.enterprise_id,
                 amount_minor: need.amount_minor,
                 term_months: need.term_months,
-                purpose: need.purpose.as_str(),
-                collateral: need.collateral.iter().map(|c| c.as_str()).collect(),
+                purpose: need.purpose,
+                collateral: need.collateral.clone(),
                 max_rate_bps: need.max_rate_bps,
                 needed_by: need.needed_by,
                 consent_to_share: need.consent_to_share,
-                channel: need.channel.as_str(),
+                channel: need.channel,
                 note: &need.note,
-                status: need.status.as_str(),
+                status: need.status,
                 idempotency_key: Some(&idempotency.key),
                 created_by: who.credential_id,
             },
@@ -1093,18 +1091,10 @@ fn storable(
 ) -> Result<(HashMap<Uuid, enterprises::Enterprise>, Vec<usize>)> {
     let enterprises = enterprises::assemble(reads.enterprises, reads.designations)?;
     let keys_taken: HashSet<&str> = reads.keys_taken.iter().map(String::as_str).collect();
-    let mut open: HashSet<(Uuid, &str)> = HashSet::new();
+    let mut open: HashSet<(Uuid, Purpose)> = HashSet::new();
     for need in &reads.purposes {
-        let status: NeedStatus = need.status.parse().map_err(|_| {
-            corrupt(
-                "need of enterprise",
-                need.enterprise_id,
-                "status",
-                &need.status,
-            )
-        })?;
-        if status.is_open() {
-            open.insert((need.enterprise_id, need.purpose.as_str()));
+        if need.status.is_open() {
+            open.insert((need.enterprise_id, need.purpose));
         }
     }
     let storable = (0..wave.len())
@@ -1112,7 +1102,7 @@ fn storable(
             let need = wave[i].need;
             enterprises.contains_key(&need.enterprise_id())
                 && !keys_taken.contains(keys[i])
-                && !open.contains(&(need.enterprise_id(), need.purpose().as_str()))
+                && !open.contains(&(need.enterprise_id(), need.purpose()))
         })
         .collect();
     Ok((enterprises, storable))
@@ -1170,8 +1160,7 @@ async fn expire_referrals(
     }
     let mut report = SweepReport::default();
     let ids: Vec<Uuid> = claimed.iter().map(|r| r.id).collect();
-    let expired =
-        storage::referrals::set_status(conn, &ids, ReferralStatus::Expired.as_str()).await?;
+    let expired = storage::referrals::set_status(conn, &ids, ReferralStatus::Expired).await?;
     for referral in &expired {
         storage::referrals::insert_event(
             conn,
@@ -1179,15 +1168,15 @@ async fn expire_referrals(
                 referral_id: referral.id,
                 lender_id: referral.lender_id,
                 need_id: referral.need_id,
-                kind: "EXPIRED",
-                status: ReferralStatus::Expired.as_str(),
+                kind: ReferralEventKind::Expired,
+                status: ReferralStatus::Expired,
                 detail: serde_json::json!({ "sla_deadline": referral.sla_deadline }),
             },
         )
         .await?;
     }
     report.expired_referrals = expired.len();
-    let status = need_status(&row)?;
+    let status = row.status;
     let mut created = Vec::new();
     let mut next = status;
     if matches!(status, NeedStatus::Submitted | NeedStatus::Routed) {
@@ -1225,15 +1214,11 @@ async fn expire_needs(conn: &mut Connection, today: NaiveDate) -> Result<usize> 
         return Ok(0);
     }
     // Only needs nobody approved: an approval is not voided by the calendar.
-    let expiring: Vec<&str> = NeedStatus::ALL
-        .iter()
-        .filter(|s| s.can_transition(NeedStatus::Expired))
-        .map(|s| s.as_str())
-        .collect();
+    let expiring = storage::statuses(NeedStatus::ALL, |s| s.can_transition(NeedStatus::Expired));
     let overdue = storage::needs::claim_overdue(conn, &expiring, today, SWEEP_BATCH).await?;
     for need in &overdue {
         let cancelled = cancel_open_referrals(conn, need.id, "need expired").await?;
-        storage::needs::set_status(conn, need.id, NeedStatus::Expired.as_str(), 0).await?;
+        storage::needs::set_status(conn, need.id, NeedStatus::Expired, 0).await?;
         audit::record(
             conn,
             None,
@@ -1261,8 +1246,8 @@ async fn cancel_open_referrals(
     let cancelled = storage::referrals::set_status_where(
         conn,
         need_id,
-        &storage::referrals::OPEN_STATUSES,
-        ReferralStatus::Cancelled.as_str(),
+        &storage::referrals::open_statuses(),
+        ReferralStatus::Cancelled,
     )
     .await?;
     for referral in &cancelled {
@@ -1272,8 +1257,8 @@ async fn cancel_open_referrals(
                 referral_id: referral.id,
                 lender_id: referral.lender_id,
                 need_id,
-                kind: "CANCELLED",
-                status: ReferralStatus::Cancelled.as_str(),
+                kind: ReferralEventKind::Cancelled,
+                status: ReferralStatus::Cancelled,
                 detail: serde_json::json!({ "reason": why }),
             },
         )
@@ -1322,57 +1307,26 @@ fn duplicate_open_need(open: &NeedRow) -> Error {
         message: format!(
             "enterprise {} already has open need {} with purpose {} (status {}); \
              withdraw it or wait until it is closed",
-            open.enterprise_id,
-            open.id,
-            wire_name::<Purpose>(&open.purpose),
-            wire_name::<NeedStatus>(&open.status)
+            open.enterprise_id, open.id, open.purpose, open.status
         ),
         existing_id: open.id.to_string(),
     }
 }
 
-fn corrupt(entity: &str, id: Uuid, what: &str, value: &str) -> Error {
-    Error::Internal(anyhow::anyhow!(
-        "{entity} {id} has unknown {what} {value:?}"
-    ))
-}
-
-fn need_status(row: &NeedRow) -> Result<NeedStatus> {
-    row.status
-        .parse()
-        .map_err(|_| corrupt("need", row.id, "status", &row.status))
-}
-
 pub(crate) fn to_need(row: NeedRow) -> Result<Need> {
-    let status = need_status(&row)?;
-    let purpose = row
-        .purpose
-        .parse()
-        .map_err(|_| corrupt("need", row.id, "purpose", &row.purpose))?;
-    let channel = row
-        .channel
-        .parse()
-        .map_err(|_| corrupt("need", row.id, "channel", &row.channel))?;
-    let collateral = storage::lenders::strings(row.collateral)
-        .iter()
-        .map(|c| {
-            c.parse()
-                .map_err(|_| corrupt("need", row.id, "collateral", c))
-        })
-        .collect::<Result<_>>()?;
     Ok(Need {
         id: row.id,
         enterprise_id: row.enterprise_id,
         amount_minor: row.amount_minor,
         term_months: row.term_months,
-        purpose,
-        collateral,
+        purpose: row.purpose,
+        collateral: row.collateral.into_iter().flatten().collect(),
         max_rate_bps: row.max_rate_bps,
         needed_by: row.needed_by,
         consent_to_share: row.consent_to_share,
-        channel,
+        channel: row.channel,
         note: row.note,
-        status,
+        status: row.status,
         funded_minor: row.funded_minor,
         created_at: row.created_at,
         updated_at: row.updated_at,
@@ -1380,18 +1334,6 @@ pub(crate) fn to_need(row: NeedRow) -> Result<Need> {
 }
 
 pub(crate) fn to_referral(row: ReferralRow) -> Result<Referral> {
-    let status = row
-        .status
-        .parse()
-        .map_err(|_| corrupt("referral", row.id, "status", &row.status))?;
-    let decline_reason = row
-        .decline_reason
-        .as_deref()
-        .map(|r| {
-            r.parse()
-                .map_err(|_| corrupt("referral", row.id, "decline reason", r))
-        })
-        .transpose()?;
     let factors = serde_json::from_value(row.factors)
         .map_err(|e| Error::Internal(anyhow::anyhow!("referral {} factors: {e}", row.id)))?;
     Ok(Referral {
@@ -1399,11 +1341,11 @@ pub(crate) fn to_referral(row: ReferralRow) -> Result<Referral> {
         need_id: row.need_id,
         lender_id: row.lender_id,
         product_id: row.product_id,
-        status,
+        status: row.status,
         score: row.score,
         factors,
         sla_deadline: row.sla_deadline,
-        decline_reason,
+        decline_reason: row.decline_reason,
         decline_note: row.decline_note,
         info_request: row.info_request,
         approved_amount_minor: row.approved_amount_minor,

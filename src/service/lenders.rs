@@ -73,7 +73,7 @@ impl App {
                         }
                         let new = storage::lenders::NewLender {
                             name,
-                            kind: input.kind().as_str(),
+                            kind: input.kind(),
                             region_codes: input.region_codes().iter().map(|c| c.as_str()).collect(),
                             active,
                         };
@@ -316,12 +316,8 @@ fn values(product: &NewProduct) -> ProductValues<'_> {
             .iter()
             .map(|p| p.as_str())
             .collect(),
-        collateral_accepted: product
-            .collateral_accepted()
-            .iter()
-            .map(|c| c.as_str())
-            .collect(),
-        min_size: product.min_size().as_str(),
+        collateral_accepted: product.collateral_accepted().iter().collect(),
+        min_size: product.min_size(),
         min_rate_bps: product.rate().min().get(),
         max_rate_bps: product.rate().max().get(),
         required_designations: product
@@ -340,12 +336,6 @@ pub(crate) fn stored_product(row: &ProductRow) -> Result<NewProduct> {
     let lender_id = row.lender_id.to_string();
     let industry = strings(row.industry_prefixes.clone());
     let region = strings(row.region_prefixes.clone());
-    let collateral: Vec<Option<Collateral>> = row
-        .collateral_accepted
-        .iter()
-        .flatten()
-        .map(|c| c.parse().ok())
-        .collect();
     let designations = strings(row.required_designations.clone());
     NewProduct::parse(
         &ProductInput {
@@ -357,8 +347,8 @@ pub(crate) fn stored_product(row: &ProductRow) -> Result<NewProduct> {
             max_term_months: row.max_term_months,
             industry_prefixes: &industry,
             region_prefixes: &region,
-            collateral_accepted: &collateral,
-            min_size: row.min_size.parse().ok(),
+            collateral_accepted: &row.collateral_accepted,
+            min_size: Some(row.min_size),
             min_rate_bps: row.min_rate_bps,
             max_rate_bps: row.max_rate_bps,
             required_designations: &designations,
@@ -373,13 +363,7 @@ pub(crate) fn stored_product(row: &ProductRow) -> Result<NewProduct> {
 
 pub(crate) fn to_lender(row: LenderRow) -> Result<Lender> {
     Ok(Lender {
-        kind: row.kind.parse().map_err(|_| {
-            Error::Internal(anyhow::anyhow!(
-                "lender {} has unknown kind {:?}",
-                row.id,
-                row.kind
-            ))
-        })?,
+        kind: row.kind,
         id: row.id,
         name: row.name,
         region_codes: strings(row.region_codes),
@@ -390,15 +374,8 @@ pub(crate) fn to_lender(row: LenderRow) -> Result<Lender> {
 }
 
 pub(crate) fn to_product(row: ProductRow) -> Result<Product> {
-    let corrupt =
-        |what: &str| Error::Internal(anyhow::anyhow!("product {} has an unknown {what}", row.id));
-    let collateral_accepted = row
-        .collateral_accepted
-        .iter()
-        .flatten()
-        .map(|c| c.parse().map_err(|_| corrupt("collateral")))
-        .collect::<Result<_>>()?;
-    let min_size = row.min_size.parse().map_err(|_| corrupt("min_size"))?;
+    let collateral_accepted = row.collateral_accepted.iter().flatten().copied().collect();
+    let min_size = row.min_size;
     Ok(Product {
         id: row.id,
         lender_id: row.lender_id,

@@ -19,10 +19,10 @@ use super::financing::{Need, Referral, to_need, to_referral};
 use super::paging::{Cursor, Page, PageRequest};
 use super::routing::route_onwards;
 use super::{App, Error, Idempotency, Principal, Result, audit, error, reason};
-use crate::domain::{DeclineReason, LoanReference, Note, ReferralStatus};
+use crate::domain::{DeclineReason, LoanReference, NeedStatus, Note, ReferralStatus};
 use crate::storage::needs::NeedRow;
 use crate::storage::partner::{DisbursementRow, NewDisbursement, ReferralChanges, ReferralFilter};
-use crate::storage::referrals::{NewReferralEvent, OPEN_STATUSES, ReferralRow};
+use crate::storage::referrals::{NewReferralEvent, ReferralRow};
 use crate::storage::{self, Connection, Failure};
 
 const RPC_ACKNOWLEDGE: &str = "finmatch.v1.PartnerService/AcknowledgeReferral";
@@ -108,7 +108,7 @@ impl App {
         let lender_id = who.require_lender("ListReferrals")?;
         let mut conn = self.conn().await?;
         let filter = ReferralFilter {
-            statuses: query.statuses.iter().map(|s| s.as_str()).collect(),
+            statuses: query.statuses.clone(),
             created_from: query.created_from,
             created_to: query.created_to,
         };
@@ -154,18 +154,13 @@ impl App {
                     .transaction(async move |conn| {
                         lock_need_of(conn, lender_id, id).await?;
                         let row = locked(conn, lender_id, id).await?;
-                        let status = referral_status(&row)?;
+                        let status = row.status;
                         if status == ReferralStatus::Acknowledged {
                             return bare(conn, row).await;
                         }
-                        require_from(
-                            &row,
-                            status,
-                            &[ReferralStatus::Pending, ReferralStatus::InfoRequested],
-                            ReferralStatus::Acknowledged,
-                        )?;
+                        require(&row, status, ReferralStatus::Acknowledged)?;
                         let changes = ReferralChanges {
-                            status: Some(ReferralStatus::Acknowledged.as_str()),
+                            status: Some(ReferralStatus::Acknowledged),
                             ..Default::default()
                         };
                         let row = change(
@@ -203,20 +198,15 @@ impl App {
                     .transaction(async move |conn| {
                         lock_need_of(conn, lender_id, id).await?;
                         let row = locked(conn, lender_id, id).await?;
-                        let status = referral_status(&row)?;
+                        let status = row.status;
                         if status == ReferralStatus::InfoRequested
                             && row.info_request.as_deref() == Some(message.as_str())
                         {
                             return bare(conn, row).await;
                         }
-                        require_from(
-                            &row,
-                            status,
-                            &[ReferralStatus::Acknowledged],
-                            ReferralStatus::InfoRequested,
-                        )?;
+                        require(&row, status, ReferralStatus::InfoRequested)?;
                         let changes = ReferralChanges {
-                            status: Some(ReferralStatus::InfoRequested.as_str()),
+                            status: Some(ReferralStatus::InfoRequested),
                             info_request: Some(message.as_str()),
                             ..Default::default()
                         };
@@ -269,19 +259,14 @@ impl App {
                             return Ok(Decided::Replayed(saved));
                         }
                         let row = locked(conn, lender_id, id).await?;
-                        let status = referral_status(&row)?;
+                        let status = row.status;
                         let row = match &decision {
                             Decision::Approve {
                                 amount_minor,
                                 rate_bps,
                                 term_months,
                             } => {
-                                require_from(
-                                    &row,
-                                    status,
-                                    &[ReferralStatus::Acknowledged],
-                                    ReferralStatus::Approved,
-                                )?;
+                                require(&row, status, ReferralStatus::Approved)?;
                                 let product = product_of(conn, &row).await?;
                                 let mut v = crate::domain::Violations::default();
                                 within(
@@ -311,7 +296,7 @@ impl App {
                                     return Err(exceeds_unfunded(need.id, *amount_minor, unfunded));
                                 }
                                 let changes = ReferralChanges {
-                                    status: Some(ReferralStatus::Approved.as_str()),
+                                    status: Some(ReferralStatus::Approved),
                                     approved_amount_minor: Some(*amount_minor),
                                     approved_rate_bps: Some(*rate_bps),
                                     approved_term_months: Some(*term_months),
@@ -328,19 +313,10 @@ impl App {
                                 row
                             }
                             Decision::Decline { reason, note } => {
-                                require_from(
-                                    &row,
-                                    status,
-                                    &[
-                                        ReferralStatus::Pending,
-                                        ReferralStatus::Acknowledged,
-                                        ReferralStatus::InfoRequested,
-                                    ],
-                                    ReferralStatus::Declined,
-                                )?;
+                                require(&row, status, ReferralStatus::Declined)?;
                                 let changes = ReferralChanges {
-                                    status: Some(ReferralStatus::Declined.as_str()),
-                                    decline_reason: Some(reason.as_str()),
+                                    status: Some(ReferralStatus::Declined),
+                                    decline_reason: Some(*reason),
                                     decline_note: Some(note.as_str()),
                                     ..Default::default()
                                 };
@@ -354,24 +330,23 @@ impl App {
                                     Error::Internal(anyhow::anyhow!("decline without catalog"))
                                 })?;
                                 // A decline sends the need on to the next best untried lender.
-                                let routed =
-                                    if matches!(need.status.as_str(), "SUBMITTED" | "ROUTED") {
-                                        route_onwards(
-                                            conn,
-                                            self,
-                                            catalog,
-                                            &need,
-                                            self.policy().top_k,
-                                            Utc::now(),
-                                        )
-                                        .await?
-                                        .created
-                                        .into_iter()
-                                        .map(|r| r.id)
-                                        .collect()
-                                    } else {
-                                        Vec::new()
-                                    };
+                                let routed = if need.status.awaits_approval() {
+                                    route_onwards(
+                                        conn,
+                                        self,
+                                        catalog,
+                                        &need,
+                                        self.policy().top_k,
+                                        Utc::now(),
+                                    )
+                                    .await?
+                                    .created
+                                    .into_iter()
+                                    .map(|r| r.id)
+                                    .collect()
+                                } else {
+                                    Vec::new()
+                                };
                                 audit::record(
                                     conn,
                                     Some(&who),
@@ -437,7 +412,7 @@ async fn disburse(
         return replay_disbursement(conn, lender_id, existing, input).await;
     }
     let row = locked(conn, lender_id, input.referral_id).await?;
-    let status = referral_status(&row)?;
+    let status = row.status;
     if !matches!(status, ReferralStatus::Approved | ReferralStatus::Disbursed) {
         return Err(Error::illegal_transition(
             ("referral_id", row.id),
@@ -506,7 +481,7 @@ async fn disburse(
         other => other?,
     };
     let changes = ReferralChanges {
-        status: Some(ReferralStatus::Disbursed.as_str()),
+        status: Some(ReferralStatus::Disbursed),
         ..Default::default()
     };
     let detail = serde_json::json!({
@@ -516,13 +491,13 @@ async fn disburse(
         "need_funded_minor": funded.funded_minor,
     });
     let row = change(conn, who, RPC_DISBURSE, &row, &changes, detail).await?;
-    if funded.status == "FUNDED" {
+    if funded.status == NeedStatus::Funded {
         // Fully funded through this referral: nobody else may fund it again.
         let cancelled = storage::referrals::set_status_where(
             conn,
             need.id,
-            &OPEN_STATUSES,
-            ReferralStatus::Cancelled.as_str(),
+            &storage::referrals::open_statuses(),
+            ReferralStatus::Cancelled,
         )
         .await?;
         for other in &cancelled {
@@ -541,7 +516,7 @@ async fn disburse(
             "need",
             need.id,
             serde_json::json!({
-                "to": "FUNDED",
+                "to": NeedStatus::Funded,
                 "cancelled_referrals": cancelled.iter().map(|r| r.id).collect::<Vec<_>>(),
             }),
         )
@@ -642,9 +617,8 @@ async fn change(
     changes: &ReferralChanges<'_>,
     detail: serde_json::Value,
 ) -> Result<ReferralRow> {
-    let to: ReferralStatus = changes
+    let to = changes
         .status
-        .and_then(|s| s.parse().ok())
         .ok_or_else(|| Error::Internal(anyhow::anyhow!("a referral change without status")))?;
     let updated = storage::partner::update(conn, row.lender_id, row.id, changes).await?;
     append_event(conn, &updated, to, detail.clone()).await?;
@@ -672,8 +646,8 @@ async fn append_event(
             referral_id: row.id,
             lender_id: row.lender_id,
             need_id: row.need_id,
-            kind: status.event_kind().as_str(),
-            status: status.as_str(),
+            kind: status.event_kind(),
+            status,
             detail,
         },
     )
@@ -681,16 +655,11 @@ async fn append_event(
     Ok(())
 }
 
-/// ILLEGAL_TRANSITION unless the use case accepts `status` as a start and the state machine
-/// allows the move; RESPONSE_DEADLINE_PASSED for a lender's answer to an undecided referral
-/// after its SLA deadline, whether or not the sweeper has expired it yet.
-fn require_from(
-    row: &ReferralRow,
-    status: ReferralStatus,
-    from: &[ReferralStatus],
-    to: ReferralStatus,
-) -> Result<()> {
-    if !(from.contains(&status) && status.can_transition(to)) {
+/// ILLEGAL_TRANSITION unless the state machine ([`ReferralStatus::can_transition`]) allows the
+/// move; RESPONSE_DEADLINE_PASSED for a lender's answer to an undecided referral after its SLA
+/// deadline, whether or not the sweeper has expired it yet.
+fn require(row: &ReferralRow, status: ReferralStatus, to: ReferralStatus) -> Result<()> {
+    if !status.can_transition(to) {
         return Err(Error::illegal_transition(
             ("referral_id", row.id),
             status,
@@ -739,16 +708,6 @@ fn within<T: PartialOrd + std::fmt::Display>(
             format!("must be within the product's range {min} to {max}, got {value}"),
         );
     }
-}
-
-fn referral_status(row: &ReferralRow) -> Result<ReferralStatus> {
-    row.status.parse().map_err(|_| {
-        Error::Internal(anyhow::anyhow!(
-            "referral {} has unknown status {:?}",
-            row.id,
-            row.status
-        ))
-    })
 }
 
 /// The referral alone (need and enterprise unset), with its disbursed sum.

@@ -24,8 +24,8 @@ use super::lenders::stored_product;
 use super::market::ENTERPRISES_CHANGED;
 use super::{App, Error, Result};
 use crate::domain::{
-    AmountMinor, Bps, Collateral, CollateralSet, IndustryCode, ListCode, NeedStatus, RegionCode,
-    TermMonths,
+    AmountMinor, Bps, CollateralSet, IndustryCode, ListCode, NeedStatus, ReferralEventKind,
+    ReferralStatus, RegionCode, TermMonths,
 };
 use crate::matching::{
     Candidate, MatchEnterprise, MatchNeed, MatchProduct, ProductCatalog, RoutingPolicy, evaluate,
@@ -309,13 +309,7 @@ pub(crate) fn match_enterprise(enterprise: &Enterprise, day: NaiveDate) -> Resul
 pub(crate) fn match_need(row: &NeedRow) -> Result<MatchNeed> {
     let corrupt =
         |what: &str| Error::Internal(anyhow::anyhow!("need {} has an invalid {what}", row.id));
-    let collateral: CollateralSet = row
-        .collateral
-        .iter()
-        .flatten()
-        .map(|c| c.parse::<Collateral>())
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|_| corrupt("collateral"))?;
+    let collateral: CollateralSet = row.collateral.iter().flatten().copied().collect();
     Ok(MatchNeed {
         amount: AmountMinor::new(row.amount_minor).map_err(|_| corrupt("amount"))?,
         term: TermMonths::new(row.term_months).map_err(|_| corrupt("term"))?,
@@ -378,13 +372,7 @@ pub(crate) async fn route_onwards(
     target_open: usize,
     now: DateTime<Utc>,
 ) -> Result<Onwards> {
-    let from: NeedStatus = need.status.parse().map_err(|_| {
-        Error::Internal(anyhow::anyhow!(
-            "need {} has unknown status {:?}",
-            need.id,
-            need.status
-        ))
-    })?;
+    let from = need.status;
     let enterprise = super::enterprises::load(conn, need.enterprise_id).await?;
     let enterprise = match_enterprise(&enterprise, app.calendar().day(now))?;
     let created = top_up(conn, app, catalog, need, &enterprise, target_open, now).await?;
@@ -395,7 +383,7 @@ pub(crate) async fn route_onwards(
     } else {
         NeedStatus::Routed
     };
-    let need = storage::needs::set_status(conn, need.id, to.as_str(), created.len() as i32).await?;
+    let need = storage::needs::set_status(conn, need.id, to, created.len() as i32).await?;
     Ok(Onwards { created, to, need })
 }
 
@@ -445,7 +433,7 @@ pub(crate) async fn top_up(
                 need_id: need.id,
                 lender_id: candidate.lender_id(),
                 product_id: candidate.product_id(),
-                status: "PENDING",
+                status: ReferralStatus::Pending,
                 score: candidate.score(),
                 factors,
                 sla_deadline: sla_deadline(&market.catalog, candidate, now),
@@ -458,8 +446,8 @@ pub(crate) async fn top_up(
                 referral_id: referral.id,
                 lender_id: referral.lender_id,
                 need_id: referral.need_id,
-                kind: "CREATED",
-                status: "PENDING",
+                kind: ReferralEventKind::Created,
+                status: ReferralStatus::Pending,
                 detail: created_detail(referral.product_id, referral.score, referral.sla_deadline),
             },
         )

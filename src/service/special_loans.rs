@@ -405,7 +405,7 @@ impl App {
                     storage::special_loans::find_allocation_for_update(conn, id, who.lender_id)
                         .await?
                         .ok_or_else(|| Error::not_found("allocation", id))?;
-                match status_of(&row)? {
+                match row.status {
                     AllocationStatus::Released => return to_allocation(row),
                     AllocationStatus::Confirmed => {
                         return Err(Error::illegal_transition(
@@ -491,7 +491,7 @@ impl App {
             program_id: query.program_id,
             lender_id,
             enterprise_id: query.enterprise_id,
-            statuses: query.statuses.iter().map(|s| s.as_str()).collect(),
+            statuses: query.statuses.clone(),
         };
         let mut conn = self.conn().await?;
         let rows = storage::special_loans::list_allocations(
@@ -660,7 +660,7 @@ async fn confirm(
     let row = storage::special_loans::find_allocation_for_update(conn, id, who.lender_id)
         .await?
         .ok_or_else(|| Error::not_found("allocation", id))?;
-    match status_of(&row)? {
+    match row.status {
         AllocationStatus::Confirmed
             if row.loan_reference.as_deref() == Some(reference)
                 && row.disbursed_on == Some(disbursed_on) =>
@@ -821,8 +821,8 @@ async fn lapse(conn: &mut Connection, id: Uuid, now: DateTime<Utc>) -> Result<Op
                 referral_id,
                 lender_id: referral.lender_id,
                 need_id: referral.need_id,
-                kind: ReferralEventKind::ReservationLapsed.as_str(),
-                status: &referral.status,
+                kind: ReferralEventKind::ReservationLapsed,
+                status: referral.status,
                 detail: serde_json::json!({
                     "allocation_id": released.id,
                     "program_id": released.program_id,
@@ -868,11 +868,7 @@ async fn release(
 /// Whether the request's lender holds a live referral (open or funded: one on which it may see
 /// the enterprise) for a need of the request's enterprise.
 async fn holds_referral(conn: &mut Connection, request: &AllocationRequest) -> Result<bool> {
-    let live: Vec<&str> = ReferralStatus::ALL
-        .iter()
-        .filter(|s| s.shows_contact())
-        .map(|s| s.as_str())
-        .collect();
+    let live = storage::statuses(ReferralStatus::ALL, ReferralStatus::shows_contact);
     Ok(storage::special_loans::lender_holds_referral(
         conn,
         request.lender_id,
@@ -1260,16 +1256,6 @@ fn to_program(row: ProgramRow, quotas: Vec<LenderQuotaRow>) -> Result<Program> {
     })
 }
 
-fn status_of(row: &AllocationRow) -> Result<AllocationStatus> {
-    row.status.parse().map_err(|_| {
-        Error::Internal(anyhow::anyhow!(
-            "allocation {} has unknown status {:?}",
-            row.id,
-            row.status
-        ))
-    })
-}
-
 fn decode_saved(saved: &[u8]) -> Result<Allocation> {
     let row: AllocationRow = serde_json::from_slice(saved)
         .map_err(|e| Error::Internal(anyhow::anyhow!("unreadable saved allocation: {e}")))?;
@@ -1277,19 +1263,8 @@ fn decode_saved(saved: &[u8]) -> Result<Allocation> {
 }
 
 fn to_allocation(row: AllocationRow) -> Result<Allocation> {
-    let status = status_of(&row)?;
-    let release_reason = row
-        .release_reason
-        .as_deref()
-        .map(|r| {
-            r.parse::<ReleaseReason>().map_err(|_| {
-                Error::Internal(anyhow::anyhow!(
-                    "allocation {} has unknown release reason {r:?}",
-                    row.id
-                ))
-            })
-        })
-        .transpose()?;
+    let status = row.status;
+    let release_reason = row.release_reason;
     Ok(Allocation {
         id: row.id,
         program_id: row.program_id,

@@ -7,13 +7,14 @@ use uuid::Uuid;
 
 use super::Connection;
 use super::schema::{lenders, products};
+use crate::domain::{Collateral, EnterpriseSize, LenderKind};
 
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
 #[diesel(table_name = lenders)]
 pub struct LenderRow {
     pub id: Uuid,
     pub name: String,
-    pub kind: String,
+    pub kind: LenderKind,
     pub region_codes: Vec<Option<String>>,
     pub active: bool,
     pub created_at: DateTime<Utc>,
@@ -24,7 +25,7 @@ pub struct LenderRow {
 #[diesel(table_name = lenders)]
 pub struct NewLender<'a> {
     pub name: &'a str,
-    pub kind: &'a str,
+    pub kind: LenderKind,
     pub region_codes: Vec<&'a str>,
     pub active: bool,
 }
@@ -41,8 +42,8 @@ pub struct ProductRow {
     pub max_term_months: i32,
     pub industry_prefixes: Vec<Option<String>>,
     pub region_prefixes: Vec<Option<String>>,
-    pub collateral_accepted: Vec<Option<String>>,
-    pub min_size: String,
+    pub collateral_accepted: Vec<Option<Collateral>>,
+    pub min_size: EnterpriseSize,
     pub min_rate_bps: i32,
     pub max_rate_bps: i32,
     pub required_designations: Vec<Option<String>>,
@@ -64,8 +65,8 @@ pub struct ProductValues<'a> {
     pub max_term_months: i32,
     pub industry_prefixes: Vec<&'a str>,
     pub region_prefixes: Vec<&'a str>,
-    pub collateral_accepted: Vec<&'a str>,
-    pub min_size: &'a str,
+    pub collateral_accepted: Vec<Collateral>,
+    pub min_size: EnterpriseSize,
     pub min_rate_bps: i32,
     pub max_rate_bps: i32,
     pub required_designations: Vec<&'a str>,

@@ -19,6 +19,12 @@ pub mod schema;
 
 pub use diesel_async::AsyncPgConnection as Connection;
 
+/// The values of `all` that `pick` holds for, as a filter takes them (`status = ANY($1)`): the
+/// storage filters are built from the domain's predicates, never from lists of names.
+pub fn statuses<T: Copy>(all: &[T], pick: fn(T) -> bool) -> Vec<T> {
+    all.iter().copied().filter(|&s| pick(s)).collect()
+}
+
 /// Every migration, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -248,6 +254,7 @@ pub mod relay;
 pub mod reporting;
 pub mod special_loans;
 pub mod sql;
+mod sql_enums;
 
 /// A trivial round trip, to tell whether PostgreSQL answers.
 pub async fn ping(conn: &mut Connection) -> diesel::QueryResult<()> {

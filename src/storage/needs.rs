@@ -7,10 +7,13 @@ use uuid::Uuid;
 
 use super::Connection;
 use super::schema::{enterprises, needs};
+use crate::domain::{Channel, Collateral, NeedStatus, Purpose};
 
-/// Needs in these statuses are still being worked on (and block a second need of the same
-/// enterprise and purpose through `needs_one_open_per_purpose_idx`).
-pub const OPEN_STATUSES: [&str; 3] = ["SUBMITTED", "ROUTED", "APPROVED"];
+/// The statuses of a need still being worked on ([`NeedStatus::is_open`]), which block a second
+/// need of the same enterprise and purpose through `needs_one_open_per_purpose_idx`.
+pub fn open_statuses() -> Vec<NeedStatus> {
+    super::statuses(NeedStatus::ALL, NeedStatus::is_open)
+}
 
 /// The partial unique index that holds "one open need per enterprise and purpose".
 pub const ONE_OPEN_PER_PURPOSE: &str = "needs_one_open_per_purpose_idx";
@@ -24,14 +27,14 @@ pub struct NeedRow {
     pub enterprise_id: Uuid,
     pub amount_minor: i64,
     pub term_months: i32,
-    pub purpose: String,
-    pub collateral: Vec<Option<String>>,
+    pub purpose: Purpose,
+    pub collateral: Vec<Option<Collateral>>,
     pub max_rate_bps: Option<i32>,
     pub needed_by: NaiveDate,
     pub consent_to_share: bool,
-    pub channel: String,
+    pub channel: Channel,
     pub note: String,
-    pub status: String,
+    pub status: NeedStatus,
     pub funded_minor: i64,
     pub routing_attempts: i32,
     pub idempotency_key: Option<String>,
@@ -46,14 +49,14 @@ pub struct NewNeed<'a> {
     pub enterprise_id: Uuid,
     pub amount_minor: i64,
     pub term_months: i32,
-    pub purpose: &'a str,
-    pub collateral: Vec<&'a str>,
+    pub purpose: Purpose,
+    pub collateral: Vec<Collateral>,
     pub max_rate_bps: Option<i32>,
     pub needed_by: NaiveDate,
     pub consent_to_share: bool,
-    pub channel: &'a str,
+    pub channel: Channel,
     pub note: &'a str,
-    pub status: &'a str,
+    pub status: NeedStatus,
     pub idempotency_key: Option<&'a str>,
     pub created_by: Uuid,
 }
@@ -61,7 +64,7 @@ pub struct NewNeed<'a> {
 /// Filters of ListNeeds; `None` and empty slices mean "any".
 #[derive(Debug, Default, Clone)]
 pub struct NeedFilter<'a> {
-    pub statuses: Vec<&'a str>,
+    pub statuses: Vec<NeedStatus>,
     pub enterprise_id: Option<Uuid>,
     pub region_prefix: Option<&'a str>,
     pub industry_prefix: Option<&'a str>,
@@ -118,12 +121,12 @@ pub async fn try_lock(conn: &mut Connection, id: Uuid) -> QueryResult<Option<Nee
 pub async fn find_open(
     conn: &mut Connection,
     enterprise_id: Uuid,
-    purpose: &str,
+    purpose: Purpose,
 ) -> QueryResult<Option<NeedRow>> {
     needs::table
         .filter(needs::enterprise_id.eq(enterprise_id))
         .filter(needs::purpose.eq(purpose))
-        .filter(needs::status.eq_any(OPEN_STATUSES))
+        .filter(needs::status.eq_any(open_statuses()))
         .select(NeedRow::as_select())
         .first(conn)
         .await
@@ -149,7 +152,7 @@ pub async fn find_by_key(
 pub async fn set_status(
     conn: &mut Connection,
     id: Uuid,
-    status: &str,
+    status: NeedStatus,
     added_attempts: i32,
 ) -> QueryResult<NeedRow> {
     diesel::update(needs::table.find(id))
@@ -210,7 +213,7 @@ pub async fn list(
 /// rows another transaction holds are skipped (another replica is handling them).
 pub async fn claim_overdue(
     conn: &mut Connection,
-    statuses: &[&str],
+    statuses: &[NeedStatus],
     today: NaiveDate,
     limit: i64,
 ) -> QueryResult<Vec<NeedRow>> {
@@ -291,6 +294,7 @@ async fn write_routed(
     day: NaiveDate,
     take_capacity: bool,
 ) -> QueryResult<()> {
+    use crate::domain::{ReferralEventKind, ReferralStatus};
     use diesel::sql_types::{
         Array, BigInt, Bool, Bytea, Date, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
     };
@@ -338,7 +342,7 @@ async fn write_routed(
          ), referral AS ( \
            INSERT INTO referrals (id, need_id, lender_id, product_id, status, score, factors, \
              sla_deadline, created_at, updated_at) \
-           SELECT r.id, r.need_id, r.lender_id, r.product_id, 'PENDING', r.score, r.factors, \
+           SELECT r.id, r.need_id, r.lender_id, r.product_id, $38, r.score, r.factors, \
              r.sla_deadline, $16, $16 \
            FROM unnest($17::uuid[], $18::uuid[], $20::uuid[], $19::uuid[], $21::int4[], \
              $22::jsonb[], $23::timestamptz[]) \
@@ -348,7 +352,7 @@ async fn write_routed(
          ), event AS ( \
            INSERT INTO referral_events (referral_id, lender_id, need_id, kind, status, detail, \
              created_at) \
-           SELECT r.id, r.lender_id, r.need_id, 'CREATED', 'PENDING', e.detail, $16 \
+           SELECT r.id, r.lender_id, r.need_id, $39, $38, e.detail, $16 \
            FROM referral r JOIN unnest($17::uuid[], $24::jsonb[]) AS e(id, detail) ON e.id = r.id \
          ), audit AS ( \
            INSERT INTO audit_log (principal_id, principal_role, lender_id, rpc, entity_type, \
@@ -370,7 +374,7 @@ async fn write_routed(
     .bind::<Array<BigInt>, _>(batch.iter().map(|n| n.need.amount_minor).collect::<Vec<_>>())
     .bind::<Array<Int4>, _>(batch.iter().map(|n| n.need.term_months).collect::<Vec<_>>())
     .bind::<Array<Text>, _>(batch.iter().map(|n| n.need.purpose).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(batch.iter().map(|n| n.need.collateral.join(",")).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(batch.iter().map(|n| collateral_list(&n.need.collateral)).collect::<Vec<_>>())
     .bind::<Array<Nullable<Int4>>, _>(batch.iter().map(|n| n.need.max_rate_bps).collect::<Vec<_>>())
     .bind::<Array<Date>, _>(batch.iter().map(|n| n.need.needed_by).collect::<Vec<_>>())
     .bind::<Array<Bool>, _>(batch.iter().map(|n| n.need.consent_to_share).collect::<Vec<_>>())
@@ -404,9 +408,18 @@ async fn write_routed(
     .bind::<Text, _>(first.replay.rpc)
     .bind::<Array<Text>, _>(batch.iter().map(|n| n.replay.key).collect::<Vec<_>>())
     .bind::<Bool, _>(take_capacity)
+    .bind::<Text, _>(ReferralStatus::Pending)
+    .bind::<Text, _>(ReferralEventKind::Created)
     .execute(conn)
     .await
     .map(drop)
+}
+
+/// A need's collateral as the batch statement takes it, `CREDIT,GUARANTEE` (the canonical names
+/// hold no comma): `string_to_array` splits it again.
+fn collateral_list(collateral: &[Collateral]) -> String {
+    let names: Vec<&str> = collateral.iter().map(|c| c.as_str()).collect();
+    names.join(",")
 }
 
 /// The message of the error `finmatch_capacity_short()` raises (migration
@@ -477,9 +490,9 @@ pub struct PurposeRow {
     #[diesel(sql_type = diesel::sql_types::Uuid)]
     pub enterprise_id: Uuid,
     #[diesel(sql_type = diesel::sql_types::Text)]
-    pub purpose: String,
+    pub purpose: Purpose,
     #[diesel(sql_type = diesel::sql_types::Text)]
-    pub status: String,
+    pub status: NeedStatus,
 }
 
 /// What [`find_for_wave`] read.

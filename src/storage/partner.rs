@@ -14,6 +14,7 @@ use super::enterprises::EnterpriseRow;
 use super::needs::NeedRow;
 use super::referrals::ReferralRow;
 use super::schema::{disbursements, enterprises, needs, referral_events, referrals};
+use crate::domain::{DeclineReason, NeedStatus, ReferralEventKind, ReferralStatus};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = disbursements)]
@@ -53,8 +54,8 @@ pub struct EventRow {
     pub cursor: i64,
     pub referral_id: Uuid,
     pub lender_id: Uuid,
-    pub kind: String,
-    pub status: String,
+    pub kind: ReferralEventKind,
+    pub status: ReferralStatus,
     pub created_at: DateTime<Utc>,
 }
 
@@ -62,9 +63,9 @@ pub struct EventRow {
 #[derive(Debug, Default, AsChangeset)]
 #[diesel(table_name = referrals)]
 pub struct ReferralChanges<'a> {
-    pub status: Option<&'a str>,
+    pub status: Option<ReferralStatus>,
     pub info_request: Option<&'a str>,
-    pub decline_reason: Option<&'a str>,
+    pub decline_reason: Option<DeclineReason>,
     pub decline_note: Option<&'a str>,
     pub approved_amount_minor: Option<i64>,
     pub approved_rate_bps: Option<i32>,
@@ -73,8 +74,8 @@ pub struct ReferralChanges<'a> {
 
 /// Filters of ListReferrals; empty and `None` mean "any".
 #[derive(Debug, Default, Clone)]
-pub struct ReferralFilter<'a> {
-    pub statuses: Vec<&'a str>,
+pub struct ReferralFilter {
+    pub statuses: Vec<ReferralStatus>,
     pub created_from: Option<DateTime<Utc>>,
     pub created_to: Option<DateTime<Utc>>,
 }
@@ -136,7 +137,7 @@ pub async fn lock_need_of(
 pub async fn list(
     conn: &mut Connection,
     lender_id: Uuid,
-    filter: &ReferralFilter<'_>,
+    filter: &ReferralFilter,
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> QueryResult<Vec<ReferralRow>> {
@@ -246,14 +247,14 @@ pub async fn add_funding(
     diesel::update(
         needs::table
             .filter(needs::id.eq(need_id))
-            .filter(needs::status.eq_any(super::needs::OPEN_STATUSES))
+            .filter(needs::status.eq_any(super::needs::open_statuses()))
             .filter((needs::funded_minor + amount_minor).le(needs::amount_minor)),
     )
     .set((
         needs::funded_minor.eq(needs::funded_minor + amount_minor),
         needs::status.eq(diesel::dsl::case_when(
             (needs::funded_minor + amount_minor).eq(needs::amount_minor),
-            "FUNDED".into_sql::<diesel::sql_types::Text>(),
+            NeedStatus::Funded.into_sql::<diesel::sql_types::Text>(),
         )
         .otherwise(needs::status)),
     ))
@@ -268,9 +269,9 @@ pub async fn approve_need(conn: &mut Connection, need_id: Uuid) -> QueryResult<(
     diesel::update(
         needs::table
             .filter(needs::id.eq(need_id))
-            .filter(needs::status.eq("ROUTED")),
+            .filter(needs::status.eq(NeedStatus::Routed)),
     )
-    .set(needs::status.eq("APPROVED"))
+    .set(needs::status.eq(NeedStatus::Approved))
     .execute(conn)
     .await
     .map(|_| ())

@@ -2,17 +2,24 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Date, Jsonb, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Date, Jsonb, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use super::Connection;
 use super::schema::{product_daily_usage, referral_events, referrals};
+use crate::domain::{DeclineReason, ReferralEventKind, ReferralStatus};
 
-/// Referrals in these statuses are still in play.
-pub const OPEN_STATUSES: [&str; 4] = ["PENDING", "ACKNOWLEDGED", "INFO_REQUESTED", "APPROVED"];
-/// Referrals in these statuses wait for the lender's decision (and expire at their deadline).
-pub const UNDECIDED_STATUSES: [&str; 3] = ["PENDING", "ACKNOWLEDGED", "INFO_REQUESTED"];
+/// The statuses of a referral still in play ([`ReferralStatus::is_open`]).
+pub fn open_statuses() -> Vec<ReferralStatus> {
+    super::statuses(ReferralStatus::ALL, ReferralStatus::is_open)
+}
+
+/// The statuses of a referral waiting for the lender's decision, which expires at its deadline
+/// ([`ReferralStatus::is_undecided`]).
+pub fn undecided_statuses() -> Vec<ReferralStatus> {
+    super::statuses(ReferralStatus::ALL, ReferralStatus::is_undecided)
+}
 
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
 #[diesel(table_name = referrals)]
@@ -21,11 +28,11 @@ pub struct ReferralRow {
     pub need_id: Uuid,
     pub lender_id: Uuid,
     pub product_id: Uuid,
-    pub status: String,
+    pub status: ReferralStatus,
     pub score: i32,
     pub factors: serde_json::Value,
     pub sla_deadline: DateTime<Utc>,
-    pub decline_reason: Option<String>,
+    pub decline_reason: Option<DeclineReason>,
     pub decline_note: Option<String>,
     pub info_request: Option<String>,
     pub approved_amount_minor: Option<i64>,
@@ -38,11 +45,11 @@ pub struct ReferralRow {
 
 #[derive(Debug, Insertable)]
 #[diesel(table_name = referrals)]
-pub struct NewReferral<'a> {
+pub struct NewReferral {
     pub need_id: Uuid,
     pub lender_id: Uuid,
     pub product_id: Uuid,
-    pub status: &'a str,
+    pub status: ReferralStatus,
     pub score: i32,
     pub factors: serde_json::Value,
     pub sla_deadline: DateTime<Utc>,
@@ -50,12 +57,12 @@ pub struct NewReferral<'a> {
 
 #[derive(Debug, Insertable)]
 #[diesel(table_name = referral_events)]
-pub struct NewReferralEvent<'a> {
+pub struct NewReferralEvent {
     pub referral_id: Uuid,
     pub lender_id: Uuid,
     pub need_id: Uuid,
-    pub kind: &'a str,
-    pub status: &'a str,
+    pub kind: ReferralEventKind,
+    pub status: ReferralStatus,
     pub detail: serde_json::Value,
 }
 
@@ -86,7 +93,7 @@ pub struct UsageRow {
     pub referrals: i32,
 }
 
-pub async fn insert(conn: &mut Connection, new: &NewReferral<'_>) -> QueryResult<ReferralRow> {
+pub async fn insert(conn: &mut Connection, new: &NewReferral) -> QueryResult<ReferralRow> {
     diesel::insert_into(referrals::table)
         .values(new)
         .returning(ReferralRow::as_returning())
@@ -98,7 +105,7 @@ pub async fn insert(conn: &mut Connection, new: &NewReferral<'_>) -> QueryResult
 /// insert the referral's ids, the kind and the status after the change, in the transaction that
 /// changes the referral, leaving `cursor`, `delivery_cursor` and `created_at` to their defaults.
 /// Nothing else: the relay finds committed events by polling (see `service::events`).
-pub async fn insert_event(conn: &mut Connection, new: &NewReferralEvent<'_>) -> QueryResult<()> {
+pub async fn insert_event(conn: &mut Connection, new: &NewReferralEvent) -> QueryResult<()> {
     diesel::sql_query(
         "INSERT INTO referral_events (referral_id, lender_id, need_id, kind, status, detail) \
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -137,7 +144,7 @@ pub async fn tried_lenders(conn: &mut Connection, need_id: Uuid) -> QueryResult<
 pub async fn count_open(conn: &mut Connection, need_id: Uuid) -> QueryResult<i64> {
     referrals::table
         .filter(referrals::need_id.eq(need_id))
-        .filter(referrals::status.eq_any(OPEN_STATUSES))
+        .filter(referrals::status.eq_any(open_statuses()))
         .count()
         .get_result(conn)
         .await
@@ -147,8 +154,8 @@ pub async fn count_open(conn: &mut Connection, need_id: Uuid) -> QueryResult<i64
 pub async fn set_status_where(
     conn: &mut Connection,
     need_id: Uuid,
-    from: &[&str],
-    to: &str,
+    from: &[ReferralStatus],
+    to: ReferralStatus,
 ) -> QueryResult<Vec<ReferralRow>> {
     diesel::update(
         referrals::table
@@ -165,7 +172,7 @@ pub async fn set_status_where(
 pub async fn set_status(
     conn: &mut Connection,
     ids: &[Uuid],
-    to: &str,
+    to: ReferralStatus,
 ) -> QueryResult<Vec<ReferralRow>> {
     diesel::update(referrals::table.filter(referrals::id.eq_any(ids)))
         .set(referrals::status.eq(to))
@@ -184,7 +191,7 @@ pub async fn needs_with_overdue(
     limit: i64,
 ) -> QueryResult<Vec<Uuid>> {
     referrals::table
-        .filter(referrals::status.eq_any(UNDECIDED_STATUSES))
+        .filter(referrals::status.eq_any(undecided_statuses()))
         .filter(referrals::sla_deadline.lt(now))
         .group_by(referrals::need_id)
         .order_by((
@@ -207,7 +214,7 @@ pub async fn claim_overdue(
 ) -> QueryResult<Vec<ReferralRow>> {
     referrals::table
         .filter(referrals::need_id.eq(need_id))
-        .filter(referrals::status.eq_any(UNDECIDED_STATUSES))
+        .filter(referrals::status.eq_any(undecided_statuses()))
         .filter(referrals::sla_deadline.lt(now))
         .order_by(referrals::id)
         .select(ReferralRow::as_select())
@@ -268,15 +275,21 @@ pub async fn lender_stats(
 ) -> QueryResult<Vec<LenderStatsRow>> {
     diesel::sql_query(
         "SELECT lender_id, \
-           count(*) FILTER (WHERE status IN ('APPROVED', 'DISBURSED')) AS approvals, \
-           count(*) FILTER (WHERE status IN ('APPROVED', 'DISBURSED', 'DECLINED')) AS decisions, \
+           count(*) FILTER (WHERE status = ANY($3::text[])) AS approvals, \
+           count(*) FILTER (WHERE status = ANY($3::text[]) OR status = $4) AS decisions, \
            count(*) FILTER (WHERE first_response_at <= sla_deadline) AS sla_met, \
            count(*) FILTER (WHERE first_response_at IS NOT NULL \
-                            OR (sla_deadline < $2 AND status <> 'CANCELLED')) AS sla_due \
+                            OR (sla_deadline < $2 AND status <> $5)) AS sla_due \
          FROM referrals WHERE created_at >= $1 GROUP BY lender_id",
     )
     .bind::<Timestamptz, _>(since)
     .bind::<Timestamptz, _>(now)
+    .bind::<Array<Text>, _>(super::statuses(
+        ReferralStatus::ALL,
+        ReferralStatus::is_approved,
+    ))
+    .bind::<Text, _>(ReferralStatus::Declined)
+    .bind::<Text, _>(ReferralStatus::Cancelled)
     .load(conn)
     .await
 }

@@ -9,11 +9,12 @@
 
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use super::Connection;
+use crate::domain::{AllocationStatus, NeedStatus, ReferralStatus};
 use diesel::QueryResult;
 
 /// Which needs a summary covers. Prefixes are validated codes (digits, or a letter and digits),
@@ -26,7 +27,8 @@ pub struct CohortFilter {
     pub industry_prefix: String,
 }
 
-/// The cohort, binds $1 (from), $2 (to), $3 (region prefix), $4 (industry prefix).
+/// The cohort, binds $1 (from), $2 (to), $3 (region prefix), $4 (industry prefix); every query
+/// over it takes the statuses it counts as binds after these.
 const COHORT: &str = "\
     cohort AS ( \
         SELECT n.id, n.enterprise_id, n.amount_minor, n.status, e.region_code, e.industry_code \
@@ -36,12 +38,13 @@ const COHORT: &str = "\
           AND e.region_code LIKE $3 || '%' \
           AND e.industry_code LIKE $4 || '%')";
 
-/// Live allocations counted by the program breakdown, same binds as [`COHORT`].
+/// Live allocations counted by the program breakdown: the binds of [`COHORT`], then $5, the live
+/// statuses ([`AllocationStatus::is_live`]).
 const LIVE_ALLOCATIONS: &str = "\
     live AS ( \
         SELECT a.program_id, a.enterprise_id, a.amount_minor, a.status, a.subsidy_minor \
         FROM allocations a JOIN enterprises e ON e.id = a.enterprise_id \
-        WHERE a.status IN ('RESERVED', 'CONFIRMED') \
+        WHERE a.status = ANY($5::text[]) \
           AND ($1::timestamptz IS NULL OR a.created_at >= $1::timestamptz) \
           AND a.created_at < coalesce($2::timestamptz, now()) \
           AND e.region_code LIKE $3 || '%' \
@@ -117,7 +120,7 @@ pub async fn need_groups(
                 count(*) FILTER (WHERE routed) AS routed_needs, \
                 count(*) FILTER (WHERE approved) AS approved_needs, \
                 coalesce(sum(approved_minor), 0)::bigint AS approved_minor, \
-                count(*) FILTER (WHERE status = 'FUNDED') AS funded_needs, \
+                count(*) FILTER (WHERE status = $7) AS funded_needs, \
                 coalesce(sum(disbursed_minor), 0)::bigint AS disbursed_minor \
          FROM facts \
          GROUP BY GROUPING SETS ((), (industry_group), (region_group)) \
@@ -126,6 +129,7 @@ pub async fn need_groups(
     with_cohort!(query, filter)
         .bind::<Integer, _>(industry_group_length)
         .bind::<Integer, _>(region_group_length)
+        .bind::<Text, _>(NeedStatus::Funded)
         .load(conn)
         .await
 }
@@ -193,10 +197,9 @@ pub async fn lender_groups(
          SELECT r.lender_id, l.name AS lender_name, \
                 count(*) AS referrals, \
                 count(*) FILTER (WHERE r.approved_amount_minor IS NOT NULL) AS approvals, \
-                count(*) FILTER (WHERE r.status = 'DECLINED') AS declines, \
-                count(*) FILTER (WHERE r.status = 'EXPIRED') AS expirations, \
-                count(*) FILTER (WHERE r.status IN \
-                    ('PENDING', 'ACKNOWLEDGED', 'INFO_REQUESTED', 'APPROVED')) AS open_referrals, \
+                count(*) FILTER (WHERE r.status = $5) AS declines, \
+                count(*) FILTER (WHERE r.status = $6) AS expirations, \
+                count(*) FILTER (WHERE r.status = ANY($7::text[])) AS open_referrals, \
                 coalesce(sum(r.approved_amount_minor), 0)::bigint AS approved_minor, \
                 coalesce(paid.disbursed_minor, 0) AS disbursed_minor, \
                 round(1e6 * percentile_cont(0.5) WITHIN GROUP ( \
@@ -209,7 +212,12 @@ pub async fn lender_groups(
          GROUP BY r.lender_id, l.name, paid.disbursed_minor \
          ORDER BY l.name, r.lender_id"
     );
-    with_cohort!(query, filter).load(conn).await
+    with_cohort!(query, filter)
+        .bind::<Text, _>(ReferralStatus::Declined)
+        .bind::<Text, _>(ReferralStatus::Expired)
+        .bind::<Array<Text>, _>(super::referrals::open_statuses())
+        .load(conn)
+        .await
 }
 
 #[derive(Debug, Clone, QueryableByName)]
@@ -231,11 +239,14 @@ pub async fn declines(
         "WITH {COHORT} \
          SELECT r.lender_id, r.decline_reason AS reason, count(*) AS count \
          FROM referrals r JOIN cohort c ON c.id = r.need_id \
-         WHERE r.status = 'DECLINED' \
+         WHERE r.status = $5 \
          GROUP BY r.lender_id, r.decline_reason \
          ORDER BY r.lender_id, r.decline_reason"
     );
-    with_cohort!(query, filter).load(conn).await
+    with_cohort!(query, filter)
+        .bind::<Text, _>(ReferralStatus::Declined)
+        .load(conn)
+        .await
 }
 
 #[derive(Debug, Clone, QueryableByName)]
@@ -274,7 +285,7 @@ pub async fn program_groups(
                 count(DISTINCT live.enterprise_id) AS enterprises, \
                 count(live.program_id) AS allocations, \
                 coalesce(sum(live.amount_minor), 0)::bigint AS allocated_minor, \
-                coalesce(sum(live.amount_minor) FILTER (WHERE live.status = 'CONFIRMED'), 0)::bigint \
+                coalesce(sum(live.amount_minor) FILTER (WHERE live.status = $6), 0)::bigint \
                     AS confirmed_minor, \
                 coalesce(sum(live.subsidy_minor), 0)::bigint AS subsidy_minor, \
                 p.total_quota_minor, \
@@ -283,7 +294,14 @@ pub async fn program_groups(
          GROUP BY p.id \
          ORDER BY p.code"
     );
-    with_cohort!(query, filter).load(conn).await
+    with_cohort!(query, filter)
+        .bind::<Array<Text>, _>(super::statuses(
+            AllocationStatus::ALL,
+            AllocationStatus::is_live,
+        ))
+        .bind::<Text, _>(AllocationStatus::Confirmed)
+        .load(conn)
+        .await
 }
 
 #[derive(Debug, Clone, QueryableByName)]
@@ -308,9 +326,10 @@ pub async fn open_referrals_by_lender(conn: &mut Connection) -> QueryResult<Vec<
     diesel::sql_query(
         "SELECT l.id::text AS key, count(r.id) AS count \
          FROM lenders l LEFT JOIN referrals r ON r.lender_id = l.id \
-             AND r.status IN ('PENDING', 'ACKNOWLEDGED', 'INFO_REQUESTED', 'APPROVED') \
+             AND r.status = ANY($1::text[]) \
          GROUP BY l.id ORDER BY l.id",
     )
+    .bind::<Array<Text>, _>(super::referrals::open_statuses())
     .load(conn)
     .await
 }

@@ -18,7 +18,7 @@ use super::schema::{
     allocations, designations, disbursements, needs, program_enterprises, program_lender_quotas,
     programs, referrals,
 };
-use crate::domain::{AllocationStatus, ReleaseReason};
+use crate::domain::{AllocationStatus, ReferralStatus, ReleaseReason};
 
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
 #[diesel(table_name = programs)]
@@ -94,7 +94,7 @@ pub struct AllocationRow {
     pub rate_bps: i32,
     pub term_months: i32,
     pub loan_date: NaiveDate,
-    pub status: String,
+    pub status: AllocationStatus,
     pub subsidy_minor: i64,
     pub effective_rate_bps: i32,
     pub designation_id: Option<Uuid>,
@@ -109,7 +109,7 @@ pub struct AllocationRow {
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
-    pub release_reason: Option<String>,
+    pub release_reason: Option<ReleaseReason>,
 }
 
 #[derive(Debug, Insertable)]
@@ -133,11 +133,11 @@ pub struct NewAllocation<'a> {
 
 /// Filters of ListAllocations; `None` and empty lists mean "any".
 #[derive(Debug, Default, Clone)]
-pub struct AllocationFilter<'a> {
+pub struct AllocationFilter {
     pub program_id: Option<Uuid>,
     pub lender_id: Option<Uuid>,
     pub enterprise_id: Option<Uuid>,
-    pub statuses: Vec<&'a str>,
+    pub statuses: Vec<AllocationStatus>,
 }
 
 /// A designation an allocation may rely on.
@@ -449,7 +449,7 @@ pub async fn lender_holds_referral(
     conn: &mut Connection,
     lender_id: Uuid,
     enterprise_id: Uuid,
-    statuses: &[&str],
+    statuses: &[ReferralStatus],
 ) -> QueryResult<bool> {
     diesel::select(diesel::dsl::exists(
         referrals::table
@@ -536,7 +536,7 @@ pub async fn confirm_allocation(
 ) -> QueryResult<AllocationRow> {
     diesel::update(allocations::table.find(id))
         .set((
-            allocations::status.eq(AllocationStatus::Confirmed.as_str()),
+            allocations::status.eq(AllocationStatus::Confirmed),
             allocations::loan_reference.eq(loan_reference),
             allocations::disbursed_on.eq(disbursed_on),
         ))
@@ -552,8 +552,8 @@ pub async fn release_allocation(
 ) -> QueryResult<AllocationRow> {
     diesel::update(allocations::table.find(id))
         .set((
-            allocations::status.eq(AllocationStatus::Released.as_str()),
-            allocations::release_reason.eq(why.as_str()),
+            allocations::status.eq(AllocationStatus::Released),
+            allocations::release_reason.eq(why),
         ))
         .returning(AllocationRow::as_returning())
         .get_result(conn)
@@ -567,7 +567,7 @@ pub async fn lapsed_reservations(
     limit: i64,
 ) -> QueryResult<Vec<Uuid>> {
     allocations::table
-        .filter(allocations::status.eq(AllocationStatus::Reserved.as_str()))
+        .filter(allocations::status.eq(AllocationStatus::Reserved))
         .filter(allocations::expires_at.le(now))
         .order_by((allocations::expires_at, allocations::id))
         .select(allocations::id)
@@ -586,7 +586,7 @@ pub async fn lock_lapsed(
 ) -> QueryResult<Option<AllocationRow>> {
     allocations::table
         .filter(allocations::id.eq(id))
-        .filter(allocations::status.eq(AllocationStatus::Reserved.as_str()))
+        .filter(allocations::status.eq(AllocationStatus::Reserved))
         .filter(allocations::expires_at.le(now))
         .select(AllocationRow::as_select())
         .for_update()
@@ -629,7 +629,7 @@ pub async fn recorded_loan(
 /// One page in (created_at, id) order, after `after` if given; fetches `limit` rows.
 pub async fn list_allocations(
     conn: &mut Connection,
-    filter: &AllocationFilter<'_>,
+    filter: &AllocationFilter,
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> QueryResult<Vec<AllocationRow>> {
@@ -648,8 +648,7 @@ pub async fn list_allocations(
         query = query.filter(allocations::enterprise_id.eq(enterprise_id));
     }
     if !filter.statuses.is_empty() {
-        let statuses: Vec<String> = filter.statuses.iter().map(|s| (*s).to_owned()).collect();
-        query = query.filter(allocations::status.eq_any(statuses));
+        query = query.filter(allocations::status.eq_any(filter.statuses.clone()));
     }
     if let Some((created_at, id)) = after {
         query = query.filter(

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
-use finmatch::domain::Role;
+use finmatch::domain::{
+    Channel, Collateral, NeedStatus, Purpose, ReferralEventKind, ReferralStatus, Role,
+};
 use finmatch::grpc::pb;
 use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
 use finmatch::grpc::pb::financing_service_client::FinancingServiceClient;
@@ -204,14 +206,14 @@ async fn unconsented(app: &TestApp, bank: &Bank) -> Uuid {
             enterprise_id,
             amount_minor: 1_000_000,
             term_months: 12,
-            purpose: "WORKING_CAPITAL",
-            collateral: vec!["CREDIT"],
+            purpose: Purpose::WorkingCapital,
+            collateral: vec![Collateral::Credit],
             max_rate_bps: None,
             needed_by: Utc::now().date_naive() + TimeDelta::days(60),
             consent_to_share: false,
-            channel: "BUREAU",
+            channel: Channel::Bureau,
             note: "",
-            status: "ROUTED",
+            status: NeedStatus::Routed,
             idempotency_key: None,
             created_by: creator,
         },
@@ -224,7 +226,7 @@ async fn unconsented(app: &TestApp, bank: &Bank) -> Uuid {
             need_id: need.id,
             lender_id: bank.lender_id,
             product_id: bank.product_id,
-            status: "PENDING",
+            status: ReferralStatus::Pending,
             score: 700,
             factors: serde_json::json!([]),
             sla_deadline: Utc::now() + TimeDelta::hours(48),
@@ -1122,7 +1124,7 @@ async fn two_banks_funding_one_need_at_once_never_fund_it_twice() {
             .unwrap()
             .unwrap();
         assert_eq!(need.funded_minor, 1_000_000, "round {round}");
-        assert_eq!(need.status, "FUNDED", "round {round}");
+        assert_eq!(need.status, NeedStatus::Funded, "round {round}");
     }
 }
 
@@ -1196,8 +1198,8 @@ async fn watch_pages_through_more_stored_events_than_one_read() {
                 referral_id: row.id,
                 lender_id: row.lender_id,
                 need_id: row.need_id,
-                kind: "CREATED",
-                status: "PENDING",
+                kind: ReferralEventKind::Created,
+                status: ReferralStatus::Pending,
                 detail: serde_json::json!({}),
             },
         )
@@ -1542,8 +1544,8 @@ async fn a_stream_that_falls_behind_catches_up_from_the_table_without_gap_or_rep
                                 referral_id: referral.id,
                                 lender_id: referral.lender_id,
                                 need_id: referral.need_id,
-                                kind: "CREATED",
-                                status: "PENDING",
+                                kind: ReferralEventKind::Created,
+                                status: ReferralStatus::Pending,
                                 detail: serde_json::json!({}),
                             },
                         )

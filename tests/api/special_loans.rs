@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use finmatch::domain::Role;
+use finmatch::domain::{Collateral, NeedStatus, Purpose, ReferralStatus, Role};
 use finmatch::grpc::pb;
 use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
 use finmatch::grpc::pb::lender_service_client::LenderServiceClient;
@@ -137,7 +137,7 @@ impl World {
 
     /// Gives `lender` a referral of `status` for a new need of `enterprise`, stored directly (the
     /// allocation rules care only that it exists): the lender gets a product for it.
-    async fn referral(&self, lender: Uuid, enterprise: Uuid, status: &str) -> Uuid {
+    async fn referral(&self, lender: Uuid, enterprise: Uuid, status: ReferralStatus) -> Uuid {
         use finmatch::storage;
         let product = self.product(lender).await;
         let creator = self
@@ -161,18 +161,18 @@ impl World {
                 enterprise_id: enterprise,
                 amount_minor: 1_000_000,
                 term_months: 12,
-                purpose: "WORKING_CAPITAL",
-                collateral: vec!["CREDIT"],
+                purpose: Purpose::WorkingCapital,
+                collateral: vec![Collateral::Credit],
                 max_rate_bps: None,
                 needed_by: chrono::NaiveDate::from_ymd_opt(2030, 1, 1).unwrap(),
                 consent_to_share: true,
-                channel: "BUREAU",
+                channel: finmatch::domain::Channel::Bureau,
                 note: "",
                 // A closed referral's need is closed too (one open need per purpose).
-                status: if status == "EXPIRED" {
-                    "EXPIRED"
+                status: if status == ReferralStatus::Expired {
+                    NeedStatus::Expired
                 } else {
-                    "ROUTED"
+                    NeedStatus::Routed
                 },
                 idempotency_key: None,
                 created_by: creator,
@@ -941,7 +941,7 @@ async fn a_lender_sees_and_touches_only_its_own_allocations_and_quota() {
     let portal = w.app.token(Role::Portal, None).await;
     let client = w.client.clone();
     // The bureau referred e1 to bank A (a lender allocates only for such an enterprise).
-    w.referral(a, e1, "ACKNOWLEDGED").await;
+    w.referral(a, e1, ReferralStatus::Acknowledged).await;
 
     let own = allocate_as(&client, &token_a, loan(program, a, e1, 1_000_000))
         .await
@@ -1533,7 +1533,7 @@ async fn a_lender_reserves_only_for_an_enterprise_referred_to_it_and_learns_noth
         .await
         .unwrap_err();
     assert_eq!(squat.code(), Code::NotFound, "{squat:?}");
-    w.referral(a, e, "EXPIRED").await;
+    w.referral(a, e, ReferralStatus::Expired).await;
     let squat = allocate_as(&client, &token_a, loan(program, a, e, 1))
         .await
         .unwrap_err();
@@ -1543,7 +1543,7 @@ async fn a_lender_reserves_only_for_an_enterprise_referred_to_it_and_learns_noth
     // Bank B lends to it through the bureau; bank A, referred it too, is refused under the
     // one-bank rule without learning who B is or what B lends.
     w.allocate(loan(program, b, e, 1_234_567)).await.unwrap();
-    w.referral(a, e, "ACKNOWLEDGED").await;
+    w.referral(a, e, ReferralStatus::Acknowledged).await;
     let status = allocate_as(&client, &token_a, loan(program, a, e, 1_000_000))
         .await
         .unwrap_err();
@@ -1563,7 +1563,7 @@ async fn a_lender_reserves_only_for_an_enterprise_referred_to_it_and_learns_noth
 
     // Referred a live need of another enterprise, the bank reserves as before.
     let other = w.key_enterprise(2).await;
-    w.referral(a, other, "PENDING").await;
+    w.referral(a, other, ReferralStatus::Pending).await;
     allocate_as(&client, &token_a, loan(program, a, other, 1_000_000))
         .await
         .expect("a referred enterprise");
@@ -1852,7 +1852,7 @@ async fn a_reservation_lapses_after_its_programs_hours_and_is_released_once_acro
 
     // A reservation made through a referral: its lender hears of the lapse on its feed.
     let e = w.key_enterprise(300).await;
-    let referral = w.referral(a, e, "ACKNOWLEDGED").await;
+    let referral = w.referral(a, e, ReferralStatus::Acknowledged).await;
     let through = w
         .allocate(pb::AllocateSpecialLoanRequest {
             referral_id: referral.to_string(),
