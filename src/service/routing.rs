@@ -15,7 +15,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
-use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -31,9 +30,15 @@ use crate::matching::{
     Candidate, MatchEnterprise, MatchNeed, MatchProduct, ProductCatalog, RoutingPolicy, evaluate,
 };
 use crate::storage::catalog::CatalogVersion;
+use crate::storage::listen::ListenEvent;
 use crate::storage::needs::NeedRow;
 use crate::storage::referrals::{NewReferral, NewReferralEvent, ReferralRow};
 use crate::storage::{self, Connection};
+
+/// The pause between two tries of a catalog reload that failed, and how many tries a change
+/// gets before the watcher leaves the catalog stale (checked against the database per call).
+const RELOAD_RETRY: Duration = Duration::from_secs(1);
+const RELOAD_TRIES: u32 = 5;
 
 /// The `application_name` of the connection listening for product changes.
 pub const PRODUCT_LISTENER_NAME: &str = "finmatch product listener";
@@ -188,6 +193,12 @@ impl App {
         self.products().listening.load(Ordering::SeqCst)
     }
 
+    /// Whether this replica answers from its cached catalog (and enterprises): its product
+    /// listener is live and the catalog was reloaded since it started listening.
+    pub fn catalog_trusted(&self) -> bool {
+        self.listening()
+    }
+
     /// Reloads the product catalog now.
     pub async fn reload_products(&self) -> Result<usize> {
         let mut conn = self.conn().await?;
@@ -197,89 +208,91 @@ impl App {
         Ok(count)
     }
 
-    /// Keeps the catalog and the enterprise cache current: loads the catalog, then reloads it on
-    /// every `finmatch_products_changed` notification and drops enterprises named by
-    /// `finmatch_enterprises_changed`. Reconnects with backoff when the listening connection
-    /// breaks (the caches are not trusted meanwhile); runs until the task is dropped.
+    /// Keeps the catalog and the enterprise cache current through the one LISTEN mechanism,
+    /// `storage::listen`: once listening, clears the enterprise cache and loads the catalog;
+    /// then reloads the catalog on `finmatch_products_changed` (once per burst) and drops the
+    /// enterprises named by `finmatch_enterprises_changed`. While the listening connection is
+    /// lost (until it listens again and the catalog is reloaded) the caches are not trusted and
+    /// every call checks the database's catalog version. Runs until the task is dropped.
     pub async fn watch_products(self, database_url: String) {
-        let mut backoff = Duration::from_millis(500);
-        loop {
-            let outcome = self.listen_for_product_changes(&database_url).await;
-            self.products().listening.store(false, Ordering::SeqCst);
-            match outcome {
-                Ok(()) => tracing::warn!("product change listener ended; reconnecting"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "product change listener failed; reconnecting")
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let channels = [PRODUCTS_CHANGED, ENTERPRISES_CHANGED];
+        let listener =
+            storage::listen::listen(&database_url, PRODUCT_LISTENER_NAME, &channels, |event| {
+                let _ = tx.send(event);
+            });
+        let apply = async {
+            // Listening, but the catalog not reloaded since: not trusted yet.
+            let mut trust_pending = false;
+            // A change (or a new connection) the catalog has not been reloaded for; a reload
+            // that gave up is owed until one succeeds, and nothing is trusted meanwhile.
+            let mut reload_owed = false;
+            while let Some(first) = events.recv().await {
+                let mut next = Some(first);
+                while let Some(event) = next.take() {
+                    match event {
+                        ListenEvent::Listening => {
+                            // Changes made before LISTEN took effect are picked up by this clear
+                            // and the reload below.
+                            self.enterprise_cache().clear();
+                            trust_pending = true;
+                            reload_owed = true;
+                        }
+                        ListenEvent::Lost => {
+                            self.products().listening.store(false, Ordering::SeqCst);
+                            trust_pending = false;
+                        }
+                        ListenEvent::Notification { channel, payload } => {
+                            if channel == ENTERPRISES_CHANGED {
+                                match payload.parse::<Uuid>() {
+                                    Ok(id) => self.enterprise_cache().evict(id),
+                                    Err(_) => self.enterprise_cache().clear(),
+                                }
+                            } else {
+                                reload_owed = true;
+                            }
+                        }
+                    }
+                    next = events.try_recv().ok();
+                }
+                if reload_owed {
+                    if !self.reload_products_until_done().await {
+                        continue;
+                    }
+                    reload_owed = false;
+                }
+                // Trusted only once nothing that arrived during the reload is left to apply.
+                if trust_pending && events.is_empty() {
+                    self.products().listening.store(true, Ordering::SeqCst);
+                    trust_pending = false;
+                    tracing::debug!("product catalog trusted: listening for changes");
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+        };
+        tokio::select! {
+            _ = listener => {}
+            () = apply => {}
         }
     }
 
-    async fn listen_for_product_changes(&self, database_url: &str) -> anyhow::Result<()> {
-        let mut connector = storage::connect::Connector::new(database_url)?;
-        connector
-            .config_mut()
-            .application_name(PRODUCT_LISTENER_NAME);
-        let (client, mut connection) = connector.connect().await?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        let driver = tokio::spawn(async move {
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                        let note = (n.channel().to_owned(), n.payload().to_owned());
-                        if tx.send(note).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(error = %e, "listening connection closed");
-                        break;
-                    }
+    /// Reloads the catalog, trying again every [`RELOAD_RETRY`] while that fails; false (the
+    /// catalog not trusted and marked stale, so calls check the database) when it gave up.
+    async fn reload_products_until_done(&self) -> bool {
+        for _ in 0..RELOAD_TRIES {
+            match self.reload_products().await {
+                Ok(count) => {
+                    tracing::debug!(products = count, "product catalog reloaded");
+                    return true;
                 }
-            }
-        });
-        client
-            .batch_execute(&format!(
-                "LISTEN {PRODUCTS_CHANGED}; LISTEN {ENTERPRISES_CHANGED}"
-            ))
-            .await?;
-        // Changes made before LISTEN took effect are picked up by this load and this clear.
-        self.enterprise_cache().clear();
-        let count = self.reload_products().await?;
-        self.products().listening.store(true, Ordering::SeqCst);
-        tracing::debug!(products = count, "product catalog loaded");
-        while let Some((channel, payload)) = rx.recv().await {
-            let mut reload = false;
-            let mut note = Some((channel, payload));
-            // A burst of changes needs one reload.
-            while let Some((channel, payload)) = note.take() {
-                if channel == ENTERPRISES_CHANGED {
-                    match payload.parse::<Uuid>() {
-                        Ok(id) => self.enterprise_cache().evict(id),
-                        Err(_) => self.enterprise_cache().clear(),
-                    }
-                } else {
-                    reload = true;
-                }
-                note = rx.try_recv().ok();
-            }
-            if reload {
-                match self.reload_products().await {
-                    Ok(count) => tracing::debug!(products = count, "product catalog reloaded"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reloading the product catalog failed");
-                        break;
-                    }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reloading the product catalog failed");
+                    tokio::time::sleep(RELOAD_RETRY).await;
                 }
             }
         }
-        driver.abort();
-        drop(client);
-        Ok(())
+        self.products().listening.store(false, Ordering::SeqCst);
+        self.products().stale.store(true, Ordering::SeqCst);
+        false
     }
 }
 

@@ -1769,3 +1769,103 @@ async fn a_product_deactivated_on_another_replica_is_not_routed_to() {
         pb::Ineligibility::ProductInactive as i32
     );
 }
+
+/// Waits until `app`'s catalog is trusted (its product listener live) or not.
+async fn catalog_trusted(app: &TestApp, trusted: bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.app.catalog_trusted() != trusted {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the catalog did not become {} within 10 s",
+            if trusted { "trusted" } else { "distrusted" }
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_product_listener_is_cut_sees_changes_at_once_then_listens_again() {
+    let app = TestApp::spawn().await;
+    let replica = app.replica().await;
+    let (eligible, _, _) = market(&app).await;
+    let enterprise_id = enterprise(&app).await;
+    let preview = |app: &TestApp| {
+        let mut client = financing(app);
+        let request = authed(
+            pb::PreviewMatchesRequest {
+                subject: Some(pb::preview_matches_request::Subject::Need(need(
+                    &enterprise_id,
+                    pb::Purpose::Payroll,
+                ))),
+                ..Default::default()
+            },
+            &app.operator,
+        );
+        async move { client.preview_matches(request).await.unwrap().into_inner() }
+    };
+    let set_active = |active: bool, product_id: String| {
+        let mut client = LenderServiceClient::new(replica.channel.clone());
+        let request = authed(
+            pb::UpdateProductRequest {
+                product: Some(pb::Product {
+                    id: product_id,
+                    active: Some(active),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["active".into()],
+                }),
+            },
+            &replica.operator,
+        );
+        async move { client.update_product(request).await.unwrap() }
+    };
+    catalog_trusted(&app, true).await;
+    let cheapest = preview(&app).await.candidates[0].clone();
+    assert_eq!(cheapest.lender_id, eligible[0]);
+    assert!(cheapest.eligible);
+
+    // Both replicas' listening connections die.
+    let (db, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let terminated = db
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1",
+            &[&finmatch::service::routing::PRODUCT_LISTENER_NAME],
+        )
+        .await
+        .unwrap();
+    assert_eq!(terminated.len(), 2, "one product listener per replica");
+    catalog_trusted(&app, false).await;
+
+    // A change made on the other replica while this one hears nothing is seen by this one's
+    // very next call: untrusted, the catalog is checked against the database's version.
+    set_active(false, cheapest.product_id.clone()).await;
+    let seen = preview(&app).await.candidates;
+    let product = seen
+        .iter()
+        .find(|c| c.product_id == cheapest.product_id)
+        .unwrap();
+    assert!(!product.eligible, "the change is seen at once");
+
+    // The listener reconnects, reloads and is trusted again; the notification path then carries
+    // the next change.
+    catalog_trusted(&app, true).await;
+    set_active(true, cheapest.product_id.clone()).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let back = preview(&app).await.candidates;
+        if back[0].product_id == cheapest.product_id && back[0].eligible {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reactivation was not heard within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(app.app.catalog_trusted());
+}
