@@ -959,7 +959,7 @@ impl Submitted {
     fn new(
         need: &NewNeed,
         routes: &[&crate::matching::Candidate<'_>],
-        catalog: &routing::Catalog,
+        catalog: &super::catalog::Catalog,
         now: DateTime<Utc>,
     ) -> Self {
         let id = Uuid::now_v7();
@@ -1147,7 +1147,7 @@ fn is_taken(e: &Error) -> bool {
 async fn expire_referrals(
     conn: &mut Connection,
     app: &App,
-    catalog: std::sync::Arc<routing::Catalog>,
+    catalog: std::sync::Arc<super::catalog::Catalog>,
     need_id: Uuid,
     now: DateTime<Utc>,
 ) -> Result<Option<SweepReport>> {

@@ -12,7 +12,7 @@
 //! its own call, so a designation granted or revoked a moment ago on another replica always
 //! counts). Entries are dropped by `finmatch_enterprises_changed`, which every change of an
 //! enterprise or its designations sends in its transaction, and are trusted only while this
-//! replica's listener is connected (see [`super::routing`]): with the listener down every preview
+//! replica's listener is connected (see [`super::catalog`]): with the listener down every preview
 //! reads the database.
 
 use std::collections::HashMap;
@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use uuid::Uuid;
 
+use super::catalog::Catalog;
 use super::enterprises::Enterprise;
-use super::routing::Catalog;
 use super::{App, Result};
 use crate::matching::{Activity, LenderStats};
 use crate::storage::{self, Connection};

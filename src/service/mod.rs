@@ -38,6 +38,7 @@ use crate::storage::{self, DbPool, PooledConnection};
 
 pub mod access;
 pub mod audit;
+pub mod catalog;
 pub mod credentials;
 pub mod enterprises;
 pub mod error;
@@ -63,7 +64,7 @@ pub struct App {
 struct Inner {
     pool: DbPool,
     /// Products as matching reads them; refreshed, never authoritative (see `routing`).
-    products: routing::ProductCache,
+    products: catalog::ProductCache,
     /// Today's usage and lenders' records (see `market`).
     activity: market::ActivityCache,
     /// Enterprises for previews (see `market`).
@@ -96,7 +97,7 @@ impl App {
         Self {
             inner: Arc::new(Inner {
                 pool,
-                products: routing::ProductCache::default(),
+                products: catalog::ProductCache::default(),
                 activity: market::ActivityCache::default(),
                 enterprises: market::EnterpriseCache::default(),
                 credentials: credentials::CredentialCache::default(),
@@ -116,7 +117,7 @@ impl App {
         self.inner.calendar
     }
 
-    pub(crate) fn products(&self) -> &routing::ProductCache {
+    pub(crate) fn products(&self) -> &catalog::ProductCache {
         &self.inner.products
     }
 

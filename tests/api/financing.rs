@@ -1834,7 +1834,7 @@ async fn a_replica_whose_product_listener_is_cut_sees_changes_at_once_then_liste
         .query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE datname = current_database() AND application_name = $1",
-            &[&finmatch::service::routing::PRODUCT_LISTENER_NAME],
+            &[&finmatch::service::catalog::PRODUCT_LISTENER_NAME],
         )
         .await
         .unwrap();

@@ -125,7 +125,7 @@ async fn a_server_on_a_tls_only_postgresql_migrates_serves_and_listens_over_veri
     let client = Connector::new(&admin).unwrap().client().await.unwrap();
     let wanted = [
         finmatch::service::credentials::LISTENER_NAME,
-        finmatch::service::routing::PRODUCT_LISTENER_NAME,
+        finmatch::service::catalog::PRODUCT_LISTENER_NAME,
     ];
     let deadline = Instant::now() + Duration::from_secs(15);
     let connections = loop {
