@@ -76,7 +76,9 @@ pub async fn load(app: &App) -> anyhow::Result<Loaded> {
     // A connection of its own, out of the pool: when it goes, whatever the reason, the session
     // and its lock go with it.
     let mut guard = deadpool::managed::Object::take(app.conn().await?);
-    crate::storage::locks::lock_demo_load(&mut guard).await?;
+    // The sweeper must not expire the 2020 needs while they are being replayed; the load
+    // expires what is left open itself, below.
+    crate::storage::locks::hold_expiry(&mut guard).await?;
     // Scores must not depend on how long the load takes (lender records are otherwise counted
     // again every 30 s), or two loads would play different rounds.
     let pin = app.pin_lender_stats();
@@ -84,7 +86,7 @@ pub async fn load(app: &App) -> anyhow::Result<Loaded> {
         .instrument(tracing::info_span!(crate::telemetry::DEMO_SPAN))
         .await;
     drop(pin);
-    let unlocked = crate::storage::locks::unlock_demo_load(&mut guard).await;
+    let unlocked = crate::storage::locks::release_expiry(&mut guard).await;
     drop(guard);
     // The load's own error says more than a failed unlock after it.
     let loaded = outcome?;

@@ -1205,12 +1205,12 @@ async fn expire_referrals(
 }
 
 /// Expires a batch of open needs whose `needed_by` is before `today`, cancelling their open
-/// referrals; none while the demo loader runs. Returns how many needs were expired. The needs
-/// are claimed with `SKIP LOCKED` (never waiting for a need), then their referrals are locked
-/// by the updates: the lock order of `service`, need before its referrals.
+/// referrals; none while some session holds expiry (`storage::locks::hold_expiry`: a writer of
+/// back-dated needs, which expires them itself when it is done). Returns how many needs were
+/// expired. The needs are claimed with `SKIP LOCKED` (never waiting for a need), then their
+/// referrals are locked by the updates: the lock order of `service`, need before its referrals.
 async fn expire_needs(conn: &mut Connection, today: NaiveDate) -> Result<usize> {
-    if storage::locks::demo_load_running(conn).await? {
-        // The demo loader replays needs dated 2020; it expires them itself when it is done.
+    if storage::locks::expiry_held(conn).await? {
         return Ok(0);
     }
     // Only needs nobody approved: an approval is not voided by the calendar.

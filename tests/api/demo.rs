@@ -213,13 +213,13 @@ async fn sweepers_leave_overdue_needs_alone_while_a_demo_load_runs() {
     let later = "2031-01-05T00:00:00Z".parse().unwrap();
 
     let mut loader = app.app.conn().await.unwrap();
-    finmatch::storage::locks::lock_demo_load(&mut loader)
+    finmatch::storage::locks::hold_expiry(&mut loader)
         .await
         .unwrap();
     let during = app.app.sweep_once(later).await.unwrap();
     assert_eq!(during.expired_needs, 0);
 
-    finmatch::storage::locks::unlock_demo_load(&mut loader)
+    finmatch::storage::locks::release_expiry(&mut loader)
         .await
         .unwrap();
     let after = app.app.sweep_once(later).await.unwrap();
