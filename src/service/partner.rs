@@ -8,11 +8,13 @@
 //! SLA sweeper, take turns instead of deadlocking.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel_async::AsyncConnection as _;
 use uuid::Uuid;
 
+use super::catalog::Catalog;
 use super::enterprises::{Enterprise, to_enterprise};
 use super::error::TRIES;
 use super::financing::{Need, Referral, to_need, to_referral};
@@ -259,107 +261,22 @@ impl App {
                             return Ok(Decided::Replayed(saved));
                         }
                         let row = locked(conn, lender_id, id).await?;
-                        let status = row.status;
                         let row = match &decision {
                             Decision::Approve {
                                 amount_minor,
                                 rate_bps,
                                 term_months,
                             } => {
-                                require(&row, status, ReferralStatus::Approved)?;
-                                let product = product_of(conn, &row).await?;
-                                let mut v = crate::domain::Violations::default();
-                                within(
-                                    &mut v,
-                                    "approve.amount_minor",
-                                    *amount_minor,
-                                    product.min_amount_minor,
-                                    product.max_amount_minor,
-                                );
-                                within(
-                                    &mut v,
-                                    "approve.rate_bps",
-                                    *rate_bps,
-                                    product.min_rate_bps,
-                                    product.max_rate_bps,
-                                );
-                                within(
-                                    &mut v,
-                                    "approve.term_months",
-                                    *term_months,
-                                    product.min_term_months,
-                                    product.max_term_months,
-                                );
-                                v.finish()?;
-                                let unfunded = need.amount_minor - need.funded_minor;
-                                if *amount_minor > unfunded {
-                                    return Err(exceeds_unfunded(need.id, *amount_minor, unfunded));
-                                }
-                                let changes = ReferralChanges {
-                                    status: Some(ReferralStatus::Approved),
-                                    approved_amount_minor: Some(*amount_minor),
-                                    approved_rate_bps: Some(*rate_bps),
-                                    approved_term_months: Some(*term_months),
-                                    ..Default::default()
-                                };
-                                let detail = serde_json::json!({
-                                    "amount_minor": amount_minor,
-                                    "rate_bps": rate_bps,
-                                    "term_months": term_months,
-                                });
-                                let row =
-                                    change(conn, &who, RPC_DECIDE, &row, &changes, detail).await?;
-                                storage::partner::approve_need(conn, need.id).await?;
-                                row
+                                let terms = (*amount_minor, *rate_bps, *term_months);
+                                approve(conn, &who, &need, row, terms).await?
                             }
                             Decision::Decline { reason, note } => {
-                                require(&row, status, ReferralStatus::Declined)?;
-                                let changes = ReferralChanges {
-                                    status: Some(ReferralStatus::Declined),
-                                    decline_reason: Some(*reason),
-                                    decline_note: Some(note.as_str()),
-                                    ..Default::default()
-                                };
-                                let detail = serde_json::json!({
-                                    "reason": reason.as_str(),
-                                    "note": note.as_str(),
-                                });
-                                let row =
-                                    change(conn, &who, RPC_DECIDE, &row, &changes, detail).await?;
                                 let catalog = catalog.clone().ok_or_else(|| {
                                     Error::Internal(anyhow::anyhow!("decline without catalog"))
                                 })?;
-                                // A decline sends the need on to the next best untried lender.
-                                let routed = if need.status.awaits_approval() {
-                                    route_onwards(
-                                        conn,
-                                        self,
-                                        catalog,
-                                        &need,
-                                        self.policy().top_k,
-                                        Utc::now(),
-                                    )
+                                let reason = (*reason, note);
+                                self.decline(conn, &who, &need, row, catalog, reason)
                                     .await?
-                                    .created
-                                    .into_iter()
-                                    .map(|r| r.id)
-                                    .collect()
-                                } else {
-                                    Vec::new()
-                                };
-                                audit::record(
-                                    conn,
-                                    Some(&who),
-                                    RPC_DECIDE,
-                                    "need",
-                                    need.id,
-                                    serde_json::json!({
-                                        "declined_referral": row.id,
-                                        "new_referrals": routed,
-                                    }),
-                                )
-                                .await?;
-                                row
                             }
                         };
                         let decided = bare(conn, row).await?;
@@ -412,30 +329,68 @@ async fn disburse(
         return replay_disbursement(conn, lender_id, existing, input).await;
     }
     let row = locked(conn, lender_id, input.referral_id).await?;
-    let status = row.status;
-    if !matches!(status, ReferralStatus::Approved | ReferralStatus::Disbursed) {
+    let already = check_loan(conn, &row, input).await?;
+    let Some(funded) = storage::partner::add_funding(conn, need.id, input.amount_minor).await?
+    else {
+        return Err(exceeds_unfunded(
+            need.id,
+            input.amount_minor,
+            need.amount_minor - need.funded_minor,
+        ));
+    };
+    let disbursement = store_disbursement(conn, &row, input).await?;
+    let changes = ReferralChanges {
+        status: Some(ReferralStatus::Disbursed),
+        ..Default::default()
+    };
+    let detail = serde_json::json!({
+        "disbursement_id": disbursement.id,
+        "loan_reference": reference,
+        "amount_minor": input.amount_minor,
+        "need_funded_minor": funded.funded_minor,
+    });
+    let row = change(conn, who, RPC_DISBURSE, &row, &changes, detail).await?;
+    if funded.status == NeedStatus::Funded {
+        close_funded(conn, who, need.id, row.id).await?;
+    }
+    let disbursed_minor = already + input.amount_minor;
+    Ok(Recorded {
+        disbursement,
+        referral: LenderReferral {
+            referral: to_referral(row)?,
+            disbursed_minor,
+            need: Some(to_need(funded)?),
+            enterprise: None,
+        },
+    })
+}
+
+/// What a loan on the locked referral `row` must satisfy: the referral APPROVED (or DISBURSED,
+/// for a further tranche), the rate and term within the product's ranges, and all tranches
+/// within the approved amount. Returns what is disbursed on it already.
+async fn check_loan(
+    conn: &mut Connection,
+    row: &ReferralRow,
+    input: &DisbursementInput,
+) -> Result<i64> {
+    if !matches!(
+        row.status,
+        ReferralStatus::Approved | ReferralStatus::Disbursed
+    ) {
         return Err(Error::illegal_transition(
             ("referral_id", row.id),
-            status,
+            row.status,
             ReferralStatus::Disbursed,
         ));
     }
-    let product = product_of(conn, &row).await?;
+    let product = product_of(conn, row).await?;
     let mut v = crate::domain::Violations::default();
-    within(
-        &mut v,
-        "rate_bps",
-        input.rate_bps,
-        product.min_rate_bps,
-        product.max_rate_bps,
+    let (rates, terms) = (
+        (product.min_rate_bps, product.max_rate_bps),
+        (product.min_term_months, product.max_term_months),
     );
-    within(
-        &mut v,
-        "term_months",
-        input.term_months,
-        product.min_term_months,
-        product.max_term_months,
-    );
+    within(&mut v, "rate_bps", input.rate_bps, rates.0, rates.1);
+    within(&mut v, "term_months", input.term_months, terms.0, terms.1);
     v.finish()?;
     let already = disbursed_on(conn, row.id).await?;
     let approved = row.approved_amount_minor.unwrap_or(0);
@@ -451,87 +406,60 @@ async fn disburse(
         .with_metadata("approved_minor", approved)
         .with_metadata("disbursed_minor", already));
     }
-    let Some(funded) = storage::partner::add_funding(conn, need.id, input.amount_minor).await?
-    else {
-        return Err(exceeds_unfunded(
-            need.id,
-            input.amount_minor,
-            need.amount_minor - need.funded_minor,
-        ));
+    Ok(already)
+}
+
+/// Inserts the disbursement; a concurrent call with the same loan reference that won the race
+/// makes this a conflict, whose retry replays the winner.
+async fn store_disbursement(
+    conn: &mut Connection,
+    row: &ReferralRow,
+    input: &DisbursementInput,
+) -> Result<DisbursementRow> {
+    let new = NewDisbursement {
+        referral_id: row.id,
+        need_id: row.need_id,
+        lender_id: row.lender_id,
+        loan_reference: input.loan_reference.as_str(),
+        amount_minor: input.amount_minor,
+        rate_bps: input.rate_bps,
+        term_months: input.term_months,
+        disbursed_on: input.disbursed_on,
     };
-    let disbursement = match storage::partner::insert_disbursement(
-        conn,
-        &NewDisbursement {
-            referral_id: row.id,
-            need_id: row.need_id,
-            lender_id,
-            loan_reference: reference,
-            amount_minor: input.amount_minor,
-            rate_bps: input.rate_bps,
-            term_months: input.term_months,
-            disbursed_on: input.disbursed_on,
-        },
-    )
-    .await
-    {
-        // A concurrent call with the same reference won; running again replays it.
+    match storage::partner::insert_disbursement(conn, &new).await {
         Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
-            return Err(Error::conflict());
+            Err(Error::conflict())
         }
-        other => other?,
-    };
-    let changes = ReferralChanges {
-        status: Some(ReferralStatus::Disbursed),
-        ..Default::default()
-    };
-    let detail = serde_json::json!({
-        "disbursement_id": disbursement.id,
-        "loan_reference": reference,
-        "amount_minor": input.amount_minor,
-        "need_funded_minor": funded.funded_minor,
-    });
-    let row = change(conn, who, RPC_DISBURSE, &row, &changes, detail).await?;
-    if funded.status == NeedStatus::Funded {
-        // Fully funded through this referral: nobody else may fund it again.
-        let cancelled = storage::referrals::set_status_where(
-            conn,
-            need.id,
-            &storage::referrals::open_statuses(),
-            ReferralStatus::Cancelled,
-        )
-        .await?;
-        for other in &cancelled {
-            append_event(
-                conn,
-                other,
-                ReferralStatus::Cancelled,
-                serde_json::json!({ "cause": "need funded", "funded_by_referral_id": row.id }),
-            )
-            .await?;
-        }
-        audit::record(
-            conn,
-            Some(who),
-            RPC_DISBURSE,
-            "need",
-            need.id,
-            serde_json::json!({
-                "to": NeedStatus::Funded,
-                "cancelled_referrals": cancelled.iter().map(|r| r.id).collect::<Vec<_>>(),
-            }),
-        )
-        .await?;
+        other => Ok(other?),
     }
-    let disbursed_minor = already + input.amount_minor;
-    Ok(Recorded {
-        disbursement,
-        referral: LenderReferral {
-            referral: to_referral(row)?,
-            disbursed_minor,
-            need: Some(to_need(funded)?),
-            enterprise: None,
-        },
-    })
+}
+
+/// A need just funded in full through `by_referral`: every other open referral is CANCELLED
+/// (with its event), so nobody funds it again, and the need's audit row says so.
+async fn close_funded(
+    conn: &mut Connection,
+    who: &Principal,
+    need_id: Uuid,
+    by_referral: Uuid,
+) -> Result<()> {
+    let cancelled = storage::referrals::set_status_where(
+        conn,
+        need_id,
+        &storage::referrals::open_statuses(),
+        ReferralStatus::Cancelled,
+    )
+    .await?;
+    for other in &cancelled {
+        let detail =
+            serde_json::json!({ "cause": "need funded", "funded_by_referral_id": by_referral });
+        append_event(conn, other, ReferralStatus::Cancelled, detail).await?;
+    }
+    let detail = serde_json::json!({
+        "to": NeedStatus::Funded,
+        "cancelled_referrals": cancelled.iter().map(|r| r.id).collect::<Vec<_>>(),
+    });
+    audit::record(conn, Some(who), RPC_DISBURSE, "need", need_id, detail).await?;
+    Ok(())
 }
 
 /// The first result of a disbursement already recorded under this reference, when the payload
@@ -586,6 +514,90 @@ async fn locked(conn: &mut Connection, lender_id: Uuid, id: Uuid) -> Result<Refe
 
 /// The need of the caller's referral, locked: the first lock of every partner use case, taken
 /// before the referral's (the lock order of `service`). NOT_FOUND for another lender's referral.
+/// DecideReferral's approval of the locked referral `row` of the locked `need`: ACKNOWLEDGED →
+/// APPROVED with `(amount_minor, rate_bps, term_months)` within the product's ranges and the
+/// amount within what the need still lacks; the need ROUTED → APPROVED.
+async fn approve(
+    conn: &mut Connection,
+    who: &Principal,
+    need: &NeedRow,
+    row: ReferralRow,
+    (amount_minor, rate_bps, term_months): (i64, i32, i32),
+) -> Result<ReferralRow> {
+    require(&row, row.status, ReferralStatus::Approved)?;
+    let product = product_of(conn, &row).await?;
+    let mut v = crate::domain::Violations::default();
+    let (amounts, rates, terms) = (
+        (product.min_amount_minor, product.max_amount_minor),
+        (product.min_rate_bps, product.max_rate_bps),
+        (product.min_term_months, product.max_term_months),
+    );
+    within(
+        &mut v,
+        "approve.amount_minor",
+        amount_minor,
+        amounts.0,
+        amounts.1,
+    );
+    within(&mut v, "approve.rate_bps", rate_bps, rates.0, rates.1);
+    within(&mut v, "approve.term_months", term_months, terms.0, terms.1);
+    v.finish()?;
+    let unfunded = need.amount_minor - need.funded_minor;
+    if amount_minor > unfunded {
+        return Err(exceeds_unfunded(need.id, amount_minor, unfunded));
+    }
+    let changes = ReferralChanges {
+        status: Some(ReferralStatus::Approved),
+        approved_amount_minor: Some(amount_minor),
+        approved_rate_bps: Some(rate_bps),
+        approved_term_months: Some(term_months),
+        ..Default::default()
+    };
+    let detail = serde_json::json!({
+        "amount_minor": amount_minor,
+        "rate_bps": rate_bps,
+        "term_months": term_months,
+    });
+    let row = change(conn, who, RPC_DECIDE, &row, &changes, detail).await?;
+    storage::partner::approve_need(conn, need.id).await?;
+    Ok(row)
+}
+
+impl App {
+    /// DecideReferral's decline of the locked referral `row` of the locked `need`: PENDING,
+    /// ACKNOWLEDGED or INFO_REQUESTED → DECLINED with the reason and note; a need no lender has
+    /// approved yet goes on to the next best untried lenders of `catalog`.
+    async fn decline(
+        &self,
+        conn: &mut Connection,
+        who: &Principal,
+        need: &NeedRow,
+        row: ReferralRow,
+        catalog: Arc<Catalog>,
+        (reason, note): (DeclineReason, &Note),
+    ) -> Result<ReferralRow> {
+        require(&row, row.status, ReferralStatus::Declined)?;
+        let changes = ReferralChanges {
+            status: Some(ReferralStatus::Declined),
+            decline_reason: Some(reason),
+            decline_note: Some(note.as_str()),
+            ..Default::default()
+        };
+        let detail = serde_json::json!({ "reason": reason.as_str(), "note": note.as_str() });
+        let row = change(conn, who, RPC_DECIDE, &row, &changes, detail).await?;
+        let routed: Vec<Uuid> = if need.status.awaits_approval() {
+            let top_k = self.policy().top_k;
+            let onwards = route_onwards(conn, self, catalog, need, top_k, Utc::now()).await?;
+            onwards.created.into_iter().map(|r| r.id).collect()
+        } else {
+            Vec::new()
+        };
+        let detail = serde_json::json!({ "declined_referral": row.id, "new_referrals": routed });
+        audit::record(conn, Some(who), RPC_DECIDE, "need", need.id, detail).await?;
+        Ok(row)
+    }
+}
+
 async fn lock_need_of(conn: &mut Connection, lender_id: Uuid, id: Uuid) -> Result<NeedRow> {
     storage::partner::lock_need_of(conn, lender_id, id)
         .await?
