@@ -272,7 +272,11 @@ impl Application {
             }
         };
         let serving = std::pin::pin!(serving);
-        let feed = std::pin::pin!(referral_feed.clone().run(app.clone()));
+        let feed = std::pin::pin!(
+            referral_feed
+                .clone()
+                .run(app.clone(), settings.database_url.clone())
+        );
         let result = match futures::future::select(serving, feed).await {
             futures::future::Either::Left((result, feed)) => {
                 // Closed at shutdown: it gives up the relay lease and returns.

@@ -68,8 +68,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection as _;
+use futures::StreamExt as _;
 use futures::stream::BoxStream;
-use futures::{FutureExt as _, StreamExt as _};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -77,6 +77,7 @@ use uuid::Uuid;
 use super::financing::{Referral, to_referral};
 use super::{App, Error, Principal, Result};
 use crate::domain::ReferralEventKind;
+use crate::storage::listen::ListenEvent;
 use crate::storage::partner::EventRow;
 use crate::storage::referrals::ReferralRow;
 use crate::storage::relay::{DELIVERIES_CHANNEL, EVENT_RELAY};
@@ -103,6 +104,38 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// The longest one database step of the feed may take: a connection that stops answering
 /// without closing ends the feed's round, and the feed reconnects.
 const FEED_STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `application_name` of the connection the feed listens for deliveries on.
+pub const FEED_LISTENER_NAME: &str = "finmatch referral feed listener";
+
+/// What the feed's listener reported, in order, and whether it listens now.
+struct Notes {
+    events: tokio::sync::mpsc::UnboundedReceiver<ListenEvent>,
+    listening: bool,
+}
+
+impl Notes {
+    /// The next report; `None` once the listener is gone.
+    async fn next(&mut self) -> Option<ListenEvent> {
+        let event = self.events.recv().await;
+        self.note(event)
+    }
+
+    /// The next report if one is waiting.
+    fn try_next(&mut self) -> Option<ListenEvent> {
+        let event = self.events.try_recv().ok();
+        self.note(event)
+    }
+
+    fn note(&mut self, event: Option<ListenEvent>) -> Option<ListenEvent> {
+        match &event {
+            Some(ListenEvent::Listening) => self.listening = true,
+            Some(ListenEvent::Lost) | None => self.listening = false,
+            Some(ListenEvent::Notification { .. }) => {}
+        }
+        event
+    }
+}
 
 /// A database step of the feed, bounded by [`FEED_STEP_TIMEOUT`] (UNAVAILABLE past it).
 async fn bounded<T, E: Into<Error>>(
@@ -413,19 +446,53 @@ impl ReferralFeed {
     }
 
     /// Follows the event log until [`close`](Self::close): relays while this server holds the
-    /// lease, and fans every new batch out to this server's streams. Reconnects with backoff
-    /// when its connection breaks.
-    pub async fn run(self, app: App) {
-        tokio::join!(self.follow_log(&app), self.end_revoked(&app));
+    /// lease, and fans every new batch out to this server's streams. It hears of new batches on
+    /// `finmatch_referral_deliveries` through `storage::listen` (the one LISTEN mechanism, on a
+    /// connection of its own named [`FEED_LISTENER_NAME`]) and does its reads and the relay's
+    /// writes on a pooled connection; either one failing ends the round, and the feed starts
+    /// again with backoff once the listener listens.
+    pub async fn run(self, app: App, database_url: String) {
+        let (tx, notes) = tokio::sync::mpsc::unbounded_channel();
+        let channels = [DELIVERIES_CHANNEL];
+        let listener =
+            storage::listen::listen(&database_url, FEED_LISTENER_NAME, &channels, |event| {
+                let _ = tx.send(event);
+            });
+        let mut notes = Notes {
+            events: notes,
+            listening: false,
+        };
+        let follow = async {
+            tokio::join!(self.follow_log(&app, &mut notes), self.end_revoked(&app));
+        };
+        tokio::select! {
+            _ = listener => {}
+            () = follow => {}
+        }
     }
 
     /// [`run`](Self::run)'s following of the event log.
-    async fn follow_log(&self, app: &App) {
+    async fn follow_log(&self, app: &App, notes: &mut Notes) {
         let app = app.clone();
         let mut last = None;
         let mut backoff = Duration::from_millis(100);
         while self.is_open() {
-            match self.follow(&app, &mut last).await {
+            // Every delivery committed from here on is notified: the round reads the table's
+            // position only once the listener listens.
+            let mut state = self.shared.state.subscribe();
+            while !notes.listening {
+                tokio::select! {
+                    event = notes.next() => if event.is_none() { return },
+                    _ = state.wait_for(|s| !s.open) => {}
+                }
+                if !self.is_open() {
+                    break;
+                }
+            }
+            if !self.is_open() {
+                break;
+            }
+            match self.follow(&app, &mut last, notes).await {
                 Ok(()) => break,
                 Err(error) => {
                     self.set_relay(false);
@@ -464,13 +531,12 @@ impl ReferralFeed {
         self.shared.counters.relay.store(relay, Ordering::Relaxed);
     }
 
-    /// One connection's worth of [`run`]; `last` is the last delivery cursor fanned out, kept
-    /// across reconnections so nothing is skipped.
-    async fn follow(&self, app: &App, last: &mut Option<i64>) -> Result<()> {
-        // LISTEN needs a connection of its own for as long as it listens: take it out of the pool.
+    /// One round of [`run`], while the listener listens and the pooled connection answers;
+    /// `last` is the last delivery cursor fanned out, kept across rounds so nothing is skipped.
+    async fn follow(&self, app: &App, last: &mut Option<i64>, notes: &mut Notes) -> Result<()> {
+        // The relay's lease is renewed on this connection between waits: keep it for the round.
         let mut conn: Connection =
             diesel_async::pooled_connection::deadpool::Object::take(app.conn().await?);
-        bounded(storage::relay::listen(&mut conn, DELIVERIES_CHANNEL)).await?;
         let mut last_read = match *last {
             Some(cursor) => cursor,
             None => {
@@ -531,25 +597,28 @@ impl ReferralFeed {
             } else {
                 claim_at.min(Instant::now() + IDLE_PROBE)
             };
-            let mut notifications = std::pin::pin!(conn.notifications_stream());
-            // The relay's own notification, or one for a batch read already, needs nothing.
-            let wanted = |note: diesel::pg::PgNotification| {
-                note.payload.parse::<i64>().map_or(true, |c| c > last_read)
+            // The relay's own notification, or one for a batch read already, needs nothing; a
+            // lost listener ends the round (deliveries may go unheard until it listens again).
+            let wanted = |event: ListenEvent| match event {
+                ListenEvent::Notification { payload, .. } => {
+                    Ok(payload.parse::<i64>().map_or(true, |c| c > last_read))
+                }
+                ListenEvent::Listening => Ok(true),
+                ListenEvent::Lost => Err(Error::Unavailable),
             };
             'wait: loop {
                 tokio::select! {
-                    note = notifications.next() => match note {
-                        Some(Ok(note)) => {
-                            let mut wake = wanted(note);
+                    event = notes.next() => match event {
+                        Some(event) => {
+                            let mut wake = wanted(event)?;
                             // Coalesce a burst into one round.
-                            while let Some(Some(next)) = notifications.next().now_or_never() {
-                                wake |= wanted(next?);
+                            while let Some(next) = notes.try_next() {
+                                wake |= wanted(next)?;
                             }
                             if wake {
                                 break 'wait;
                             }
                         }
-                        Some(Err(e)) => return Err(e.into()),
                         None => return Err(Error::Unavailable),
                     },
                     () = tokio::time::sleep_until(wake_at) => break 'wait,

@@ -131,11 +131,3 @@ pub async fn notify_delivered(conn: &mut Connection, last: i64) -> QueryResult<(
         .await
         .map(drop)
 }
-
-/// Starts receiving notifications on `channel` (a constant of this crate, not user input).
-pub async fn listen(conn: &mut Connection, channel: &str) -> QueryResult<()> {
-    diesel::sql_query(format!("LISTEN {channel}"))
-        .execute(conn)
-        .await
-        .map(drop)
-}

@@ -2698,3 +2698,79 @@ async fn concurrent_approvals_of_one_referral_take_effect_once() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_hears_deliveries_again_after_its_listening_connection_is_cut() {
+    let app = TestApp::spawn().await;
+    let replica = app.replica().await;
+    let a = bank(&app, "Hankou Bank").await;
+    eventually("one replica is the relay", || {
+        app.feed.stats().relay || replica.feed.stats().relay
+    })
+    .await;
+    // The replica that is not the relay learns of new deliveries only by notification (or by
+    // its lease check and safety-net probe, every few seconds).
+    let follower = if app.feed.stats().relay {
+        &replica
+    } else {
+        &app
+    };
+
+    let (db, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let name = finmatch::service::events::FEED_LISTENER_NAME;
+    let listeners = async || {
+        db.query(
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = $1 AND state = 'idle'",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .len()
+    };
+    let two_listening = async || {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while listeners().await != 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no two listeners in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    two_listening().await;
+    let terminated = db
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        terminated.len(),
+        2,
+        "each feed listens on a connection of its own"
+    );
+    // The listeners reconnect by themselves and LISTEN again.
+    two_listening().await;
+    // Give the feeds' rounds a moment to start again after their backoff.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Each new referral reaches the follower's stream within a second: by notification, not by
+    // its periodic checks (a wake every 3 to 5 s would miss most of these windows).
+    let mut stream = watch(follower, &a, 0).await;
+    for round in 0..4 {
+        let routed = routed(&app, 1_000_000 + round, &[&a]).await;
+        let live = events(&mut stream, 1, Duration::from_secs(1)).await;
+        let referral = live[0].referral.as_ref().unwrap();
+        assert_eq!(
+            referral.id,
+            routed.referrals[0].to_string(),
+            "round {round}"
+        );
+    }
+}
