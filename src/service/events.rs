@@ -29,9 +29,9 @@
 //! previous one's fsync: pgbench's SubmitNeed transaction drops from about 1,250 to 680 TPS at 16
 //! clients when it adds a `pg_notify` (bench/pgbench, docs/performance.md). PostgreSQL also
 //! refuses PREPARE TRANSACTION after NOTIFY, so writers that never notify can still commit in two
-//! phases on a distributed PostgreSQL. The relay's poll costs two index probes per
-//! [`RELAY_POLL`] on one replica (undelivered events, and its own feed's read of new deliveries)
-//! and bounds the extra delivery delay by it; its own NOTIFY is once per batch.
+//! phases on a distributed PostgreSQL. The relay's poll costs one index probe per
+//! [`RELAY_POLL`] on one replica (undelivered events; its own feed reads new deliveries only
+//! after a batch) and bounds the extra delivery delay by it; its own NOTIFY is once per batch.
 //!
 //! The delivery cursor is `greatest(previous + 1, insertion cursor)`: it equals the insertion
 //! cursor the previous release showed for every event committed in insertion order, in
@@ -553,6 +553,10 @@ impl ReferralFeed {
         let mut relaying = false;
         let mut claim_at = Instant::now();
         let mut relay_at = Instant::now();
+        // Whether new deliveries may be in the table unread: at the start, after a wanted
+        // notification, a relay batch, a lease check or a follower's probe; not after a relay
+        // poll that found nothing to deliver (every 20 ms while relaying, mostly idle).
+        let mut read_due = true;
         loop {
             if !state.borrow_and_update().open {
                 if relaying {
@@ -588,9 +592,13 @@ impl ReferralFeed {
                 if claim {
                     claim_at = Instant::now() + self.shared.lease / 3;
                 }
+                read_due = true;
             }
-            last_read = self.fan_out(&mut conn, last_read).await?;
-            *last = Some(last_read);
+            if read_due {
+                last_read = self.fan_out(&mut conn, last_read).await?;
+                *last = Some(last_read);
+                read_due = false;
+            }
 
             let wake_at = if relaying {
                 claim_at.min(relay_at)
@@ -616,12 +624,17 @@ impl ReferralFeed {
                                 wake |= wanted(next)?;
                             }
                             if wake {
+                                read_due = true;
                                 break 'wait;
                             }
                         }
                         None => return Err(Error::Unavailable),
                     },
-                    () = tokio::time::sleep_until(wake_at) => break 'wait,
+                    () = tokio::time::sleep_until(wake_at) => {
+                        // A follower's probe; the relay's own timer reads after a batch.
+                        read_due |= !relaying;
+                        break 'wait;
+                    }
                     _ = state.changed() => break 'wait,
                 }
             }
