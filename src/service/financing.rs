@@ -619,7 +619,12 @@ impl App {
                                 NeedStatus::Withdrawn,
                             ));
                         }
-                        let cancelled = cancel_open_referrals(conn, id, "need withdrawn").await?;
+                        let cancelled = cancel_open_referrals(
+                            conn,
+                            id,
+                            serde_json::json!({ "reason": "need withdrawn" }),
+                        )
+                        .await?;
                         let row =
                             storage::needs::set_status(conn, id, NeedStatus::Withdrawn, 0).await?;
                         audit::record(
@@ -1217,7 +1222,12 @@ async fn expire_needs(conn: &mut Connection, today: NaiveDate) -> Result<usize> 
     let expiring = storage::statuses(NeedStatus::ALL, |s| s.can_transition(NeedStatus::Expired));
     let overdue = storage::needs::claim_overdue(conn, &expiring, today, SWEEP_BATCH).await?;
     for need in &overdue {
-        let cancelled = cancel_open_referrals(conn, need.id, "need expired").await?;
+        let cancelled = cancel_open_referrals(
+            conn,
+            need.id,
+            serde_json::json!({ "reason": "need expired" }),
+        )
+        .await?;
         storage::needs::set_status(conn, need.id, NeedStatus::Expired, 0).await?;
         audit::record(
             conn,
@@ -1237,11 +1247,12 @@ async fn expire_needs(conn: &mut Connection, today: NaiveDate) -> Result<usize> 
     Ok(overdue.len())
 }
 
-/// Cancels the need's open referrals, each with a CANCELLED event; returns their ids.
-async fn cancel_open_referrals(
+/// Cancels the need's open referrals, each with a CANCELLED event carrying `detail`; returns
+/// their ids.
+pub(crate) async fn cancel_open_referrals(
     conn: &mut Connection,
     need_id: Uuid,
-    why: &str,
+    detail: serde_json::Value,
 ) -> Result<Vec<Uuid>> {
     let cancelled = storage::referrals::set_status_where(
         conn,
@@ -1259,7 +1270,7 @@ async fn cancel_open_referrals(
                 need_id,
                 kind: ReferralEventKind::Cancelled,
                 status: ReferralStatus::Cancelled,
-                detail: serde_json::json!({ "reason": why }),
+                detail: detail.clone(),
             },
         )
         .await?;

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::catalog::Catalog;
 use super::enterprises::{Enterprise, to_enterprise};
 use super::error::TRIES;
-use super::financing::{Need, Referral, to_need, to_referral};
+use super::financing::{Need, Referral, cancel_open_referrals, to_need, to_referral};
 use super::paging::{Cursor, Page, PageRequest};
 use super::routing::route_onwards;
 use super::{App, Error, Idempotency, Principal, Result, audit, error, reason};
@@ -442,22 +442,10 @@ async fn close_funded(
     need_id: Uuid,
     by_referral: Uuid,
 ) -> Result<()> {
-    let cancelled = storage::referrals::set_status_where(
-        conn,
-        need_id,
-        &storage::referrals::open_statuses(),
-        ReferralStatus::Cancelled,
-    )
-    .await?;
-    for other in &cancelled {
-        let detail =
-            serde_json::json!({ "cause": "need funded", "funded_by_referral_id": by_referral });
-        append_event(conn, other, ReferralStatus::Cancelled, detail).await?;
-    }
-    let detail = serde_json::json!({
-        "to": NeedStatus::Funded,
-        "cancelled_referrals": cancelled.iter().map(|r| r.id).collect::<Vec<_>>(),
-    });
+    let detail =
+        serde_json::json!({ "cause": "need funded", "funded_by_referral_id": by_referral });
+    let cancelled = cancel_open_referrals(conn, need_id, detail).await?;
+    let detail = serde_json::json!({ "to": NeedStatus::Funded, "cancelled_referrals": cancelled });
     audit::record(conn, Some(who), RPC_DISBURSE, "need", need_id, detail).await?;
     Ok(())
 }
