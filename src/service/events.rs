@@ -121,10 +121,13 @@ impl Notes {
         self.note(event)
     }
 
-    /// The next report if one is waiting.
+    /// The next report if one is waiting (`None` when none is, or the listener is gone).
     fn try_next(&mut self) -> Option<ListenEvent> {
-        let event = self.events.try_recv().ok();
-        self.note(event)
+        match self.events.try_recv() {
+            Ok(event) => self.note(Some(event)),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => self.note(None),
+        }
     }
 
     fn note(&mut self, event: Option<ListenEvent>) -> Option<ListenEvent> {

@@ -2774,3 +2774,66 @@ async fn the_feed_hears_deliveries_again_after_its_listening_connection_is_cut()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_follows_again_when_its_pooled_connection_is_cut_and_its_listener_is_not() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Jiangxia Bank").await;
+    let mut stream = watch(&app, &a, 0).await;
+    // A first delivery, so the feed has heard a notification while it waited.
+    let first = routed(&app, 1_000_000, &[&a]).await;
+    let live = events(&mut stream, 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        live[0].referral.as_ref().unwrap().id,
+        first.referrals[0].to_string()
+    );
+
+    // Every connection of the server but its listeners: the feed's round fails on its next
+    // step while its listener goes on listening, so no new Listening will come.
+    let (db, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let terminated = db
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND application_name NOT LIKE 'finmatch % listener'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!terminated.is_empty(), "the feed holds a pooled connection");
+    let listening: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = $1",
+            &[&finmatch::service::events::FEED_LISTENER_NAME],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(listening, 1, "the feed's listener is untouched");
+
+    // The next referral reaches the open stream well before its heartbeat is due: the feed
+    // starts a new round on a fresh pooled connection without waiting for its listener.
+    // The pool may hand out a connection that was cut before it notices: wait until calls
+    // go through again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Err(status) = EnterpriseServiceClient::new(app.channel.clone())
+        .list_enterprises(authed(pb::ListEnterprisesRequest::default(), &app.operator))
+        .await
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no call goes through after the cut: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let second = routed(&app, 1_000_001, &[&a]).await;
+    let live = events(&mut stream, 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        live[0].referral.as_ref().unwrap().id,
+        second.referrals[0].to_string()
+    );
+}
