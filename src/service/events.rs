@@ -483,6 +483,8 @@ impl ReferralFeed {
             // Every delivery committed from here on is notified: the round reads the table's
             // position only once the listener listens.
             let mut state = self.shared.state.subscribe();
+            // A Lost reported while the last round was stuck in a step counts before this one.
+            while notes.try_next().is_some() {}
             while !notes.listening {
                 tokio::select! {
                     event = notes.next() => if event.is_none() { return },
@@ -551,7 +553,6 @@ impl ReferralFeed {
                 cursor
             }
         };
-        self.shared.state.send_modify(|s| s.live = true);
         let mut state = self.shared.state.subscribe();
         let mut relaying = false;
         let mut claim_at = Instant::now();
@@ -601,6 +602,11 @@ impl ReferralFeed {
                 last_read = self.fan_out(&mut conn, last_read).await?;
                 *last = Some(last_read);
                 read_due = false;
+            }
+            // Live once this round's first steps (the lease, a read) answered: a round on a
+            // connection that stopped answering never counts, so its streams' heartbeats stop.
+            if !self.shared.state.borrow().live {
+                self.shared.state.send_modify(|s| s.live = true);
             }
 
             let wake_at = if relaying {
