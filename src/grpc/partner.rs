@@ -12,10 +12,9 @@ use crate::domain::{self, DeclineReason, DomainError, Note, ReferralStatus, Viol
 use crate::service::events::{ReferralEvent, ReferralFeed, WatchItem};
 use crate::service::paging::PageRequest;
 use crate::service::partner::{
-    Decided, Decision, DisbursementInput, LenderReferral, ReferralQuery,
+    Decided, Decision, Disbursement, DisbursementInput, LenderReferral, ReferralQuery,
 };
 use crate::service::{App, Error, Idempotency};
-use crate::storage::partner::DisbursementRow;
 
 pub struct PartnerHandler {
     app: App,
@@ -335,7 +334,7 @@ fn lender_referral_pb(r: LenderReferral) -> pb::Referral {
     }
 }
 
-fn disbursement_pb(row: DisbursementRow) -> pb::Disbursement {
+fn disbursement_pb(row: Disbursement) -> pb::Disbursement {
     pb::Disbursement {
         id: row.id.to_string(),
         referral_id: row.referral_id.to_string(),

@@ -80,10 +80,54 @@ pub struct DisbursementInput {
     pub disbursed_on: NaiveDate,
 }
 
+/// A disbursement as recorded.
+#[derive(Debug, Clone)]
+pub struct Disbursement {
+    pub id: Uuid,
+    pub referral_id: Uuid,
+    pub need_id: Uuid,
+    pub lender_id: Uuid,
+    pub loan_reference: String,
+    pub amount_minor: i64,
+    pub rate_bps: i32,
+    pub term_months: i32,
+    pub disbursed_on: NaiveDate,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<DisbursementRow> for Disbursement {
+    fn from(row: DisbursementRow) -> Self {
+        let DisbursementRow {
+            id,
+            referral_id,
+            need_id,
+            lender_id,
+            loan_reference,
+            amount_minor,
+            rate_bps,
+            term_months,
+            disbursed_on,
+            created_at,
+        } = row;
+        Self {
+            id,
+            referral_id,
+            need_id,
+            lender_id,
+            loan_reference,
+            amount_minor,
+            rate_bps,
+            term_months,
+            disbursed_on,
+            created_at,
+        }
+    }
+}
+
 /// The result of RecordDisbursement: the disbursement and the referral with its need.
 #[derive(Debug, Clone)]
 pub struct Recorded {
-    pub disbursement: DisbursementRow,
+    pub disbursement: Disbursement,
     pub referral: LenderReferral,
 }
 
@@ -355,7 +399,7 @@ async fn disburse(
     }
     let disbursed_minor = already + input.amount_minor;
     Ok(Recorded {
-        disbursement,
+        disbursement: disbursement.into(),
         referral: LenderReferral {
             referral: to_referral(row)?,
             disbursed_minor,
@@ -483,7 +527,7 @@ async fn replay_disbursement(
         .ok_or_else(|| Error::Internal(anyhow::anyhow!("referral {} without need", row.id)))?;
     let disbursed_minor = disbursed_on(conn, row.id).await?;
     Ok(Recorded {
-        disbursement: existing,
+        disbursement: existing.into(),
         referral: LenderReferral {
             referral: to_referral(row)?,
             disbursed_minor,
