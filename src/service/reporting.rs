@@ -147,66 +147,12 @@ impl App {
             })
             .await?;
 
-        let mut totals = NeedFigures::default();
-        let mut by_industry = Vec::new();
-        let mut by_region = Vec::new();
-        for row in groups {
-            let key = row.group_key.clone();
-            match row.dimension.as_str() {
-                "total" => totals = figures(row),
-                "industry" => by_industry.push((key, figures(row))),
-                "region" => by_region.push((key, figures(row))),
-                other => {
-                    return Err(Error::Internal(anyhow::anyhow!(
-                        "unexpected summary dimension {other}"
-                    )));
-                }
-            }
-        }
+        let (totals, by_industry, by_region) = need_figures(groups)?;
         let by_lender = lenders
             .into_iter()
-            .map(|row| {
-                let mut declines_by_reason = declines
-                    .iter()
-                    .filter(|d| d.lender_id == row.lender_id)
-                    .map(|d| {
-                        let reason = d.reason.parse::<DeclineReason>().map_err(|_| {
-                            Error::Internal(anyhow::anyhow!("stored decline reason {}", d.reason))
-                        })?;
-                        Ok((reason, d.count))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                declines_by_reason.sort_by_key(|(reason, _)| reason_rank(*reason));
-                Ok(LenderFigures {
-                    lender_id: row.lender_id,
-                    lender_name: row.lender_name,
-                    referrals: row.referrals,
-                    approvals: row.approvals,
-                    declines: row.declines,
-                    declines_by_reason,
-                    expirations: row.expirations,
-                    open_referrals: row.open_referrals,
-                    approved_minor: row.approved_minor,
-                    disbursed_minor: row.disbursed_minor,
-                    median_response_time: micros(row.median_response_micros),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let by_program = programs
-            .into_iter()
-            .map(|row| ProgramFigures {
-                program_id: row.program_id,
-                code: row.code,
-                name: row.name,
-                enterprises: row.enterprises,
-                allocations: row.allocations,
-                allocated_minor: row.allocated_minor,
-                confirmed_minor: row.confirmed_minor,
-                subsidy_minor: row.subsidy_minor,
-                total_quota_minor: row.total_quota_minor,
-                remaining_minor: row.remaining_minor,
-            })
+            .map(|row| lender_figures(row, &declines))
             .collect();
+        let by_program = programs.into_iter().map(program_figures).collect();
         Ok(Summary {
             funding_rate_bps: funding_rate_bps(totals.disbursed_minor, totals.demand_minor),
             totals,
@@ -249,6 +195,68 @@ impl App {
             open_referrals_by_lender,
             remaining_minor_by_program,
         })
+    }
+}
+
+/// Figures by group key (an industry or region code prefix).
+type Breakdown = Vec<(String, NeedFigures)>;
+
+/// The totals and the industry and region breakdowns of [`queries::need_groups`]'s rows.
+fn need_figures(groups: Vec<queries::NeedGroupRow>) -> Result<(NeedFigures, Breakdown, Breakdown)> {
+    let mut totals = NeedFigures::default();
+    let mut by_industry = Vec::new();
+    let mut by_region = Vec::new();
+    for row in groups {
+        let key = row.group_key.clone();
+        match row.dimension.as_str() {
+            "total" => totals = figures(row),
+            "industry" => by_industry.push((key, figures(row))),
+            "region" => by_region.push((key, figures(row))),
+            other => {
+                return Err(Error::Internal(anyhow::anyhow!(
+                    "unexpected summary dimension {other}"
+                )));
+            }
+        }
+    }
+    Ok((totals, by_industry, by_region))
+}
+
+/// A lender's figures, with its declines by reason in the proto's order.
+fn lender_figures(row: queries::LenderGroupRow, declines: &[queries::DeclineRow]) -> LenderFigures {
+    let mut declines_by_reason: Vec<(DeclineReason, i64)> = declines
+        .iter()
+        .filter(|d| d.lender_id == row.lender_id)
+        .map(|d| (d.reason, d.count))
+        .collect();
+    declines_by_reason.sort_by_key(|(reason, _)| reason_rank(*reason));
+    LenderFigures {
+        lender_id: row.lender_id,
+        lender_name: row.lender_name,
+        referrals: row.referrals,
+        approvals: row.approvals,
+        declines: row.declines,
+        declines_by_reason,
+        expirations: row.expirations,
+        open_referrals: row.open_referrals,
+        approved_minor: row.approved_minor,
+        disbursed_minor: row.disbursed_minor,
+        median_response_time: micros(row.median_response_micros),
+    }
+}
+
+fn program_figures(row: queries::ProgramGroupRow) -> ProgramFigures {
+    ProgramFigures {
+        program_id: row.program_id,
+        code: row.code,
+        name: row.name,
+        enterprises: row.enterprises,
+        allocations: row.allocations,
+        allocated_minor: row.allocated_minor,
+        confirmed_minor: row.confirmed_minor,
+        subsidy_minor: row.subsidy_minor,
+        total_quota_minor: row.total_quota_minor,
+        remaining_minor: row.remaining_minor,
     }
 }
 

@@ -14,7 +14,7 @@ use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use super::Connection;
-use crate::domain::{AllocationStatus, NeedStatus, ReferralStatus};
+use crate::domain::{AllocationStatus, DeclineReason, NeedStatus, ReferralStatus};
 use diesel::QueryResult;
 
 /// Which needs a summary covers. Prefixes are validated codes (digits, or a letter and digits),
@@ -225,7 +225,7 @@ pub struct DeclineRow {
     #[diesel(sql_type = diesel::sql_types::Uuid)]
     pub lender_id: Uuid,
     #[diesel(sql_type = Text)]
-    pub reason: String,
+    pub reason: DeclineReason,
     #[diesel(sql_type = BigInt)]
     pub count: i64,
 }
