@@ -285,8 +285,6 @@ impl NewDesignation {
     }
 }
 
-// -------------------------------------------------------------------- lender
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -119,8 +119,6 @@ fn ordered<T: Copy + Ord + std::fmt::Display>(
     bounds
 }
 
-// ---------------------------------------------------------------- enterprise
-
 mod enterprises;
 mod lenders;
 mod needs;
