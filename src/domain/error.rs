@@ -144,7 +144,75 @@ impl Violations {
             Err(self)
         }
     }
+
+    /// The values of a command's parsed fields (a tuple of the `Option`s that [`Self::field`],
+    /// [`Self::nested`] and their kin returned) once every field parsed and no rule spanning
+    /// fields failed; otherwise every violation recorded. A field is `None` only where its
+    /// violation was recorded, so the values are there exactly when the violations are not.
+    ///
+    /// ```
+    /// use finmatch::domain::{TermMonths, Violations};
+    ///
+    /// let mut v = Violations::default();
+    /// let short = v.field("short_term_months", TermMonths::new(6));
+    /// let long = v.field("long_term_months", TermMonths::new(60));
+    /// let (short, long) = v.values((short, long)).unwrap();
+    /// assert!(short < long);
+    /// ```
+    pub fn values<F: Parsed>(self, fields: F) -> Result<F::Values, Violations> {
+        match fields.all() {
+            Some(values) if self.items.is_empty() => Ok(values),
+            _ => {
+                debug_assert!(!self.items.is_empty(), "a field was refused unrecorded");
+                Err(self)
+            }
+        }
+    }
 }
+
+/// Fields of a command as [`Violations`] hands them back: `Option`s, each `None` where its
+/// field was refused. Implemented for one `Option` and for tuples of up to twelve.
+pub trait Parsed {
+    /// The fields' values, all present.
+    type Values;
+
+    /// Every value, or None when any field was refused.
+    fn all(self) -> Option<Self::Values>;
+}
+
+impl<A> Parsed for Option<A> {
+    type Values = A;
+
+    fn all(self) -> Option<A> {
+        self
+    }
+}
+
+macro_rules! parsed_tuple {
+    ($($field:ident),+) => {
+        impl<$($field),+> Parsed for ($(Option<$field>,)+) {
+            type Values = ($($field,)+);
+
+            #[allow(non_snake_case)]
+            fn all(self) -> Option<Self::Values> {
+                let ($($field,)+) = self;
+                Some(($($field?,)+))
+            }
+        }
+    };
+}
+
+parsed_tuple!(A, B);
+parsed_tuple!(A, B, C);
+parsed_tuple!(A, B, C, D);
+parsed_tuple!(A, B, C, D, E);
+parsed_tuple!(A, B, C, D, E, F);
+parsed_tuple!(A, B, C, D, E, F, G);
+parsed_tuple!(A, B, C, D, E, F, G, H);
+parsed_tuple!(A, B, C, D, E, F, G, H, I);
+parsed_tuple!(A, B, C, D, E, F, G, H, I, J);
+parsed_tuple!(A, B, C, D, E, F, G, H, I, J, K);
+parsed_tuple!(A, B, C, D, E, F, G, H, I, J, K, L);
 
 impl fmt::Display for Violations {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -172,6 +240,26 @@ impl IntoIterator for Violations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_come_back_only_when_nothing_was_recorded() {
+        let mut v = Violations::default();
+        let a = v.field("a", Ok::<_, DomainError>(1));
+        let b = v.field("b", Ok::<_, DomainError>("two"));
+        assert_eq!(v.values((a, b)), Ok((1, "two")));
+
+        // A rule spanning fields refuses the command though each field parsed.
+        let mut v = Violations::default();
+        let a = v.field("a", Ok::<_, DomainError>(1));
+        v.add("b", "must follow a");
+        assert_eq!(v.values(a).unwrap_err().len(), 1);
+
+        let mut v = Violations::default();
+        let a = v.field("a", Ok::<_, DomainError>(1));
+        let b = v.field::<i32>("b", Err(DomainError::Missing));
+        let refused = v.values((a, b)).unwrap_err();
+        assert_eq!(refused.violations()[0].field, "b");
+    }
 
     #[test]
     fn field_passes_values_and_records_errors_under_the_callers_name() {

@@ -27,7 +27,7 @@ pub use enums::{
     LenderKind, NeedStatus, Purpose, ReferralEventKind, ReferralStatus, ReleaseReason, Role,
     wire_name,
 };
-pub use error::{DomainError, FieldViolation, Violations};
+pub use error::{DomainError, FieldViolation, Parsed, Violations};
 pub use numbers::{
     AmountMinor, Bounds, Bps, DailyCapacity, Employees, MAX_MINOR, NonNegativeMinor, SlaHours,
     TermMonths, format_cny, format_percent,

@@ -146,6 +146,31 @@ pub fn id(field: &str, raw: &str, violations: &mut Violations) -> Option<Uuid> {
     violations.field(field, domain::parse_uuid(raw))
 }
 
+/// Requests whose one field is the id of the resource they act on: each converts to that id.
+macro_rules! id_requests {
+    ($($request:ident . $field:ident),+ $(,)?) => {$(
+        impl TryFrom<&pb::$request> for Uuid {
+            type Error = Violations;
+
+            fn try_from(request: &pb::$request) -> Result<Uuid, Violations> {
+                let mut v = Violations::default();
+                let id = id(stringify!($field), &request.$field, &mut v);
+                v.values(id)
+            }
+        }
+    )+};
+}
+
+id_requests!(
+    GetEnterpriseRequest.enterprise_id,
+    GetLenderRequest.lender_id,
+    RevokeCredentialRequest.credential_id,
+    GetNeedRequest.need_id,
+    GetReferralRequest.referral_id,
+    AcknowledgeReferralRequest.referral_id,
+    GetProgramRequest.program_id,
+);
+
 /// An optional id filter: `""` means any.
 pub fn optional_id(field: &str, raw: &str, violations: &mut Violations) -> Option<Option<Uuid>> {
     if raw.trim().is_empty() {
@@ -225,13 +250,6 @@ pub fn idempotency(
         key: key.to_owned(),
         fingerprint: sha2::Sha256::digest(unkeyed.encode_to_vec()).to_vec(),
     })
-}
-
-/// Fails with every violation collected, or passes on.
-pub fn check(violations: Violations) -> Result<(), tonic::Status> {
-    violations
-        .finish()
-        .map_err(|v| crate::service::Error::InvalidArgument(v).into())
 }
 
 #[cfg(test)]

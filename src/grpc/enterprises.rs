@@ -1,9 +1,10 @@
 //! EnterpriseService: the register of enterprises and their designations.
 
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 use super::auth::principal;
-use super::convert::{self, Bridge, check};
+use super::convert::{self, Bridge};
 use super::pb;
 use crate::domain::{
     self, DesignationInput, EnterpriseInput, EnterprisePatch, EnterprisePatchInput, IndustryPrefix,
@@ -44,8 +45,7 @@ impl pb::enterprise_service_server::EnterpriseService for EnterpriseHandler {
         request: Request<pb::CreateEnterpriseRequest>,
     ) -> Result<Response<pb::CreateEnterpriseResponse>, Status> {
         let who = principal(&request)?;
-        let body = request.into_inner();
-        let input = parse_new_enterprise(body.enterprise.as_ref())?;
+        let input = NewEnterprise::try_from(request.get_ref())?;
         let enterprise = self.app.create_enterprise(&who, input).await?;
         Ok(Response::new(pb::CreateEnterpriseResponse {
             enterprise: Some(to_pb(enterprise)),
@@ -57,10 +57,8 @@ impl pb::enterprise_service_server::EnterpriseService for EnterpriseHandler {
         request: Request<pb::GetEnterpriseRequest>,
     ) -> Result<Response<pb::GetEnterpriseResponse>, Status> {
         let who = principal(&request)?;
-        let mut v = Violations::default();
-        let id = convert::id("enterprise_id", &request.get_ref().enterprise_id, &mut v);
-        check(v)?;
-        let enterprise = self.app.get_enterprise(&who, id.expect("checked")).await?;
+        let id = Uuid::try_from(request.get_ref())?;
+        let enterprise = self.app.get_enterprise(&who, id).await?;
         Ok(Response::new(pb::GetEnterpriseResponse {
             enterprise: Some(to_pb(enterprise)),
         }))
@@ -71,7 +69,85 @@ impl pb::enterprise_service_server::EnterpriseService for EnterpriseHandler {
         request: Request<pb::ListEnterprisesRequest>,
     ) -> Result<Response<pb::ListEnterprisesResponse>, Status> {
         let who = principal(&request)?;
-        let body = request.into_inner();
+        let ListEnterprises { query, page } = request.get_ref().try_into()?;
+        let page = self.app.list_enterprises(&who, query, page).await?;
+        Ok(Response::new(pb::ListEnterprisesResponse {
+            enterprises: page.items.into_iter().map(to_pb).collect(),
+            next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
+        }))
+    }
+
+    async fn update_enterprise(
+        &self,
+        request: Request<pb::UpdateEnterpriseRequest>,
+    ) -> Result<Response<pb::UpdateEnterpriseResponse>, Status> {
+        let who = principal(&request)?;
+        let UpdateEnterprise { id, patch } = request.get_ref().try_into()?;
+        let enterprise = self.app.update_enterprise(&who, id, patch).await?;
+        Ok(Response::new(pb::UpdateEnterpriseResponse {
+            enterprise: Some(to_pb(enterprise)),
+        }))
+    }
+
+    async fn grant_designation(
+        &self,
+        request: Request<pb::GrantDesignationRequest>,
+    ) -> Result<Response<pb::GrantDesignationResponse>, Status> {
+        let who = principal(&request)?;
+        let GrantDesignation { id, designation } = request.get_ref().try_into()?;
+        let enterprise = self.app.grant_designation(&who, id, designation).await?;
+        Ok(Response::new(pb::GrantDesignationResponse {
+            enterprise: Some(to_pb(enterprise)),
+        }))
+    }
+
+    async fn revoke_designation(
+        &self,
+        request: Request<pb::RevokeDesignationRequest>,
+    ) -> Result<Response<pb::RevokeDesignationResponse>, Status> {
+        let who = principal(&request)?;
+        let RevokeDesignation { id, list_code } = request.get_ref().try_into()?;
+        let enterprise = self.app.revoke_designation(&who, id, list_code).await?;
+        Ok(Response::new(pb::RevokeDesignationResponse {
+            enterprise: Some(to_pb(enterprise)),
+        }))
+    }
+}
+
+/// The enterprise of a create request, every bad field reported as `enterprise.<field>`.
+/// A missing message reads as an empty one, so each required field is reported.
+impl TryFrom<&pb::CreateEnterpriseRequest> for NewEnterprise {
+    type Error = Violations;
+
+    fn try_from(request: &pb::CreateEnterpriseRequest) -> Result<Self, Violations> {
+        let empty = pb::Enterprise::default();
+        let given = request.enterprise.as_ref().unwrap_or(&empty);
+        let input = EnterpriseInput {
+            credit_code: &given.credit_code,
+            name: &given.name,
+            region_code: &given.region_code,
+            industry_code: &given.industry_code,
+            size: pb::EnterpriseSize::to_domain(given.size),
+            above_designated_size: given.above_designated_size,
+            employees: given.employees,
+            annual_revenue_minor: given.annual_revenue_minor,
+            contact_name: &given.contact_name,
+            contact_phone: &given.contact_phone,
+        };
+        NewEnterprise::parse(&input, "enterprise.")
+    }
+}
+
+/// A ListEnterprises request: its filters and its page.
+struct ListEnterprises {
+    query: EnterpriseQuery,
+    page: PageRequest,
+}
+
+impl TryFrom<&pb::ListEnterprisesRequest> for ListEnterprises {
+    type Error = Violations;
+
+    fn try_from(body: &pb::ListEnterprisesRequest) -> Result<Self, Violations> {
         let mut v = Violations::default();
         let page = PageRequest::parse(body.page_size, &body.page_token, &mut v);
         let region_prefix = convert::optional(
@@ -93,32 +169,34 @@ impl pb::enterprise_service_server::EnterpriseService for EnterpriseHandler {
             domain::parse_date,
             &mut v,
         );
-        check(v)?;
-        let query = EnterpriseQuery {
-            region_prefix: region_prefix.flatten(),
-            industry_prefix: industry_prefix.flatten(),
-            list_code: list_code.flatten(),
-            designation_valid_on: valid_on.flatten(),
-        };
-        let page = self
-            .app
-            .list_enterprises(&who, query, page.expect("checked"))
-            .await?;
-        Ok(Response::new(pb::ListEnterprisesResponse {
-            enterprises: page.items.into_iter().map(to_pb).collect(),
-            next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
-        }))
+        let (page, region_prefix, industry_prefix, list_code, designation_valid_on) =
+            v.values((page, region_prefix, industry_prefix, list_code, valid_on))?;
+        Ok(Self {
+            query: EnterpriseQuery {
+                region_prefix,
+                industry_prefix,
+                list_code,
+                designation_valid_on,
+            },
+            page,
+        })
     }
+}
 
-    async fn update_enterprise(
-        &self,
-        request: Request<pb::UpdateEnterpriseRequest>,
-    ) -> Result<Response<pb::UpdateEnterpriseResponse>, Status> {
-        let who = principal(&request)?;
-        let body = request.into_inner();
+/// An UpdateEnterprise request: the enterprise and the change its mask names.
+struct UpdateEnterprise {
+    id: Uuid,
+    patch: EnterprisePatch,
+}
+
+impl TryFrom<&pb::UpdateEnterpriseRequest> for UpdateEnterprise {
+    type Error = Violations;
+
+    fn try_from(body: &pb::UpdateEnterpriseRequest) -> Result<Self, Violations> {
         let mut v = Violations::default();
         let paths = convert::mask_paths(body.update_mask.as_ref(), UPDATABLE, &mut v);
-        let given = body.enterprise.unwrap_or_default();
+        let empty = pb::Enterprise::default();
+        let given = body.enterprise.as_ref().unwrap_or(&empty);
         let id = convert::id("enterprise.id", &given.id, &mut v);
         let has = |name: &str| paths.contains(&name);
         let input = EnterprisePatchInput {
@@ -135,22 +213,21 @@ impl pb::enterprise_service_server::EnterpriseService for EnterpriseHandler {
             contact_phone: has("contact_phone").then_some(given.contact_phone.as_str()),
         };
         let patch = v.nested(EnterprisePatch::parse(&input, "enterprise."));
-        check(v)?;
-        let enterprise = self
-            .app
-            .update_enterprise(&who, id.expect("checked"), patch.expect("checked"))
-            .await?;
-        Ok(Response::new(pb::UpdateEnterpriseResponse {
-            enterprise: Some(to_pb(enterprise)),
-        }))
+        let (id, patch) = v.values((id, patch))?;
+        Ok(Self { id, patch })
     }
+}
 
-    async fn grant_designation(
-        &self,
-        request: Request<pb::GrantDesignationRequest>,
-    ) -> Result<Response<pb::GrantDesignationResponse>, Status> {
-        let who = principal(&request)?;
-        let body = request.into_inner();
+/// A GrantDesignation request: the enterprise and the designation to grant it.
+struct GrantDesignation {
+    id: Uuid,
+    designation: NewDesignation,
+}
+
+impl TryFrom<&pb::GrantDesignationRequest> for GrantDesignation {
+    type Error = Violations;
+
+    fn try_from(body: &pb::GrantDesignationRequest) -> Result<Self, Violations> {
         let mut v = Violations::default();
         let id = convert::id("enterprise_id", &body.enterprise_id, &mut v);
         let designation = v.nested(NewDesignation::parse(
@@ -162,55 +239,27 @@ impl pb::enterprise_service_server::EnterpriseService for EnterpriseHandler {
             },
             "",
         ));
-        check(v)?;
-        let enterprise = self
-            .app
-            .grant_designation(&who, id.expect("checked"), designation.expect("checked"))
-            .await?;
-        Ok(Response::new(pb::GrantDesignationResponse {
-            enterprise: Some(to_pb(enterprise)),
-        }))
-    }
-
-    async fn revoke_designation(
-        &self,
-        request: Request<pb::RevokeDesignationRequest>,
-    ) -> Result<Response<pb::RevokeDesignationResponse>, Status> {
-        let who = principal(&request)?;
-        let body = request.into_inner();
-        let mut v = Violations::default();
-        let id = convert::id("enterprise_id", &body.enterprise_id, &mut v);
-        let list_code = v.field("list_code", ListCode::parse(&body.list_code));
-        check(v)?;
-        let enterprise = self
-            .app
-            .revoke_designation(&who, id.expect("checked"), list_code.expect("checked"))
-            .await?;
-        Ok(Response::new(pb::RevokeDesignationResponse {
-            enterprise: Some(to_pb(enterprise)),
-        }))
+        let (id, designation) = v.values((id, designation))?;
+        Ok(Self { id, designation })
     }
 }
 
-/// The enterprise of a create request, every bad field reported as `enterprise.<field>`.
-/// A missing message reads as an empty one, so each required field is reported.
-pub fn parse_new_enterprise(given: Option<&pb::Enterprise>) -> Result<NewEnterprise, Status> {
-    let empty = pb::Enterprise::default();
-    let given = given.unwrap_or(&empty);
-    let input = EnterpriseInput {
-        credit_code: &given.credit_code,
-        name: &given.name,
-        region_code: &given.region_code,
-        industry_code: &given.industry_code,
-        size: pb::EnterpriseSize::to_domain(given.size),
-        above_designated_size: given.above_designated_size,
-        employees: given.employees,
-        annual_revenue_minor: given.annual_revenue_minor,
-        contact_name: &given.contact_name,
-        contact_phone: &given.contact_phone,
-    };
-    NewEnterprise::parse(&input, "enterprise.")
-        .map_err(|v| crate::service::Error::InvalidArgument(v).into())
+/// A RevokeDesignation request: the enterprise and the list it leaves.
+struct RevokeDesignation {
+    id: Uuid,
+    list_code: ListCode,
+}
+
+impl TryFrom<&pb::RevokeDesignationRequest> for RevokeDesignation {
+    type Error = Violations;
+
+    fn try_from(body: &pb::RevokeDesignationRequest) -> Result<Self, Violations> {
+        let mut v = Violations::default();
+        let id = convert::id("enterprise_id", &body.enterprise_id, &mut v);
+        let list_code = v.field("list_code", ListCode::parse(&body.list_code));
+        let (id, list_code) = v.values((id, list_code))?;
+        Ok(Self { id, list_code })
+    }
 }
 
 pub fn to_pb(enterprise: Enterprise) -> pb::Enterprise {

@@ -2,9 +2,10 @@
 
 use prost::Message as _;
 use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
 
 use super::auth::principal;
-use super::convert::{self, Bridge, check};
+use super::convert::{self, Bridge};
 use super::pb;
 use crate::domain::{
     DomainError, IndustryPrefix, NeedInput, NewNeed, Note, RegionPrefix, Violations,
@@ -14,12 +15,12 @@ use crate::service::financing::{
     PreviewSubject, Referral, Submission,
 };
 use crate::service::paging::{MAX_PAGE_SIZE, OffsetToken, PageRequest};
+use crate::service::{App, Error, Idempotency};
 
 /// PreviewMatches' default page: the lenders routing would pick and the runners-up a bureau
 /// officer compares them with. Every candidate carries its score factors with their notes, so a
 /// page costs about 1 KiB a candidate to build and send; the rest is a page_token away.
 const PREVIEW_PAGE_SIZE: usize = 10;
-use crate::service::{App, Error, Idempotency};
 
 /// Most open referrals RerouteNeed may ask for.
 const MAX_TARGET_OPEN: i32 = 10;
@@ -43,19 +44,13 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
         request: Request<pb::SubmitNeedRequest>,
     ) -> Result<Response<pb::SubmitNeedResponse>, Status> {
         let who = principal(&request)?;
-        let body = request.into_inner();
-        let mut v = Violations::default();
-        let idempotency = idempotency(&body.idempotency_key, body.need.as_ref(), &mut v);
-        let need = v.nested(parse_need(body.need.as_ref(), self.app.calendar().today()));
-        check(v)?;
+        let body = request.get_ref();
+        let today = self.app.calendar().today();
+        let (idempotency, need) =
+            parse_submission(&body.idempotency_key, body.need.as_ref(), today)?;
         let submitted = self
             .app
-            .submit_need(
-                &who,
-                idempotency.expect("checked"),
-                need.expect("checked"),
-                &encode_submitted,
-            )
+            .submit_need(&who, idempotency, need, &encode_submitted)
             .await
             .map_err(Status::from)?;
         let response = match submitted {
@@ -87,14 +82,12 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
             let Some(item) = item else { break };
             let index = received;
             received += 1;
-            let mut v = Violations::default();
-            let idempotency = idempotency(&item.idempotency_key, item.need.as_ref(), &mut v);
-            let need = v.nested(parse_need(item.need.as_ref(), self.app.calendar().today()));
-            match v.finish() {
-                Ok(()) => batch.items.push(ImportItem {
+            let today = self.app.calendar().today();
+            match parse_submission(&item.idempotency_key, item.need.as_ref(), today) {
+                Ok((idempotency, need)) => batch.items.push(ImportItem {
                     index,
-                    idempotency: idempotency.expect("checked"),
-                    need: need.expect("checked"),
+                    idempotency,
+                    need,
                 }),
                 Err(violations) => batch.invalid.push(pb::ImportNeedsRejection {
                     index: index as i64,
@@ -115,59 +108,16 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
         &self,
         request: Request<pb::PreviewMatchesRequest>,
     ) -> Result<Response<pb::PreviewMatchesResponse>, Status> {
-        use pb::preview_matches_request::Subject;
         let who = principal(&request)?;
-        let body = request.into_inner();
-        let mut v = Violations::default();
-        let subject = match &body.subject {
-            None => {
-                v.add(
-                    "need_id",
-                    "set need_id (a stored need) or need (an unsaved one)",
-                );
-                None
-            }
-            Some(Subject::NeedId(id)) => {
-                convert::id("need_id", id, &mut v).map(PreviewSubject::Stored)
-            }
-            Some(Subject::Need(need)) => v
-                .nested(parse_need(Some(need), self.app.calendar().today()))
-                .map(PreviewSubject::Unsaved),
-        };
-        // A token belongs to the subject it was made for.
-        let digest = {
-            use sha2::Digest as _;
-            let subject = pb::PreviewMatchesRequest {
-                page_size: 0,
-                page_token: String::new(),
-                ..body.clone()
-            };
-            sha2::Sha256::digest(subject.encode_to_vec()).to_vec()
-        };
-        let size = match body.page_size {
-            0 => PREVIEW_PAGE_SIZE,
-            n if n < 0 => {
-                v.add("page_size", "must not be negative");
-                0
-            }
-            n => (n as i64).min(MAX_PAGE_SIZE) as usize,
-        };
-        let offset = if body.page_token.is_empty() {
-            0
-        } else {
-            OffsetToken::decode(&body.page_token, &digest).unwrap_or_else(|| {
-                v.add(
-                    "page_token",
-                    "not a token returned by PreviewMatches for this need; omit it to start \
-                     from the first page",
-                );
-                0
-            })
-        };
-        check(v)?;
+        let Preview {
+            subject,
+            offset,
+            size,
+            digest,
+        } = parse_preview(request.get_ref(), self.app.calendar().today())?;
         let page = self
             .app
-            .preview_matches(&who, subject.expect("checked"), offset, size)
+            .preview_matches(&who, subject, offset, size)
             .await?;
         let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
         Ok(Response::new(pb::PreviewMatchesResponse {
@@ -187,10 +137,8 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
         request: Request<pb::GetNeedRequest>,
     ) -> Result<Response<pb::GetNeedResponse>, Status> {
         let who = principal(&request)?;
-        let mut v = Violations::default();
-        let id = convert::id("need_id", &request.get_ref().need_id, &mut v);
-        check(v)?;
-        let stored = self.app.get_need(&who, id.expect("checked")).await?;
+        let id = Uuid::try_from(request.get_ref())?;
+        let stored = self.app.get_need(&who, id).await?;
         Ok(Response::new(pb::GetNeedResponse {
             need: Some(need_pb(stored.need)),
             referrals: stored.referrals.into_iter().map(referral_pb).collect(),
@@ -202,58 +150,8 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
         request: Request<pb::ListNeedsRequest>,
     ) -> Result<Response<pb::ListNeedsResponse>, Status> {
         let who = principal(&request)?;
-        let body = request.into_inner();
-        let mut v = Violations::default();
-        let page = PageRequest::parse(body.page_size, &body.page_token, &mut v);
-        let mut statuses = Vec::with_capacity(body.statuses.len());
-        for (i, status) in convert::enums::<pb::NeedStatus>(&body.statuses)
-            .into_iter()
-            .enumerate()
-        {
-            match status {
-                Some(status) => statuses.push(status),
-                None => v.add(
-                    format!("statuses[{i}]"),
-                    DomainError::Missing.to_string() + "; name a need status",
-                ),
-            }
-        }
-        let enterprise_id = convert::optional_id("enterprise_id", &body.enterprise_id, &mut v);
-        let region_prefix = convert::optional(
-            "region_prefix",
-            &body.region_prefix,
-            RegionPrefix::parse,
-            &mut v,
-        );
-        let industry_prefix = convert::optional(
-            "industry_prefix",
-            &body.industry_prefix,
-            IndustryPrefix::parse,
-            &mut v,
-        );
-        let from = convert::instant("create_time_from", body.create_time_from.as_ref(), &mut v);
-        let to = convert::instant("create_time_to", body.create_time_to.as_ref(), &mut v);
-        if let (Some(from), Some(to)) = (from, to)
-            && to <= from
-        {
-            v.add(
-                "create_time_to",
-                format!("must be after create_time_from ({from}), got {to}"),
-            );
-        }
-        check(v)?;
-        let query = NeedQuery {
-            statuses,
-            enterprise_id: enterprise_id.flatten(),
-            region_prefix: region_prefix.flatten(),
-            industry_prefix: industry_prefix.flatten(),
-            created_from: from,
-            created_to: to,
-        };
-        let page = self
-            .app
-            .list_needs(&who, query, page.expect("checked"))
-            .await?;
+        let ListNeeds { query, page } = request.get_ref().try_into()?;
+        let page = self.app.list_needs(&who, query, page).await?;
         Ok(Response::new(pb::ListNeedsResponse {
             needs: page.items.into_iter().map(need_pb).collect(),
             next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
@@ -265,18 +163,10 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
         request: Request<pb::WithdrawNeedRequest>,
     ) -> Result<Response<pb::WithdrawNeedResponse>, Status> {
         let who = principal(&request)?;
-        let body = request.into_inner();
-        let mut v = Violations::default();
-        let id = convert::id("need_id", &body.need_id, &mut v);
-        let reason = v.field("reason", Note::parse(&body.reason));
-        check(v)?;
+        let WithdrawNeed { id, reason } = request.get_ref().try_into()?;
         let stored = self
             .app
-            .withdraw_need(
-                &who,
-                id.expect("checked"),
-                reason.expect("checked").as_str().to_owned(),
-            )
+            .withdraw_need(&who, id, reason.as_str().to_owned())
             .await?;
         Ok(Response::new(pb::WithdrawNeedResponse {
             need: Some(need_pb(stored.need)),
@@ -289,25 +179,8 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
         request: Request<pb::RerouteNeedRequest>,
     ) -> Result<Response<pb::RerouteNeedResponse>, Status> {
         let who = principal(&request)?;
-        let body = request.into_inner();
-        let mut v = Violations::default();
-        let id = convert::id("need_id", &body.need_id, &mut v);
-        let target = match body.target_open_referrals {
-            None => None,
-            Some(n) if (1..=MAX_TARGET_OPEN).contains(&n) => Some(n as usize),
-            Some(n) => {
-                v.add(
-                    "target_open_referrals",
-                    format!("must be between 1 and {MAX_TARGET_OPEN}, got {n}"),
-                );
-                None
-            }
-        };
-        check(v)?;
-        let rerouted = self
-            .app
-            .reroute_need(&who, id.expect("checked"), target)
-            .await?;
+        let RerouteNeed { id, target } = request.get_ref().try_into()?;
+        let rerouted = self.app.reroute_need(&who, id, target).await?;
         Ok(Response::new(pb::RerouteNeedResponse {
             need: Some(need_pb(rerouted.need)),
             referrals: rerouted.referrals.into_iter().map(referral_pb).collect(),
@@ -428,15 +301,201 @@ fn stream_idle_expired(
     ))
 }
 
-/// The idempotency of a SubmitNeed (or ImportNeeds item). ImportNeedsRequest and
-/// SubmitNeedRequest share field numbers, so an imported item and the same need submitted alone
-/// have one fingerprint.
-fn idempotency(key: &str, need: Option<&pb::Need>, v: &mut Violations) -> Option<Idempotency> {
+/// A SubmitNeed request (or an ImportNeeds item): its idempotency and its need, converted as the
+/// `TryFrom`s here convert, against the bureau's business day `today` (see [`parse_need`]).
+/// ImportNeedsRequest and SubmitNeedRequest share field numbers, so an imported item and the same
+/// need submitted alone have one fingerprint.
+fn parse_submission(
+    key: &str,
+    need: Option<&pb::Need>,
+    today: chrono::NaiveDate,
+) -> Result<(Idempotency, NewNeed), Violations> {
+    let mut v = Violations::default();
     let unkeyed = pb::SubmitNeedRequest {
         idempotency_key: String::new(),
         need: need.cloned(),
     };
-    convert::idempotency(key, &unkeyed, v)
+    let idempotency = convert::idempotency(key, &unkeyed, &mut v);
+    let need = v.nested(parse_need(need, today));
+    v.values((idempotency, need))
+}
+
+/// A PreviewMatches request: the need to match, the page, and the digest its page tokens carry.
+struct Preview {
+    subject: PreviewSubject,
+    offset: usize,
+    size: usize,
+    digest: Vec<u8>,
+}
+
+/// A PreviewMatches request, converted against the bureau's business day (an unsaved need is
+/// checked as SubmitNeed would check it).
+fn parse_preview(
+    body: &pb::PreviewMatchesRequest,
+    today: chrono::NaiveDate,
+) -> Result<Preview, Violations> {
+    use pb::preview_matches_request::Subject;
+    let mut v = Violations::default();
+    let subject = match &body.subject {
+        None => {
+            v.add(
+                "need_id",
+                "set need_id (a stored need) or need (an unsaved one)",
+            );
+            None
+        }
+        Some(Subject::NeedId(id)) => convert::id("need_id", id, &mut v).map(PreviewSubject::Stored),
+        Some(Subject::Need(need)) => v
+            .nested(parse_need(Some(need), today))
+            .map(PreviewSubject::Unsaved),
+    };
+    // A token belongs to the subject it was made for.
+    let digest = {
+        use sha2::Digest as _;
+        let subject = pb::PreviewMatchesRequest {
+            page_size: 0,
+            page_token: String::new(),
+            ..body.clone()
+        };
+        sha2::Sha256::digest(subject.encode_to_vec()).to_vec()
+    };
+    let size = match body.page_size {
+        0 => PREVIEW_PAGE_SIZE,
+        n if n < 0 => {
+            v.add("page_size", "must not be negative");
+            0
+        }
+        n => (n as i64).min(MAX_PAGE_SIZE) as usize,
+    };
+    let offset = if body.page_token.is_empty() {
+        0
+    } else {
+        OffsetToken::decode(&body.page_token, &digest).unwrap_or_else(|| {
+            v.add(
+                "page_token",
+                "not a token returned by PreviewMatches for this need; omit it to start \
+                 from the first page",
+            );
+            0
+        })
+    };
+    Ok(Preview {
+        subject: v.values(subject)?,
+        offset,
+        size,
+        digest,
+    })
+}
+
+/// A ListNeeds request: its filters and its page.
+struct ListNeeds {
+    query: NeedQuery,
+    page: PageRequest,
+}
+
+impl TryFrom<&pb::ListNeedsRequest> for ListNeeds {
+    type Error = Violations;
+
+    fn try_from(body: &pb::ListNeedsRequest) -> Result<Self, Violations> {
+        let mut v = Violations::default();
+        let page = PageRequest::parse(body.page_size, &body.page_token, &mut v);
+        let mut statuses = Vec::with_capacity(body.statuses.len());
+        for (i, status) in convert::enums::<pb::NeedStatus>(&body.statuses)
+            .into_iter()
+            .enumerate()
+        {
+            match status {
+                Some(status) => statuses.push(status),
+                None => v.add(
+                    format!("statuses[{i}]"),
+                    DomainError::Missing.to_string() + "; name a need status",
+                ),
+            }
+        }
+        let enterprise_id = convert::optional_id("enterprise_id", &body.enterprise_id, &mut v);
+        let region_prefix = convert::optional(
+            "region_prefix",
+            &body.region_prefix,
+            RegionPrefix::parse,
+            &mut v,
+        );
+        let industry_prefix = convert::optional(
+            "industry_prefix",
+            &body.industry_prefix,
+            IndustryPrefix::parse,
+            &mut v,
+        );
+        let from = convert::instant("create_time_from", body.create_time_from.as_ref(), &mut v);
+        let to = convert::instant("create_time_to", body.create_time_to.as_ref(), &mut v);
+        if let (Some(from), Some(to)) = (from, to)
+            && to <= from
+        {
+            v.add(
+                "create_time_to",
+                format!("must be after create_time_from ({from}), got {to}"),
+            );
+        }
+        let (page, enterprise_id, region_prefix, industry_prefix) =
+            v.values((page, enterprise_id, region_prefix, industry_prefix))?;
+        Ok(Self {
+            query: NeedQuery {
+                statuses,
+                enterprise_id,
+                region_prefix,
+                industry_prefix,
+                created_from: from,
+                created_to: to,
+            },
+            page,
+        })
+    }
+}
+
+/// A WithdrawNeed request: the need and why it is withdrawn.
+struct WithdrawNeed {
+    id: Uuid,
+    reason: Note,
+}
+
+impl TryFrom<&pb::WithdrawNeedRequest> for WithdrawNeed {
+    type Error = Violations;
+
+    fn try_from(body: &pb::WithdrawNeedRequest) -> Result<Self, Violations> {
+        let mut v = Violations::default();
+        let id = convert::id("need_id", &body.need_id, &mut v);
+        let reason = v.field("reason", Note::parse(&body.reason));
+        let (id, reason) = v.values((id, reason))?;
+        Ok(Self { id, reason })
+    }
+}
+
+/// A RerouteNeed request: the need, and how many open referrals it should have (unset: the
+/// server's routing width).
+struct RerouteNeed {
+    id: Uuid,
+    target: Option<usize>,
+}
+
+impl TryFrom<&pb::RerouteNeedRequest> for RerouteNeed {
+    type Error = Violations;
+
+    fn try_from(body: &pb::RerouteNeedRequest) -> Result<Self, Violations> {
+        let mut v = Violations::default();
+        let id = convert::id("need_id", &body.need_id, &mut v);
+        let target = match body.target_open_referrals {
+            None => Some(None),
+            Some(n) if (1..=MAX_TARGET_OPEN).contains(&n) => Some(Some(n as usize)),
+            Some(n) => {
+                v.add(
+                    "target_open_referrals",
+                    format!("must be between 1 and {MAX_TARGET_OPEN}, got {n}"),
+                );
+                None
+            }
+        };
+        let (id, target) = v.values((id, target))?;
+        Ok(Self { id, target })
+    }
 }
 
 /// The need of a request, every bad field reported as `need.<field>`. A missing message reads as

@@ -1,9 +1,10 @@
 //! LenderService: partner banks, their loan products, and credentials.
 
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 use super::auth::principal;
-use super::convert::{self, Bridge, check};
+use super::convert::{self, Bridge};
 use super::pb;
 use crate::domain::{
     LenderInput, NewLender, NewProduct, ProductInput, ProductPatch, ProductPatchInput, Violations,
@@ -49,20 +50,8 @@ impl pb::lender_service_server::LenderService for LenderHandler {
         request: Request<pb::CreateLenderRequest>,
     ) -> Result<Response<pb::CreateLenderResponse>, Status> {
         let who = principal(&request)?;
-        let given = request.into_inner().lender.unwrap_or_default();
-        let input = NewLender::parse(
-            &LenderInput {
-                name: &given.name,
-                kind: pb::LenderKind::to_domain(given.kind),
-                region_codes: &given.region_codes,
-            },
-            "lender.",
-        )
-        .map_err(crate::service::Error::InvalidArgument)?;
-        let lender = self
-            .app
-            .create_lender(&who, input, given.active.unwrap_or(true))
-            .await?;
+        let CreateLender { lender, active } = request.get_ref().try_into()?;
+        let lender = self.app.create_lender(&who, lender, active).await?;
         Ok(Response::new(pb::CreateLenderResponse {
             lender: Some(lender_to_pb(lender)),
         }))
@@ -73,10 +62,8 @@ impl pb::lender_service_server::LenderService for LenderHandler {
         request: Request<pb::GetLenderRequest>,
     ) -> Result<Response<pb::GetLenderResponse>, Status> {
         let who = principal(&request)?;
-        let mut v = Violations::default();
-        let id = convert::id("lender_id", &request.get_ref().lender_id, &mut v);
-        check(v)?;
-        let lender = self.app.get_lender(&who, id.expect("checked")).await?;
+        let id = Uuid::try_from(request.get_ref())?;
+        let lender = self.app.get_lender(&who, id).await?;
         Ok(Response::new(pb::GetLenderResponse {
             lender: Some(lender_to_pb(lender)),
         }))
@@ -87,14 +74,8 @@ impl pb::lender_service_server::LenderService for LenderHandler {
         request: Request<pb::ListLendersRequest>,
     ) -> Result<Response<pb::ListLendersResponse>, Status> {
         let who = principal(&request)?;
-        let body = request.into_inner();
-        let mut v = Violations::default();
-        let page = PageRequest::parse(body.page_size, &body.page_token, &mut v);
-        check(v)?;
-        let page = self
-            .app
-            .list_lenders(&who, body.active, page.expect("checked"))
-            .await?;
+        let ListLenders { active, page } = request.get_ref().try_into()?;
+        let page = self.app.list_lenders(&who, active, page).await?;
         Ok(Response::new(pb::ListLendersResponse {
             lenders: page.items.into_iter().map(lender_to_pb).collect(),
             next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
@@ -106,9 +87,128 @@ impl pb::lender_service_server::LenderService for LenderHandler {
         request: Request<pb::CreateProductRequest>,
     ) -> Result<Response<pb::CreateProductResponse>, Status> {
         let who = principal(&request)?;
-        let given = request.into_inner().product.unwrap_or_default();
+        let input = NewProduct::try_from(request.get_ref())?;
+        let product = self.app.create_product(&who, input).await?;
+        Ok(Response::new(pb::CreateProductResponse {
+            product: Some(product_to_pb(product)),
+        }))
+    }
+
+    async fn update_product(
+        &self,
+        request: Request<pb::UpdateProductRequest>,
+    ) -> Result<Response<pb::UpdateProductResponse>, Status> {
+        let who = principal(&request)?;
+        let UpdateProduct { id, patch } = request.get_ref().try_into()?;
+        let product = self.app.update_product(&who, id, patch).await?;
+        Ok(Response::new(pb::UpdateProductResponse {
+            product: Some(product_to_pb(product)),
+        }))
+    }
+
+    async fn list_products(
+        &self,
+        request: Request<pb::ListProductsRequest>,
+    ) -> Result<Response<pb::ListProductsResponse>, Status> {
+        let who = principal(&request)?;
+        let ListProducts {
+            lender_id,
+            active,
+            page,
+        } = request.get_ref().try_into()?;
+        let page = self
+            .app
+            .list_products(&who, lender_id, active, page)
+            .await?;
+        Ok(Response::new(pb::ListProductsResponse {
+            products: page.items.into_iter().map(product_to_pb).collect(),
+            next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
+        }))
+    }
+
+    async fn issue_credential(
+        &self,
+        request: Request<pb::IssueCredentialRequest>,
+    ) -> Result<Response<pb::IssueCredentialResponse>, Status> {
+        let who = principal(&request)?;
+        let input = NewCredential::try_from(request.get_ref())?;
+        let issued = self.app.issue_credential(&who, input).await?;
+        Ok(Response::new(pb::IssueCredentialResponse {
+            credential_id: issued.credential.id.to_string(),
+            token: issued.token,
+            expire_time: issued.credential.expires_at.and_then(convert::timestamp),
+            certificate_subject: issued.credential.certificate_subject.unwrap_or_default(),
+        }))
+    }
+
+    async fn revoke_credential(
+        &self,
+        request: Request<pb::RevokeCredentialRequest>,
+    ) -> Result<Response<pb::RevokeCredentialResponse>, Status> {
+        let who = principal(&request)?;
+        let id = Uuid::try_from(request.get_ref())?;
+        let credential = self.app.revoke_credential(&who, id).await?;
+        Ok(Response::new(pb::RevokeCredentialResponse {
+            revoke_time: credential.revoked_at.and_then(convert::timestamp),
+        }))
+    }
+}
+
+/// A CreateLender request: the lender, and whether it starts active (unset: it does).
+struct CreateLender {
+    lender: NewLender,
+    active: bool,
+}
+
+impl TryFrom<&pb::CreateLenderRequest> for CreateLender {
+    type Error = Violations;
+
+    fn try_from(request: &pb::CreateLenderRequest) -> Result<Self, Violations> {
+        let empty = pb::Lender::default();
+        let given = request.lender.as_ref().unwrap_or(&empty);
+        let lender = NewLender::parse(
+            &LenderInput {
+                name: &given.name,
+                kind: pb::LenderKind::to_domain(given.kind),
+                region_codes: &given.region_codes,
+            },
+            "lender.",
+        )?;
+        Ok(Self {
+            lender,
+            active: given.active.unwrap_or(true),
+        })
+    }
+}
+
+/// A ListLenders request: the activity filter and the page.
+struct ListLenders {
+    active: Option<bool>,
+    page: PageRequest,
+}
+
+impl TryFrom<&pb::ListLendersRequest> for ListLenders {
+    type Error = Violations;
+
+    fn try_from(body: &pb::ListLendersRequest) -> Result<Self, Violations> {
+        let mut v = Violations::default();
+        let page = PageRequest::parse(body.page_size, &body.page_token, &mut v);
+        Ok(Self {
+            active: body.active,
+            page: v.values(page)?,
+        })
+    }
+}
+
+/// The product of a create request, every bad field reported as `product.<field>`.
+impl TryFrom<&pb::CreateProductRequest> for NewProduct {
+    type Error = Violations;
+
+    fn try_from(request: &pb::CreateProductRequest) -> Result<Self, Violations> {
+        let empty = pb::Product::default();
+        let given = request.product.as_ref().unwrap_or(&empty);
         let collateral = convert::enums::<pb::Collateral>(&given.collateral_accepted);
-        let input = NewProduct::parse(
+        NewProduct::parse(
             &ProductInput {
                 lender_id: &given.lender_id,
                 name: &given.name,
@@ -129,22 +229,23 @@ impl pb::lender_service_server::LenderService for LenderHandler {
             },
             "product.",
         )
-        .map_err(crate::service::Error::InvalidArgument)?;
-        let product = self.app.create_product(&who, input).await?;
-        Ok(Response::new(pb::CreateProductResponse {
-            product: Some(product_to_pb(product)),
-        }))
     }
+}
 
-    async fn update_product(
-        &self,
-        request: Request<pb::UpdateProductRequest>,
-    ) -> Result<Response<pb::UpdateProductResponse>, Status> {
-        let who = principal(&request)?;
-        let body = request.into_inner();
+/// An UpdateProduct request: the product and the change its mask names.
+struct UpdateProduct {
+    id: Uuid,
+    patch: ProductPatch,
+}
+
+impl TryFrom<&pb::UpdateProductRequest> for UpdateProduct {
+    type Error = Violations;
+
+    fn try_from(body: &pb::UpdateProductRequest) -> Result<Self, Violations> {
         let mut v = Violations::default();
         let paths = convert::mask_paths(body.update_mask.as_ref(), UPDATABLE, &mut v);
-        let given = body.product.unwrap_or_default();
+        let empty = pb::Product::default();
+        let given = body.product.as_ref().unwrap_or(&empty);
         let id = convert::id("product.id", &given.id, &mut v);
         let has = |name: &str| paths.contains(&name);
         let collateral = convert::enums::<pb::Collateral>(&given.collateral_accepted);
@@ -168,47 +269,38 @@ impl pb::lender_service_server::LenderService for LenderHandler {
             active: has("active").then(|| given.active.unwrap_or(true)),
         };
         let patch = v.nested(ProductPatch::parse(&input, "product."));
-        check(v)?;
-        let product = self
-            .app
-            .update_product(&who, id.expect("checked"), patch.expect("checked"))
-            .await?;
-        Ok(Response::new(pb::UpdateProductResponse {
-            product: Some(product_to_pb(product)),
-        }))
+        let (id, patch) = v.values((id, patch))?;
+        Ok(Self { id, patch })
     }
+}
 
-    async fn list_products(
-        &self,
-        request: Request<pb::ListProductsRequest>,
-    ) -> Result<Response<pb::ListProductsResponse>, Status> {
-        let who = principal(&request)?;
-        let body = request.into_inner();
+/// A ListProducts request: its filters and its page.
+struct ListProducts {
+    lender_id: Option<Uuid>,
+    active: Option<bool>,
+    page: PageRequest,
+}
+
+impl TryFrom<&pb::ListProductsRequest> for ListProducts {
+    type Error = Violations;
+
+    fn try_from(body: &pb::ListProductsRequest) -> Result<Self, Violations> {
         let mut v = Violations::default();
         let page = PageRequest::parse(body.page_size, &body.page_token, &mut v);
         let lender_id = convert::optional_id("lender_id", &body.lender_id, &mut v);
-        check(v)?;
-        let page = self
-            .app
-            .list_products(
-                &who,
-                lender_id.flatten(),
-                body.active,
-                page.expect("checked"),
-            )
-            .await?;
-        Ok(Response::new(pb::ListProductsResponse {
-            products: page.items.into_iter().map(product_to_pb).collect(),
-            next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
-        }))
+        let (page, lender_id) = v.values((page, lender_id))?;
+        Ok(Self {
+            lender_id,
+            active: body.active,
+            page,
+        })
     }
+}
 
-    async fn issue_credential(
-        &self,
-        request: Request<pb::IssueCredentialRequest>,
-    ) -> Result<Response<pb::IssueCredentialResponse>, Status> {
-        let who = principal(&request)?;
-        let body = request.into_inner();
+impl TryFrom<&pb::IssueCredentialRequest> for NewCredential {
+    type Error = Violations;
+
+    fn try_from(body: &pb::IssueCredentialRequest) -> Result<Self, Violations> {
         let mut v = Violations::default();
         let role = v.field(
             "role",
@@ -216,44 +308,15 @@ impl pb::lender_service_server::LenderService for LenderHandler {
         );
         let lender_id = convert::optional_id("lender_id", &body.lender_id, &mut v);
         let expires_at = convert::instant("expire_time", body.expire_time.as_ref(), &mut v);
-        check(v)?;
-        let issued = self
-            .app
-            .issue_credential(
-                &who,
-                NewCredential {
-                    role: role.expect("checked"),
-                    lender_id: lender_id.flatten(),
-                    label: body.label,
-                    expires_at,
-                    certificate_subject: Some(body.certificate_subject)
-                        .filter(|s| !s.trim().is_empty()),
-                },
-            )
-            .await?;
-        Ok(Response::new(pb::IssueCredentialResponse {
-            credential_id: issued.credential.id.to_string(),
-            token: issued.token,
-            expire_time: issued.credential.expires_at.and_then(convert::timestamp),
-            certificate_subject: issued.credential.certificate_subject.unwrap_or_default(),
-        }))
-    }
-
-    async fn revoke_credential(
-        &self,
-        request: Request<pb::RevokeCredentialRequest>,
-    ) -> Result<Response<pb::RevokeCredentialResponse>, Status> {
-        let who = principal(&request)?;
-        let mut v = Violations::default();
-        let id = convert::id("credential_id", &request.get_ref().credential_id, &mut v);
-        check(v)?;
-        let credential = self
-            .app
-            .revoke_credential(&who, id.expect("checked"))
-            .await?;
-        Ok(Response::new(pb::RevokeCredentialResponse {
-            revoke_time: credential.revoked_at.and_then(convert::timestamp),
-        }))
+        let (role, lender_id) = v.values((role, lender_id))?;
+        Ok(NewCredential {
+            role,
+            lender_id,
+            label: body.label.clone(),
+            expires_at,
+            certificate_subject: Some(body.certificate_subject.clone())
+                .filter(|s| !s.trim().is_empty()),
+        })
     }
 }
 

@@ -3,12 +3,15 @@
 use futures::StreamExt as _;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 use super::auth::principal;
-use super::convert::{self, Bridge, check};
+use super::convert::{self, Bridge};
 use super::financing::{need_pb, referral_pb};
 use super::pb;
-use crate::domain::{self, DeclineReason, DomainError, Note, ReferralStatus, Violations};
+use crate::domain::{
+    self, BureauCalendar, DeclineReason, DomainError, Note, ReferralStatus, Violations,
+};
 use crate::service::events::{ReferralEvent, ReferralFeed, WatchItem};
 use crate::service::paging::PageRequest;
 use crate::service::partner::{
@@ -35,39 +38,8 @@ impl pb::partner_service_server::PartnerService for PartnerHandler {
         request: Request<pb::ListReferralsRequest>,
     ) -> Result<Response<pb::ListReferralsResponse>, Status> {
         let who = principal(&request)?;
-        let body = request.into_inner();
-        let mut v = Violations::default();
-        let page = PageRequest::parse(body.page_size, &body.page_token, &mut v);
-        let mut statuses = Vec::new();
-        for (i, status) in convert::enums::<pb::ReferralStatus>(&body.statuses)
-            .into_iter()
-            .enumerate()
-        {
-            match status {
-                Some(s) => statuses.push(s),
-                None => v.add(
-                    format!("statuses[{i}]"),
-                    ReferralStatus::unspecified().to_string(),
-                ),
-            }
-        }
-        let from = convert::instant("create_time_from", body.create_time_from.as_ref(), &mut v);
-        let to = convert::instant("create_time_to", body.create_time_to.as_ref(), &mut v);
-        if let (Some(from), Some(to)) = (from, to)
-            && to <= from
-        {
-            v.add("create_time_to", "must be after create_time_from");
-        }
-        check(v)?;
-        let query = ReferralQuery {
-            statuses,
-            created_from: from,
-            created_to: to,
-        };
-        let page = self
-            .app
-            .list_referrals(&who, query, page.expect("checked"))
-            .await?;
+        let ListReferrals { query, page } = request.get_ref().try_into()?;
+        let page = self.app.list_referrals(&who, query, page).await?;
         Ok(Response::new(pb::ListReferralsResponse {
             referrals: page.items.into_iter().map(lender_referral_pb).collect(),
             next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
@@ -107,10 +79,8 @@ impl pb::partner_service_server::PartnerService for PartnerHandler {
         request: Request<pb::GetReferralRequest>,
     ) -> Result<Response<pb::GetReferralResponse>, Status> {
         let who = principal(&request)?;
-        let mut v = Violations::default();
-        let id = convert::id("referral_id", &request.get_ref().referral_id, &mut v);
-        check(v)?;
-        let referral = self.app.get_referral(&who, id.expect("checked")).await?;
+        let id = Uuid::try_from(request.get_ref())?;
+        let referral = self.app.get_referral(&who, id).await?;
         Ok(Response::new(pb::GetReferralResponse {
             referral: Some(lender_referral_pb(referral)),
         }))
@@ -121,13 +91,8 @@ impl pb::partner_service_server::PartnerService for PartnerHandler {
         request: Request<pb::AcknowledgeReferralRequest>,
     ) -> Result<Response<pb::AcknowledgeReferralResponse>, Status> {
         let who = principal(&request)?;
-        let mut v = Violations::default();
-        let id = convert::id("referral_id", &request.get_ref().referral_id, &mut v);
-        check(v)?;
-        let referral = self
-            .app
-            .acknowledge_referral(&who, id.expect("checked"))
-            .await?;
+        let id = Uuid::try_from(request.get_ref())?;
+        let referral = self.app.acknowledge_referral(&who, id).await?;
         Ok(Response::new(pb::AcknowledgeReferralResponse {
             referral: Some(lender_referral_pb(referral)),
         }))
@@ -138,20 +103,8 @@ impl pb::partner_service_server::PartnerService for PartnerHandler {
         request: Request<pb::RequestInformationRequest>,
     ) -> Result<Response<pb::RequestInformationResponse>, Status> {
         let who = principal(&request)?;
-        let body = request.into_inner();
-        let mut v = Violations::default();
-        let id = convert::id("referral_id", &body.referral_id, &mut v);
-        let message = if body.message.trim().is_empty() {
-            v.add("message", DomainError::Missing.to_string());
-            None
-        } else {
-            v.field("message", Note::parse(&body.message))
-        };
-        check(v)?;
-        let referral = self
-            .app
-            .request_information(&who, id.expect("checked"), message.expect("checked"))
-            .await?;
+        let RequestInformation { id, message } = request.get_ref().try_into()?;
+        let referral = self.app.request_information(&who, id, message).await?;
         Ok(Response::new(pb::RequestInformationResponse {
             referral: Some(lender_referral_pb(referral)),
         }))
@@ -162,21 +115,14 @@ impl pb::partner_service_server::PartnerService for PartnerHandler {
         request: Request<pb::DecideReferralRequest>,
     ) -> Result<Response<pb::DecideReferralResponse>, Status> {
         let who = principal(&request)?;
-        let body = request.into_inner();
-        let mut v = Violations::default();
-        let id = convert::id("referral_id", &body.referral_id, &mut v);
-        let idempotency = idempotency(&body, &mut v);
-        let decision = parse_decision(body.decision.as_ref(), &mut v);
-        check(v)?;
+        let DecideReferral {
+            id,
+            decision,
+            idempotency,
+        } = request.get_ref().try_into()?;
         let response = match self
             .app
-            .decide_referral(
-                &who,
-                id.expect("checked"),
-                decision.expect("checked"),
-                idempotency.expect("checked"),
-                &encode_decided,
-            )
+            .decide_referral(&who, id, decision, idempotency, &encode_decided)
             .await?
         {
             Decided::Fresh(referral) => pb::DecideReferralResponse {
@@ -193,45 +139,8 @@ impl pb::partner_service_server::PartnerService for PartnerHandler {
         request: Request<pb::RecordDisbursementRequest>,
     ) -> Result<Response<pb::RecordDisbursementResponse>, Status> {
         let who = principal(&request)?;
-        let body = request.into_inner();
-        let mut v = Violations::default();
-        let referral_id = convert::id("referral_id", &body.referral_id, &mut v);
-        let loan_reference = v.field(
-            "loan_reference",
-            domain::LoanReference::parse(&body.loan_reference),
-        );
-        let amount = v.field("amount_minor", domain::AmountMinor::new(body.amount_minor));
-        let rate = v.field("rate_bps", domain::Bps::new(body.rate_bps));
-        let term = v.field("term_months", domain::TermMonths::new(body.term_months));
-        let disbursed_on = v.field("disbursed_on", domain::parse_date(&body.disbursed_on));
-        let calendar = self.app.calendar();
-        if let Some(day) = disbursed_on
-            && day > calendar.today()
-        {
-            v.add(
-                "disbursed_on",
-                format!(
-                    "must not be after today ({} in {})",
-                    calendar.today(),
-                    calendar.zone()
-                ),
-            );
-        }
-        check(v)?;
-        let recorded = self
-            .app
-            .record_disbursement(
-                &who,
-                DisbursementInput {
-                    referral_id: referral_id.expect("checked"),
-                    loan_reference: loan_reference.expect("checked"),
-                    amount_minor: amount.expect("checked").get(),
-                    rate_bps: rate.expect("checked").get(),
-                    term_months: term.expect("checked").get(),
-                    disbursed_on: disbursed_on.expect("checked"),
-                },
-            )
-            .await?;
+        let input = parse_disbursement(request.get_ref(), self.app.calendar())?;
+        let recorded = self.app.record_disbursement(&who, input).await?;
         Ok(Response::new(pb::RecordDisbursementResponse {
             disbursement: Some(disbursement_pb(recorded.disbursement)),
             referral: Some(lender_referral_pb(recorded.referral)),
@@ -239,13 +148,144 @@ impl pb::partner_service_server::PartnerService for PartnerHandler {
     }
 }
 
-/// The key, validated, and a fingerprint of the request without it.
-fn idempotency(body: &pb::DecideReferralRequest, v: &mut Violations) -> Option<Idempotency> {
-    let unkeyed = pb::DecideReferralRequest {
-        idempotency_key: String::new(),
-        ..body.clone()
-    };
-    convert::idempotency(&body.idempotency_key, &unkeyed, v)
+/// A ListReferrals request: its filters and its page.
+struct ListReferrals {
+    query: ReferralQuery,
+    page: PageRequest,
+}
+
+impl TryFrom<&pb::ListReferralsRequest> for ListReferrals {
+    type Error = Violations;
+
+    fn try_from(body: &pb::ListReferralsRequest) -> Result<Self, Violations> {
+        let mut v = Violations::default();
+        let page = PageRequest::parse(body.page_size, &body.page_token, &mut v);
+        let mut statuses = Vec::new();
+        for (i, status) in convert::enums::<pb::ReferralStatus>(&body.statuses)
+            .into_iter()
+            .enumerate()
+        {
+            match status {
+                Some(s) => statuses.push(s),
+                None => v.add(
+                    format!("statuses[{i}]"),
+                    ReferralStatus::unspecified().to_string(),
+                ),
+            }
+        }
+        let from = convert::instant("create_time_from", body.create_time_from.as_ref(), &mut v);
+        let to = convert::instant("create_time_to", body.create_time_to.as_ref(), &mut v);
+        if let (Some(from), Some(to)) = (from, to)
+            && to <= from
+        {
+            v.add("create_time_to", "must be after create_time_from");
+        }
+        Ok(Self {
+            query: ReferralQuery {
+                statuses,
+                created_from: from,
+                created_to: to,
+            },
+            page: v.values(page)?,
+        })
+    }
+}
+
+/// A RequestInformation request: the referral and the bank's question.
+struct RequestInformation {
+    id: Uuid,
+    message: Note,
+}
+
+impl TryFrom<&pb::RequestInformationRequest> for RequestInformation {
+    type Error = Violations;
+
+    fn try_from(body: &pb::RequestInformationRequest) -> Result<Self, Violations> {
+        let mut v = Violations::default();
+        let id = convert::id("referral_id", &body.referral_id, &mut v);
+        let message = if body.message.trim().is_empty() {
+            v.add("message", DomainError::Missing.to_string());
+            None
+        } else {
+            v.field("message", Note::parse(&body.message))
+        };
+        let (id, message) = v.values((id, message))?;
+        Ok(Self { id, message })
+    }
+}
+
+/// A DecideReferral request: the referral, the decision and the call's idempotency.
+struct DecideReferral {
+    id: Uuid,
+    decision: Decision,
+    idempotency: Idempotency,
+}
+
+impl TryFrom<&pb::DecideReferralRequest> for DecideReferral {
+    type Error = Violations;
+
+    fn try_from(body: &pb::DecideReferralRequest) -> Result<Self, Violations> {
+        let mut v = Violations::default();
+        let id = convert::id("referral_id", &body.referral_id, &mut v);
+        let unkeyed = pb::DecideReferralRequest {
+            idempotency_key: String::new(),
+            ..body.clone()
+        };
+        let idempotency = convert::idempotency(&body.idempotency_key, &unkeyed, &mut v);
+        let decision = parse_decision(body.decision.as_ref(), &mut v);
+        let (id, decision, idempotency) = v.values((id, decision, idempotency))?;
+        Ok(Self {
+            id,
+            decision,
+            idempotency,
+        })
+    }
+}
+
+/// A RecordDisbursement request, converted as the `TryFrom`s here convert, against the bureau's
+/// calendar: a loan is recorded once disbursed, so `disbursed_on` is not after today.
+fn parse_disbursement(
+    body: &pb::RecordDisbursementRequest,
+    calendar: BureauCalendar,
+) -> Result<DisbursementInput, Violations> {
+    let mut v = Violations::default();
+    let referral_id = convert::id("referral_id", &body.referral_id, &mut v);
+    let loan_reference = v.field(
+        "loan_reference",
+        domain::LoanReference::parse(&body.loan_reference),
+    );
+    let amount = v.field("amount_minor", domain::AmountMinor::new(body.amount_minor));
+    let rate = v.field("rate_bps", domain::Bps::new(body.rate_bps));
+    let term = v.field("term_months", domain::TermMonths::new(body.term_months));
+    let disbursed_on = v.field("disbursed_on", domain::parse_date(&body.disbursed_on));
+    if let Some(day) = disbursed_on
+        && day > calendar.today()
+    {
+        v.add(
+            "disbursed_on",
+            format!(
+                "must not be after today ({} in {})",
+                calendar.today(),
+                calendar.zone()
+            ),
+        );
+    }
+    let (referral_id, loan_reference, amount, rate, term, disbursed_on) = v.values((
+        referral_id,
+        loan_reference,
+        amount,
+        rate,
+        term,
+        disbursed_on,
+    ))?;
+    Ok(DisbursementInput {
+        referral_id,
+        loan_reference,
+        amount_minor: amount.get(),
+        rate_bps: rate.get(),
+        term_months: term.get(),
+        disbursed_on,
+    })
 }
 
 fn parse_decision(

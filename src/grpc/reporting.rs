@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::auth::principal;
-use super::convert::{self, Bridge, check};
+use super::convert::{self, Bridge};
 use super::pb;
 use crate::domain::{IndustryPrefix, RegionPrefix, Violations};
 use crate::service::App;
@@ -31,59 +31,63 @@ impl pb::reporting_service_server::ReportingService for ReportingHandler {
         request: Request<pb::GetSummaryRequest>,
     ) -> Result<Response<pb::GetSummaryResponse>, Status> {
         let who = principal(&request)?;
-        let query = parse_query(request.get_ref())?;
+        let query = SummaryQuery::try_from(request.get_ref())?;
         let summary = self.app.get_summary(&who, query).await?;
         Ok(Response::new(to_pb(summary)))
     }
 }
 
 /// The request as a [`SummaryQuery`], every bad field reported.
-fn parse_query(body: &pb::GetSummaryRequest) -> Result<SummaryQuery, Status> {
-    let mut v = Violations::default();
-    let from = convert::instant("period_from", body.period_from.as_ref(), &mut v);
-    let to = convert::instant("period_to", body.period_to.as_ref(), &mut v);
-    if let (Some(from), Some(to)) = (from, to)
-        && to <= from
-    {
-        v.add("period_to", "must be after period_from");
+impl TryFrom<&pb::GetSummaryRequest> for SummaryQuery {
+    type Error = Violations;
+
+    fn try_from(body: &pb::GetSummaryRequest) -> Result<Self, Violations> {
+        let mut v = Violations::default();
+        let from = convert::instant("period_from", body.period_from.as_ref(), &mut v);
+        let to = convert::instant("period_to", body.period_to.as_ref(), &mut v);
+        if let (Some(from), Some(to)) = (from, to)
+            && to <= from
+        {
+            v.add("period_to", "must be after period_from");
+        }
+        let region_prefix = convert::optional(
+            "region_prefix",
+            &body.region_prefix,
+            RegionPrefix::parse,
+            &mut v,
+        );
+        let industry_prefix = convert::optional(
+            "industry_prefix",
+            &body.industry_prefix,
+            IndustryPrefix::parse,
+            &mut v,
+        );
+        let industry_group_length = match body.industry_group_length {
+            0 => DEFAULT_INDUSTRY_GROUP_LENGTH,
+            n @ 1..=5 => n,
+            _ => {
+                v.add("industry_group_length", "must be 0 (default 3) or 1 to 5");
+                0
+            }
+        };
+        let region_group_length = match body.region_group_length {
+            0 => DEFAULT_REGION_GROUP_LENGTH,
+            n @ (2 | 4 | 6) => n,
+            _ => {
+                v.add("region_group_length", "must be 0 (default 6), 2, 4 or 6");
+                0
+            }
+        };
+        let (region_prefix, industry_prefix) = v.values((region_prefix, industry_prefix))?;
+        Ok(SummaryQuery {
+            from,
+            to,
+            region_prefix,
+            industry_prefix,
+            industry_group_length,
+            region_group_length,
+        })
     }
-    let region_prefix = convert::optional(
-        "region_prefix",
-        &body.region_prefix,
-        RegionPrefix::parse,
-        &mut v,
-    );
-    let industry_prefix = convert::optional(
-        "industry_prefix",
-        &body.industry_prefix,
-        IndustryPrefix::parse,
-        &mut v,
-    );
-    let industry_group_length = match body.industry_group_length {
-        0 => DEFAULT_INDUSTRY_GROUP_LENGTH,
-        n @ 1..=5 => n,
-        _ => {
-            v.add("industry_group_length", "must be 0 (default 3) or 1 to 5");
-            0
-        }
-    };
-    let region_group_length = match body.region_group_length {
-        0 => DEFAULT_REGION_GROUP_LENGTH,
-        n @ (2 | 4 | 6) => n,
-        _ => {
-            v.add("region_group_length", "must be 0 (default 6), 2, 4 or 6");
-            0
-        }
-    };
-    check(v)?;
-    Ok(SummaryQuery {
-        from,
-        to,
-        region_prefix: region_prefix.flatten(),
-        industry_prefix: industry_prefix.flatten(),
-        industry_group_length,
-        region_group_length,
-    })
 }
 
 fn to_pb(summary: Summary) -> pb::GetSummaryResponse {

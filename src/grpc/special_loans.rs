@@ -1,20 +1,22 @@
 //! SpecialLoanService: special-loan programs, lender quotas and allocations.
 
+use chrono::NaiveDate;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 use super::auth::principal;
-use super::convert::{self, Bridge, check};
+use super::convert::{self, Bridge};
 use super::pb;
 use crate::domain::special_loan::{DEFAULT_RESERVATION_HOURS, MAX_RESERVATION_HOURS};
 use crate::domain::{
-    self, AllocationStatus, AmountMinor, Bps, DomainError, ListCode, Name, NonNegativeMinor, Note,
-    TermMonths, Violations,
+    self, AllocationStatus, AmountMinor, Bps, BureauCalendar, DomainError, ListCode, LoanReference,
+    Name, NonNegativeMinor, Note, TermMonths, Violations,
 };
-use crate::service::App;
 use crate::service::paging::PageRequest;
 use crate::service::special_loans::{
     Allocation, AllocationQuery, AllocationRequest, NewProgram, Program,
 };
+use crate::service::{App, Idempotency};
 
 /// The contract's ranges where they are narrower than the domain types'.
 const MAX_TERM_MONTHS: i32 = 360;
@@ -37,8 +39,7 @@ impl pb::special_loan_service_server::SpecialLoanService for SpecialLoanHandler 
         request: Request<pb::CreateProgramRequest>,
     ) -> Result<Response<pb::CreateProgramResponse>, Status> {
         let who = principal(&request)?;
-        let given = request.into_inner().program.unwrap_or_default();
-        let input = parse_new_program(&given)?;
+        let input = NewProgram::try_from(request.get_ref())?;
         let program = self.app.create_program(&who, input).await?;
         Ok(Response::new(pb::CreateProgramResponse {
             program: Some(program_to_pb(program)),
@@ -50,10 +51,8 @@ impl pb::special_loan_service_server::SpecialLoanService for SpecialLoanHandler 
         request: Request<pb::GetProgramRequest>,
     ) -> Result<Response<pb::GetProgramResponse>, Status> {
         let who = principal(&request)?;
-        let mut v = Violations::default();
-        let id = convert::id("program_id", &request.get_ref().program_id, &mut v);
-        check(v)?;
-        let program = self.app.get_program(&who, id.expect("checked")).await?;
+        let id = Uuid::try_from(request.get_ref())?;
+        let program = self.app.get_program(&who, id).await?;
         Ok(Response::new(pb::GetProgramResponse {
             program: Some(program_to_pb(program)),
         }))
@@ -64,20 +63,14 @@ impl pb::special_loan_service_server::SpecialLoanService for SpecialLoanHandler 
         request: Request<pb::SetLenderQuotaRequest>,
     ) -> Result<Response<pb::SetLenderQuotaResponse>, Status> {
         let who = principal(&request)?;
-        let body = request.into_inner();
-        let mut v = Violations::default();
-        let program_id = convert::id("program_id", &body.program_id, &mut v);
-        let lender_id = convert::id("lender_id", &body.lender_id, &mut v);
-        let quota = v.field("quota_minor", NonNegativeMinor::new(body.quota_minor));
-        check(v)?;
+        let SetLenderQuota {
+            program_id,
+            lender_id,
+            quota,
+        } = request.get_ref().try_into()?;
         let program = self
             .app
-            .set_lender_quota(
-                &who,
-                program_id.expect("checked"),
-                lender_id.expect("checked"),
-                quota.expect("checked"),
-            )
+            .set_lender_quota(&who, program_id, lender_id, quota)
             .await?;
         Ok(Response::new(pb::SetLenderQuotaResponse {
             program: Some(program_to_pb(program)),
@@ -89,7 +82,216 @@ impl pb::special_loan_service_server::SpecialLoanService for SpecialLoanHandler 
         request: Request<pb::AllocateSpecialLoanRequest>,
     ) -> Result<Response<pb::AllocateSpecialLoanResponse>, Status> {
         let who = principal(&request)?;
-        let body = request.into_inner();
+        let AllocateSpecialLoan {
+            idempotency,
+            request,
+        } = request.get_ref().try_into()?;
+        let allocation = self
+            .app
+            .allocate_special_loan(&who, idempotency, request)
+            .await?;
+        Ok(Response::new(pb::AllocateSpecialLoanResponse {
+            allocation: Some(allocation_to_pb(allocation)),
+        }))
+    }
+
+    async fn confirm_allocation(
+        &self,
+        request: Request<pb::ConfirmAllocationRequest>,
+    ) -> Result<Response<pb::ConfirmAllocationResponse>, Status> {
+        let who = principal(&request)?;
+        let ConfirmAllocation {
+            id,
+            loan_reference,
+            disbursed_on,
+        } = parse_confirmation(request.get_ref(), self.app.calendar())?;
+        let allocation = self
+            .app
+            .confirm_allocation(&who, id, loan_reference, disbursed_on)
+            .await?;
+        Ok(Response::new(pb::ConfirmAllocationResponse {
+            allocation: Some(allocation_to_pb(allocation)),
+        }))
+    }
+
+    async fn release_allocation(
+        &self,
+        request: Request<pb::ReleaseAllocationRequest>,
+    ) -> Result<Response<pb::ReleaseAllocationResponse>, Status> {
+        let who = principal(&request)?;
+        let ReleaseAllocation { id, reason } = request.get_ref().try_into()?;
+        let allocation = self.app.release_allocation(&who, id, reason).await?;
+        Ok(Response::new(pb::ReleaseAllocationResponse {
+            allocation: Some(allocation_to_pb(allocation)),
+        }))
+    }
+
+    async fn list_allocations(
+        &self,
+        request: Request<pb::ListAllocationsRequest>,
+    ) -> Result<Response<pb::ListAllocationsResponse>, Status> {
+        let who = principal(&request)?;
+        let ListAllocations { query, page } = request.get_ref().try_into()?;
+        let page = self.app.list_allocations(&who, query, page).await?;
+        Ok(Response::new(pb::ListAllocationsResponse {
+            allocations: page.items.into_iter().map(allocation_to_pb).collect(),
+            next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
+        }))
+    }
+}
+
+/// The program of a create request, every bad field reported as `program.<field>`.
+impl TryFrom<&pb::CreateProgramRequest> for NewProgram {
+    type Error = Violations;
+
+    fn try_from(request: &pb::CreateProgramRequest) -> Result<Self, Violations> {
+        let empty = pb::Program::default();
+        let given = request.program.as_ref().unwrap_or(&empty);
+        let mut v = Violations::default();
+        let code = v.field("program.code", ListCode::parse(&given.code));
+        let name = v.field("program.name", Name::parse(&given.name));
+        let total_quota = v.field(
+            "program.total_quota_minor",
+            AmountMinor::new(given.total_quota_minor),
+        );
+        let rate_cap = v.field(
+            "program.rate_cap_bps",
+            at_least(given.rate_cap_bps, MIN_RATE_BPS, Bps::MAX).and_then(Bps::new),
+        );
+        let subsidy_ratio = v.field(
+            "program.subsidy_ratio_bps",
+            Bps::new(given.subsidy_ratio_bps),
+        );
+        // Unset is a value of these two (no limit), so each parses to an Option of an Option.
+        let max_effective_rate = match given.max_effective_rate_bps {
+            None => Some(None),
+            Some(raw) => v
+                .field("program.max_effective_rate_bps", Bps::new(raw))
+                .map(Some),
+        };
+        let per_enterprise_cap = match given.per_enterprise_cap_minor {
+            None => Some(None),
+            Some(raw) => v
+                .field("program.per_enterprise_cap_minor", AmountMinor::new(raw))
+                .map(Some),
+        };
+        let max_term = v.field(
+            "program.max_term_months",
+            at_least(given.max_term_months, TermMonths::MIN, MAX_TERM_MONTHS)
+                .and_then(TermMonths::new),
+        );
+        let reservation_hours = v.field(
+            "program.reservation_hours",
+            match given.reservation_hours {
+                0 => Ok(DEFAULT_RESERVATION_HOURS),
+                hours => at_least(hours, 1, MAX_RESERVATION_HOURS),
+            },
+        );
+        let mut required_designations: Vec<ListCode> = Vec::new();
+        for (i, raw) in given.required_designations.iter().enumerate() {
+            if let Some(code) = v.field(
+                format!("program.required_designations[{i}]"),
+                ListCode::parse(raw),
+            ) && !required_designations.contains(&code)
+            {
+                required_designations.push(code);
+            }
+        }
+        let loan_date_from = v.field(
+            "program.loan_date_from",
+            domain::parse_date(&given.loan_date_from),
+        );
+        let loan_date_to = convert::optional(
+            "program.loan_date_to",
+            &given.loan_date_to,
+            domain::parse_date,
+            &mut v,
+        );
+        if let (Some(from), Some(Some(to))) = (loan_date_from, loan_date_to)
+            && to < from
+        {
+            v.add(
+                "program.loan_date_to",
+                format!("{to} is before loan_date_from {from}"),
+            );
+        }
+        let (
+            code,
+            name,
+            total_quota,
+            rate_cap,
+            subsidy_ratio,
+            max_effective_rate,
+            per_enterprise_cap,
+            max_term,
+            reservation_hours,
+            loan_date_from,
+            loan_date_to,
+        ) = v.values((
+            code,
+            name,
+            total_quota,
+            rate_cap,
+            subsidy_ratio,
+            max_effective_rate,
+            per_enterprise_cap,
+            max_term,
+            reservation_hours,
+            loan_date_from,
+            loan_date_to,
+        ))?;
+        Ok(NewProgram {
+            code,
+            name,
+            total_quota,
+            rate_cap,
+            subsidy_ratio,
+            max_effective_rate,
+            per_enterprise_cap,
+            max_term,
+            required_designations,
+            loan_date_from,
+            loan_date_to,
+            one_bank_per_enterprise: given.one_bank_per_enterprise,
+            reservation_hours,
+        })
+    }
+}
+
+/// A SetLenderQuota request: the program, the bank and its new quota.
+struct SetLenderQuota {
+    program_id: Uuid,
+    lender_id: Uuid,
+    quota: NonNegativeMinor,
+}
+
+impl TryFrom<&pb::SetLenderQuotaRequest> for SetLenderQuota {
+    type Error = Violations;
+
+    fn try_from(body: &pb::SetLenderQuotaRequest) -> Result<Self, Violations> {
+        let mut v = Violations::default();
+        let program_id = convert::id("program_id", &body.program_id, &mut v);
+        let lender_id = convert::id("lender_id", &body.lender_id, &mut v);
+        let quota = v.field("quota_minor", NonNegativeMinor::new(body.quota_minor));
+        let (program_id, lender_id, quota) = v.values((program_id, lender_id, quota))?;
+        Ok(Self {
+            program_id,
+            lender_id,
+            quota,
+        })
+    }
+}
+
+/// An AllocateSpecialLoan request: the call's idempotency and the loan to reserve quota for.
+struct AllocateSpecialLoan {
+    idempotency: Idempotency,
+    request: AllocationRequest,
+}
+
+impl TryFrom<&pb::AllocateSpecialLoanRequest> for AllocateSpecialLoan {
+    type Error = Violations;
+
+    fn try_from(body: &pb::AllocateSpecialLoanRequest) -> Result<Self, Violations> {
         let mut v = Violations::default();
         let idempotency = convert::idempotency(
             &body.idempotency_key,
@@ -113,94 +315,109 @@ impl pb::special_loan_service_server::SpecialLoanService for SpecialLoanHandler 
             at_least(body.term_months, TermMonths::MIN, MAX_TERM_MONTHS).and_then(TermMonths::new),
         );
         let loan_date = v.field("loan_date", domain::parse_date(&body.loan_date));
-        check(v)?;
-        let idempotency = idempotency.expect("checked");
-        let request = AllocationRequest {
-            program_id: program_id.expect("checked"),
-            lender_id: lender_id.expect("checked"),
-            enterprise_id: enterprise_id.expect("checked"),
-            referral_id: referral_id.expect("checked"),
-            amount: amount.expect("checked"),
-            rate: rate.expect("checked"),
-            term: term.expect("checked"),
-            loan_date: loan_date.expect("checked"),
-        };
-        let allocation = self
-            .app
-            .allocate_special_loan(&who, idempotency, request)
-            .await?;
-        Ok(Response::new(pb::AllocateSpecialLoanResponse {
-            allocation: Some(allocation_to_pb(allocation)),
-        }))
+        let (
+            idempotency,
+            program_id,
+            lender_id,
+            enterprise_id,
+            referral_id,
+            amount,
+            rate,
+            term,
+            loan_date,
+        ) = v.values((
+            idempotency,
+            program_id,
+            lender_id,
+            enterprise_id,
+            referral_id,
+            amount,
+            rate,
+            term,
+            loan_date,
+        ))?;
+        Ok(Self {
+            idempotency,
+            request: AllocationRequest {
+                program_id,
+                lender_id,
+                enterprise_id,
+                referral_id,
+                amount,
+                rate,
+                term,
+                loan_date,
+            },
+        })
     }
+}
 
-    async fn confirm_allocation(
-        &self,
-        request: Request<pb::ConfirmAllocationRequest>,
-    ) -> Result<Response<pb::ConfirmAllocationResponse>, Status> {
-        let who = principal(&request)?;
-        let body = request.into_inner();
-        let mut v = Violations::default();
-        let id = convert::id("allocation_id", &body.allocation_id, &mut v);
-        let loan_reference = v.field(
-            "loan_reference",
-            domain::LoanReference::parse(&body.loan_reference),
+/// A ConfirmAllocation request: the allocation and the loan it became.
+struct ConfirmAllocation {
+    id: Uuid,
+    loan_reference: LoanReference,
+    disbursed_on: NaiveDate,
+}
+
+/// A ConfirmAllocation request, converted as the `TryFrom`s here convert, against the bureau's
+/// calendar: a loan is confirmed once disbursed, so `disbursed_on` is not after today.
+fn parse_confirmation(
+    body: &pb::ConfirmAllocationRequest,
+    calendar: BureauCalendar,
+) -> Result<ConfirmAllocation, Violations> {
+    let mut v = Violations::default();
+    let id = convert::id("allocation_id", &body.allocation_id, &mut v);
+    let loan_reference = v.field("loan_reference", LoanReference::parse(&body.loan_reference));
+    let disbursed_on = v.field("disbursed_on", domain::parse_date(&body.disbursed_on));
+    let today = calendar.today();
+    if let Some(day) = disbursed_on
+        && day > today
+    {
+        v.add(
+            "disbursed_on",
+            format!(
+                "{day} is in the future; confirm a loan once it is disbursed (today is {today} \
+                 in {})",
+                calendar.zone()
+            ),
         );
-        let disbursed_on = v.field("disbursed_on", domain::parse_date(&body.disbursed_on));
-        let calendar = self.app.calendar();
-        let today = calendar.today();
-        if let Some(day) = disbursed_on
-            && day > today
-        {
-            v.add(
-                "disbursed_on",
-                format!(
-                    "{day} is in the future; confirm a loan once it is disbursed (today is {today} \
-                     in {})",
-                    calendar.zone()
-                ),
-            );
-        }
-        check(v)?;
-        let allocation = self
-            .app
-            .confirm_allocation(
-                &who,
-                id.expect("checked"),
-                loan_reference.expect("checked"),
-                disbursed_on.expect("checked"),
-            )
-            .await?;
-        Ok(Response::new(pb::ConfirmAllocationResponse {
-            allocation: Some(allocation_to_pb(allocation)),
-        }))
     }
+    let (id, loan_reference, disbursed_on) = v.values((id, loan_reference, disbursed_on))?;
+    Ok(ConfirmAllocation {
+        id,
+        loan_reference,
+        disbursed_on,
+    })
+}
 
-    async fn release_allocation(
-        &self,
-        request: Request<pb::ReleaseAllocationRequest>,
-    ) -> Result<Response<pb::ReleaseAllocationResponse>, Status> {
-        let who = principal(&request)?;
-        let body = request.into_inner();
+/// A ReleaseAllocation request: the allocation and why its quota goes back.
+struct ReleaseAllocation {
+    id: Uuid,
+    reason: Note,
+}
+
+impl TryFrom<&pb::ReleaseAllocationRequest> for ReleaseAllocation {
+    type Error = Violations;
+
+    fn try_from(body: &pb::ReleaseAllocationRequest) -> Result<Self, Violations> {
         let mut v = Violations::default();
         let id = convert::id("allocation_id", &body.allocation_id, &mut v);
-        let why = v.field("reason", Note::parse(&body.reason));
-        check(v)?;
-        let allocation = self
-            .app
-            .release_allocation(&who, id.expect("checked"), why.expect("checked"))
-            .await?;
-        Ok(Response::new(pb::ReleaseAllocationResponse {
-            allocation: Some(allocation_to_pb(allocation)),
-        }))
+        let reason = v.field("reason", Note::parse(&body.reason));
+        let (id, reason) = v.values((id, reason))?;
+        Ok(Self { id, reason })
     }
+}
 
-    async fn list_allocations(
-        &self,
-        request: Request<pb::ListAllocationsRequest>,
-    ) -> Result<Response<pb::ListAllocationsResponse>, Status> {
-        let who = principal(&request)?;
-        let body = request.into_inner();
+/// A ListAllocations request: its filters and its page.
+struct ListAllocations {
+    query: AllocationQuery,
+    page: PageRequest,
+}
+
+impl TryFrom<&pb::ListAllocationsRequest> for ListAllocations {
+    type Error = Violations;
+
+    fn try_from(body: &pb::ListAllocationsRequest) -> Result<Self, Violations> {
         let mut v = Violations::default();
         let page = PageRequest::parse(body.page_size, &body.page_token, &mut v);
         let program_id = convert::optional_id("program_id", &body.program_id, &mut v);
@@ -222,103 +439,18 @@ impl pb::special_loan_service_server::SpecialLoanService for SpecialLoanHandler 
                 ),
             }
         }
-        check(v)?;
-        let query = AllocationQuery {
-            program_id: program_id.flatten(),
-            lender_id: lender_id.flatten(),
-            enterprise_id: enterprise_id.flatten(),
-            statuses,
-        };
-        let page = self
-            .app
-            .list_allocations(&who, query, page.expect("checked"))
-            .await?;
-        Ok(Response::new(pb::ListAllocationsResponse {
-            allocations: page.items.into_iter().map(allocation_to_pb).collect(),
-            next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
-        }))
+        let (page, program_id, lender_id, enterprise_id) =
+            v.values((page, program_id, lender_id, enterprise_id))?;
+        Ok(Self {
+            query: AllocationQuery {
+                program_id,
+                lender_id,
+                enterprise_id,
+                statuses,
+            },
+            page,
+        })
     }
-}
-
-/// The program of a create request, every bad field reported as `program.<field>`.
-pub fn parse_new_program(given: &pb::Program) -> Result<NewProgram, Status> {
-    let mut v = Violations::default();
-    let code = v.field("program.code", ListCode::parse(&given.code));
-    let name = v.field("program.name", Name::parse(&given.name));
-    let total_quota = v.field(
-        "program.total_quota_minor",
-        AmountMinor::new(given.total_quota_minor),
-    );
-    let rate_cap = v.field(
-        "program.rate_cap_bps",
-        at_least(given.rate_cap_bps, MIN_RATE_BPS, Bps::MAX).and_then(Bps::new),
-    );
-    let subsidy_ratio = v.field(
-        "program.subsidy_ratio_bps",
-        Bps::new(given.subsidy_ratio_bps),
-    );
-    let max_effective_rate = given
-        .max_effective_rate_bps
-        .map(|raw| v.field("program.max_effective_rate_bps", Bps::new(raw)));
-    let per_enterprise_cap = given
-        .per_enterprise_cap_minor
-        .map(|raw| v.field("program.per_enterprise_cap_minor", AmountMinor::new(raw)));
-    let max_term = v.field(
-        "program.max_term_months",
-        at_least(given.max_term_months, TermMonths::MIN, MAX_TERM_MONTHS).and_then(TermMonths::new),
-    );
-    let reservation_hours = v.field(
-        "program.reservation_hours",
-        match given.reservation_hours {
-            0 => Ok(DEFAULT_RESERVATION_HOURS),
-            hours => at_least(hours, 1, MAX_RESERVATION_HOURS),
-        },
-    );
-    let mut required_designations: Vec<ListCode> = Vec::new();
-    for (i, raw) in given.required_designations.iter().enumerate() {
-        if let Some(code) = v.field(
-            format!("program.required_designations[{i}]"),
-            ListCode::parse(raw),
-        ) && !required_designations.contains(&code)
-        {
-            required_designations.push(code);
-        }
-    }
-    let loan_date_from = v.field(
-        "program.loan_date_from",
-        domain::parse_date(&given.loan_date_from),
-    );
-    let loan_date_to = convert::optional(
-        "program.loan_date_to",
-        &given.loan_date_to,
-        domain::parse_date,
-        &mut v,
-    );
-    if let (Some(from), Some(Some(to))) = (loan_date_from, loan_date_to)
-        && to < from
-    {
-        v.add(
-            "program.loan_date_to",
-            format!("{to} is before loan_date_from {from}"),
-        );
-    }
-    v.finish()
-        .map_err(|v| Status::from(crate::service::Error::InvalidArgument(v)))?;
-    Ok(NewProgram {
-        code: code.expect("checked"),
-        name: name.expect("checked"),
-        total_quota: total_quota.expect("checked"),
-        rate_cap: rate_cap.expect("checked"),
-        subsidy_ratio: subsidy_ratio.expect("checked"),
-        max_effective_rate: max_effective_rate.map(|r| r.expect("checked")),
-        per_enterprise_cap: per_enterprise_cap.map(|c| c.expect("checked")),
-        max_term: max_term.expect("checked"),
-        required_designations,
-        loan_date_from: loan_date_from.expect("checked"),
-        loan_date_to: loan_date_to.expect("checked"),
-        one_bank_per_enterprise: given.one_bank_per_enterprise,
-        reservation_hours: reservation_hours.expect("checked"),
-    })
 }
 
 /// `value` when inside the contract's `min..=max`, which may be narrower than a domain type's.

@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::domain::Violations;
 use crate::service::Error;
 
 /// The `ErrorInfo.domain` of every error finmatch raises.
@@ -35,6 +36,13 @@ pub fn oversized_as_resource_exhausted<B>(mut response: http::Response<B>) -> ht
         tracing::warn!("could not rewrite the status of an oversized request");
     }
     response
+}
+
+/// A request's refused fields: INVALID_ARGUMENT with a BadRequest violation per field.
+impl From<Violations> for Status {
+    fn from(violations: Violations) -> Self {
+        Error::InvalidArgument(violations).into()
+    }
 }
 
 impl From<Error> for Status {
