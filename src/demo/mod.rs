@@ -424,15 +424,7 @@ impl<'a> Loader<'a> {
         // Validated as of the day the bureau took it in.
         let need = NewNeed::parse(&input, "need.", e.need.submitted_on).map_err(invalid)?;
         let key = idempotency(format!("demo-need-{}", e.credit_code), &need);
-        let submitted = self
-            .app
-            .submit_need(
-                &self.operator,
-                key,
-                need,
-                &crate::grpc::financing::encode_submitted,
-            )
-            .await?;
+        let submitted = self.app.submit_need(&self.operator, key, need).await?;
         self.needs_submitted += 1;
         match submitted {
             crate::service::financing::Submission::Created(stored) => Ok(stored.need.id),
@@ -775,13 +767,7 @@ impl<'a> Loader<'a> {
     async fn decide(&self, bank: &Bank, referral: Uuid, decision: Decision) -> anyhow::Result<()> {
         let key = idempotency(format!("demo-decision-{referral}"), &decision);
         self.app
-            .decide_referral(
-                &bank.who,
-                referral,
-                decision,
-                key,
-                &crate::grpc::partner::encode_decided,
-            )
+            .decide_referral(&bank.who, referral, decision, key)
             .await?;
         Ok(())
     }

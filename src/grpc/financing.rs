@@ -11,8 +11,8 @@ use crate::domain::{
     DomainError, IndustryPrefix, NeedInput, NewNeed, Note, RegionPrefix, Violations,
 };
 use crate::service::financing::{
-    IMPORT_BATCH, ImportItem, ImportOutcome, MatchCandidate, Need, NeedQuery, NeedWithReferrals,
-    PreviewSubject, Referral, Submission,
+    IMPORT_BATCH, ImportItem, ImportOutcome, MatchCandidate, Need, NeedQuery, PreviewSubject,
+    Referral, Submission,
 };
 use crate::service::paging::{MAX_PAGE_SIZE, OffsetToken, PageRequest};
 use crate::service::{App, Error, Idempotency};
@@ -48,21 +48,12 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
         let today = self.app.calendar().today();
         let (idempotency, need) =
             parse_submission(&body.idempotency_key, body.need.as_ref(), today)?;
-        let submitted = self
-            .app
-            .submit_need(&who, idempotency, need, &encode_submitted)
-            .await
-            .map_err(Status::from)?;
-        let response = match submitted {
-            Submission::Created(stored) => submitted_pb(stored),
-            Submission::Replayed(bytes) => pb::SubmitNeedResponse::decode(bytes.as_slice())
-                .map_err(|e| {
-                    Status::from(Error::Internal(anyhow::anyhow!(
-                        "saved SubmitNeed response does not decode: {e}"
-                    )))
-                })?,
-        };
-        Ok(Response::new(response))
+        let submitted = self.app.submit_need(&who, idempotency, need).await?;
+        let (Submission::Created(stored) | Submission::Replayed(stored)) = submitted;
+        Ok(Response::new(pb::SubmitNeedResponse {
+            need: Some(need_pb(stored.need)),
+            referrals: stored.referrals.into_iter().map(referral_pb).collect(),
+        }))
     }
 
     async fn import_needs(
@@ -223,7 +214,7 @@ impl FinancingHandler {
         let outcomes = if items.is_empty() {
             Vec::new()
         } else {
-            self.app.import_needs(who, items, &encode_submitted).await?
+            self.app.import_needs(who, items).await?
         };
         let mut refused = Vec::new();
         for ((index, key), outcome) in keys.into_iter().zip(outcomes) {
@@ -237,16 +228,12 @@ impl FinancingHandler {
                         replayed: false,
                     }
                 }
-                ImportOutcome::Replayed(saved) => {
+                ImportOutcome::Replayed { need_id, status } => {
                     response.replayed += 1;
-                    let need = pb::SubmitNeedResponse::decode(saved.as_slice())
-                        .map_err(|e| Status::internal(format!("a saved response: {e}")))?
-                        .need
-                        .unwrap_or_default();
                     pb::ImportNeedsStored {
                         index: index as i64,
-                        need_id: need.id,
-                        status: need.status,
+                        need_id: need_id.to_string(),
+                        status: pb::NeedStatus::from_domain(status),
                         replayed: true,
                     }
                 }
@@ -518,18 +505,6 @@ fn parse_need(given: Option<&pb::Need>, today: chrono::NaiveDate) -> Result<NewN
         note: &given.note,
     };
     NewNeed::parse(&input, "need.", today)
-}
-
-/// The SubmitNeed response as saved for replays (also used by the demo loader).
-pub(crate) fn encode_submitted(stored: &NeedWithReferrals) -> Vec<u8> {
-    submitted_pb(stored.clone()).encode_to_vec()
-}
-
-fn submitted_pb(stored: NeedWithReferrals) -> pb::SubmitNeedResponse {
-    pb::SubmitNeedResponse {
-        need: Some(need_pb(stored.need)),
-        referrals: stored.referrals.into_iter().map(referral_pb).collect(),
-    }
 }
 
 /// How an ImportNeeds item failed, as SubmitNeed would have said it.

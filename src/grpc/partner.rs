@@ -1,7 +1,6 @@
 //! PartnerService: a partner bank's referrals, answers, loan outcomes and event stream.
 
 use futures::StreamExt as _;
-use prost::Message as _;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -15,7 +14,7 @@ use crate::domain::{
 use crate::service::events::{ReferralEvent, ReferralFeed, WatchItem};
 use crate::service::paging::PageRequest;
 use crate::service::partner::{
-    Decided, Decision, Disbursement, DisbursementInput, LenderReferral, ReferralQuery,
+    Decision, Disbursement, DisbursementInput, LenderReferral, ReferralQuery,
 };
 use crate::service::{App, Error, Idempotency};
 
@@ -120,18 +119,13 @@ impl pb::partner_service_server::PartnerService for PartnerHandler {
             decision,
             idempotency,
         } = request.get_ref().try_into()?;
-        let response = match self
+        let referral = self
             .app
-            .decide_referral(&who, id, decision, idempotency, &encode_decided)
-            .await?
-        {
-            Decided::Fresh(referral) => pb::DecideReferralResponse {
-                referral: Some(lender_referral_pb(*referral)),
-            },
-            Decided::Replayed(saved) => pb::DecideReferralResponse::decode(saved.as_slice())
-                .map_err(|e| Status::from(Error::Internal(e.into())))?,
-        };
-        Ok(Response::new(response))
+            .decide_referral(&who, id, decision, idempotency)
+            .await?;
+        Ok(Response::new(pb::DecideReferralResponse {
+            referral: Some(lender_referral_pb(referral)),
+        }))
     }
 
     async fn record_disbursement(
@@ -354,14 +348,6 @@ fn event_pb(event: &ReferralEvent) -> pb::ReferralEvent {
         referral: Some(referral_pb(event.referral.clone())),
         time: convert::timestamp(event.time),
     }
-}
-
-/// The DecideReferral response as saved for replays (also used by the demo loader).
-pub(crate) fn encode_decided(decided: &LenderReferral) -> Vec<u8> {
-    pb::DecideReferralResponse {
-        referral: Some(lender_referral_pb(decided.clone())),
-    }
-    .encode_to_vec()
 }
 
 /// A referral as its lender sees it.

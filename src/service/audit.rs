@@ -52,12 +52,17 @@ fn scope(who: &Principal) -> Uuid {
 
 /// The response saved by an earlier call with the same key, if there was one.
 /// FAILED_PRECONDITION `IDEMPOTENCY_KEY_REUSED` when that call had a different request.
-pub async fn replayed(
+///
+/// Replay records hold the use case's own outcome as JSON ([`response_body`]), whatever the
+/// transport. A record this build cannot read (the protobuf bytes finmatch wrote for SubmitNeed
+/// and DecideReferral before 2026-12) reads as purged: its first response is gone, as it is
+/// for any key past the retention window, and the caller is told so as the contract says.
+pub async fn replayed<T: serde::de::DeserializeOwned>(
     conn: &mut Connection,
     who: &Principal,
     rpc: &str,
     idempotency: &Idempotency,
-) -> Result<Option<Vec<u8>>> {
+) -> Result<Option<T>> {
     let Some(row) = storage::idempotency::find(conn, scope(who), rpc, &idempotency.key).await?
     else {
         return Ok(None);
@@ -73,7 +78,17 @@ pub async fn replayed(
         )
         .with_metadata("idempotency_key", &idempotency.key));
     }
-    Ok(Some(row.response.unwrap_or_default()))
+    match serde_json::from_slice(row.response.as_deref().unwrap_or_default()) {
+        Ok(response) => Ok(Some(response)),
+        Err(error) => {
+            tracing::warn!(
+                rpc,
+                %error,
+                "a replay record in a format this build does not read; its response counts as gone"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Saves the response of a call made with a key. A concurrent call with the same key fails here
@@ -83,25 +98,32 @@ pub async fn remember(
     who: &Principal,
     rpc: &str,
     idempotency: &Idempotency,
-    response: &[u8],
+    response: &impl serde::Serialize,
 ) -> Result<()> {
-    storage::idempotency::insert(conn, &replay_record(who, rpc, idempotency, response)).await?;
+    let body = response_body(response)?;
+    storage::idempotency::insert(conn, &replay_record(who, rpc, idempotency, &body)).await?;
     Ok(())
 }
 
-/// The replay record of a call made with a key, as [`remember`] writes it.
+/// The body of a replay record: the use case's outcome as JSON, which [`replayed`] reads back.
+pub fn response_body(response: &impl serde::Serialize) -> Result<Vec<u8>> {
+    serde_json::to_vec(response).map_err(|e| Error::Internal(e.into()))
+}
+
+/// The replay record of a call made with a key, its body made by [`response_body`], as
+/// [`remember`] writes it.
 pub fn replay_record<'a>(
     who: &Principal,
     rpc: &'a str,
     idempotency: &'a Idempotency,
-    response: &'a [u8],
+    body: &'a [u8],
 ) -> storage::idempotency::NewIdempotencyKey<'a> {
     storage::idempotency::NewIdempotencyKey {
         principal_id: scope(who),
         rpc,
         key: &idempotency.key,
         request_hash: &idempotency.fingerprint,
-        response: Some(response),
+        response: Some(body),
     }
 }
 

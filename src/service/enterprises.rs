@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel_async::AsyncConnection as _;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::error::{TRIES, retry_conflicts};
@@ -19,7 +20,7 @@ use crate::storage::enterprises::{
 use crate::storage::{self, Connection, Failure};
 
 /// An enterprise as stored, with its current (unrevoked) designations.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enterprise {
     pub id: Uuid,
     pub credit_code: String,
@@ -39,7 +40,7 @@ pub struct Enterprise {
 
 /// Membership of an official list, valid from `granted_on` to `expires_on` (inclusive; open-ended
 /// when None).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Designation {
     pub list_code: String,
     pub granted_on: NaiveDate,

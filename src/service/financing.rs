@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, NaiveDate, SubsecRound as _, TimeDelta, Utc};
 use diesel_async::AsyncConnection as _;
 use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::enterprises;
@@ -40,7 +41,7 @@ pub const PURGE_BATCH: i64 = 1_000;
 const SWEEP_BATCH: i64 = 100;
 
 /// A need as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Need {
     pub id: Uuid,
     pub enterprise_id: Uuid,
@@ -60,7 +61,7 @@ pub struct Need {
 }
 
 /// A referral as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Referral {
     pub id: Uuid,
     pub need_id: Uuid,
@@ -82,8 +83,9 @@ pub struct Referral {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A need with referrals (all of them, or those one call created).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A need with referrals (all of them, or those one call created); a SubmitNeed replay record
+/// holds the one its call created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NeedWithReferrals {
     pub need: Need,
     pub referrals: Vec<Referral>,
@@ -94,13 +96,9 @@ pub struct NeedWithReferrals {
 pub enum Submission {
     /// Stored now.
     Created(NeedWithReferrals),
-    /// An earlier call with the same key and request stored it; its saved response.
-    Replayed(Vec<u8>),
+    /// An earlier call with the same key and request stored it: what it answered then.
+    Replayed(NeedWithReferrals),
 }
-
-/// Encodes a response for replay; supplied by the transport, which owns the wire format. A plain
-/// function (`'static`), as a SubmitNeed call may be stored by a wave another task writes.
-pub type Encoder = &'static (dyn Fn(&NeedWithReferrals) -> Vec<u8> + Send + Sync);
 
 /// One ImportNeeds item, validated by the transport.
 #[derive(Debug, Clone)]
@@ -114,7 +112,6 @@ pub struct ImportItem {
 pub(super) struct WaveItem<'a> {
     pub idempotency: &'a Idempotency,
     pub need: &'a NewNeed,
-    pub encode: Encoder,
 }
 
 /// The result of one ImportNeeds item.
@@ -125,8 +122,11 @@ pub enum ImportOutcome {
         need_id: Uuid,
         status: NeedStatus,
     },
-    /// Stored by an earlier call under the item's key: that call's saved response.
-    Replayed(Vec<u8>),
+    /// Stored by an earlier call under the item's key, with the status that call stored it in.
+    Replayed {
+        need_id: Uuid,
+        status: NeedStatus,
+    },
     Rejected(Error),
 }
 
@@ -200,14 +200,13 @@ impl App {
         who: &Principal,
         idempotency: Idempotency,
         need: NewNeed,
-        encode: Encoder,
     ) -> Result<Submission> {
         who.require("SubmitNeed")?;
         // Usually stored with the calls that arrived meanwhile, in one statement and one commit;
         // the rare call the wave cannot store (a replay, a duplicate, a full product) goes alone.
         if let Some(stored) = self
             .submit_queue()
-            .submit(self, who, &idempotency, &need, encode)
+            .submit(self, who, &idempotency, &need)
             .await
         {
             tracing::info!(
@@ -221,7 +220,7 @@ impl App {
             let (idempotency, need) = (&idempotency, &need);
             async move {
                 let mut conn = self.conn().await?;
-                submit_in(&mut conn, self, who, idempotency, need, encode).await
+                submit_in(&mut conn, self, who, idempotency, need).await
             }
         })
         .await?;
@@ -247,7 +246,6 @@ impl App {
         &self,
         who: &Principal,
         items: Vec<ImportItem>,
-        encode: Encoder,
     ) -> Result<Vec<ImportOutcome>> {
         who.require("ImportNeeds")?;
         let items = &items;
@@ -270,7 +268,7 @@ impl App {
                     wave.push(i);
                 }
             }
-            let stored = self.import_wave(who, items, &wave, encode).await?;
+            let stored = self.import_wave(who, items, &wave).await?;
             let mut alone = Vec::new();
             for (i, stored) in wave.into_iter().zip(stored) {
                 match stored {
@@ -286,7 +284,7 @@ impl App {
             let results: Vec<(usize, Result<ImportOutcome>)> = futures::stream::iter(
                 alone
                     .into_iter()
-                    .map(|i| async move { (i, self.import_one(who, &items[i], encode).await) }),
+                    .map(|i| async move { (i, self.import_one(who, &items[i]).await) }),
             )
             .buffer_unordered(IMPORT_CONCURRENCY)
             .collect()
@@ -305,14 +303,12 @@ impl App {
         who: &Principal,
         items: &[ImportItem],
         wave: &[usize],
-        encode: Encoder,
     ) -> Result<Vec<Option<Need>>> {
         let wave: Vec<WaveItem<'_>> = wave
             .iter()
             .map(|&i| WaveItem {
                 idempotency: &items[i].idempotency,
                 need: &items[i].need,
-                encode,
             })
             .collect();
         let stored = self.store_wave(who, &wave).await?;
@@ -402,7 +398,7 @@ impl App {
                     .or_default()
                     .referrals_today += 1;
             }
-            let response = (item.encode)(&need.stored);
+            let response = audit::response_body(&need.stored)?;
             submitted.push((need, response));
         }
         let rows = submitted
@@ -441,15 +437,10 @@ impl App {
         }
     }
 
-    async fn import_one(
-        &self,
-        who: &Principal,
-        item: &ImportItem,
-        encode: Encoder,
-    ) -> Result<ImportOutcome> {
+    async fn import_one(&self, who: &Principal, item: &ImportItem) -> Result<ImportOutcome> {
         let outcome = error::retry_conflicts(TRIES, || async {
             let mut conn = self.conn().await?;
-            submit_in(&mut conn, self, who, &item.idempotency, &item.need, encode).await
+            submit_in(&mut conn, self, who, &item.idempotency, &item.need).await
         })
         .await;
         match outcome {
@@ -457,7 +448,10 @@ impl App {
                 need_id: stored.need.id,
                 status: stored.need.status,
             }),
-            Ok(Submission::Replayed(saved)) => Ok(ImportOutcome::Replayed(saved)),
+            Ok(Submission::Replayed(saved)) => Ok(ImportOutcome::Replayed {
+                need_id: saved.need.id,
+                status: saved.need.status,
+            }),
             Err(e @ (Error::Unavailable | Error::Internal(_))) => Err(e),
             Err(e) => Ok(ImportOutcome::Rejected(e)),
         }
@@ -851,7 +845,6 @@ async fn submit_in(
     who: &Principal,
     idempotency: &Idempotency,
     need: &NewNeed,
-    encode: Encoder,
 ) -> Result<Submission> {
     // Microseconds, as PostgreSQL keeps them, so the response equals what GetNeed reads back.
     let now = Utc::now().trunc_subsecs(6);
@@ -878,7 +871,7 @@ async fn submit_in(
     // Usually every product routing picks has capacity: then one statement writes it all.
     let first_choice = select_routes(&candidates, want);
     let submitted = Submitted::new(need, &first_choice, &market.catalog, now);
-    let response = encode(&submitted.stored);
+    let response = audit::response_body(&submitted.stored)?;
     let written = match storage::needs::insert_routed_batch(
         conn,
         &[submitted.row(who, idempotency, &response)?],
@@ -893,7 +886,7 @@ async fn submit_in(
             conn.transaction(async |conn| {
                 let routes = take_routes(conn, &candidates, want, day).await?;
                 let submitted = Submitted::new(need, &routes, &market.catalog, now);
-                let response = encode(&submitted.stored);
+                let response = audit::response_body(&submitted.stored)?;
                 storage::needs::insert_routed(conn, &submitted.row(who, idempotency, &response)?)
                     .await
                     .map_err(taken_or_error)?;

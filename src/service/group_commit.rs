@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use super::financing::{Encoder, NeedWithReferrals, WaveItem};
+use super::financing::{NeedWithReferrals, WaveItem};
 use super::{App, Idempotency, Principal};
 use crate::domain::NewNeed;
 
@@ -45,7 +45,6 @@ struct Queued {
     who: Principal,
     idempotency: Idempotency,
     need: NewNeed,
-    encode: Encoder,
     done: oneshot::Sender<Option<NeedWithReferrals>>,
 }
 
@@ -57,7 +56,6 @@ impl SubmitQueue {
         who: &Principal,
         idempotency: &Idempotency,
         need: &NewNeed,
-        encode: Encoder,
     ) -> Option<NeedWithReferrals> {
         let (done, stored) = oneshot::channel();
         let lead = {
@@ -66,7 +64,6 @@ impl SubmitQueue {
                 who: who.clone(),
                 idempotency: idempotency.clone(),
                 need: need.clone(),
-                encode,
                 done,
             });
             let lead = state.leaders < LEADERS;
@@ -166,7 +163,6 @@ async fn store_calls(app: &App, wave: Vec<Queued>) {
         .map(|call| WaveItem {
             idempotency: &call.idempotency,
             need: &call.need,
-            encode: call.encode,
         })
         .collect();
     let span = tracing::debug_span!("submit_wave", needs = wave.len());

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel_async::AsyncConnection as _;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::catalog::Catalog;
@@ -32,8 +33,9 @@ const RPC_REQUEST_INFORMATION: &str = "finmatch.v1.PartnerService/RequestInforma
 const RPC_DECIDE: &str = "finmatch.v1.PartnerService/DecideReferral";
 const RPC_DISBURSE: &str = "finmatch.v1.PartnerService/RecordDisbursement";
 
-/// A referral as its lender sees it.
-#[derive(Debug, Clone)]
+/// A referral as its lender sees it; a DecideReferral replay record holds the one its call
+/// answered with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LenderReferral {
     pub referral: Referral,
     /// Sum of the disbursements recorded on the referral.
@@ -130,18 +132,6 @@ pub struct Recorded {
     pub disbursement: Disbursement,
     pub referral: LenderReferral,
 }
-
-/// What a DecideReferral call did.
-#[derive(Debug, Clone)]
-pub enum Decided {
-    /// Decided now.
-    Fresh(Box<LenderReferral>),
-    /// An earlier call with the same key and request decided; its saved response.
-    Replayed(Vec<u8>),
-}
-
-/// Encodes a decision's response for replay; supplied by the transport, which owns the format.
-pub type DecisionEncoder<'a> = &'a (dyn Fn(&LenderReferral) -> Vec<u8> + Send + Sync);
 
 impl App {
     /// One page of the caller's referrals in creation order, each with need and enterprise.
@@ -270,15 +260,14 @@ impl App {
 
     /// Approves (ACKNOWLEDGED → APPROVED, need ROUTED → APPROVED) or declines (PENDING,
     /// ACKNOWLEDGED or INFO_REQUESTED → DECLINED, the need routed onwards), idempotent by key.
-    #[tracing::instrument(skip(self, who, decision, idempotency, encode))]
+    #[tracing::instrument(skip(self, who, decision, idempotency))]
     pub async fn decide_referral(
         &self,
         who: &Principal,
         id: Uuid,
         decision: Decision,
         idempotency: Idempotency,
-        encode: DecisionEncoder<'_>,
-    ) -> Result<Decided> {
+    ) -> Result<LenderReferral> {
         let lender_id = who.require_lender("DecideReferral")?;
         error::retry_conflicts(TRIES, || {
             let who = who.clone();
@@ -302,7 +291,7 @@ impl App {
                         if let Some(saved) =
                             audit::replayed(conn, &who, RPC_DECIDE, &idempotency).await?
                         {
-                            return Ok(Decided::Replayed(saved));
+                            return Ok(saved);
                         }
                         let row = locked(conn, lender_id, id).await?;
                         let row = match &decision {
@@ -324,9 +313,8 @@ impl App {
                             }
                         };
                         let decided = bare(conn, row).await?;
-                        audit::remember(conn, &who, RPC_DECIDE, &idempotency, &encode(&decided))
-                            .await?;
-                        Ok(Decided::Fresh(Box::new(decided)))
+                        audit::remember(conn, &who, RPC_DECIDE, &idempotency, &decided).await?;
+                        Ok(decided)
                     })
                     .await
             }

@@ -11,6 +11,7 @@
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use diesel_async::AsyncConnection as _;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::error::{TRIES, retry_conflicts};
@@ -109,8 +110,9 @@ pub struct AllocationRequest {
     pub loan_date: NaiveDate,
 }
 
-/// A reservation of program quota for one loan.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A reservation of program quota for one loan; an AllocateSpecialLoan replay record holds the
+/// one its call answered with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocation {
     pub id: Uuid,
     pub program_id: Uuid,
@@ -126,6 +128,8 @@ pub struct Allocation {
     pub effective_rate_bps: i32,
     /// The designation the eligibility decision relied on, and its list code.
     pub designation_id: Option<Uuid>,
+    /// Named in replay records as the column it comes from, as records have always named it.
+    #[serde(rename = "designation_list_code")]
     pub designation_used: Option<String>,
     pub loan_reference: Option<String>,
     pub disbursed_on: Option<NaiveDate>,
@@ -133,8 +137,10 @@ pub struct Allocation {
     pub updated_at: DateTime<Utc>,
     /// When the reservation lapses; None only in a replay of a response given before
     /// reservations lapsed.
+    #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
     /// Set when RELEASED (None on allocations released before reasons were recorded).
+    #[serde(default)]
     pub release_reason: Option<ReleaseReason>,
 }
 
@@ -356,7 +362,7 @@ impl App {
         if matches!(&error, Error::FailedPrecondition { reason: r, .. } if *r != reason::IDEMPOTENCY_KEY_REUSED)
             && let Some(saved) = self.saved_response(who, &idempotency).await?
         {
-            return decode_saved(&saved);
+            return Ok(saved);
         }
         Err(error)
     }
@@ -520,7 +526,7 @@ impl App {
         &self,
         who: &Principal,
         idempotency: &Idempotency,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Option<Allocation>> {
         let mut conn = self.conn().await?;
         audit::replayed(&mut conn, who, RPC_ALLOCATE, idempotency).await
     }
@@ -535,7 +541,7 @@ async fn allocate(
     request: &AllocationRequest,
 ) -> Result<Allocation> {
     if let Some(saved) = audit::replayed(conn, who, RPC_ALLOCATE, idempotency).await? {
-        return decode_saved(&saved);
+        return Ok(saved);
     }
     let program = storage::special_loans::find_program(conn, request.program_id)
         .await?
@@ -641,9 +647,9 @@ async fn allocate(
         }),
     )
     .await?;
-    let saved = serde_json::to_vec(&row).map_err(|e| Error::Internal(e.into()))?;
-    audit::remember(conn, who, RPC_ALLOCATE, idempotency, &saved).await?;
-    to_allocation(row)
+    let allocation = to_allocation(row)?;
+    audit::remember(conn, who, RPC_ALLOCATE, idempotency, &allocation).await?;
+    Ok(allocation)
 }
 
 /// One confirmation, in its transaction: the allocation is locked first (see the lock order in
@@ -1254,12 +1260,6 @@ fn to_program(row: ProgramRow, quotas: Vec<LenderQuotaRow>) -> Result<Program> {
         created_at: row.created_at,
         updated_at: row.updated_at,
     })
-}
-
-fn decode_saved(saved: &[u8]) -> Result<Allocation> {
-    let row: AllocationRow = serde_json::from_slice(saved)
-        .map_err(|e| Error::Internal(anyhow::anyhow!("unreadable saved allocation: {e}")))?;
-    to_allocation(row)
 }
 
 fn to_allocation(row: AllocationRow) -> Result<Allocation> {

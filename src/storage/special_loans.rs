@@ -10,7 +10,6 @@ use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable};
 use diesel_async::RunQueryDsl;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::Connection;
@@ -81,8 +80,8 @@ pub struct ProgramEnterpriseRow {
     pub live_minor: i64,
 }
 
-/// An allocation as stored; serializable because its first response is what a replay returns.
-#[derive(Debug, Clone, Queryable, Selectable, Serialize, Deserialize)]
+/// An allocation as stored.
+#[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = allocations)]
 pub struct AllocationRow {
     pub id: Uuid,
@@ -103,12 +102,10 @@ pub struct AllocationRow {
     pub disbursed_on: Option<NaiveDate>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    /// Always set in the table; None only in a replay record saved before the column existed
-    /// (the replay answers as the first response did, without it).
+    /// Always set in the table; an Option as the service's allocation has it (a replay of a
+    /// response given before reservations lapsed has none).
     #[diesel(deserialize_as = DateTime<Utc>)]
-    #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
-    #[serde(default)]
     pub release_reason: Option<ReleaseReason>,
 }
 

@@ -509,6 +509,52 @@ async fn replay_returns_the_first_response_and_key_reuse_is_refused() {
     assert_eq!(count(&db, "SELECT count(*) FROM referrals").await, 3);
 }
 
+/// A replay record holds SubmitNeed's answer in the service's own format (JSON an auditor can
+/// read); a record this build cannot read (the protobuf bytes earlier builds wrote) counts as
+/// purged: the retry is refused naming the need its key made, and no second need is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_record_is_the_first_answer_as_json_and_one_in_an_older_format_reads_as_expired() {
+    let app = TestApp::spawn().await;
+    market(&app).await;
+    let enterprise_id = enterprise(&app).await;
+    let wanted = need(&enterprise_id, pb::Purpose::Payroll);
+    let first = submit(&app, "key-1", wanted.clone()).await.unwrap();
+    let need_id = first.need.as_ref().unwrap().id.clone();
+
+    let db = database(&app).await;
+    let body: Vec<u8> = db
+        .query_one(
+            "SELECT response FROM idempotency_keys WHERE key = 'key-1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let saved: serde_json::Value = serde_json::from_slice(&body).expect("a JSON replay record");
+    assert_eq!(saved["need"]["id"], need_id.as_str());
+    assert_eq!(
+        saved["referrals"].as_array().map(Vec::len),
+        Some(first.referrals.len())
+    );
+
+    // What an earlier build saved: the SubmitNeedResponse's protobuf bytes.
+    let legacy = prost::Message::encode_to_vec(&first);
+    db.execute(
+        "UPDATE idempotency_keys SET response = $1 WHERE key = 'key-1'",
+        &[&legacy],
+    )
+    .await
+    .unwrap();
+    let retry = submit(&app, "key-1", wanted).await.unwrap_err();
+    assert_eq!(retry.code(), Code::FailedPrecondition, "{retry:?}");
+    assert_eq!(
+        error_reason(&retry).as_deref(),
+        Some("IDEMPOTENCY_KEY_EXPIRED")
+    );
+    assert!(retry.message().contains(&need_id), "{}", retry.message());
+    assert_eq!(count(&db, "SELECT count(*) FROM needs").await, 1);
+}
+
 /// Replay records older than the retention window go, in batches, each exactly once with two
 /// replicas purging at once; a retry inside the window still replays, and a SubmitNeed key
 /// whose record is gone is refused naming the need it made, never a second need.

@@ -965,6 +965,39 @@ async fn a_decline_routes_the_need_to_the_next_best_untried_lender() {
     );
 }
 
+/// A retried decision answers with what the decision answered then, not with the referral as it
+/// is now: a loan disbursed since does not show in the replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_retried_after_its_loan_was_disbursed_answers_as_it_did_then() {
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let id = routed(&app, 1_000_000, &[&a]).await.referrals[0];
+    acknowledge(&app, &a, id).await;
+    let mut client = partner(&app);
+    let decided = client
+        .decide_referral(authed(approve(id, "k-approve", 600_000, 450), &a.token))
+        .await
+        .unwrap()
+        .into_inner();
+    disburse(&app, &a, disbursement(id, "LN-9", 600_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        status(&get(&app, &a, id).await.unwrap()),
+        pb::ReferralStatus::Disbursed
+    );
+
+    let retried = client
+        .decide_referral(authed(approve(id, "k-approve", 600_000, 450), &a.token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried, decided);
+    let referral = retried.referral.unwrap();
+    assert_eq!(status(&referral), pb::ReferralStatus::Approved);
+    assert_eq!(referral.disbursed_minor, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disbursement_replays_identically_and_rejects_a_changed_payload() {
     let app = TestApp::spawn().await;
