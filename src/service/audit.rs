@@ -163,33 +163,35 @@ impl super::App {
     /// writers never wait for it. The head is logged and its row id exported as a metric, so a
     /// copy of it outside the database can show a chain rewritten from the start.
     pub async fn seal_audit(&self, now: chrono::DateTime<chrono::Utc>) -> Result<usize> {
-        use diesel_async::AsyncConnection as _;
+        use scoped_futures::ScopedFutureExt as _;
         let mut sealed = 0;
         loop {
             let round = self
-                .conn()
-                .await?
-                .transaction(async move |conn| {
-                    if !storage::audit::try_lock_sealer(conn).await? {
-                        return Ok::<_, Error>(None);
+                .write(|conn| {
+                    async move {
+                        if !storage::audit::try_lock_sealer(conn).await? {
+                            return Ok::<_, Error>(None);
+                        }
+                        let (mut last, mut head) = storage::audit::last_seal(conn)
+                            .await?
+                            .unwrap_or((0, GENESIS.to_vec()));
+                        let rows =
+                            storage::audit::unsealed(conn, last, now - SEAL_SETTLE, SEAL_BATCH)
+                                .await?;
+                        let mut ids = Vec::with_capacity(rows.len());
+                        let mut hashes = Vec::with_capacity(rows.len());
+                        for row in &rows {
+                            head = chain(&head, &row.canonical);
+                            last = row.id;
+                            ids.push(row.id);
+                            hashes.push(head.clone());
+                        }
+                        if !ids.is_empty() {
+                            storage::audit::insert_seals(conn, &ids, &hashes).await?;
+                        }
+                        Ok(Some((ids.len(), last, head)))
                     }
-                    let (mut last, mut head) = storage::audit::last_seal(conn)
-                        .await?
-                        .unwrap_or((0, GENESIS.to_vec()));
-                    let rows =
-                        storage::audit::unsealed(conn, last, now - SEAL_SETTLE, SEAL_BATCH).await?;
-                    let mut ids = Vec::with_capacity(rows.len());
-                    let mut hashes = Vec::with_capacity(rows.len());
-                    for row in &rows {
-                        head = chain(&head, &row.canonical);
-                        last = row.id;
-                        ids.push(row.id);
-                        hashes.push(head.clone());
-                    }
-                    if !ids.is_empty() {
-                        storage::audit::insert_seals(conn, &ids, &hashes).await?;
-                    }
-                    Ok(Some((ids.len(), last, head)))
+                    .scope_boxed()
                 })
                 .await?;
             let Some((count, last, head)) = round else {

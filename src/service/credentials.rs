@@ -26,8 +26,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use diesel_async::AsyncConnection as _;
 use rand::RngCore;
+use scoped_futures::ScopedFutureExt as _;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -269,46 +269,48 @@ impl App {
             .map(canonical_subject)
             .transpose()?;
         let token = new_token();
-        let hash = token_hash(&token);
+        let hash = &token_hash(&token);
+        let input = &input;
         let credential = self
-            .conn()
-            .await?
-            .transaction(async move |conn| {
-                if let Some(lender_id) = input.lender_id {
-                    ensure_lender_exists(conn, lender_id).await?;
+            .write(|conn| {
+                async move {
+                    if let Some(lender_id) = input.lender_id {
+                        ensure_lender_exists(conn, lender_id).await?;
+                    }
+                    let row = storage::credentials::insert(
+                        conn,
+                        &storage::credentials::NewCredential {
+                            role: input.role.as_str(),
+                            lender_id: input.lender_id,
+                            label: &input.label,
+                            token_hash: hash,
+                            expires_at: input.expires_at,
+                            certificate_subject: input.certificate_subject.as_deref(),
+                        },
+                    )
+                    .await?;
+                    audit::record(
+                        conn,
+                        who,
+                        if who.is_some() {
+                            "finmatch.v1.LenderService/IssueCredential"
+                        } else {
+                            "cli/credentials create"
+                        },
+                        "credential",
+                        row.id,
+                        serde_json::json!({
+                            "role": input.role.as_str(),
+                            "lender_id": input.lender_id,
+                            "label": input.label,
+                            "expires_at": input.expires_at,
+                            "certificate_subject": input.certificate_subject,
+                        }),
+                    )
+                    .await?;
+                    to_credential(row)
                 }
-                let row = storage::credentials::insert(
-                    conn,
-                    &storage::credentials::NewCredential {
-                        role: input.role.as_str(),
-                        lender_id: input.lender_id,
-                        label: &input.label,
-                        token_hash: &hash,
-                        expires_at: input.expires_at,
-                        certificate_subject: input.certificate_subject.as_deref(),
-                    },
-                )
-                .await?;
-                audit::record(
-                    conn,
-                    who,
-                    if who.is_some() {
-                        "finmatch.v1.LenderService/IssueCredential"
-                    } else {
-                        "cli/credentials create"
-                    },
-                    "credential",
-                    row.id,
-                    serde_json::json!({
-                        "role": input.role.as_str(),
-                        "lender_id": input.lender_id,
-                        "label": input.label,
-                        "expires_at": input.expires_at,
-                        "certificate_subject": input.certificate_subject,
-                    }),
-                )
-                .await?;
-                to_credential(row)
+                .scope_boxed()
             })
             .await?;
         tracing::info!(credential_id = %credential.id, "credential issued");
@@ -342,27 +344,28 @@ impl App {
         let mut echo = cache.notified.subscribe();
         let listening = cache.ticket().is_some();
         let revoked = self
-            .conn()
-            .await?
-            .transaction(async move |conn| {
-                let row = storage::credentials::revoke(conn, id)
-                    .await?
-                    .ok_or_else(|| Error::not_found("credential", id))?;
-                storage::credentials::notify_changed(conn, id).await?;
-                audit::record(
-                    conn,
-                    who,
-                    if who.is_some() {
-                        "finmatch.v1.LenderService/RevokeCredential"
-                    } else {
-                        "cli/credentials revoke"
-                    },
-                    "credential",
-                    id,
-                    serde_json::json!({}),
-                )
-                .await?;
-                to_credential(row)
+            .write(|conn| {
+                async move {
+                    let row = storage::credentials::revoke(conn, id)
+                        .await?
+                        .ok_or_else(|| Error::not_found("credential", id))?;
+                    storage::credentials::notify_changed(conn, id).await?;
+                    audit::record(
+                        conn,
+                        who,
+                        if who.is_some() {
+                            "finmatch.v1.LenderService/RevokeCredential"
+                        } else {
+                            "cli/credentials revoke"
+                        },
+                        "credential",
+                        id,
+                        serde_json::json!({}),
+                    )
+                    .await?;
+                    to_credential(row)
+                }
+                .scope_boxed()
             })
             .await?;
         // This replica drops the credential itself, whatever its listener does.

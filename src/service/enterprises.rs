@@ -3,11 +3,10 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use diesel_async::AsyncConnection as _;
+use scoped_futures::ScopedFutureExt as _;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::error::{TRIES, retry_conflicts};
 use super::paging::{Cursor, Page, PageRequest};
 use super::{App, Error, Principal, Result, audit, reason};
 use crate::domain::{
@@ -71,42 +70,37 @@ impl App {
         input: NewEnterprise,
     ) -> Result<Enterprise> {
         who.require("CreateEnterprise")?;
-        let created = retry_conflicts(TRIES, || {
-            let (who, input) = (who.clone(), input.clone());
-            async move {
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| {
-                        let code = input.credit_code.as_str();
-                        if let Some(existing) =
-                            storage::enterprises::find_by_credit_code(conn, code).await?
-                        {
-                            return Err(duplicate_credit_code(code, existing.id));
+        let input = &input;
+        let created = self
+            .write(|conn| {
+                async move {
+                    let code = input.credit_code.as_str();
+                    if let Some(existing) =
+                        storage::enterprises::find_by_credit_code(conn, code).await?
+                    {
+                        return Err(duplicate_credit_code(code, existing.id));
+                    }
+                    let row = match storage::enterprises::insert(conn, &new_row(input)).await {
+                        // A concurrent registration of the same code won; the retry names it.
+                        Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
+                            return Err(Error::conflict());
                         }
-                        let row = match storage::enterprises::insert(conn, &new_row(&input)).await {
-                            // A concurrent registration of the same code won; the retry names it.
-                            Err(e)
-                                if matches!(storage::classify(&e), Failure::UniqueViolation(_)) =>
-                            {
-                                return Err(Error::conflict());
-                            }
-                            other => other?,
-                        };
-                        audit::record(
-                            conn,
-                            Some(&who),
-                            RPC_CREATE,
-                            "enterprise",
-                            row.id,
-                            serde_json::json!({ "credit_code": row.credit_code }),
-                        )
-                        .await?;
-                        to_enterprise(row, Vec::new())
-                    })
-                    .await
-            }
-        })
-        .await?;
+                        other => other?,
+                    };
+                    audit::record(
+                        conn,
+                        Some(who),
+                        RPC_CREATE,
+                        "enterprise",
+                        row.id,
+                        serde_json::json!({ "credit_code": row.credit_code }),
+                    )
+                    .await?;
+                    to_enterprise(row, Vec::new())
+                }
+                .scope_boxed()
+            })
+            .await?;
         tracing::info!(enterprise_id = %created.id, "enterprise registered");
         Ok(created)
     }
@@ -158,46 +152,38 @@ impl App {
         patch: EnterprisePatch,
     ) -> Result<Enterprise> {
         who.require("UpdateEnterprise")?;
-        retry_conflicts(TRIES, || {
-            let (who, patch) = (who.clone(), patch.clone());
+        let patch = &patch;
+        self.write(|conn| {
             async move {
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| {
-                        lock_for_change(conn, id).await?;
-                        let changes = changes(&patch);
-                        if let Some(code) = &patch.credit_code
-                            && let Some(holder) =
-                                storage::enterprises::find_by_credit_code(conn, code.as_str())
-                                    .await?
-                            && holder.id != id
-                        {
-                            return Err(duplicate_credit_code(code.as_str(), holder.id));
-                        }
-                        let row = match storage::enterprises::update(conn, id, &changes).await {
-                            // A concurrent registration of the new code won; the retry names it.
-                            Err(e)
-                                if matches!(storage::classify(&e), Failure::UniqueViolation(_)) =>
-                            {
-                                return Err(Error::conflict());
-                            }
-                            other => other?,
-                        };
-                        audit::record(
-                            conn,
-                            Some(&who),
-                            RPC_UPDATE,
-                            "enterprise",
-                            id,
-                            serde_json::json!({ "fields": patch_fields(&patch) }),
-                        )
-                        .await?;
-                        let designations =
-                            storage::enterprises::active_designations(conn, &[id]).await?;
-                        to_enterprise(row, designations)
-                    })
-                    .await
+                lock_for_change(conn, id).await?;
+                let changes = changes(patch);
+                if let Some(code) = &patch.credit_code
+                    && let Some(holder) =
+                        storage::enterprises::find_by_credit_code(conn, code.as_str()).await?
+                    && holder.id != id
+                {
+                    return Err(duplicate_credit_code(code.as_str(), holder.id));
+                }
+                let row = match storage::enterprises::update(conn, id, &changes).await {
+                    // A concurrent registration of the new code won; the retry names it.
+                    Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
+                        return Err(Error::conflict());
+                    }
+                    other => other?,
+                };
+                audit::record(
+                    conn,
+                    Some(who),
+                    RPC_UPDATE,
+                    "enterprise",
+                    id,
+                    serde_json::json!({ "fields": patch_fields(patch) }),
+                )
+                .await?;
+                let designations = storage::enterprises::active_designations(conn, &[id]).await?;
+                to_enterprise(row, designations)
             }
+            .scope_boxed()
         })
         .await
         .inspect(|_| self.enterprise_cache().evict(id))
@@ -213,10 +199,9 @@ impl App {
         designation: NewDesignation,
     ) -> Result<Enterprise> {
         who.require("GrantDesignation")?;
-        let who = who.clone();
-        self.conn()
-            .await?
-            .transaction(async move |conn| {
+        let designation = &designation;
+        self.write(|conn| {
+            async move {
                 lock_for_change(conn, enterprise_id).await?;
                 let list_code = designation.list_code().as_str();
                 let reference = designation.reference().map(|r| r.as_str()).unwrap_or("");
@@ -247,7 +232,7 @@ impl App {
                 let row = storage::enterprises::insert_designation(conn, &new).await?;
                 audit::record(
                     conn,
-                    Some(&who),
+                    Some(who),
                     RPC_GRANT,
                     "enterprise",
                     enterprise_id,
@@ -260,9 +245,11 @@ impl App {
                 )
                 .await?;
                 load(conn, enterprise_id).await
-            })
-            .await
-            .inspect(|_| self.enterprise_cache().evict(enterprise_id))
+            }
+            .scope_boxed()
+        })
+        .await
+        .inspect(|_| self.enterprise_cache().evict(enterprise_id))
     }
 
     /// Removes the enterprise from a list at once; NOT_FOUND when it holds no such designation.
@@ -274,10 +261,9 @@ impl App {
         list_code: ListCode,
     ) -> Result<Enterprise> {
         who.require("RevokeDesignation")?;
-        let who = who.clone();
-        self.conn()
-            .await?
-            .transaction(async move |conn| {
+        let list_code = &list_code;
+        self.write(|conn| {
+            async move {
                 lock_for_change(conn, enterprise_id).await?;
                 let row = storage::enterprises::revoke_designation(
                     conn,
@@ -293,7 +279,7 @@ impl App {
                 })?;
                 audit::record(
                     conn,
-                    Some(&who),
+                    Some(who),
                     RPC_REVOKE,
                     "enterprise",
                     enterprise_id,
@@ -301,9 +287,11 @@ impl App {
                 )
                 .await?;
                 load(conn, enterprise_id).await
-            })
-            .await
-            .inspect(|_| self.enterprise_cache().evict(enterprise_id))
+            }
+            .scope_boxed()
+        })
+        .await
+        .inspect(|_| self.enterprise_cache().evict(enterprise_id))
     }
 }
 

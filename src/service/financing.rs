@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::{DateTime, NaiveDate, SubsecRound as _, TimeDelta, Utc};
 use diesel_async::AsyncConnection as _;
 use futures::StreamExt as _;
+use scoped_futures::ScopedFutureExt as _;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -593,51 +594,46 @@ impl App {
         reason: String,
     ) -> Result<NeedWithReferrals> {
         who.require("WithdrawNeed")?;
-        error::retry_conflicts(TRIES, || {
-            let (who, reason) = (who.clone(), reason.clone());
+        let reason = &reason;
+        self.write(|conn| {
             async move {
-                self.conn()
+                let row = storage::needs::find_for_update(conn, id)
                     .await?
-                    .transaction(async move |conn| {
-                        let row = storage::needs::find_for_update(conn, id)
-                            .await?
-                            .ok_or_else(|| Error::not_found("need", id))?;
-                        let status = row.status;
-                        if status == NeedStatus::Withdrawn {
-                            return with_referrals(conn, row).await;
-                        }
-                        if !status.can_transition(NeedStatus::Withdrawn) {
-                            return Err(Error::illegal_transition(
-                                ("need_id", id),
-                                status,
-                                NeedStatus::Withdrawn,
-                            ));
-                        }
-                        let cancelled = cancel_open_referrals(
-                            conn,
-                            id,
-                            serde_json::json!({ "reason": "need withdrawn" }),
-                        )
-                        .await?;
-                        let row =
-                            storage::needs::set_status(conn, id, NeedStatus::Withdrawn, 0).await?;
-                        audit::record(
-                            conn,
-                            Some(&who),
-                            RPC_WITHDRAW,
-                            "need",
-                            id,
-                            serde_json::json!({
-                                "from": status.as_str(),
-                                "reason": reason,
-                                "cancelled_referrals": cancelled,
-                            }),
-                        )
-                        .await?;
-                        with_referrals(conn, row).await
-                    })
-                    .await
+                    .ok_or_else(|| Error::not_found("need", id))?;
+                let status = row.status;
+                if status == NeedStatus::Withdrawn {
+                    return with_referrals(conn, row).await;
+                }
+                if !status.can_transition(NeedStatus::Withdrawn) {
+                    return Err(Error::illegal_transition(
+                        ("need_id", id),
+                        status,
+                        NeedStatus::Withdrawn,
+                    ));
+                }
+                let cancelled = cancel_open_referrals(
+                    conn,
+                    id,
+                    serde_json::json!({ "reason": "need withdrawn" }),
+                )
+                .await?;
+                let row = storage::needs::set_status(conn, id, NeedStatus::Withdrawn, 0).await?;
+                audit::record(
+                    conn,
+                    Some(who),
+                    RPC_WITHDRAW,
+                    "need",
+                    id,
+                    serde_json::json!({
+                        "from": status.as_str(),
+                        "reason": reason,
+                        "cancelled_referrals": cancelled,
+                    }),
+                )
+                .await?;
+                with_referrals(conn, row).await
             }
+            .scope_boxed()
         })
         .await
     }
@@ -654,65 +650,62 @@ impl App {
     ) -> Result<NeedWithReferrals> {
         who.require("RerouteNeed")?;
         let target = target_open.unwrap_or(self.policy().top_k);
-        error::retry_conflicts(TRIES, || {
-            let who = who.clone();
+        // Routing reads the product catalog; refresh it before taking any lock.
+        let catalog = &self.catalog(&mut *self.conn().await?).await?;
+        self.write(|conn| {
             async move {
-                let mut conn = self.conn().await?;
-                let catalog = self.catalog(&mut conn).await?;
-                conn.transaction(async move |conn| {
-                    let now = Utc::now();
-                    let row = storage::needs::find_for_update(conn, id)
-                        .await?
-                        .ok_or_else(|| Error::not_found("need", id))?;
-                    let status = row.status;
-                    // UNMATCHED is final (DESIGN §1: states only move forward); a need that
-                    // new lenders could serve is submitted again.
-                    if !matches!(status, NeedStatus::Submitted | NeedStatus::Routed) {
-                        return Err(Error::illegal_transition(
-                            ("need_id", id),
-                            status,
-                            NeedStatus::Routed,
-                        ));
-                    }
-                    if !row.consent_to_share {
-                        return Err(Error::precondition(
-                            reason::NO_CONSENT,
-                            format!(
-                                "need {id} has no consent_to_share; it may not be routed to lenders"
-                            ),
-                        )
-                        .with_metadata("need_id", id));
-                    }
-                    let routing::Onwards {
-                        created,
-                        to: next,
-                        need: row,
-                        ..
-                    } = route_onwards(conn, self, catalog, &row, target, now).await?;
-                    audit::record(
-                        conn,
-                        Some(&who),
-                        RPC_REROUTE,
-                        "need",
-                        id,
-                        serde_json::json!({
-                            "from": status.as_str(),
-                            "to": next.as_str(),
-                            "target_open_referrals": target,
-                            "referrals": created.iter().map(|r| r.id).collect::<Vec<_>>(),
-                        }),
+                let now = Utc::now();
+                let row = storage::needs::find_for_update(conn, id)
+                    .await?
+                    .ok_or_else(|| Error::not_found("need", id))?;
+                let status = row.status;
+                // UNMATCHED is final (DESIGN §1: states only move forward); a need that
+                // new lenders could serve is submitted again.
+                if !matches!(status, NeedStatus::Submitted | NeedStatus::Routed) {
+                    return Err(Error::illegal_transition(
+                        ("need_id", id),
+                        status,
+                        NeedStatus::Routed,
+                    ));
+                }
+                if !row.consent_to_share {
+                    return Err(Error::precondition(
+                        reason::NO_CONSENT,
+                        format!(
+                            "need {id} has no consent_to_share; it may not be routed to lenders"
+                        ),
                     )
-                    .await?;
-                    Ok(NeedWithReferrals {
-                        need: to_need(row)?,
-                        referrals: created
-                            .into_iter()
-                            .map(to_referral)
-                            .collect::<Result<_>>()?,
-                    })
+                    .with_metadata("need_id", id));
+                }
+                let routing::Onwards {
+                    created,
+                    to: next,
+                    need: row,
+                    ..
+                } = route_onwards(conn, self, catalog.clone(), &row, target, now).await?;
+                audit::record(
+                    conn,
+                    Some(who),
+                    RPC_REROUTE,
+                    "need",
+                    id,
+                    serde_json::json!({
+                        "from": status.as_str(),
+                        "to": next.as_str(),
+                        "target_open_referrals": target,
+                        "referrals": created.iter().map(|r| r.id).collect::<Vec<_>>(),
+                    }),
+                )
+                .await?;
+                Ok(NeedWithReferrals {
+                    need: to_need(row)?,
+                    referrals: created
+                        .into_iter()
+                        .map(to_referral)
+                        .collect::<Result<_>>()?,
                 })
-                .await
             }
+            .scope_boxed()
         })
         .await
     }
@@ -734,13 +727,9 @@ impl App {
         // Needs first: a need past needed_by is closed, not routed again.
         let today = self.calendar().day(now);
         loop {
-            let expired = error::retry_conflicts(TRIES, || async {
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| expire_needs(conn, today).await)
-                    .await
-            })
-            .await?;
+            let expired = self
+                .write(|conn| async move { expire_needs(conn, today).await }.scope_boxed())
+                .await?;
             report.expired_needs += expired;
             if expired < SWEEP_BATCH as usize {
                 break;
@@ -758,18 +747,16 @@ impl App {
             };
             let mut handled = 0;
             for &need_id in &candidates {
-                let batch = error::retry_conflicts(TRIES, || {
-                    let catalog = catalog.clone();
-                    async move {
-                        self.conn()
-                            .await?
-                            .transaction(async move |conn| {
-                                expire_referrals(conn, self, catalog, need_id, now).await
-                            })
-                            .await
+                let catalog = &catalog;
+                let batch = self
+                    .write(|conn| {
+                        async move {
+                        expire_referrals(conn, self, catalog.clone(), need_id, now).await
+
                     }
-                })
-                .await?;
+                    .scope_boxed()
+                    })
+                    .await?;
                 if let Some(batch) = batch {
                     handled += 1;
                     report.expired_referrals += batch.expired_referrals;

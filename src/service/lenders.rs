@@ -1,10 +1,9 @@
 //! Lenders (partner banks) and their loan products.
 
 use chrono::{DateTime, Utc};
-use diesel_async::AsyncConnection as _;
+use scoped_futures::ScopedFutureExt as _;
 use uuid::Uuid;
 
-use super::error::{TRIES, retry_conflicts};
 use super::paging::{Cursor, Page, PageRequest};
 use super::{App, Error, Principal, Result, audit, reason};
 use crate::domain::{
@@ -61,46 +60,41 @@ impl App {
         active: bool,
     ) -> Result<Lender> {
         who.require("CreateLender")?;
-        let lender = retry_conflicts(TRIES, || {
-            let (who, input) = (who.clone(), input.clone());
-            async move {
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| {
-                        let name = input.name().as_str();
-                        if let Some(id) = storage::lenders::find_by_name(conn, name).await? {
-                            return Err(duplicate_lender(name, id));
+        let input = &input;
+        let lender = self
+            .write(|conn| {
+                async move {
+                    let name = input.name().as_str();
+                    if let Some(id) = storage::lenders::find_by_name(conn, name).await? {
+                        return Err(duplicate_lender(name, id));
+                    }
+                    let new = storage::lenders::NewLender {
+                        name,
+                        kind: input.kind(),
+                        region_codes: input.region_codes().iter().map(|c| c.as_str()).collect(),
+                        active,
+                    };
+                    let row = match storage::lenders::insert(conn, &new).await {
+                        // A concurrent registration of the name won; the retry names it.
+                        Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
+                            return Err(Error::conflict());
                         }
-                        let new = storage::lenders::NewLender {
-                            name,
-                            kind: input.kind(),
-                            region_codes: input.region_codes().iter().map(|c| c.as_str()).collect(),
-                            active,
-                        };
-                        let row = match storage::lenders::insert(conn, &new).await {
-                            // A concurrent registration of the name won; the retry names it.
-                            Err(e)
-                                if matches!(storage::classify(&e), Failure::UniqueViolation(_)) =>
-                            {
-                                return Err(Error::conflict());
-                            }
-                            other => other?,
-                        };
-                        audit::record(
-                            conn,
-                            Some(&who),
-                            RPC_CREATE_LENDER,
-                            "lender",
-                            row.id,
-                            serde_json::json!({ "name": row.name, "kind": row.kind }),
-                        )
-                        .await?;
-                        to_lender(row)
-                    })
-                    .await
-            }
-        })
-        .await?;
+                        other => other?,
+                    };
+                    audit::record(
+                        conn,
+                        Some(who),
+                        RPC_CREATE_LENDER,
+                        "lender",
+                        row.id,
+                        serde_json::json!({ "name": row.name, "kind": row.kind }),
+                    )
+                    .await?;
+                    to_lender(row)
+                }
+                .scope_boxed()
+            })
+            .await?;
         self.products().invalidate();
         tracing::info!(lender_id = %lender.id, "lender registered");
         Ok(lender)
@@ -149,35 +143,31 @@ impl App {
     #[tracing::instrument(skip_all, fields(lender_id = %input.lender_id()))]
     pub async fn create_product(&self, who: &Principal, input: NewProduct) -> Result<Product> {
         who.require("CreateProduct")?;
-        retry_conflicts(TRIES, || {
-            let (who, input) = (who.clone(), input.clone());
+        let input = &input;
+        self.write(|conn| {
             async move {
-                self.conn()
+                if storage::lenders::find(conn, input.lender_id())
                     .await?
-                    .transaction(async move |conn| {
-                        if storage::lenders::find(conn, input.lender_id())
-                            .await?
-                            .is_none()
-                        {
-                            return Err(Error::not_found("lender", input.lender_id()));
-                        }
-                        require_free_name(conn, &input, None).await?;
-                        let row = storage::lenders::insert_product(conn, &values(&input))
-                            .await
-                            .map_err(lost_name_race)?;
-                        audit::record(
-                            conn,
-                            Some(&who),
-                            RPC_CREATE_PRODUCT,
-                            "product",
-                            row.id,
-                            serde_json::json!({ "lender_id": row.lender_id, "name": row.name }),
-                        )
-                        .await?;
-                        to_product(row)
-                    })
+                    .is_none()
+                {
+                    return Err(Error::not_found("lender", input.lender_id()));
+                }
+                require_free_name(conn, input, None).await?;
+                let row = storage::lenders::insert_product(conn, &values(input))
                     .await
+                    .map_err(lost_name_race)?;
+                audit::record(
+                    conn,
+                    Some(who),
+                    RPC_CREATE_PRODUCT,
+                    "product",
+                    row.id,
+                    serde_json::json!({ "lender_id": row.lender_id, "name": row.name }),
+                )
+                .await?;
+                to_product(row)
             }
+            .scope_boxed()
         })
         .await
         // The next routing on this replica sees the change, before its notification arrives.
@@ -194,33 +184,29 @@ impl App {
         patch: ProductPatch,
     ) -> Result<Product> {
         who.require("UpdateProduct")?;
-        retry_conflicts(TRIES, || {
-            let (who, patch) = (who.clone(), patch.clone());
+        let patch = &patch;
+        self.write(|conn| {
             async move {
-                self.conn()
+                let current = storage::lenders::find_product_for_update(conn, id)
                     .await?
-                    .transaction(async move |conn| {
-                        let current = storage::lenders::find_product_for_update(conn, id)
-                            .await?
-                            .ok_or_else(|| Error::not_found("product", id))?;
-                        let updated = patch.apply_to(&stored_product(&current)?, "product.")?;
-                        require_free_name(conn, &updated, Some(id)).await?;
-                        let row = storage::lenders::update_product(conn, id, &values(&updated))
-                            .await
-                            .map_err(lost_name_race)?;
-                        audit::record(
-                            conn,
-                            Some(&who),
-                            RPC_UPDATE_PRODUCT,
-                            "product",
-                            id,
-                            serde_json::json!({ "lender_id": row.lender_id }),
-                        )
-                        .await?;
-                        to_product(row)
-                    })
+                    .ok_or_else(|| Error::not_found("product", id))?;
+                let updated = patch.apply_to(&stored_product(&current)?, "product.")?;
+                require_free_name(conn, &updated, Some(id)).await?;
+                let row = storage::lenders::update_product(conn, id, &values(&updated))
                     .await
+                    .map_err(lost_name_race)?;
+                audit::record(
+                    conn,
+                    Some(who),
+                    RPC_UPDATE_PRODUCT,
+                    "product",
+                    id,
+                    serde_json::json!({ "lender_id": row.lender_id }),
+                )
+                .await?;
+                to_product(row)
             }
+            .scope_boxed()
         })
         .await
         // The next routing on this replica sees the change, before its notification arrives.

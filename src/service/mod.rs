@@ -30,6 +30,8 @@
 
 use std::sync::Arc;
 
+use diesel_async::{AsyncConnection, TransactionManager as _};
+use scoped_futures::ScopedBoxFuture;
 use uuid::Uuid;
 
 use crate::domain::Role;
@@ -144,6 +146,44 @@ impl App {
     /// A pooled connection; UNAVAILABLE when PostgreSQL cannot be reached in time.
     pub async fn conn(&self) -> Result<PooledConnection> {
         Ok(self.inner.pool.get().await?)
+    }
+
+    /// The one way a use case writes: a pooled connection, one transaction around `work`, and
+    /// the whole of it run again, up to [`error::TRIES`] times with a growing jittered pause,
+    /// while it fails with a serialization failure or deadlock ([`error::retry_conflicts`]).
+    /// `work` is called once per try, so what it writes is written once; it may borrow from the
+    /// use case (the caller, the command) for as long as the call lasts, and returns its future
+    /// boxed with `scope_boxed` (a closure's future cannot otherwise name both lifetimes). The
+    /// transaction commits when `work` succeeds and rolls back when it fails.
+    pub async fn write<'a, T, F>(&self, work: F) -> Result<T>
+    where
+        F: for<'c> Fn(&'c mut storage::Connection) -> ScopedBoxFuture<'a, 'c, Result<T>>
+            + Send
+            + Sync
+            + 'a,
+        T: Send + 'a,
+    {
+        type Transactions = <storage::Connection as AsyncConnection>::TransactionManager;
+        error::retry_conflicts(error::TRIES, || async {
+            let mut pooled = self.conn().await?;
+            let conn: &mut storage::Connection = &mut pooled;
+            // As `AsyncConnection::transaction` runs its callback; that method's bounds cannot
+            // be met by a callback called once per try.
+            Transactions::begin_transaction(conn).await?;
+            match work(&mut *conn).await {
+                Ok(value) => {
+                    Transactions::commit_transaction(conn).await?;
+                    Ok(value)
+                }
+                Err(error) => match Transactions::rollback_transaction(conn).await {
+                    // A broken connection is not returned to the pool; the use case's error is
+                    // the one that tells what happened.
+                    Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(error),
+                    Err(rollback) => Err(rollback.into()),
+                },
+            }
+        })
+        .await
     }
 
     /// True when PostgreSQL answers (readiness).

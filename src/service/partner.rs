@@ -11,17 +11,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use diesel_async::AsyncConnection as _;
+use scoped_futures::ScopedFutureExt as _;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::catalog::Catalog;
 use super::enterprises::{Enterprise, to_enterprise};
-use super::error::TRIES;
 use super::financing::{Need, Referral, cancel_open_referrals, to_need, to_referral};
 use super::paging::{Cursor, Page, PageRequest};
 use super::routing::route_onwards;
-use super::{App, Error, Idempotency, Principal, Result, audit, error, reason};
+use super::{App, Error, Idempotency, Principal, Result, audit, reason};
 use crate::domain::{DeclineReason, LoanReference, NeedStatus, Note, ReferralStatus};
 use crate::storage::needs::NeedRow;
 use crate::storage::partner::{DisbursementRow, NewDisbursement, ReferralChanges, ReferralFilter};
@@ -182,36 +181,31 @@ impl App {
     #[tracing::instrument(skip(self, who))]
     pub async fn acknowledge_referral(&self, who: &Principal, id: Uuid) -> Result<LenderReferral> {
         let lender_id = who.require_lender("AcknowledgeReferral")?;
-        error::retry_conflicts(TRIES, || {
-            let who = who.clone();
+        self.write(|conn| {
             async move {
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| {
-                        lock_need_of(conn, lender_id, id).await?;
-                        let row = locked(conn, lender_id, id).await?;
-                        let status = row.status;
-                        if status == ReferralStatus::Acknowledged {
-                            return bare(conn, row).await;
-                        }
-                        require(&row, status, ReferralStatus::Acknowledged)?;
-                        let changes = ReferralChanges {
-                            status: Some(ReferralStatus::Acknowledged),
-                            ..Default::default()
-                        };
-                        let row = change(
-                            conn,
-                            &who,
-                            RPC_ACKNOWLEDGE,
-                            &row,
-                            &changes,
-                            serde_json::json!({}),
-                        )
-                        .await?;
-                        bare(conn, row).await
-                    })
-                    .await
+                lock_need_of(conn, lender_id, id).await?;
+                let row = locked(conn, lender_id, id).await?;
+                let status = row.status;
+                if status == ReferralStatus::Acknowledged {
+                    return bare(conn, row).await;
+                }
+                require(&row, status, ReferralStatus::Acknowledged)?;
+                let changes = ReferralChanges {
+                    status: Some(ReferralStatus::Acknowledged),
+                    ..Default::default()
+                };
+                let row = change(
+                    conn,
+                    who,
+                    RPC_ACKNOWLEDGE,
+                    &row,
+                    &changes,
+                    serde_json::json!({}),
+                )
+                .await?;
+                bare(conn, row).await
             }
+            .scope_boxed()
         })
         .await
     }
@@ -226,34 +220,29 @@ impl App {
         message: Note,
     ) -> Result<LenderReferral> {
         let lender_id = who.require_lender("RequestInformation")?;
-        error::retry_conflicts(TRIES, || {
-            let (who, message) = (who.clone(), message.clone());
+        let message = &message;
+        self.write(|conn| {
             async move {
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| {
-                        lock_need_of(conn, lender_id, id).await?;
-                        let row = locked(conn, lender_id, id).await?;
-                        let status = row.status;
-                        if status == ReferralStatus::InfoRequested
-                            && row.info_request.as_deref() == Some(message.as_str())
-                        {
-                            return bare(conn, row).await;
-                        }
-                        require(&row, status, ReferralStatus::InfoRequested)?;
-                        let changes = ReferralChanges {
-                            status: Some(ReferralStatus::InfoRequested),
-                            info_request: Some(message.as_str()),
-                            ..Default::default()
-                        };
-                        let detail = serde_json::json!({ "message": message.as_str() });
-                        let row =
-                            change(conn, &who, RPC_REQUEST_INFORMATION, &row, &changes, detail)
-                                .await?;
-                        bare(conn, row).await
-                    })
-                    .await
+                lock_need_of(conn, lender_id, id).await?;
+                let row = locked(conn, lender_id, id).await?;
+                let status = row.status;
+                if status == ReferralStatus::InfoRequested
+                    && row.info_request.as_deref() == Some(message.as_str())
+                {
+                    return bare(conn, row).await;
+                }
+                require(&row, status, ReferralStatus::InfoRequested)?;
+                let changes = ReferralChanges {
+                    status: Some(ReferralStatus::InfoRequested),
+                    info_request: Some(message.as_str()),
+                    ..Default::default()
+                };
+                let detail = serde_json::json!({ "message": message.as_str() });
+                let row =
+                    change(conn, who, RPC_REQUEST_INFORMATION, &row, &changes, detail).await?;
+                bare(conn, row).await
             }
+            .scope_boxed()
         })
         .await
     }
@@ -269,55 +258,47 @@ impl App {
         idempotency: Idempotency,
     ) -> Result<LenderReferral> {
         let lender_id = who.require_lender("DecideReferral")?;
-        error::retry_conflicts(TRIES, || {
-            let who = who.clone();
-            let decision = decision.clone();
-            let idempotency = idempotency.clone();
-            async move {
-                // Routing reads the product catalog; refresh it before taking any lock.
-                let catalog = match decision {
-                    Decision::Decline { .. } => {
-                        let mut conn = self.conn().await?;
-                        Some(self.catalog(&mut conn).await?)
-                    }
-                    Decision::Approve { .. } => None,
-                };
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| {
-                        // Checked under the need's lock: a concurrent twin waits here for the
-                        // first call to commit, then replays it instead of deciding again.
-                        let need = lock_need_of(conn, lender_id, id).await?;
-                        if let Some(saved) =
-                            audit::replayed(conn, &who, RPC_DECIDE, &idempotency).await?
-                        {
-                            return Ok(saved);
-                        }
-                        let row = locked(conn, lender_id, id).await?;
-                        let row = match &decision {
-                            Decision::Approve {
-                                amount_minor,
-                                rate_bps,
-                                term_months,
-                            } => {
-                                let terms = (*amount_minor, *rate_bps, *term_months);
-                                approve(conn, &who, &need, row, terms).await?
-                            }
-                            Decision::Decline { reason, note } => {
-                                let catalog = catalog.clone().ok_or_else(|| {
-                                    Error::Internal(anyhow::anyhow!("decline without catalog"))
-                                })?;
-                                let reason = (*reason, note);
-                                self.decline(conn, &who, &need, row, catalog, reason)
-                                    .await?
-                            }
-                        };
-                        let decided = bare(conn, row).await?;
-                        audit::remember(conn, &who, RPC_DECIDE, &idempotency, &decided).await?;
-                        Ok(decided)
-                    })
-                    .await
+        let (decision, idempotency) = (&decision, &idempotency);
+        // Routing reads the product catalog; refresh it before taking any lock.
+        let catalog = match decision {
+            Decision::Decline { .. } => {
+                let mut conn = self.conn().await?;
+                Some(self.catalog(&mut conn).await?)
             }
+            Decision::Approve { .. } => None,
+        };
+        let catalog = &catalog;
+        self.write(|conn| {
+            async move {
+                // Checked under the need's lock: a concurrent twin waits here for the
+                // first call to commit, then replays it instead of deciding again.
+                let need = lock_need_of(conn, lender_id, id).await?;
+                if let Some(saved) = audit::replayed(conn, who, RPC_DECIDE, idempotency).await? {
+                    return Ok(saved);
+                }
+                let row = locked(conn, lender_id, id).await?;
+                let row = match &decision {
+                    Decision::Approve {
+                        amount_minor,
+                        rate_bps,
+                        term_months,
+                    } => {
+                        let terms = (*amount_minor, *rate_bps, *term_months);
+                        approve(conn, who, &need, row, terms).await?
+                    }
+                    Decision::Decline { reason, note } => {
+                        let catalog = catalog.clone().ok_or_else(|| {
+                            Error::Internal(anyhow::anyhow!("decline without catalog"))
+                        })?;
+                        let reason = (*reason, note);
+                        self.decline(conn, who, &need, row, catalog, reason).await?
+                    }
+                };
+                let decided = bare(conn, row).await?;
+                audit::remember(conn, who, RPC_DECIDE, idempotency, &decided).await?;
+                Ok(decided)
+            }
+            .scope_boxed()
         })
         .await
     }
@@ -333,17 +314,9 @@ impl App {
         input: DisbursementInput,
     ) -> Result<Recorded> {
         let lender_id = who.require_lender("RecordDisbursement")?;
-        error::retry_conflicts(TRIES, || {
-            let who = who.clone();
-            let input = input.clone();
-            async move {
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| disburse(conn, &who, lender_id, &input).await)
-                    .await
-            }
-        })
-        .await
+        let input = &input;
+        self.write(|conn| async move { disburse(conn, who, lender_id, input).await }.scope_boxed())
+            .await
     }
 }
 

@@ -10,11 +10,10 @@
 //! to two banks.
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
-use diesel_async::AsyncConnection as _;
+use scoped_futures::ScopedFutureExt as _;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::error::{TRIES, retry_conflicts};
 use super::financing::SWEEPER;
 use super::paging::{Cursor, Page, PageRequest};
 use super::{App, Error, Idempotency, Principal, Result, audit, reason};
@@ -158,67 +157,60 @@ impl App {
     #[tracing::instrument(skip_all, fields(code = input.code.as_str()))]
     pub async fn create_program(&self, who: &Principal, input: NewProgram) -> Result<Program> {
         who.require("CreateProgram")?;
-        let program = retry_conflicts(TRIES, || {
-            let (who, input) = (who.clone(), input.clone());
-            async move {
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| {
-                        let code = input.code.as_str();
-                        if let Some(existing) =
-                            storage::special_loans::find_program_by_code(conn, code).await?
-                        {
-                            return Err(duplicate_code(code, existing.id));
+        let input = &input;
+        let program = self
+            .write(|conn| {
+                async move {
+                    let code = input.code.as_str();
+                    if let Some(existing) =
+                        storage::special_loans::find_program_by_code(conn, code).await?
+                    {
+                        return Err(duplicate_code(code, existing.id));
+                    }
+                    let new = storage::special_loans::NewProgram {
+                        code,
+                        name: input.name.as_str(),
+                        total_quota_minor: input.total_quota.get(),
+                        rate_cap_bps: input.rate_cap.get(),
+                        subsidy_ratio_bps: input.subsidy_ratio.get(),
+                        max_effective_rate_bps: input.max_effective_rate.map(Bps::get),
+                        per_enterprise_cap_minor: input.per_enterprise_cap.map(AmountMinor::get),
+                        max_term_months: input.max_term.get(),
+                        required_designations: input
+                            .required_designations
+                            .iter()
+                            .map(ListCode::as_str)
+                            .collect(),
+                        loan_date_from: input.loan_date_from,
+                        loan_date_to: input.loan_date_to,
+                        one_bank_per_enterprise: input.one_bank_per_enterprise,
+                        reservation_hours: input.reservation_hours,
+                    };
+                    let row = match storage::special_loans::insert_program(conn, &new).await {
+                        // A concurrent creation of the same code won; the retry names it.
+                        Err(e) if matches!(storage::classify(&e), Failure::UniqueViolation(_)) => {
+                            return Err(Error::conflict());
                         }
-                        let new = storage::special_loans::NewProgram {
-                            code,
-                            name: input.name.as_str(),
-                            total_quota_minor: input.total_quota.get(),
-                            rate_cap_bps: input.rate_cap.get(),
-                            subsidy_ratio_bps: input.subsidy_ratio.get(),
-                            max_effective_rate_bps: input.max_effective_rate.map(Bps::get),
-                            per_enterprise_cap_minor: input
-                                .per_enterprise_cap
-                                .map(AmountMinor::get),
-                            max_term_months: input.max_term.get(),
-                            required_designations: input
-                                .required_designations
-                                .iter()
-                                .map(ListCode::as_str)
-                                .collect(),
-                            loan_date_from: input.loan_date_from,
-                            loan_date_to: input.loan_date_to,
-                            one_bank_per_enterprise: input.one_bank_per_enterprise,
-                            reservation_hours: input.reservation_hours,
-                        };
-                        let row = match storage::special_loans::insert_program(conn, &new).await {
-                            // A concurrent creation of the same code won; the retry names it.
-                            Err(e)
-                                if matches!(storage::classify(&e), Failure::UniqueViolation(_)) =>
-                            {
-                                return Err(Error::conflict());
-                            }
-                            other => other?,
-                        };
-                        audit::record(
-                            conn,
-                            Some(&who),
-                            RPC_CREATE,
-                            "program",
-                            row.id,
-                            serde_json::json!({
-                                "code": row.code,
-                                "total_quota_minor": row.total_quota_minor,
-                                "reservation_hours": row.reservation_hours,
-                            }),
-                        )
-                        .await?;
-                        to_program(row, Vec::new())
-                    })
-                    .await
-            }
-        })
-        .await?;
+                        other => other?,
+                    };
+                    audit::record(
+                        conn,
+                        Some(who),
+                        RPC_CREATE,
+                        "program",
+                        row.id,
+                        serde_json::json!({
+                            "code": row.code,
+                            "total_quota_minor": row.total_quota_minor,
+                            "reservation_hours": row.reservation_hours,
+                        }),
+                    )
+                    .await?;
+                    to_program(row, Vec::new())
+                }
+                .scope_boxed()
+            })
+            .await?;
         tracing::info!(program_id = %program.id, "program created");
         Ok(program)
     }
@@ -247,11 +239,9 @@ impl App {
         quota: NonNegativeMinor,
     ) -> Result<Program> {
         who.require("SetLenderQuota")?;
-        let who = who.clone();
         let quota = quota.get();
-        self.conn()
-            .await?
-            .transaction(async move |conn| {
+        self.write(|conn| {
+            async move {
                 storage::special_loans::find_program(conn, program_id)
                     .await?
                     .ok_or_else(|| Error::not_found("program", program_id))?;
@@ -303,7 +293,7 @@ impl App {
                     .await?;
                 audit::record(
                     conn,
-                    Some(&who),
+                    Some(who),
                     RPC_SET_QUOTA,
                     "program",
                     program_id,
@@ -315,8 +305,10 @@ impl App {
                 )
                 .await?;
                 load_program(conn, program_id, None).await
-            })
-            .await
+            }
+            .scope_boxed()
+        })
+        .await
     }
 
     /// Reserves quota for one loan after checking every rule, atomically. Idempotent by key.
@@ -336,20 +328,13 @@ impl App {
                 request.lender_id
             )));
         }
-        let outcome = retry_conflicts(TRIES, || {
-            let who = who.clone();
-            let idempotency = idempotency.clone();
-            let request = request.clone();
-            async move {
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| {
-                        allocate(conn, &who, &idempotency, &request).await
-                    })
-                    .await
-            }
-        })
-        .await;
+        let idempotency = &idempotency;
+        let request = &request;
+        let outcome = self
+            .write(|conn| {
+                async move { allocate(conn, who, idempotency, request).await }.scope_boxed()
+            })
+            .await;
         let error = match outcome {
             Ok(allocation) => {
                 tracing::info!(allocation_id = %allocation.id, "quota reserved");
@@ -360,7 +345,7 @@ impl App {
         // A twin call with the same key may have committed while this one was checking the rules
         // against the balance the twin had just taken: the twin's answer is the answer.
         if matches!(&error, Error::FailedPrecondition { reason: r, .. } if *r != reason::IDEMPOTENCY_KEY_REUSED)
-            && let Some(saved) = self.saved_response(who, &idempotency).await?
+            && let Some(saved) = self.saved_response(who, idempotency).await?
         {
             return Ok(saved);
         }
@@ -379,16 +364,10 @@ impl App {
         disbursed_on: NaiveDate,
     ) -> Result<Allocation> {
         who.require("ConfirmAllocation")?;
-        retry_conflicts(TRIES, || {
-            let (who, loan_reference) = (who.clone(), loan_reference.clone());
-            async move {
-                self.conn()
-                    .await?
-                    .transaction(async move |conn| {
-                        confirm(conn, &who, id, &loan_reference, disbursed_on, Utc::now()).await
-                    })
-                    .await
-            }
+        let loan_reference = &loan_reference;
+        self.write(|conn| {
+            async move { confirm(conn, who, id, loan_reference, disbursed_on, Utc::now()).await }
+                .scope_boxed()
         })
         .await
     }
@@ -403,10 +382,9 @@ impl App {
         why: Note,
     ) -> Result<Allocation> {
         who.require("ReleaseAllocation")?;
-        let who = who.clone();
-        self.conn()
-            .await?
-            .transaction(async move |conn| {
+        let why = &why;
+        self.write(|conn| {
+            async move {
                 let row =
                     storage::special_loans::find_allocation_for_update(conn, id, who.lender_id)
                         .await?
@@ -427,10 +405,13 @@ impl App {
                     AllocationStatus::Reserved => {}
                 }
                 let detail = serde_json::json!({ "reason": why.as_str() });
-                release(conn, Some(&who), RPC_RELEASE, row, ReleaseReason::ReleasedByCaller, detail)
+                release(conn, Some(who), RPC_RELEASE, row, ReleaseReason::ReleasedByCaller, detail)
                     .await
-            })
-            .await
+
+            }
+            .scope_boxed()
+        })
+        .await
     }
 
     /// Releases every reservation that lapsed by `now`, one per transaction, each audited as
@@ -446,13 +427,9 @@ impl App {
             };
             let mut handled = 0;
             for &id in &lapsed {
-                let done = retry_conflicts(TRIES, || async move {
-                    self.conn()
-                        .await?
-                        .transaction(async move |conn| lapse(conn, id, now).await)
-                        .await
-                })
-                .await?;
+                let done = self
+                    .write(|conn| async move { lapse(conn, id, now).await }.scope_boxed())
+                    .await?;
                 if let Some(allocation) = done {
                     handled += 1;
                     metrics::counter!("finmatch_reservations_lapsed_total").increment(1);

@@ -23,3 +23,4 @@ mod reporting;
 mod server;
 mod special_loans;
 mod startup;
+mod writes;
