@@ -155,6 +155,11 @@ impl App {
     /// use case (the caller, the command) for as long as the call lasts, and returns its future
     /// boxed with `scope_boxed` (a closure's future cannot otherwise name both lifetimes). The
     /// transaction commits when `work` succeeds and rolls back when it fails.
+    ///
+    /// Two writes do not come here, by design: SubmitNeed and ImportNeeds store a need with its
+    /// referrals, counters, event and audit row in one autocommit statement (`submit_in`, still
+    /// under [`error::retry_conflicts`]), and the event relay writes on the feed's own
+    /// connection, which it holds between batches.
     pub async fn write<'a, T, F>(&self, work: F) -> Result<T>
     where
         F: for<'c> Fn(&'c mut storage::Connection) -> ScopedBoxFuture<'a, 'c, Result<T>>

@@ -164,7 +164,7 @@ pub async fn update(
     changes: &EnterpriseChanges<'_>,
 ) -> QueryResult<EnterpriseRow> {
     diesel::update(enterprises::table.find(id))
-        .set(changes)
+        .set((changes, enterprises::updated_at.eq(diesel::dsl::now)))
         .returning(EnterpriseRow::as_returning())
         .get_result(conn)
         .await

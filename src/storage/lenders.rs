@@ -186,7 +186,7 @@ pub async fn update_product(
     values: &ProductValues<'_>,
 ) -> QueryResult<ProductRow> {
     diesel::update(products::table.find(id))
-        .set(values)
+        .set((values, products::updated_at.eq(diesel::dsl::now)))
         .returning(ProductRow::as_returning())
         .get_result(conn)
         .await

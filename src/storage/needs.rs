@@ -159,6 +159,7 @@ pub async fn set_status(
         .set((
             needs::status.eq(status),
             needs::routing_attempts.eq(needs::routing_attempts + added_attempts),
+            needs::updated_at.eq(diesel::dsl::now),
         ))
         .returning(NeedRow::as_returning())
         .get_result(conn)

@@ -182,6 +182,7 @@ pub async fn update(
     )
     .set((
         changes,
+        referrals::updated_at.eq(diesel::dsl::now),
         referrals::first_response_at.eq(diesel::dsl::sql::<
             diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
         >("COALESCE(first_response_at, now())")),
@@ -251,6 +252,7 @@ pub async fn add_funding(
             .filter((needs::funded_minor + amount_minor).le(needs::amount_minor)),
     )
     .set((
+        needs::updated_at.eq(diesel::dsl::now),
         needs::funded_minor.eq(needs::funded_minor + amount_minor),
         needs::status.eq(diesel::dsl::case_when(
             (needs::funded_minor + amount_minor).eq(needs::amount_minor),
@@ -271,7 +273,10 @@ pub async fn approve_need(conn: &mut Connection, need_id: Uuid) -> QueryResult<(
             .filter(needs::id.eq(need_id))
             .filter(needs::status.eq(NeedStatus::Routed)),
     )
-    .set(needs::status.eq(NeedStatus::Approved))
+    .set((
+        needs::status.eq(NeedStatus::Approved),
+        needs::updated_at.eq(diesel::dsl::now),
+    ))
     .execute(conn)
     .await
     .map(|_| ())

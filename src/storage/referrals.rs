@@ -162,7 +162,10 @@ pub async fn set_status_where(
             .filter(referrals::need_id.eq(need_id))
             .filter(referrals::status.eq_any(from.to_vec())),
     )
-    .set(referrals::status.eq(to))
+    .set((
+        referrals::status.eq(to),
+        referrals::updated_at.eq(diesel::dsl::now),
+    ))
     .returning(ReferralRow::as_returning())
     .get_results(conn)
     .await
@@ -175,7 +178,10 @@ pub async fn set_status(
     to: ReferralStatus,
 ) -> QueryResult<Vec<ReferralRow>> {
     diesel::update(referrals::table.filter(referrals::id.eq_any(ids)))
-        .set(referrals::status.eq(to))
+        .set((
+            referrals::status.eq(to),
+            referrals::updated_at.eq(diesel::dsl::now),
+        ))
         .returning(ReferralRow::as_returning())
         .get_results(conn)
         .await

@@ -193,7 +193,10 @@ pub async fn reserve_program_quota(
                 .le(programs::total_quota_minor),
         ),
     )
-    .set(programs::reserved_minor.eq(programs::reserved_minor + amount_minor))
+    .set((
+        programs::reserved_minor.eq(programs::reserved_minor + amount_minor),
+        programs::updated_at.eq(diesel::dsl::now),
+    ))
     .returning(ProgramRow::as_returning())
     .get_result(conn)
     .await
@@ -212,6 +215,7 @@ pub async fn adjust_program_balance(
         .set((
             programs::reserved_minor.eq(programs::reserved_minor + reserved_delta),
             programs::confirmed_minor.eq(programs::confirmed_minor + confirmed_delta),
+            programs::updated_at.eq(diesel::dsl::now),
         ))
         .returning(ProgramRow::as_returning())
         .get_result(conn)
@@ -230,7 +234,10 @@ pub async fn add_lender_quota_sum(
             .find(program_id)
             .filter((programs::lender_quota_sum_minor + delta).le(programs::total_quota_minor)),
     )
-    .set(programs::lender_quota_sum_minor.eq(programs::lender_quota_sum_minor + delta))
+    .set((
+        programs::lender_quota_sum_minor.eq(programs::lender_quota_sum_minor + delta),
+        programs::updated_at.eq(diesel::dsl::now),
+    ))
     .returning(ProgramRow::as_returning())
     .get_result(conn)
     .await
@@ -536,6 +543,7 @@ pub async fn confirm_allocation(
             allocations::status.eq(AllocationStatus::Confirmed),
             allocations::loan_reference.eq(loan_reference),
             allocations::disbursed_on.eq(disbursed_on),
+            allocations::updated_at.eq(diesel::dsl::now),
         ))
         .returning(AllocationRow::as_returning())
         .get_result(conn)
@@ -551,6 +559,7 @@ pub async fn release_allocation(
         .set((
             allocations::status.eq(AllocationStatus::Released),
             allocations::release_reason.eq(why),
+            allocations::updated_at.eq(diesel::dsl::now),
         ))
         .returning(AllocationRow::as_returning())
         .get_result(conn)

@@ -2870,3 +2870,42 @@ async fn the_feed_follows_again_when_its_pooled_connection_is_cut_and_its_listen
         second.referrals[0].to_string()
     );
 }
+
+/// `updated_at` is set by the statements that change a row (no trigger does it, so that a
+/// distributed PostgreSQL can hold these tables): acknowledging moves the referral's
+/// update_time, withdrawing moves the need's and the cancelled referral's again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_change_moves_the_update_time_of_the_rows_it_changes() {
+    fn at(t: &Option<prost_types::Timestamp>) -> (i64, i32) {
+        let t = t.as_ref().expect("timestamp filled");
+        (t.seconds, t.nanos)
+    }
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let routed = routed(&app, 1_000_000, &[&a]).await;
+    let id = routed.referrals[0];
+    let pending = get(&app, &a, id).await.unwrap();
+    assert_eq!(at(&pending.update_time), at(&pending.create_time));
+
+    let acked = acknowledge(&app, &a, id).await;
+    assert!(at(&acked.update_time) > at(&pending.update_time));
+    let need_before = need_of(&get(&app, &a, id).await.unwrap()).clone();
+
+    let withdrawn = FinancingServiceClient::new(app.channel.clone())
+        .withdraw_need(authed(
+            pb::WithdrawNeedRequest {
+                need_id: routed.need_id.to_string(),
+                reason: "financed by a shareholder loan".into(),
+            },
+            &app.operator,
+        ))
+        .await
+        .expect("withdraw")
+        .into_inner();
+    let need = withdrawn.need.unwrap();
+    assert_eq!(need.status, pb::NeedStatus::Withdrawn as i32);
+    assert!(at(&need.update_time) > at(&need_before.update_time));
+    let cancelled = get(&app, &a, id).await.unwrap();
+    assert_eq!(status(&cancelled), pb::ReferralStatus::Cancelled);
+    assert!(at(&cancelled.update_time) > at(&acked.update_time));
+}
