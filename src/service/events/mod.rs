@@ -542,7 +542,7 @@ impl ReferralFeed {
         // The relay's lease is renewed on this connection between waits: keep it for the round.
         let mut conn: Connection =
             diesel_async::pooled_connection::deadpool::Object::take(app.conn().await?);
-        let mut last_read = match *last {
+        let last_read = match *last {
             Some(cursor) => cursor,
             None => {
                 // Events delivered before this are in the table for any stream that subscribes
@@ -553,99 +553,121 @@ impl ReferralFeed {
                 cursor
             }
         };
+        let mut round = Round {
+            conn,
+            last_read,
+            relaying: false,
+            claim_at: Instant::now(),
+            relay_at: Instant::now(),
+            read_due: true,
+        };
         let mut state = self.shared.state.subscribe();
-        let mut relaying = false;
-        let mut claim_at = Instant::now();
-        let mut relay_at = Instant::now();
-        // Whether new deliveries may be in the table unread: at the start, after a wanted
-        // notification, a relay batch, a lease check or a follower's probe; not after a relay
-        // poll that found nothing to deliver (every 20 ms while relaying, mostly idle).
-        let mut read_due = true;
         loop {
             if !state.borrow_and_update().open {
-                if relaying {
-                    bounded(storage::relay::release_lease(
-                        &mut conn,
-                        EVENT_RELAY,
-                        self.shared.holder,
-                    ))
-                    .await?;
-                    self.set_relay(false);
-                }
-                return Ok(());
+                return self.end_round(&mut round).await;
             }
-            let now = Instant::now();
-            let claim = now >= claim_at;
-            let poll = relaying && now >= relay_at;
-            if poll {
-                relay_at = now + RELAY_POLL;
-            }
-            // A poll that finds nothing to deliver writes nothing (the lease is renewed on time
-            // by `claim`).
-            if claim || (poll && bounded(storage::relay::has_undelivered(&mut conn)).await?) {
-                let (held, _) = self.relay(&mut conn).await?;
-                if held != relaying {
-                    relaying = held;
-                    self.set_relay(held);
-                    if held {
-                        tracing::info!(holder = %self.shared.holder, "this server is the referral event relay");
-                    } else {
-                        tracing::info!("another server is the referral event relay now");
-                    }
-                }
-                if claim {
-                    claim_at = Instant::now() + self.shared.lease / 3;
-                }
-                read_due = true;
-            }
-            if read_due {
-                last_read = self.fan_out(&mut conn, last_read).await?;
-                *last = Some(last_read);
-                read_due = false;
+            self.relay_when_due(&mut round).await?;
+            if round.read_due {
+                round.last_read = self.fan_out(&mut round.conn, round.last_read).await?;
+                *last = Some(round.last_read);
+                round.read_due = false;
             }
             // Live once this round's first steps (the lease, a read) answered: a round on a
             // connection that stopped answering never counts, so its streams' heartbeats stop.
             if !self.shared.state.borrow().live {
                 self.shared.state.send_modify(|s| s.live = true);
             }
+            self.wait(&mut round, notes, &mut state).await?;
+        }
+    }
 
-            let wake_at = if relaying {
-                claim_at.min(relay_at)
+    /// Gives the lease up, when this round holds it, as the feed closes.
+    async fn end_round(&self, round: &mut Round) -> Result<()> {
+        if round.relaying {
+            bounded(storage::relay::release_lease(
+                &mut round.conn,
+                EVENT_RELAY,
+                self.shared.holder,
+            ))
+            .await?;
+            self.set_relay(false);
+        }
+        Ok(())
+    }
+
+    /// Claims or renews the lease when its time has come, and relays when the relay's poll
+    /// finds undelivered events; a poll that finds nothing writes nothing (the lease is renewed
+    /// on time by the claim).
+    async fn relay_when_due(&self, round: &mut Round) -> Result<()> {
+        let now = Instant::now();
+        let claim = now >= round.claim_at;
+        let poll = round.relaying && now >= round.relay_at;
+        if poll {
+            round.relay_at = now + RELAY_POLL;
+        }
+        if !(claim || (poll && bounded(storage::relay::has_undelivered(&mut round.conn)).await?)) {
+            return Ok(());
+        }
+        let (held, _) = self.relay(&mut round.conn).await?;
+        if held != round.relaying {
+            round.relaying = held;
+            self.set_relay(held);
+            if held {
+                tracing::info!(holder = %self.shared.holder, "this server is the referral event relay");
             } else {
-                claim_at.min(Instant::now() + IDLE_PROBE)
-            };
-            // The relay's own notification, or one for a batch read already, needs nothing; a
-            // lost listener ends the round (deliveries may go unheard until it listens again).
-            let wanted = |event: ListenEvent| match event {
-                ListenEvent::Notification { payload, .. } => {
-                    Ok(payload.parse::<i64>().map_or(true, |c| c > last_read))
-                }
-                ListenEvent::Listening => Ok(true),
-                ListenEvent::Lost => Err(Error::Unavailable),
-            };
-            'wait: loop {
-                tokio::select! {
-                    event = notes.next() => match event {
-                        Some(event) => {
-                            let mut wake = wanted(event)?;
-                            // Coalesce a burst into one round.
-                            while let Some(next) = notes.try_next() {
-                                wake |= wanted(next)?;
-                            }
-                            if wake {
-                                read_due = true;
-                                break 'wait;
-                            }
-                        }
-                        None => return Err(Error::Unavailable),
-                    },
-                    () = tokio::time::sleep_until(wake_at) => {
-                        // A follower's probe; the relay's own timer reads after a batch.
-                        read_due |= !relaying;
-                        break 'wait;
+                tracing::info!("another server is the referral event relay now");
+            }
+        }
+        if claim {
+            round.claim_at = Instant::now() + self.shared.lease / 3;
+        }
+        round.read_due = true;
+        Ok(())
+    }
+
+    /// Waits for what the round does next: a wanted notification (a batch not read yet), the
+    /// relay's poll or the lease's renewal, a follower's probe, or the feed closing. The relay's
+    /// own notification, or one for a batch read already, needs nothing; a lost listener ends
+    /// the round (deliveries may go unheard until it listens again).
+    async fn wait(
+        &self,
+        round: &mut Round,
+        notes: &mut Notes,
+        state: &mut watch::Receiver<FeedState>,
+    ) -> Result<()> {
+        let wake_at = if round.relaying {
+            round.claim_at.min(round.relay_at)
+        } else {
+            round.claim_at.min(Instant::now() + IDLE_PROBE)
+        };
+        let last_read = round.last_read;
+        let wanted = |event: ListenEvent| match event {
+            ListenEvent::Notification { payload, .. } => {
+                Ok(payload.parse::<i64>().map_or(true, |c| c > last_read))
+            }
+            ListenEvent::Listening => Ok(true),
+            ListenEvent::Lost => Err(Error::Unavailable),
+        };
+        loop {
+            tokio::select! {
+                event = notes.next() => {
+                    let Some(event) = event else { return Err(Error::Unavailable) };
+                    let mut wake = wanted(event)?;
+                    // Coalesce a burst into one round.
+                    while let Some(next) = notes.try_next() {
+                        wake |= wanted(next)?;
                     }
-                    _ = state.changed() => break 'wait,
+                    if wake {
+                        round.read_due = true;
+                        return Ok(());
+                    }
                 }
+                () = tokio::time::sleep_until(wake_at) => {
+                    // A follower's probe; the relay's own timer reads after a batch.
+                    round.read_due |= !round.relaying;
+                    return Ok(());
+                }
+                _ = state.changed() => return Ok(()),
             }
         }
     }
@@ -773,6 +795,24 @@ impl ReferralFeed {
             .or_insert_with(|| broadcast::channel(LIVE_BUFFER).0)
             .subscribe())
     }
+}
+
+/// The state of one round of [`ReferralFeed::follow`].
+struct Round {
+    /// Kept for the round: the relay's lease is renewed on it between waits.
+    conn: Connection,
+    /// The last delivery cursor fanned out.
+    last_read: i64,
+    /// Whether this round holds the relay's lease.
+    relaying: bool,
+    /// When the lease is claimed or renewed next.
+    claim_at: Instant,
+    /// When the relay polls for undelivered events next.
+    relay_at: Instant,
+    /// Whether new deliveries may be in the table unread: at the start, after a wanted
+    /// notification, a relay batch, a lease check or a follower's probe; not after a relay poll
+    /// that found nothing to deliver (every 20 ms while relaying, mostly idle).
+    read_due: bool,
 }
 
 fn to_event((event, mut referral): (EventRow, ReferralRow)) -> Result<ReferralEvent> {
