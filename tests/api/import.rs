@@ -132,7 +132,23 @@ async fn importing_51_rows_with_one_bad_adds_50_reports_the_bad_row_and_a_rerun_
     );
     let report = std::fs::read_to_string(dir.join("needs.csv.import-report.csv"))
         .expect("the report is written beside the input");
-    assert!(report.contains("31"), "{report}");
+    // One line per row in row order: row 31 rejected with its code, every other accepted with
+    // its need.
+    let lines: Vec<csv::StringRecord> = csv::Reader::from_reader(report.as_bytes())
+        .records()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(lines.len(), 51, "{report}");
+    for (i, line) in lines.iter().enumerate() {
+        let row = (i + 2).to_string();
+        assert_eq!(&line[0], row, "{report}");
+        if row == "31" {
+            assert_eq!((&line[2], &line[5]), ("rejected", "INVALID_ARGUMENT"), "{report}");
+        } else {
+            assert_eq!(&line[2], "accepted", "{report}");
+            assert!(!line[4].is_empty(), "an accepted row names its need: {report}");
+        }
+    }
 
     let second = finmatch::import::run(&file, &server, &app.operator)
         .await

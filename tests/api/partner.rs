@@ -1245,8 +1245,10 @@ async fn watch_pages_through_more_stored_events_than_one_read() {
     quiet(&mut stream, Duration::from_millis(300)).await;
 }
 
+/// Delivery across replicas, not its delay: the delay's p99 is the benchmark's (`finmatch bench
+/// watch`, docs/performance.md), not a pass/fail figure on a shared machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watcher_on_one_replica_sees_changes_made_through_another_within_a_second() {
+async fn a_watcher_on_one_replica_sees_changes_made_through_another() {
     let app = TestApp::spawn().await;
     let replica = app.replica().await;
     // Two servers, one database.
@@ -1255,11 +1257,11 @@ async fn a_watcher_on_one_replica_sees_changes_made_through_another_within_a_sec
     let a = bank(&app, "Bank A").await;
     let mut stream = watch(&app, &a, 0).await;
     let id = routed(&replica, 1_000_000, &[&a]).await.referrals[0];
-    let created = events(&mut stream, 1, Duration::from_secs(1)).await;
+    let created = events(&mut stream, 1, Duration::from_secs(10)).await;
     assert_eq!(created[0].referral.as_ref().unwrap().id, id.to_string());
     // A change made through replica B's API reaches the watcher on replica A.
     acknowledge(&replica, &a, id).await;
-    let acked = events(&mut stream, 1, Duration::from_secs(1)).await;
+    let acked = events(&mut stream, 1, Duration::from_secs(10)).await;
     assert_eq!(acked[0].kind, pb::ReferralEventKind::Acknowledged as i32);
     assert!(acked[0].cursor > created[0].cursor);
 }
