@@ -8,6 +8,7 @@ mod dates;
 mod enums;
 pub(crate) use enums::canonical_enum;
 mod error;
+pub mod ids;
 mod lifecycle;
 mod numbers;
 pub mod special_loan;

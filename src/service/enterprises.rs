@@ -206,6 +206,7 @@ impl App {
                 let list_code = designation.list_code().as_str();
                 let reference = designation.reference().map(|r| r.as_str()).unwrap_or("");
                 let new = storage::enterprises::NewDesignation {
+                    id: crate::domain::ids::scoped_id(enterprise_id),
                     enterprise_id,
                     list_code,
                     granted_on: designation.granted_on(),

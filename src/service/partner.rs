@@ -422,6 +422,7 @@ async fn store_disbursement(
     input: &DisbursementInput,
 ) -> Result<DisbursementRow> {
     let new = NewDisbursement {
+        id: crate::domain::ids::child_id(row.id),
         referral_id: row.id,
         need_id: row.need_id,
         lender_id: row.lender_id,

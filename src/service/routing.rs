@@ -179,6 +179,7 @@ pub(crate) async fn top_up(
         let referral = storage::referrals::insert(
             conn,
             &NewReferral {
+                id: crate::domain::ids::child_id(need.id),
                 need_id: need.id,
                 lender_id: candidate.lender_id(),
                 product_id: candidate.product_id(),

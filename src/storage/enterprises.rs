@@ -73,6 +73,8 @@ pub struct DesignationRow {
 #[derive(Debug, Insertable)]
 #[diesel(table_name = designations)]
 pub struct NewDesignation<'a> {
+    /// A scoped id (`domain::ids`), carrying the enterprise's routing key.
+    pub id: Uuid,
     pub enterprise_id: Uuid,
     pub list_code: &'a str,
     pub granted_on: NaiveDate,

@@ -46,6 +46,8 @@ pub struct NeedRow {
 #[derive(Debug, Insertable)]
 #[diesel(table_name = needs)]
 pub struct NewNeed<'a> {
+    /// A scoped id (`domain::ids`), carrying the enterprise's routing key.
+    pub id: Uuid,
     pub enterprise_id: Uuid,
     pub amount_minor: i64,
     pub term_months: i32,
@@ -235,7 +237,6 @@ pub async fn claim_overdue(
 /// caller, so the response is known before the statement runs.
 #[derive(Debug)]
 pub struct RoutedNeed<'a> {
-    pub id: Uuid,
     pub need: NewNeed<'a>,
     pub routing_attempts: i32,
     pub created_at: DateTime<Utc>,
@@ -306,7 +307,7 @@ async fn write_routed(
     let referrals = || {
         batch
             .iter()
-            .flat_map(|n| n.referrals.iter().map(move |r| (n.id, r)))
+            .flat_map(|n| n.referrals.iter().map(move |r| (n.need.id, r)))
     };
     super::sql::Prepared::new(
         "WITH wanted AS ( \
@@ -370,7 +371,7 @@ async fn write_routed(
          ) \
          SELECT count(*) AS n FROM need",
     )
-    .bind::<Array<SqlUuid>, _>(needs(|n| n.id))
+    .bind::<Array<SqlUuid>, _>(needs(|n| n.need.id))
     .bind::<Array<SqlUuid>, _>(needs(|n| n.need.enterprise_id))
     .bind::<Array<BigInt>, _>(batch.iter().map(|n| n.need.amount_minor).collect::<Vec<_>>())
     .bind::<Array<Int4>, _>(batch.iter().map(|n| n.need.term_months).collect::<Vec<_>>())

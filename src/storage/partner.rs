@@ -34,6 +34,8 @@ pub struct DisbursementRow {
 #[derive(Debug, Insertable)]
 #[diesel(table_name = disbursements)]
 pub struct NewDisbursement<'a> {
+    /// A scoped id (`domain::ids`), carrying the enterprise's routing key.
+    pub id: Uuid,
     pub referral_id: Uuid,
     pub need_id: Uuid,
     pub lender_id: Uuid,

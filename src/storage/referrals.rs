@@ -46,6 +46,8 @@ pub struct ReferralRow {
 #[derive(Debug, Insertable)]
 #[diesel(table_name = referrals)]
 pub struct NewReferral {
+    /// A scoped id (`domain::ids`), carrying the enterprise's routing key.
+    pub id: Uuid,
     pub need_id: Uuid,
     pub lender_id: Uuid,
     pub product_id: Uuid,

@@ -112,6 +112,8 @@ pub struct AllocationRow {
 #[derive(Debug, Insertable)]
 #[diesel(table_name = allocations)]
 pub struct NewAllocation<'a> {
+    /// A scoped id (`domain::ids`), carrying the enterprise's routing key.
+    pub id: Uuid,
     pub program_id: Uuid,
     pub lender_id: Uuid,
     pub enterprise_id: Uuid,

@@ -143,10 +143,17 @@ async fn importing_51_rows_with_one_bad_adds_50_reports_the_bad_row_and_a_rerun_
         let row = (i + 2).to_string();
         assert_eq!(&line[0], row, "{report}");
         if row == "31" {
-            assert_eq!((&line[2], &line[5]), ("rejected", "INVALID_ARGUMENT"), "{report}");
+            assert_eq!(
+                (&line[2], &line[5]),
+                ("rejected", "INVALID_ARGUMENT"),
+                "{report}"
+            );
         } else {
             assert_eq!(&line[2], "accepted", "{report}");
-            assert!(!line[4].is_empty(), "an accepted row names its need: {report}");
+            assert!(
+                !line[4].is_empty(),
+                "an accepted row names its need: {report}"
+            );
         }
     }
 

@@ -203,6 +203,7 @@ async fn unconsented(app: &TestApp, bank: &Bank) -> Uuid {
     let need = storage::needs::insert(
         &mut conn,
         &storage::needs::NewNeed {
+            id: finmatch::domain::ids::scoped_id(enterprise_id),
             enterprise_id,
             amount_minor: 1_000_000,
             term_months: 12,
@@ -223,6 +224,7 @@ async fn unconsented(app: &TestApp, bank: &Bank) -> Uuid {
     storage::referrals::insert(
         &mut conn,
         &storage::referrals::NewReferral {
+            id: finmatch::domain::ids::child_id(need.id),
             need_id: need.id,
             lender_id: bank.lender_id,
             product_id: bank.product_id,
@@ -2910,4 +2912,45 @@ async fn each_change_moves_the_update_time_of_the_rows_it_changes() {
     let cancelled = get(&app, &a, id).await.unwrap();
     assert_eq!(status(&cancelled), pb::ReferralStatus::Cancelled);
     assert!(at(&cancelled.update_time) > at(&acked.update_time));
+}
+
+/// A need, its referrals and their disbursements carry the enterprise's routing key in their
+/// ids (`domain::ids`), so an engine distributed by enterprise finds any of them from the id a
+/// bank quotes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_needs_referrals_and_loans_carry_its_enterprises_routing_key() {
+    use finmatch::domain::ids::{key_of, routing_key};
+    let app = TestApp::spawn().await;
+    let a = bank(&app, "Bank A").await;
+    let b = bank(&app, "Bank B").await;
+    let routed = routed(&app, 1_000_000, &[&a, &b]).await;
+    let referral = get(&app, &a, routed.referrals[0]).await.unwrap();
+    let enterprise_id: Uuid = need_of(&referral).enterprise_id.parse().unwrap();
+    let key = Some(routing_key(enterprise_id));
+    assert_eq!(key_of(routed.need_id), key, "need {}", routed.need_id);
+    for id in &routed.referrals {
+        assert_eq!(key_of(*id), key, "referral {id}");
+    }
+    approved(&app, &a, routed.referrals[0], 600_000).await;
+    let loan = disburse(
+        &app,
+        &a,
+        disbursement(routed.referrals[0], "LN-KEY", 600_000),
+    )
+    .await
+    .unwrap()
+    .disbursement
+    .unwrap();
+    let loan_id: Uuid = loan.id.parse().unwrap();
+    assert_eq!(key_of(loan_id), key, "disbursement {loan_id}");
+    // Another enterprise's need has (almost always) another key; the ids are never the same.
+    let other = routed_by(
+        &app,
+        1_000_000,
+        &[&a, &b],
+        finmatch::domain::BureauCalendar::default().today() + TimeDelta::days(60),
+    )
+    .await;
+    assert_ne!(other.need_id, routed.need_id);
+    assert_eq!(key_of(other.need_id), key_of(other.referrals[0]));
 }

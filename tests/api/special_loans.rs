@@ -158,6 +158,7 @@ impl World {
         let need = storage::needs::insert(
             &mut conn,
             &storage::needs::NewNeed {
+                id: finmatch::domain::ids::scoped_id(enterprise),
                 enterprise_id: enterprise,
                 amount_minor: 1_000_000,
                 term_months: 12,
@@ -183,6 +184,7 @@ impl World {
         storage::referrals::insert(
             &mut conn,
             &storage::referrals::NewReferral {
+                id: finmatch::domain::ids::child_id(need.id),
                 need_id: need.id,
                 lender_id: lender,
                 product_id: product,
@@ -1889,4 +1891,33 @@ async fn a_reservation_lapses_after_its_programs_hours_and_is_released_once_acro
     };
     assert_eq!(event.kind, pb::ReferralEventKind::ReservationLapsed as i32);
     assert_eq!(event.referral.unwrap().id, referral.to_string());
+}
+
+/// An allocation and the designation it relies on carry their enterprise's routing key in their
+/// ids (`domain::ids`), as its needs do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocation_and_its_designation_carry_the_enterprises_routing_key() {
+    use finmatch::domain::ids::{key_of, routing_key};
+    let w = World::new().await;
+    let (program, a, _) = w.pboc_with_two_lenders().await;
+    let e = w.key_enterprise(1).await;
+    let allocation = w
+        .allocate(loan(program, a, e, TEN_MILLION_YUAN))
+        .await
+        .unwrap();
+    let allocation_id: Uuid = allocation.id.parse().unwrap();
+    assert_eq!(key_of(allocation_id), Some(routing_key(e)));
+    let db = sql(&w.app).await;
+    let designations = db
+        .query(
+            "SELECT id::text FROM designations WHERE enterprise_id = $1::text::uuid",
+            &[&e.to_string()],
+        )
+        .await
+        .unwrap();
+    assert!(!designations.is_empty());
+    for row in designations {
+        let id: Uuid = row.get::<_, String>(0).parse().unwrap();
+        assert_eq!(key_of(id), Some(routing_key(e)), "designation {id}");
+    }
 }

@@ -7,7 +7,7 @@ use diesel_async::AsyncConnection as _;
 use uuid::Uuid;
 
 use super::{Need, NeedWithReferrals, RPC_SUBMIT, Referral, Submission, duplicate_open_need};
-use crate::domain::{NeedStatus, NewNeed, ReferralStatus};
+use crate::domain::{NeedStatus, NewNeed, ReferralStatus, ids};
 use crate::matching::{
     Activity, Candidate, MatchEnterprise, MatchNeed, RoutingPolicy, evaluate, select_routes,
 };
@@ -236,7 +236,7 @@ impl Submitted {
         catalog: &crate::service::catalog::Catalog,
         now: DateTime<Utc>,
     ) -> Self {
-        let id = Uuid::now_v7();
+        let id = ids::scoped_id(need.enterprise_id());
         let status = match (need.consent_to_share(), routes.is_empty()) {
             (false, _) => NeedStatus::Submitted,
             (true, true) => NeedStatus::Unmatched,
@@ -245,7 +245,7 @@ impl Submitted {
         let referrals: Vec<Referral> = routes
             .iter()
             .map(|candidate| Referral {
-                id: Uuid::now_v7(),
+                id: ids::child_id(id),
                 need_id: id,
                 lender_id: candidate.lender_id(),
                 product_id: candidate.product_id(),
@@ -329,8 +329,8 @@ impl Submitted {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(storage::needs::RoutedNeed {
-            id: need.id,
             need: storage::needs::NewNeed {
+                id: need.id,
                 enterprise_id: need.enterprise_id,
                 amount_minor: need.amount_minor,
                 term_months: need.term_months,

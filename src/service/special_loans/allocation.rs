@@ -194,6 +194,7 @@ async fn store(
     let row = storage::special_loans::insert_allocation(
         conn,
         &NewAllocation {
+            id: crate::domain::ids::scoped_id(request.enterprise_id),
             program_id: program.id,
             lender_id: request.lender_id,
             enterprise_id: request.enterprise_id,
