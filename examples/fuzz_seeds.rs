@@ -7,7 +7,7 @@
 use prost::Message;
 
 use finmatch::bench::data;
-use finmatch::grpc::pb;
+use finmatch::proto as pb;
 
 /// Yuan in fen.
 const YUAN: i64 = 100;

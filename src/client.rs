@@ -108,7 +108,7 @@ pub async fn health(
                 .map_err(|status| {
                     anyhow::anyhow!(
                         "health of {service:?}: {} {}",
-                        crate::grpc::metrics::code_name(status.code()),
+                        crate::proto::code_name(status.code()),
                         status.message()
                     )
                 })?;

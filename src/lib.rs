@@ -1,7 +1,9 @@
 //! finmatch: matches enterprises' financing needs to partner banks' loan products.
 //!
-//! Dependencies point inward: `grpc` → `service` → {`domain`, `matching`, `storage`}.
-//! Only `grpc` sees tonic and the generated types; only `storage` writes SQL.
+//! The server's dependencies point inward: `grpc` → `service` → {`domain`, `matching`,
+//! `storage`}. Only `grpc` serves tonic and converts the generated types (`proto`) to and from the
+//! domain; the command line's clients (`client`, `import`, `bench`) speak `proto` alone; only
+//! `storage` writes SQL.
 
 pub mod bench;
 pub mod client;
@@ -12,6 +14,7 @@ pub mod domain;
 pub mod grpc;
 pub mod import;
 pub mod matching;
+pub mod proto;
 pub mod server;
 pub mod service;
 pub mod storage;

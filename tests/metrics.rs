@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use finmatch::config::ServerArgs;
-use finmatch::grpc::pb;
-use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
+use finmatch::proto as pb;
+use finmatch::proto::enterprise_service_client::EnterpriseServiceClient;
 use helpers::{TestApp, TestDatabase, authed, enterprise};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

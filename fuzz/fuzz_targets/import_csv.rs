@@ -4,8 +4,8 @@
 
 #![no_main]
 
-use finmatch::grpc::pb;
 use finmatch::import::{Columns, csv_reader, parse_row, yuan_to_minor};
+use finmatch::proto as pb;
 use libfuzzer_sys::fuzz_target;
 
 /// Every column a row problem can be reported under.

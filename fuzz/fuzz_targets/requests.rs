@@ -92,7 +92,7 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
         })
         .collect();
     methods.sort();
-    let set = FileDescriptorSet::decode(finmatch::grpc::pb::FILE_DESCRIPTOR_SET).unwrap();
+    let set = FileDescriptorSet::decode(finmatch::proto::FILE_DESCRIPTOR_SET).unwrap();
     let (mut messages, mut inputs) = (HashMap::new(), HashMap::new());
     for file in set.file {
         let package = file.package().to_owned();

@@ -9,9 +9,9 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use crate::client::ServerAddress;
-use crate::grpc::pb;
-use crate::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
-use crate::grpc::pb::financing_service_client::FinancingServiceClient;
+use crate::proto as pb;
+use crate::proto::enterprise_service_client::EnterpriseServiceClient;
+use crate::proto::financing_service_client::FinancingServiceClient;
 
 /// Where the server is, how to reach it and with which token.
 #[derive(Debug, Clone, clap::Args)]
@@ -39,7 +39,7 @@ pub fn bearer(token: &str) -> anyhow::Result<Bearer> {
 pub fn refused(call: impl std::fmt::Display, status: &tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(
         "{call}: {} {}",
-        crate::grpc::metrics::code_name(status.code()),
+        crate::proto::code_name(status.code()),
         status.message()
     )
 }

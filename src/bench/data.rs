@@ -9,7 +9,7 @@ use rand::seq::IndexedRandom as _;
 use rand::{Rng as _, SeedableRng as _};
 
 use crate::domain::credit_code_with_check;
-use crate::grpc::pb;
+use crate::proto as pb;
 
 /// County-level divisions of Hubei, over 13 prefectures.
 pub const COUNTIES: [&str; 29] = [

@@ -13,8 +13,8 @@ use rand::rngs::SmallRng;
 use tonic::transport::Channel;
 
 use super::client::Channels;
-use crate::grpc::pb::financing_service_client::FinancingServiceClient;
-use crate::grpc::pb::partner_service_client::PartnerServiceClient;
+use crate::proto::financing_service_client::FinancingServiceClient;
+use crate::proto::partner_service_client::PartnerServiceClient;
 use tonic_health::pb::health_client::HealthClient;
 
 /// The RPCs the scenarios make; a decision is counted by its kind, so approvals and declines

@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::load::{CODES, Op, OpStats, Outcome, latency_histogram};
-use crate::grpc::metrics::code_name;
+use crate::proto::code_name;
 
 /// Latency percentiles in milliseconds (from microsecond counts).
 #[derive(Debug, Clone, Default, Serialize)]

@@ -12,7 +12,7 @@ use super::client::{self, Bearer, Channels, Registered, authed};
 use super::load::{Op, Step, Worker, Workload};
 use super::report::Setup;
 use super::state::State;
-use crate::grpc::pb;
+use crate::proto as pb;
 
 /// Submitted referrals per lender (index into the state's lenders), for the watch scenario's
 /// expected deliveries.

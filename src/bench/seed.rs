@@ -8,8 +8,8 @@ use futures::StreamExt as _;
 use super::client::{Bearer, Channels, SETUP_IN_FLIGHT, authed, refused};
 use super::data;
 use super::state::{LenderState, ProductState, State};
-use crate::grpc::pb;
-use crate::grpc::pb::lender_service_client::LenderServiceClient;
+use crate::proto as pb;
+use crate::proto::lender_service_client::LenderServiceClient;
 
 /// Seeds a database that has no lender yet (a rerun on a seeded database is refused: start from
 /// a fresh one), and writes the state to `state_path`.

@@ -15,9 +15,9 @@ use tokio::task::JoinHandle;
 use super::client::{Bearer, Channels, authed};
 use super::load::latency_histogram;
 use super::report::{Latency, WatchReport};
-use crate::grpc::metrics::code_name;
-use crate::grpc::pb;
-use crate::grpc::pb::partner_service_client::PartnerServiceClient;
+use crate::proto as pb;
+use crate::proto::code_name;
+use crate::proto::partner_service_client::PartnerServiceClient;
 
 /// Streams per HTTP/2 connection: below the 200 concurrent streams a hyper server allows by
 /// default, so no stream waits for a slot.

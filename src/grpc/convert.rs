@@ -5,8 +5,8 @@ use prost_types::Timestamp;
 use sha2::Digest as _;
 use uuid::Uuid;
 
-use super::pb;
 use crate::domain::{self, DomainError, Violations};
+use crate::proto as pb;
 
 /// A proto enum paired with its domain enum: the proto names are the domain's canonical names
 /// behind a prefix (`ENTERPRISE_SIZE_MICRO` ⇄ `MICRO`).

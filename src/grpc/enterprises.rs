@@ -5,11 +5,11 @@ use uuid::Uuid;
 
 use super::auth::principal;
 use super::convert::{self, Bridge};
-use super::pb;
 use crate::domain::{
     self, DesignationInput, EnterpriseInput, EnterprisePatch, EnterprisePatchInput, IndustryPrefix,
     ListCode, NewDesignation, NewEnterprise, RegionPrefix, Violations,
 };
+use crate::proto as pb;
 use crate::service::App;
 use crate::service::enterprises::{Enterprise, EnterpriseQuery};
 use crate::service::paging::PageRequest;

@@ -6,10 +6,10 @@ use uuid::Uuid;
 
 use super::auth::principal;
 use super::convert::{self, Bridge};
-use super::pb;
 use crate::domain::{
     DomainError, IndustryPrefix, NeedInput, NewNeed, Note, RegionPrefix, Violations,
 };
+use crate::proto as pb;
 use crate::service::financing::{
     IMPORT_BATCH, ImportItem, ImportOutcome, MatchCandidate, Need, NeedQuery, PreviewSubject,
     Referral, Submission,
@@ -179,10 +179,6 @@ impl pb::financing_service_server::FinancingService for FinancingHandler {
     }
 }
 
-/// Rejections an ImportNeedsResponse lists; the rest are only counted in `rejected_total`
-/// (stated in the proto: keep them in step). Stored items are listed up to the same number.
-pub const LISTED_REJECTIONS_MAX: usize = 1000;
-
 /// The next [`IMPORT_BATCH`] items of an ImportNeeds stream, valid or not, in stream order.
 #[derive(Default)]
 struct ImportBatch {
@@ -252,7 +248,7 @@ impl FinancingHandler {
                 // SUBMITTED: a need is stored in no other status.
                 _ => response.unrouted += 1,
             }
-            if response.stored.len() < LISTED_REJECTIONS_MAX {
+            if response.stored.len() < pb::LISTED_REJECTIONS_MAX {
                 response.stored.push(stored);
             }
         }
@@ -260,7 +256,7 @@ impl FinancingHandler {
         rejections.sort_by_key(|r| r.index);
         for rejection in rejections {
             response.rejected_total += 1;
-            if response.rejected.len() < LISTED_REJECTIONS_MAX {
+            if response.rejected.len() < pb::LISTED_REJECTIONS_MAX {
                 response.rejected.push(rejection);
             }
         }

@@ -5,10 +5,10 @@ use uuid::Uuid;
 
 use super::auth::principal;
 use super::convert::{self, Bridge};
-use super::pb;
 use crate::domain::{
     LenderInput, NewLender, NewProduct, ProductInput, ProductPatch, ProductPatchInput, Violations,
 };
+use crate::proto as pb;
 use crate::service::App;
 use crate::service::credentials::NewCredential;
 use crate::service::lenders::{Lender, Product};

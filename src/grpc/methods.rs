@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use prost::Message as _;
 
-use super::pb;
+use crate::proto as pb;
 
 /// The descriptor sets of every service on the port: finmatch, health and both reflection
 /// versions.

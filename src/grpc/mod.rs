@@ -22,16 +22,7 @@ pub mod reporting;
 pub mod special_loans;
 pub mod status;
 
-/// Code generated from `proto/finmatch/v1` by build.rs.
-pub mod pb {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("finmatch.v1");
-
-    /// The compiled descriptors of every proto file, served by reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("finmatch_descriptor");
-}
-
+use crate::proto as pb;
 use pb::enterprise_service_server::EnterpriseServiceServer;
 use pb::financing_service_server::FinancingServiceServer;
 use pb::lender_service_server::LenderServiceServer;

@@ -7,10 +7,10 @@ use uuid::Uuid;
 use super::auth::principal;
 use super::convert::{self, Bridge};
 use super::financing::{need_pb, referral_pb};
-use super::pb;
 use crate::domain::{
     self, BureauCalendar, DeclineReason, DomainError, Note, ReferralStatus, Violations,
 };
+use crate::proto as pb;
 use crate::service::events::{ReferralEvent, ReferralFeed, WatchItem};
 use crate::service::paging::PageRequest;
 use crate::service::partner::{

@@ -4,8 +4,8 @@ use tonic::{Request, Response, Status};
 
 use super::auth::principal;
 use super::convert::{self, Bridge};
-use super::pb;
 use crate::domain::{IndustryPrefix, RegionPrefix, Violations};
+use crate::proto as pb;
 use crate::service::App;
 use crate::service::reporting::{NeedFigures, Summary, SummaryQuery};
 

@@ -6,12 +6,12 @@ use uuid::Uuid;
 
 use super::auth::principal;
 use super::convert::{self, Bridge};
-use super::pb;
 use crate::domain::special_loan::{DEFAULT_RESERVATION_HOURS, MAX_RESERVATION_HOURS};
 use crate::domain::{
     self, AllocationStatus, AmountMinor, Bps, BureauCalendar, DomainError, ListCode, LoanReference,
     Name, NonNegativeMinor, Note, TermMonths, Violations,
 };
+use crate::proto as pb;
 use crate::service::paging::PageRequest;
 use crate::service::special_loans::{
     Allocation, AllocationQuery, AllocationRequest, NewProgram, Program,

@@ -3,8 +3,8 @@
 //! `finmatch audit verify`, which exits 1; the untouched log verifies, and exits 0.
 
 use chrono::{TimeDelta, Utc};
-use finmatch::grpc::pb;
-use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
+use finmatch::proto as pb;
+use finmatch::proto::enterprise_service_client::EnterpriseServiceClient;
 use finmatch::service::audit::SEAL_SETTLE;
 
 use crate::helpers::{TestApp, authed};

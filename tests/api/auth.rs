@@ -1,9 +1,9 @@
 //! Authentication and authorization: tokens, revocation, roles.
 
 use finmatch::domain::Role;
-use finmatch::grpc::pb;
-use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
-use finmatch::grpc::pb::lender_service_client::LenderServiceClient;
+use finmatch::proto as pb;
+use finmatch::proto::enterprise_service_client::EnterpriseServiceClient;
+use finmatch::proto::lender_service_client::LenderServiceClient;
 use tonic::Code;
 
 use crate::helpers::{TestApp, authed, create_lender};

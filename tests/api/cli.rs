@@ -1,7 +1,7 @@
 //! The command line as an operator bootstraps with it.
 
-use finmatch::grpc::pb;
-use finmatch::grpc::pb::lender_service_client::LenderServiceClient;
+use finmatch::proto as pb;
+use finmatch::proto::lender_service_client::LenderServiceClient;
 
 use crate::helpers::{TestApp, authed};
 

@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use finmatch::domain::Role;
-use finmatch::grpc::pb;
-use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
-use finmatch::grpc::pb::financing_service_client::FinancingServiceClient;
-use finmatch::grpc::pb::lender_service_client::LenderServiceClient;
-use finmatch::grpc::pb::partner_service_client::PartnerServiceClient;
-use finmatch::grpc::pb::special_loan_service_client::SpecialLoanServiceClient;
+use finmatch::proto as pb;
+use finmatch::proto::enterprise_service_client::EnterpriseServiceClient;
+use finmatch::proto::financing_service_client::FinancingServiceClient;
+use finmatch::proto::lender_service_client::LenderServiceClient;
+use finmatch::proto::partner_service_client::PartnerServiceClient;
+use finmatch::proto::special_loan_service_client::SpecialLoanServiceClient;
 use tonic::transport::Channel;
 
 use crate::helpers::{ServerProcess, TestApp, authed, next_credit_code};

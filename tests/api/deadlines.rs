@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use finmatch::config::ServerArgs;
 use finmatch::domain::Role;
-use finmatch::grpc::pb;
-use finmatch::grpc::pb::financing_service_client::FinancingServiceClient;
-use finmatch::grpc::pb::partner_service_client::PartnerServiceClient;
+use finmatch::proto as pb;
+use finmatch::proto::financing_service_client::FinancingServiceClient;
+use finmatch::proto::partner_service_client::PartnerServiceClient;
 use tonic::Code;
 
 use crate::helpers::{TestApp, TestDatabase, authed, create_lender, lock_needs};

@@ -2,10 +2,10 @@
 //! (with its SLA sweeper running every second), then read back over gRPC.
 
 use finmatch::config::ServerArgs;
-use finmatch::grpc::pb;
-use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
-use finmatch::grpc::pb::lender_service_client::LenderServiceClient;
-use finmatch::grpc::pb::reporting_service_client::ReportingServiceClient;
+use finmatch::proto as pb;
+use finmatch::proto::enterprise_service_client::EnterpriseServiceClient;
+use finmatch::proto::lender_service_client::LenderServiceClient;
+use finmatch::proto::reporting_service_client::ReportingServiceClient;
 
 use crate::fixtures::{Fixtures, NeedRow};
 use crate::helpers::{TestApp, TestDatabase, authed, enterprise};

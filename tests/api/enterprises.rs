@@ -1,7 +1,7 @@
 //! EnterpriseService end to end: validation, duplicates, paging, filters, updates, designations, audit.
 
-use finmatch::grpc::pb;
-use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
+use finmatch::proto as pb;
+use finmatch::proto::enterprise_service_client::EnterpriseServiceClient;
 use tonic::Code;
 
 use crate::helpers::{

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{TimeDelta, Utc};
 use finmatch::domain::Role;
-use finmatch::grpc::pb;
+use finmatch::proto as pb;
 use pb::enterprise_service_client::EnterpriseServiceClient;
 use pb::financing_service_client::FinancingServiceClient;
 use pb::lender_service_client::LenderServiceClient;

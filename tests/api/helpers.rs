@@ -422,7 +422,7 @@ pub fn next_credit_code() -> String {
 
 /// A lender created through the API by the operator; returns its id.
 pub async fn create_lender(app: &TestApp, name: &str) -> Uuid {
-    use finmatch::grpc::pb;
+    use finmatch::proto as pb;
     let mut client = pb::lender_service_client::LenderServiceClient::new(app.channel.clone());
     let lender = client
         .create_lender(authed(
@@ -445,8 +445,8 @@ pub async fn create_lender(app: &TestApp, name: &str) -> Uuid {
 }
 
 /// An enterprise in Suizhou (421300), manufacturing (C2720), small.
-pub fn enterprise(n: u32) -> finmatch::grpc::pb::Enterprise {
-    use finmatch::grpc::pb;
+pub fn enterprise(n: u32) -> finmatch::proto::Enterprise {
+    use finmatch::proto as pb;
     pb::Enterprise {
         credit_code: credit_code(n),
         name: format!("Suizhou Medical Supplies No. {n}"),
@@ -554,8 +554,8 @@ pub async fn watch_referrals(
     app: &TestApp,
     token: &str,
     after_cursor: i64,
-) -> tonic::Streaming<finmatch::grpc::pb::WatchReferralsResponse> {
-    use finmatch::grpc::pb;
+) -> tonic::Streaming<finmatch::proto::WatchReferralsResponse> {
+    use finmatch::proto as pb;
     pb::partner_service_client::PartnerServiceClient::new(app.channel.clone())
         .watch_referrals(authed(pb::WatchReferralsRequest { after_cursor }, token))
         .await
@@ -566,8 +566,8 @@ pub async fn watch_referrals(
 /// The tests' usual product of `lender_id`: working capital of 100 fen to ¥10,000,000 on credit,
 /// 6 to 36 months, 300 to 600 bps, 1,000 a day, a 48-hour SLA; override what a test varies.
 #[allow(dead_code)] // used by tests/api, not by tests/metrics.rs
-pub fn working_capital(lender_id: Uuid, name: &str) -> finmatch::grpc::pb::Product {
-    use finmatch::grpc::pb;
+pub fn working_capital(lender_id: Uuid, name: &str) -> finmatch::proto::Product {
+    use finmatch::proto as pb;
     pb::Product {
         lender_id: lender_id.to_string(),
         name: name.into(),

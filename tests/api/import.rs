@@ -1,8 +1,8 @@
 //! `finmatch import` against a real server: the enterprises of unknown credit codes are
 //! registered from their first row, once, however often the file is imported.
 
-use finmatch::grpc::pb;
-use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
+use finmatch::proto as pb;
+use finmatch::proto::enterprise_service_client::EnterpriseServiceClient;
 
 use crate::helpers::{ServerProcess, TestApp, authed};
 

@@ -1,7 +1,7 @@
 //! LenderService end to end: lenders, products with ordered ranges, updates, paging.
 
-use finmatch::grpc::pb;
-use finmatch::grpc::pb::lender_service_client::LenderServiceClient;
+use finmatch::proto as pb;
+use finmatch::proto::lender_service_client::LenderServiceClient;
 use tonic::Code;
 
 use crate::helpers::{

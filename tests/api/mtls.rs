@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use finmatch::config::ServerArgs;
-use finmatch::grpc::pb;
-use finmatch::grpc::pb::lender_service_client::LenderServiceClient;
-use finmatch::grpc::pb::partner_service_client::PartnerServiceClient;
+use finmatch::proto as pb;
+use finmatch::proto::lender_service_client::LenderServiceClient;
+use finmatch::proto::partner_service_client::PartnerServiceClient;
 use rcgen::{DnType, Issuer, KeyPair};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};

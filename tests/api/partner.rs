@@ -6,12 +6,12 @@ use chrono::{TimeDelta, Utc};
 use finmatch::domain::{
     Channel, Collateral, NeedStatus, Purpose, ReferralEventKind, ReferralStatus, Role,
 };
-use finmatch::grpc::pb;
-use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
-use finmatch::grpc::pb::financing_service_client::FinancingServiceClient;
-use finmatch::grpc::pb::lender_service_client::LenderServiceClient;
-use finmatch::grpc::pb::partner_service_client::PartnerServiceClient;
-use finmatch::grpc::pb::watch_referrals_response::Payload;
+use finmatch::proto as pb;
+use finmatch::proto::enterprise_service_client::EnterpriseServiceClient;
+use finmatch::proto::financing_service_client::FinancingServiceClient;
+use finmatch::proto::lender_service_client::LenderServiceClient;
+use finmatch::proto::partner_service_client::PartnerServiceClient;
+use finmatch::proto::watch_referrals_response::Payload;
 use finmatch::storage;
 use tonic::Code;
 use uuid::Uuid;
@@ -2281,7 +2281,7 @@ async fn audited_since(db: &tokio_postgres::Client, since: &mut i64) -> Vec<Stri
 /// repeat that changes nothing write none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mutating_call_writes_one_audit_row_and_a_refused_or_replayed_one_none() {
-    use finmatch::grpc::pb::special_loan_service_client::SpecialLoanServiceClient;
+    use finmatch::proto::special_loan_service_client::SpecialLoanServiceClient;
     let app = TestApp::spawn().await;
     let a = bank(&app, "Audit Bank").await;
     let (db, connection) = tokio_postgres::connect(app.database_url(), tokio_postgres::NoTls)

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use finmatch::grpc::pb;
-use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
+use finmatch::proto as pb;
+use finmatch::proto::enterprise_service_client::EnterpriseServiceClient;
 use finmatch::storage::connect::Connector;
 
 use crate::cluster::PrivateCluster;

@@ -2,11 +2,11 @@
 //! filters that narrow them, programs, validation and roles.
 
 use finmatch::domain::Role;
-use finmatch::grpc::pb;
-use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
-use finmatch::grpc::pb::lender_service_client::LenderServiceClient;
-use finmatch::grpc::pb::reporting_service_client::ReportingServiceClient;
-use finmatch::grpc::pb::special_loan_service_client::SpecialLoanServiceClient;
+use finmatch::proto as pb;
+use finmatch::proto::enterprise_service_client::EnterpriseServiceClient;
+use finmatch::proto::lender_service_client::LenderServiceClient;
+use finmatch::proto::reporting_service_client::ReportingServiceClient;
+use finmatch::proto::special_loan_service_client::SpecialLoanServiceClient;
 use tonic::Code;
 use uuid::Uuid;
 

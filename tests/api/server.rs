@@ -254,8 +254,8 @@ async fn the_binary_exits_zero_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_5_mib_request_is_refused_resource_exhausted_naming_the_limit_and_stores_nothing() {
-    use finmatch::grpc::pb;
-    use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
+    use finmatch::proto as pb;
+    use finmatch::proto::enterprise_service_client::EnterpriseServiceClient;
 
     let app = TestApp::spawn().await;
     let mut client =
@@ -304,7 +304,7 @@ async fn a_5_mib_request_is_refused_resource_exhausted_naming_the_limit_and_stor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_postgres_calls_are_unavailable_and_the_server_stays_up() {
     use finmatch::config::{ServerArgs, Settings};
-    use finmatch::grpc::pb;
+    use finmatch::proto as pb;
     use finmatch::server::Application;
 
     // Nothing listens on port 1: the pool cannot connect.
@@ -379,14 +379,14 @@ fn list_needs_in_flight(
     channel: &tonic::transport::Channel,
     operator: &str,
 ) -> tokio::task::JoinHandle<
-    Result<tonic::Response<finmatch::grpc::pb::ListNeedsResponse>, tonic::Status>,
+    Result<tonic::Response<finmatch::proto::ListNeedsResponse>, tonic::Status>,
 > {
-    use finmatch::grpc::pb::financing_service_client::FinancingServiceClient;
+    use finmatch::proto::financing_service_client::FinancingServiceClient;
     let (channel, operator) = (channel.clone(), operator.to_owned());
     tokio::spawn(async move {
         FinancingServiceClient::new(channel)
             .list_needs(crate::helpers::authed(
-                finmatch::grpc::pb::ListNeedsRequest::default(),
+                finmatch::proto::ListNeedsRequest::default(),
                 &operator,
             ))
             .await

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 
 use finmatch::domain::{Collateral, NeedStatus, Purpose, ReferralStatus, Role};
-use finmatch::grpc::pb;
-use finmatch::grpc::pb::enterprise_service_client::EnterpriseServiceClient;
-use finmatch::grpc::pb::lender_service_client::LenderServiceClient;
-use finmatch::grpc::pb::special_loan_service_client::SpecialLoanServiceClient;
+use finmatch::proto as pb;
+use finmatch::proto::enterprise_service_client::EnterpriseServiceClient;
+use finmatch::proto::lender_service_client::LenderServiceClient;
+use finmatch::proto::special_loan_service_client::SpecialLoanServiceClient;
 use tonic::Code;
 use tonic::transport::Channel;
 use uuid::Uuid;
