@@ -9,7 +9,9 @@ use super::{Allocation, AllocationRequest, RPC_ALLOCATE, money, to_allocation};
 use crate::domain::special_loan::{effective_rate_bps, subsidy_minor};
 use crate::domain::{Bps, ReferralStatus, TermMonths, format_percent};
 use crate::service::{App, Error, Idempotency, Principal, Result, audit, reason};
-use crate::storage::special_loans::{LenderQuotaRow, NewAllocation, ProgramRow};
+use crate::storage::special_loans::{
+    LenderQuotaRow, NewAllocation, ProgramEnterpriseRow, ProgramRow,
+};
 use crate::storage::{self, Connection, Failure};
 
 impl App {
@@ -417,41 +419,15 @@ async fn enterprise_refusal(
     program: &ProgramRow,
     request: &AllocationRequest,
 ) -> Result<Error> {
-    let to_lender = who.lender_id.is_some();
     let standing =
         storage::special_loans::find_program_enterprise(conn, program.id, request.enterprise_id)
             .await?;
-    let live = standing.as_ref().map_or(0, |s| s.live_minor);
     if let Some(standing) = &standing
         && program.one_bank_per_enterprise
         && standing.live_minor > 0
         && standing.lender_id != request.lender_id
     {
-        if to_lender {
-            return Ok(Error::precondition(
-                reason::ONE_BANK_RULE,
-                format!(
-                    "enterprise {} already borrows in program {} through another lender; one \
-                     enterprise, one bank: this lender cannot reserve quota for it while that \
-                     lasts",
-                    request.enterprise_id, program.code
-                ),
-            ));
-        }
-        return Ok(Error::precondition(
-            reason::ONE_BANK_RULE,
-            format!(
-                "enterprise {} already borrows {} in program {} through lender {}; one \
-                 enterprise, one bank: its allocations must go through that lender, not {}",
-                request.enterprise_id,
-                money(standing.live_minor),
-                program.code,
-                standing.lender_id,
-                request.lender_id
-            ),
-        )
-        .with_metadata("limit", standing.lender_id)
-        .with_metadata("requested", request.lender_id));
+        return Ok(one_bank_refusal(who, program, request, standing));
     }
     let Some(cap) = program.per_enterprise_cap_minor else {
         return Err(Error::Internal(anyhow::anyhow!(
@@ -460,9 +436,55 @@ async fn enterprise_refusal(
             request.enterprise_id
         )));
     };
+    let live = standing.as_ref().map_or(0, |s| s.live_minor);
+    Ok(cap_refusal(who, program, request, live, cap))
+}
+
+/// The enterprise borrows in the program through another lender.
+fn one_bank_refusal(
+    who: &Principal,
+    program: &ProgramRow,
+    request: &AllocationRequest,
+    standing: &ProgramEnterpriseRow,
+) -> Error {
+    if who.lender_id.is_some() {
+        return Error::precondition(
+            reason::ONE_BANK_RULE,
+            format!(
+                "enterprise {} already borrows in program {} through another lender; one \
+                 enterprise, one bank: this lender cannot reserve quota for it while that \
+                 lasts",
+                request.enterprise_id, program.code
+            ),
+        );
+    }
+    Error::precondition(
+        reason::ONE_BANK_RULE,
+        format!(
+            "enterprise {} already borrows {} in program {} through lender {}; one \
+             enterprise, one bank: its allocations must go through that lender, not {}",
+            request.enterprise_id,
+            money(standing.live_minor),
+            program.code,
+            standing.lender_id,
+            request.lender_id
+        ),
+    )
+    .with_metadata("limit", standing.lender_id)
+    .with_metadata("requested", request.lender_id)
+}
+
+/// The enterprise's `live` allocations plus the amount exceed the program's per-enterprise `cap`.
+fn cap_refusal(
+    who: &Principal,
+    program: &ProgramRow,
+    request: &AllocationRequest,
+    live: i64,
+    cap: i64,
+) -> Error {
     let total = live + request.amount.get();
-    if to_lender {
-        return Ok(Error::precondition(
+    if who.lender_id.is_some() {
+        return Error::precondition(
             reason::ENTERPRISE_CAP,
             format!(
                 "amount_minor {} would take enterprise {}'s live allocations in program {} over \
@@ -474,9 +496,9 @@ async fn enterprise_refusal(
             ),
         )
         .with_metadata("limit", cap)
-        .with_metadata("requested", request.amount.get()));
+        .with_metadata("requested", request.amount.get());
     }
-    Ok(Error::precondition(
+    Error::precondition(
         reason::ENTERPRISE_CAP,
         format!(
             "enterprise {}'s live allocations {} plus amount_minor {} make {}, over program {}'s \
@@ -491,7 +513,7 @@ async fn enterprise_refusal(
         ),
     )
     .with_metadata("limit", cap)
-    .with_metadata("requested", total))
+    .with_metadata("requested", total)
 }
 
 fn no_lender_quota(program: &ProgramRow, lender_id: Uuid, amount: i64) -> Error {
