@@ -249,6 +249,10 @@ def main():
             baselines.append(f"| {label}, 2 connections × {(a.concurrency + 1) // 2} streams | {h[0]:,.1f} req/s | "
                              f"{h[1]:,} HTTP-succeeded, {h[2]:,} failed |")
     baselines.append(f"| server RSS | {rss_mb:.1f} MB | VmHWM {hwm_kb / 1024:.1f} MB, max sampled {sampled_kb / 1024:.1f} MB |")
+    phases = [line.split() for line in read(out, "rss.phases").splitlines() if line.strip()]
+    if phases:
+        peaks = ", ".join(f"{name} {int(kb) / 1024:.1f}" for name, kb in phases)
+        baselines.append(f"| server RSS by phase (largest sample, MB) | | {peaks} |")
 
     sweep = []
     for c in a.sweep.split():

@@ -108,9 +108,13 @@ for _ in $(seq 300); do
   kill -0 "$SERVER_PID" 2>/dev/null || { cat "$OUT/server.log" >&2; exit 1; }
   sleep 0.1
 done
-# RSS throughout: sampled every half second; VmHWM (the kernel's peak) read at the end too.
+# RSS throughout: sampled every half second, each sample labelled with the phase then running
+# ($OUT/phase, written by each step), so the peak can be traced to a scenario; VmHWM (the
+# kernel's peak) read at the end too.
+echo setup >"$OUT/phase"
 ( while kill -0 "$SERVER_PID" 2>/dev/null; do
-    awk '/^VmRSS/ {print $2}' "/proc/$SERVER_PID/status" 2>/dev/null
+    kb=$(awk '/^VmRSS/ {print $2}' "/proc/$SERVER_PID/status" 2>/dev/null)
+    [ -n "$kb" ] && echo "$(cat "$OUT/phase") $kb"
     sleep 0.5
   done ) >"$OUT/rss.txt" &
 RSS_PID=$!
@@ -139,6 +143,7 @@ bench() {
   local name=$1; shift
   local before; before=$(snapshot)
   log "bench $name $*"
+  echo "$name" >"$OUT/phase"
   "$BIN" bench "$@" --server "$SERVER" --state "$STATE" --json "$OUT/$name.json" | tee "$OUT/$name.txt"
   echo "$before $(snapshot)" >"$OUT/$name.rows"
 }
@@ -165,6 +170,7 @@ SUBMIT_RATE=$(calls_per_sec "$OUT/submit.json")
 # 3a. pgbench: the SubmitNeed transaction, at the same client count. ----------------------------
 PGB=(pgbench -n -M prepared -c "$CONCURRENCY" -j 2 -T "$DURATION")
 log "pgbench: the SubmitNeed transaction, $CONCURRENCY clients"
+echo pgbench >"$OUT/phase"
 psql "$DB_URL" -q -v ON_ERROR_STOP=1 -f bench/pgbench/schema.sql >"$OUT/pgbench-schema.txt"
 PGOPTIONS='-c synchronous_commit=on' "${PGB[@]}" -f bench/pgbench/submit.sql "$DB_URL" >"$OUT/pgbench-submit.txt" 2>&1
 cat "$OUT/pgbench-submit.txt"
@@ -188,6 +194,7 @@ bench watch watch --streams "$STREAMS" --after-cursor "$AFTER" --concurrency "$C
 
 # 3b. pgbench: the GetNeed read, on copies of the needs routed in this run. ----------------------
 log "pgbench: the GetNeed read, $CONCURRENCY clients"
+echo pgbench >"$OUT/phase"
 psql "$DB_URL" -q -v ON_ERROR_STOP=1 -f bench/pgbench/schema.sql >"$OUT/pgbench-schema.txt"
 READ_NEEDS=$(tail -n 3 "$OUT/pgbench-schema.txt" | grep -Eo '^ *[0-9]+' | tr -d ' ' | tail -n 1)
 "${PGB[@]}" -D "needs=$READ_NEEDS" -f bench/pgbench/read.sql "$DB_URL" >"$OUT/pgbench-read.txt" 2>&1
@@ -206,6 +213,7 @@ PY
 H2=(h2load -c 2 -m $(( (CONCURRENCY + 1) / 2 )) -D "$DURATION" --warm-up-time "$WARMUP"
     -H 'content-type: application/grpc' -H 'te: trailers')
 log "h2load: Health/Check and GetNeed"
+echo h2load >"$OUT/phase"
 "${H2[@]}" -d "$OUT/noop.bin" "$SERVER/grpc.health.v1.Health/Check" >"$OUT/h2load-noop.txt" 2>&1 || true
 "${H2[@]}" -H "authorization: Bearer $FINMATCH_TOKEN" -d "$OUT/getneed.bin" \
   "$SERVER/finmatch.v1.FinancingService/GetNeed" >"$OUT/h2load-get.txt" 2>&1 || true
@@ -215,6 +223,7 @@ grep -h 'finished in' "$OUT"/h2load-*.txt || true
 if [ "$IMPORT_ROWS" -gt 0 ]; then
   log "finmatch import of $IMPORT_ROWS generated rows"
   python3 bench/import_csv.py "$IMPORT_ROWS" >"$OUT/import.csv"
+  echo import >"$OUT/phase"
   before=$(sql "SELECT count(*) FROM needs")
   start=$(date +%s.%N)
   "$BIN" import "$OUT/import.csv" --server "$SERVER" >"$OUT/import.txt" 2>"$OUT/import.err" || true
@@ -228,8 +237,11 @@ fi
 
 # 5. RSS, then the server stops (the database is dropped by the trap). ------------------------------
 HWM=$(awk '/^VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
-SAMPLED=$(sort -n "$OUT/rss.txt" | tail -n 1)
+SAMPLED=$(awk '{print $2}' "$OUT/rss.txt" | sort -n | tail -n 1)
 echo "${HWM:-0} ${SAMPLED:-0}" >"$OUT/rss.max"
+# The largest sample of each phase, in the order the phases ran.
+awk '!($1 in max) {order[n++] = $1} $2 > max[$1] {max[$1] = $2}
+     END {for (i = 0; i < n; i++) print order[i], max[order[i]]}' "$OUT/rss.txt" >"$OUT/rss.phases"
 kill "$RSS_PID" 2>/dev/null || true; RSS_PID=""
 
 # Matching alone (criterion, one core).
