@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod devdb;
 pub mod domain;

@@ -561,6 +561,10 @@ impl std::fmt::Display for Banner<'_> {
             f,
             "  (response times of the demo round are not meaningful: it is played in seconds at load)"
         )?;
+        writeln!(
+            f,
+            "Web console: http://{addr}/ (sign in by pasting a token below)"
+        )?;
         writeln!(f)?;
         match revoked {
             0 => writeln!(f, "New tokens for this start:")?,

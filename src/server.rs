@@ -183,6 +183,7 @@ impl Application {
 
         let call_timeout = grpc::deadline::CallTimeoutLayer::new(server_args.call_timeout());
         let layers = ServiceBuilder::new()
+            .layer(crate::console::ConsoleLayer)
             .layer(grpc::layers::cors())
             .layer(tonic_web::GrpcWebLayer::new())
             .map_request(grpc::layers::drop_unusable_request_id)

@@ -1,0 +1,2133 @@
+// finmatch.v1: shared enums and messages of the finmatch API.
+//
+// Conventions that hold for every service in this package
+// ========================================================
+//
+// Authentication. Every call except grpc.health.v1 and server reflection
+// carries the metadata entry `authorization: Bearer <token>`, where the token
+// is the one returned once by LenderService.IssueCredential (or by the CLI
+// `finmatch credentials create`). A missing, malformed, unknown or revoked
+// token is UNAUTHENTICATED; revocation takes effect at once on every replica.
+// Each credential has one role (see Role). A role calling an RPC it may not
+// call is PERMISSION_DENIED. A LENDER credential is bound to one lender: the
+// caller's lender is always taken from the credential, never from a request
+// field, and a lender never sees another lender's data. An id of another
+// lender's referral or allocation is answered with NOT_FOUND, exactly as if
+// it did not exist.
+//
+// Units. Money is an int64 count of minor units (fen for CNY) in fields named
+// `*_minor`; rates and percentages are int32 basis points (1 bps = 0.01 %,
+// 10000 bps = 100 %) in fields named `*_bps`. No floating point is used for
+// money or rates. Calendar dates are strings `YYYY-MM-DD` (ISO 8601, proleptic
+// Gregorian, no time zone); instants are google.protobuf.Timestamp. Every id
+// is a UUID string in canonical lower-case hyphenated form
+// (`0190a7c4-3b1e-7c3a-9f5e-2d1c0b9a8f77`), assigned by the server.
+//
+// Errors. Standard gRPC codes, with google.rpc details (as encoded by
+// tonic-types in `grpc-status-details-bin`):
+// - INVALID_ARGUMENT with a google.rpc.BadRequest holding one field
+//   violation per bad field; `field` is the dotted path from the request
+//   message, with `[i]` for repeated elements, e.g. `need.amount_minor`,
+//   `product.industry_prefixes[2]`, `approve.rate_bps`.
+// - NOT_FOUND when a named entity does not exist (or belongs to another
+//   lender).
+// - ALREADY_EXISTS for a duplicate natural key, with a google.rpc.ErrorInfo
+//   whose reason names the conflict and whose metadata names the existing
+//   entity's id (`<type>_id`, e.g. `lender_id`), and a google.rpc.ResourceInfo
+//   whose resource_type is that type (`lender`, `product`, `enterprise`,
+//   `need`, `program`, `allocation`, `designation`) and whose resource_name
+//   is the same id.
+// - FAILED_PRECONDITION with a google.rpc.ErrorInfo (domain `finmatch`) whose
+//   reason is one of: ILLEGAL_TRANSITION, RESPONSE_DEADLINE_PASSED,
+//   IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_EXPIRED, RESERVATION_LAPSED,
+//   NO_DISBURSEMENT, DISBURSEMENT_MISMATCH, DISBURSEMENT_TOO_SMALL,
+//   QUOTA_EXCEEDED, QUOTA_BELOW_USAGE, NOT_ELIGIBLE, RATE_CAP, TERM_CAP,
+//   LOAN_DATE, ENTERPRISE_CAP, ONE_BANK_RULE, NO_CONSENT,
+//   AMOUNT_EXCEEDS_UNFUNDED, AMOUNT_EXCEEDS_APPROVED. ErrorInfo metadata
+//   carries the ids involved; for limits, `limit` and `requested` values; for
+//   ILLEGAL_TRANSITION, `status` (where the resource is) and
+//   `requested_status` (where the call would take it), as enum value names.
+// - UNAUTHENTICATED, PERMISSION_DENIED as above; UNAVAILABLE when PostgreSQL
+//   is unreachable (safe to retry with backoff); RESOURCE_EXHAUSTED when the
+//   server sheds load (retry later) or a request message is larger than the
+//   server takes (4 MiB unless its operator set otherwise; do not retry, send
+//   less); DEADLINE_EXCEEDED when the call's deadline passed. Messages never
+//   contain SQL or internal detail.
+//
+// Paging. List RPCs take `page_size` (0 means the default of 50; values above
+// 1000 are capped to 1000; negative is INVALID_ARGUMENT) and `page_token`
+// (empty for the first page, else the `next_page_token` of the previous page,
+// passed unchanged together with the same filters; a token that is malformed
+// or was issued for other filters is INVALID_ARGUMENT). An empty
+// `next_page_token` means there are no more results. Tokens are opaque.
+//
+// Idempotency. RPCs whose retry must not repeat an effect take an
+// `idempotency_key`: 1 to 128 printable ASCII characters, chosen by the
+// client (a UUID is a good choice). Keys are scoped per RPC and per tenant
+// (each lender has its own scope; OPERATOR and PORTAL credentials share the
+// bureau's scope; SubmitNeed and ImportNeeds items share one scope because
+// both create needs) and are remembered for the server's retention window,
+// 30 days unless the operator sets FINMATCH_IDEMPOTENCY_RETENTION_DAYS. Within
+// it, repeating a key with the same request returns the first response and has
+// no new effect; the same key with a different request is FAILED_PRECONDITION
+// with reason IDEMPOTENCY_KEY_REUSED. After it the first response is gone: a
+// SubmitNeed or ImportNeeds key stays on its need, and using it again is
+// FAILED_PRECONDITION IDEMPOTENCY_KEY_EXPIRED (metadata need_id); any other
+// key is free again, and a call with it is a new call.
+
+// @generated by protoc-gen-es v2.17.0 with parameter "target=ts"
+// @generated from file finmatch/v1/common.proto (package finmatch.v1, syntax proto3)
+/* eslint-disable */
+
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Message } from "@bufbuild/protobuf";
+
+/**
+ * Describes the file finmatch/v1/common.proto.
+ */
+export const file_finmatch_v1_common: GenFile = /*@__PURE__*/
+  fileDesc("ChhmaW5tYXRjaC92MS9jb21tb24ucHJvdG8SC2Zpbm1hdGNoLnYxIjQKDkZpZWxkVmlvbGF0aW9uEg0KBWZpZWxkGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJIlsKC0Rlc2lnbmF0aW9uEhEKCWxpc3RfY29kZRgBIAEoCRISCgpncmFudGVkX29uGAIgASgJEhIKCmV4cGlyZXNfb24YAyABKAkSEQoJcmVmZXJlbmNlGAQgASgJIqEDCgpFbnRlcnByaXNlEgoKAmlkGAEgASgJEhMKC2NyZWRpdF9jb2RlGAIgASgJEgwKBG5hbWUYAyABKAkSEwoLcmVnaW9uX2NvZGUYBCABKAkSFQoNaW5kdXN0cnlfY29kZRgFIAEoCRIpCgRzaXplGAYgASgOMhsuZmlubWF0Y2gudjEuRW50ZXJwcmlzZVNpemUSHQoVYWJvdmVfZGVzaWduYXRlZF9zaXplGAcgASgIEhEKCWVtcGxveWVlcxgIIAEoBRIcChRhbm51YWxfcmV2ZW51ZV9taW5vchgJIAEoAxIUCgxjb250YWN0X25hbWUYCiABKAkSFQoNY29udGFjdF9waG9uZRgLIAEoCRIuCgxkZXNpZ25hdGlvbnMYDCADKAsyGC5maW5tYXRjaC52MS5EZXNpZ25hdGlvbhIvCgtjcmVhdGVfdGltZRgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIuEBCgZMZW5kZXISCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIlCgRraW5kGAMgASgOMhcuZmlubWF0Y2gudjEuTGVuZGVyS2luZBIUCgxyZWdpb25fY29kZXMYBCADKAkSEwoGYWN0aXZlGAUgASgISACIAQESLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIJCgdfYWN0aXZlIrYECgdQcm9kdWN0EgoKAmlkGAEgASgJEhEKCWxlbmRlcl9pZBgCIAEoCRIMCgRuYW1lGAMgASgJEhgKEG1pbl9hbW91bnRfbWlub3IYBCABKAMSGAoQbWF4X2Ftb3VudF9taW5vchgFIAEoAxIXCg9taW5fdGVybV9tb250aHMYBiABKAUSFwoPbWF4X3Rlcm1fbW9udGhzGAcgASgFEhkKEWluZHVzdHJ5X3ByZWZpeGVzGAggAygJEhcKD3JlZ2lvbl9wcmVmaXhlcxgJIAMoCRI0ChNjb2xsYXRlcmFsX2FjY2VwdGVkGAogAygOMhcuZmlubWF0Y2gudjEuQ29sbGF0ZXJhbBItCghtaW5fc2l6ZRgLIAEoDjIbLmZpbm1hdGNoLnYxLkVudGVycHJpc2VTaXplEhQKDG1pbl9yYXRlX2JwcxgMIAEoBRIUCgxtYXhfcmF0ZV9icHMYDSABKAUSHQoVcmVxdWlyZWRfZGVzaWduYXRpb25zGA4gAygJEhYKDmRhaWx5X2NhcGFjaXR5GA8gASgFEhoKEnJlc3BvbnNlX3NsYV9ob3VycxgQIAEoBRITCgZhY3RpdmUYESABKAhIAIgBARIvCgtjcmVhdGVfdGltZRgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgkKB19hY3RpdmUi1wMKBE5lZWQSCgoCaWQYASABKAkSFQoNZW50ZXJwcmlzZV9pZBgCIAEoCRIUCgxhbW91bnRfbWlub3IYAyABKAMSEwoLdGVybV9tb250aHMYBCABKAUSJQoHcHVycG9zZRgFIAEoDjIULmZpbm1hdGNoLnYxLlB1cnBvc2USKwoKY29sbGF0ZXJhbBgGIAMoDjIXLmZpbm1hdGNoLnYxLkNvbGxhdGVyYWwSGQoMbWF4X3JhdGVfYnBzGAcgASgFSACIAQESEQoJbmVlZGVkX2J5GAggASgJEhgKEGNvbnNlbnRfdG9fc2hhcmUYCSABKAgSJQoHY2hhbm5lbBgKIAEoDjIULmZpbm1hdGNoLnYxLkNoYW5uZWwSDAoEbm90ZRgLIAEoCRInCgZzdGF0dXMYDCABKA4yFy5maW5tYXRjaC52MS5OZWVkU3RhdHVzEhQKDGZ1bmRlZF9taW5vchgNIAEoAxIvCgtjcmVhdGVfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQg8KDV9tYXhfcmF0ZV9icHMiYAoLU2NvcmVGYWN0b3ISDAoEbmFtZRgBIAEoCRIRCgl2YWx1ZV9icHMYAiABKAUSEgoKd2VpZ2h0X2JwcxgDIAEoBRIOCgZwb2ludHMYBCABKAUSDAoEbm90ZRgFIAEoCSLIBQoIUmVmZXJyYWwSCgoCaWQYASABKAkSDwoHbmVlZF9pZBgCIAEoCRIRCglsZW5kZXJfaWQYAyABKAkSEgoKcHJvZHVjdF9pZBgEIAEoCRIrCgZzdGF0dXMYBSABKA4yGy5maW5tYXRjaC52MS5SZWZlcnJhbFN0YXR1cxINCgVzY29yZRgGIAEoBRIpCgdmYWN0b3JzGAcgAygLMhguZmlubWF0Y2gudjEuU2NvcmVGYWN0b3ISMAoMc2xhX2RlYWRsaW5lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5kZWNsaW5lX3JlYXNvbhgJIAEoDjIaLmZpbm1hdGNoLnYxLkRlY2xpbmVSZWFzb24SFAoMZGVjbGluZV9ub3RlGAogASgJEhwKFGluZm9fcmVxdWVzdF9tZXNzYWdlGAsgASgJEiIKFWFwcHJvdmVkX2Ftb3VudF9taW5vchgMIAEoA0gAiAEBEh4KEWFwcHJvdmVkX3JhdGVfYnBzGA0gASgFSAGIAQESIQoUYXBwcm92ZWRfdGVybV9tb250aHMYDiABKAVIAogBARIXCg9kaXNidXJzZWRfbWlub3IYDyABKAMSLwoLY3JlYXRlX3RpbWUYECABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIfCgRuZWVkGBIgASgLMhEuZmlubWF0Y2gudjEuTmVlZBIrCgplbnRlcnByaXNlGBMgASgLMhcuZmlubWF0Y2gudjEuRW50ZXJwcmlzZUIYChZfYXBwcm92ZWRfYW1vdW50X21pbm9yQhQKEl9hcHByb3ZlZF9yYXRlX2Jwc0IXChVfYXBwcm92ZWRfdGVybV9tb250aHMioAEKDVJlZmVycmFsRXZlbnQSDgoGY3Vyc29yGAEgASgDEiwKBGtpbmQYAiABKA4yHi5maW5tYXRjaC52MS5SZWZlcnJhbEV2ZW50S2luZBInCghyZWZlcnJhbBgDIAEoCzIVLmZpbm1hdGNoLnYxLlJlZmVycmFsEigKBHRpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIu8BCgxEaXNidXJzZW1lbnQSCgoCaWQYASABKAkSEwoLcmVmZXJyYWxfaWQYAiABKAkSDwoHbmVlZF9pZBgDIAEoCRIRCglsZW5kZXJfaWQYBCABKAkSFgoObG9hbl9yZWZlcmVuY2UYBSABKAkSFAoMYW1vdW50X21pbm9yGAYgASgDEhAKCHJhdGVfYnBzGAcgASgFEhMKC3Rlcm1fbW9udGhzGAggASgFEhQKDGRpc2J1cnNlZF9vbhgJIAEoCRIvCgtjcmVhdGVfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihgEKEkxlbmRlclF1b3RhQmFsYW5jZRIRCglsZW5kZXJfaWQYASABKAkSEwoLcXVvdGFfbWlub3IYAiABKAMSFgoOcmVzZXJ2ZWRfbWlub3IYAyABKAMSFwoPY29uZmlybWVkX21pbm9yGAQgASgDEhcKD3JlbWFpbmluZ19taW5vchgFIAEoAyKMAQoOUHJvZ3JhbUJhbGFuY2USFgoOcmVzZXJ2ZWRfbWlub3IYASABKAMSFwoPY29uZmlybWVkX21pbm9yGAIgASgDEhcKD3JlbWFpbmluZ19taW5vchgDIAEoAxIwCgdsZW5kZXJzGAQgAygLMh8uZmlubWF0Y2gudjEuTGVuZGVyUXVvdGFCYWxhbmNlIrMECgdQcm9ncmFtEgoKAmlkGAEgASgJEgwKBGNvZGUYAiABKAkSDAoEbmFtZRgDIAEoCRIZChF0b3RhbF9xdW90YV9taW5vchgEIAEoAxIUCgxyYXRlX2NhcF9icHMYBSABKAUSGQoRc3Vic2lkeV9yYXRpb19icHMYBiABKAUSIwoWbWF4X2VmZmVjdGl2ZV9yYXRlX2JwcxgHIAEoBUgAiAEBEiUKGHBlcl9lbnRlcnByaXNlX2NhcF9taW5vchgIIAEoA0gBiAEBEhcKD21heF90ZXJtX21vbnRocxgJIAEoBRIdChVyZXF1aXJlZF9kZXNpZ25hdGlvbnMYCiADKAkSFgoObG9hbl9kYXRlX2Zyb20YCyABKAkSFAoMbG9hbl9kYXRlX3RvGAwgASgJEh8KF29uZV9iYW5rX3Blcl9lbnRlcnByaXNlGA0gASgIEiwKB2JhbGFuY2UYDiABKAsyGy5maW5tYXRjaC52MS5Qcm9ncmFtQmFsYW5jZRIvCgtjcmVhdGVfdGltZRgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYECABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEXJlc2VydmF0aW9uX2hvdXJzGBEgASgFQhkKF19tYXhfZWZmZWN0aXZlX3JhdGVfYnBzQhsKGV9wZXJfZW50ZXJwcmlzZV9jYXBfbWlub3IitgQKCkFsbG9jYXRpb24SCgoCaWQYASABKAkSEgoKcHJvZ3JhbV9pZBgCIAEoCRIRCglsZW5kZXJfaWQYAyABKAkSFQoNZW50ZXJwcmlzZV9pZBgEIAEoCRITCgtyZWZlcnJhbF9pZBgFIAEoCRIUCgxhbW91bnRfbWlub3IYBiABKAMSEAoIcmF0ZV9icHMYByABKAUSEwoLdGVybV9tb250aHMYCCABKAUSEQoJbG9hbl9kYXRlGAkgASgJEi0KBnN0YXR1cxgKIAEoDjIdLmZpbm1hdGNoLnYxLkFsbG9jYXRpb25TdGF0dXMSFQoNc3Vic2lkeV9taW5vchgLIAEoAxIaChJlZmZlY3RpdmVfcmF0ZV9icHMYDCABKAUSGAoQZGVzaWduYXRpb25fdXNlZBgNIAEoCRIWCg5sb2FuX3JlZmVyZW5jZRgOIAEoCRIUCgxkaXNidXJzZWRfb24YDyABKAkSLwoLY3JlYXRlX3RpbWUYECABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtleHBpcmVfdGltZRgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASPAoOcmVsZWFzZV9yZWFzb24YEyABKA4yJC5maW5tYXRjaC52MS5BbGxvY2F0aW9uUmVsZWFzZVJlYXNvbiqeAQoORW50ZXJwcmlzZVNpemUSHwobRU5URVJQUklTRV9TSVpFX1VOU1BFQ0lGSUVEEAASGQoVRU5URVJQUklTRV9TSVpFX01JQ1JPEAESGQoVRU5URVJQUklTRV9TSVpFX1NNQUxMEAISGgoWRU5URVJQUklTRV9TSVpFX01FRElVTRADEhkKFUVOVEVSUFJJU0VfU0laRV9MQVJHRRAEKsoBCgpMZW5kZXJLaW5kEhsKF0xFTkRFUl9LSU5EX1VOU1BFQ0lGSUVEEAASFgoSTEVOREVSX0tJTkRfUE9MSUNZEAESGwoXTEVOREVSX0tJTkRfU1RBVEVfT1dORUQQAhIbChdMRU5ERVJfS0lORF9KT0lOVF9TVE9DSxADEh8KG0xFTkRFUl9LSU5EX0NJVFlfQ09NTUVSQ0lBTBAEEhUKEUxFTkRFUl9LSU5EX1JVUkFMEAUSFQoRTEVOREVSX0tJTkRfT1RIRVIQBirfAQoKQ29sbGF0ZXJhbBIaChZDT0xMQVRFUkFMX1VOU1BFQ0lGSUVEEAASFQoRQ09MTEFURVJBTF9DUkVESVQQARIYChRDT0xMQVRFUkFMX0dVQVJBTlRFRRACEhoKFkNPTExBVEVSQUxfUkVBTF9FU1RBVEUQAxIYChRDT0xMQVRFUkFMX0VRVUlQTUVOVBAEEhoKFkNPTExBVEVSQUxfUkVDRUlWQUJMRVMQBRIYChRDT0xMQVRFUkFMX0lQX1BMRURHRRAGEhgKFENPTExBVEVSQUxfSU5WRU5UT1JZEAcqzgEKB1B1cnBvc2USFwoTUFVSUE9TRV9VTlNQRUNJRklFRBAAEhsKF1BVUlBPU0VfV09SS0lOR19DQVBJVEFMEAESEwoPUFVSUE9TRV9QQVlST0xMEAISGQoVUFVSUE9TRV9SQVdfTUFURVJJQUxTEAMSFQoRUFVSUE9TRV9FUVVJUE1FTlQQBBIVChFQVVJQT1NFX0VYUEFOU0lPThAFEhYKElBVUlBPU0VfQ09OVkVSU0lPThAGEhcKE1BVUlBPU0VfUkVGSU5BTkNJTkcQBypjCgdDaGFubmVsEhcKE0NIQU5ORUxfVU5TUEVDSUZJRUQQABIQCgxDSEFOTkVMX1NFTEYQARISCg5DSEFOTkVMX0JVUkVBVRACEhkKFUNIQU5ORUxfQkFOS19SRUZFUlJBTBADKt0BCgpOZWVkU3RhdHVzEhsKF05FRURfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGQoVTkVFRF9TVEFUVVNfU1VCTUlUVEVEEAESFgoSTkVFRF9TVEFUVVNfUk9VVEVEEAISGAoUTkVFRF9TVEFUVVNfQVBQUk9WRUQQAxIWChJORUVEX1NUQVRVU19GVU5ERUQQBBIZChVORUVEX1NUQVRVU19VTk1BVENIRUQQBRIZChVORUVEX1NUQVRVU19XSVRIRFJBV04QBhIXChNORUVEX1NUQVRVU19FWFBJUkVEEAcqqwIKDlJlZmVycmFsU3RhdHVzEh8KG1JFRkVSUkFMX1NUQVRVU19VTlNQRUNJRklFRBAAEhsKF1JFRkVSUkFMX1NUQVRVU19QRU5ESU5HEAESIAocUkVGRVJSQUxfU1RBVFVTX0FDS05PV0xFREdFRBACEiIKHlJFRkVSUkFMX1NUQVRVU19JTkZPX1JFUVVFU1RFRBADEhwKGFJFRkVSUkFMX1NUQVRVU19BUFBST1ZFRBAEEh0KGVJFRkVSUkFMX1NUQVRVU19ESVNCVVJTRUQQBRIcChhSRUZFUlJBTF9TVEFUVVNfREVDTElORUQQBhIbChdSRUZFUlJBTF9TVEFUVVNfRVhQSVJFRBAHEh0KGVJFRkVSUkFMX1NUQVRVU19DQU5DRUxMRUQQCCqFAgoNRGVjbGluZVJlYXNvbhIeChpERUNMSU5FX1JFQVNPTl9VTlNQRUNJRklFRBAAEiMKH0RFQ0xJTkVfUkVBU09OX09VVFNJREVfQVBQRVRJVEUQARIqCiZERUNMSU5FX1JFQVNPTl9JTlNVRkZJQ0lFTlRfQ09MTEFURVJBTBACEiEKHURFQ0xJTkVfUkVBU09OX0NSRURJVF9ISVNUT1JZEAMSKQolREVDTElORV9SRUFTT05fSU5DT01QTEVURV9JTkZPUk1BVElPThAEEhsKF0RFQ0xJTkVfUkVBU09OX0NBUEFDSVRZEAUSGAoUREVDTElORV9SRUFTT05fT1RIRVIQBiqWAQoQQWxsb2NhdGlvblN0YXR1cxIhCh1BTExPQ0FUSU9OX1NUQVRVU19VTlNQRUNJRklFRBAAEh4KGkFMTE9DQVRJT05fU1RBVFVTX1JFU0VSVkVEEAESHwobQUxMT0NBVElPTl9TVEFUVVNfQ09ORklSTUVEEAISHgoaQUxMT0NBVElPTl9TVEFUVVNfUkVMRUFTRUQQAyqcAQoXQWxsb2NhdGlvblJlbGVhc2VSZWFzb24SKQolQUxMT0NBVElPTl9SRUxFQVNFX1JFQVNPTl9VTlNQRUNJRklFRBAAEjAKLEFMTE9DQVRJT05fUkVMRUFTRV9SRUFTT05fUkVMRUFTRURfQllfQ0FMTEVSEAESJAogQUxMT0NBVElPTl9SRUxFQVNFX1JFQVNPTl9MQVBTRUQQAipRCgRSb2xlEhQKEFJPTEVfVU5TUEVDSUZJRUQQABIRCg1ST0xFX09QRVJBVE9SEAESDwoLUk9MRV9QT1JUQUwQAhIPCgtST0xFX0xFTkRFUhADKv4CChFSZWZlcnJhbEV2ZW50S2luZBIjCh9SRUZFUlJBTF9FVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASHwobUkVGRVJSQUxfRVZFTlRfS0lORF9DUkVBVEVEEAESJAogUkVGRVJSQUxfRVZFTlRfS0lORF9BQ0tOT1dMRURHRUQQAhImCiJSRUZFUlJBTF9FVkVOVF9LSU5EX0lORk9fUkVRVUVTVEVEEAMSIAocUkVGRVJSQUxfRVZFTlRfS0lORF9BUFBST1ZFRBAEEiAKHFJFRkVSUkFMX0VWRU5UX0tJTkRfREVDTElORUQQBRIhCh1SRUZFUlJBTF9FVkVOVF9LSU5EX0RJU0JVUlNFRBAGEh8KG1JFRkVSUkFMX0VWRU5UX0tJTkRfRVhQSVJFRBAHEiEKHVJFRkVSUkFMX0VWRU5UX0tJTkRfQ0FOQ0VMTEVEEAgSKgomUkVGRVJSQUxfRVZFTlRfS0lORF9SRVNFUlZBVElPTl9MQVBTRUQQCWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+
+/**
+ * One invalid field of a request item, as in google.rpc.BadRequest.FieldViolation
+ * (used where a status cannot carry details, e.g. per item of ImportNeeds).
+ *
+ * @generated from message finmatch.v1.FieldViolation
+ */
+export type FieldViolation = Message<"finmatch.v1.FieldViolation"> & {
+  /**
+   * Dotted path from the item's request message, e.g. `need.amount_minor`
+   * or `need.collateral[1]`.
+   *
+   * @generated from field: string field = 1;
+   */
+  field: string;
+
+  /**
+   * What is wrong and what is allowed, e.g. "must be greater than 0".
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message finmatch.v1.FieldViolation.
+ * Use `create(FieldViolationSchema)` to create a new message.
+ */
+export const FieldViolationSchema: GenMessage<FieldViolation> = /*@__PURE__*/
+  messageDesc(file_finmatch_v1_common, 0);
+
+/**
+ * Membership of an enterprise in an official list (e.g. the national key
+ * epidemic-prevention supply list), valid between two dates.
+ *
+ * @generated from message finmatch.v1.Designation
+ */
+export type Designation = Message<"finmatch.v1.Designation"> & {
+  /**
+   * List code: data, not an enum; matches ^[A-Z][A-Z0-9_]{1,63}$, e.g.
+   * NATIONAL_KEY_SUPPLY, PROVINCIAL_KEY, LOCAL_KEY. An enterprise holds at
+   * most one designation per list code.
+   *
+   * @generated from field: string list_code = 1;
+   */
+  listCode: string;
+
+  /**
+   * First day of validity, YYYY-MM-DD (required).
+   *
+   * @generated from field: string granted_on = 2;
+   */
+  grantedOn: string;
+
+  /**
+   * Last day of validity (inclusive), YYYY-MM-DD, not before granted_on;
+   * empty = no end date. A designation is valid on a date D when
+   * granted_on <= D and (expires_on is empty or D <= expires_on).
+   *
+   * @generated from field: string expires_on = 3;
+   */
+  expiresOn: string;
+
+  /**
+   * Reference of the listing decision (document number, notice title), up
+   * to 200 characters; may be empty.
+   *
+   * @generated from field: string reference = 4;
+   */
+  reference: string;
+};
+
+/**
+ * Describes the message finmatch.v1.Designation.
+ * Use `create(DesignationSchema)` to create a new message.
+ */
+export const DesignationSchema: GenMessage<Designation> = /*@__PURE__*/
+  messageDesc(file_finmatch_v1_common, 1);
+
+/**
+ * An enterprise (company) whose financing needs finmatch routes.
+ *
+ * @generated from message finmatch.v1.Enterprise
+ */
+export type Enterprise = Message<"finmatch.v1.Enterprise"> & {
+  /**
+   * Server-assigned UUID. Ignored on create; required on update.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Unified social credit code (统一社会信用代码, GB 32100-2015): 18
+   * characters from 0-9 and A-Z without I, O, S, V, Z, whose last character
+   * is the check character computed from the first 17. Input is trimmed and
+   * upper-cased before validation. Unique: a second enterprise with the same
+   * code is ALREADY_EXISTS (reason DUPLICATE_CREDIT_CODE, metadata
+   * enterprise_id). Immutable after create.
+   *
+   * @generated from field: string credit_code = 2;
+   */
+  creditCode: string;
+
+  /**
+   * Registered name, 1 to 200 characters after trimming.
+   *
+   * @generated from field: string name = 3;
+   */
+  name: string;
+
+  /**
+   * Administrative division code of the registered address: exactly 6
+   * digits, e.g. 421300.
+   *
+   * @generated from field: string region_code = 4;
+   */
+  regionCode: string;
+
+  /**
+   * GB/T 4754-2017 industry code: a section letter A-T, optionally followed
+   * by a 2-digit division, 3-digit group or 4-digit class belonging to that
+   * section, e.g. C, C27, C272, C2720.
+   *
+   * @generated from field: string industry_code = 5;
+   */
+  industryCode: string;
+
+  /**
+   * Size class; required (UNSPECIFIED is INVALID_ARGUMENT).
+   *
+   * @generated from field: finmatch.v1.EnterpriseSize size = 6;
+   */
+  size: EnterpriseSize;
+
+  /**
+   * True for an "above designated size" industrial enterprise (规上企业).
+   *
+   * @generated from field: bool above_designated_size = 7;
+   */
+  aboveDesignatedSize: boolean;
+
+  /**
+   * Number of employees, 0 to 10,000,000.
+   *
+   * @generated from field: int32 employees = 8;
+   */
+  employees: number;
+
+  /**
+   * Annual revenue of the last financial year in minor units, >= 0.
+   *
+   * @generated from field: int64 annual_revenue_minor = 9;
+   */
+  annualRevenueMinor: bigint;
+
+  /**
+   * Contact person, up to 100 characters; may be empty. Personal data:
+   * shown to a lender only on a need whose consent_to_share is true.
+   *
+   * @generated from field: string contact_name = 10;
+   */
+  contactName: string;
+
+  /**
+   * Contact phone, up to 32 characters of digits, spaces, '+', '-', '(' and
+   * ')'; may be empty. Personal data, shown like contact_name.
+   *
+   * @generated from field: string contact_phone = 11;
+   */
+  contactPhone: string;
+
+  /**
+   * Current designations, ordered by list_code. Output only: ignored on
+   * create and update; use GrantDesignation / RevokeDesignation.
+   *
+   * @generated from field: repeated finmatch.v1.Designation designations = 12;
+   */
+  designations: Designation[];
+
+  /**
+   * When the enterprise was created. Output only.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 13;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When the enterprise (or one of its designations) last changed. Output
+   * only.
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 14;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message finmatch.v1.Enterprise.
+ * Use `create(EnterpriseSchema)` to create a new message.
+ */
+export const EnterpriseSchema: GenMessage<Enterprise> = /*@__PURE__*/
+  messageDesc(file_finmatch_v1_common, 2);
+
+/**
+ * A partner bank (or other lender).
+ *
+ * @generated from message finmatch.v1.Lender
+ */
+export type Lender = Message<"finmatch.v1.Lender"> & {
+  /**
+   * Server-assigned UUID. Ignored on create.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Name, e.g. "ICBC Xiaogan Branch", 1 to 200 characters; unique (a
+   * duplicate is ALREADY_EXISTS, reason DUPLICATE_NAME, metadata lender_id).
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * Kind of institution; required.
+   *
+   * @generated from field: finmatch.v1.LenderKind kind = 3;
+   */
+  kind: LenderKind;
+
+  /**
+   * Regions served, as administrative division codes or their prefixes of
+   * 2, 4 or 6 digits (province, prefecture, county), e.g. "42" (Hubei),
+   * "4213" (Suizhou) or "421303" (Zengdu district); another length is
+   * INVALID_ARGUMENT naming the entry. Empty = nationwide. Stored and
+   * returned as 6-digit codes, a prefix as its area's code ("4213" as
+   * "421300", which covers the whole prefecture); duplicates are dropped.
+   * Products with no region_prefixes of their own serve these.
+   *
+   * @generated from field: repeated string region_codes = 4;
+   */
+  regionCodes: string[];
+
+  /**
+   * Inactive lenders receive no referrals. Unset on create means true;
+   * always set in responses.
+   *
+   * @generated from field: optional bool active = 5;
+   */
+  active?: boolean | undefined;
+
+  /**
+   * When the lender was created. Output only.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 6;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When the lender last changed. Output only.
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 7;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message finmatch.v1.Lender.
+ * Use `create(LenderSchema)` to create a new message.
+ */
+export const LenderSchema: GenMessage<Lender> = /*@__PURE__*/
+  messageDesc(file_finmatch_v1_common, 3);
+
+/**
+ * A loan product of a lender; a need is matched against products.
+ *
+ * @generated from message finmatch.v1.Product
+ */
+export type Product = Message<"finmatch.v1.Product"> & {
+  /**
+   * Server-assigned UUID. Ignored on create.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Owning lender's id; required on create (unknown is NOT_FOUND);
+   * immutable.
+   *
+   * @generated from field: string lender_id = 2;
+   */
+  lenderId: string;
+
+  /**
+   * Product name, 1 to 200 characters, unique per lender (a duplicate is
+   * ALREADY_EXISTS, reason DUPLICATE_NAME, metadata product_id).
+   *
+   * @generated from field: string name = 3;
+   */
+  name: string;
+
+  /**
+   * Smallest loan amount in minor units, >= 1.
+   *
+   * @generated from field: int64 min_amount_minor = 4;
+   */
+  minAmountMinor: bigint;
+
+  /**
+   * Largest loan amount in minor units, >= min_amount_minor.
+   *
+   * @generated from field: int64 max_amount_minor = 5;
+   */
+  maxAmountMinor: bigint;
+
+  /**
+   * Shortest term in months, 1 to 360.
+   *
+   * @generated from field: int32 min_term_months = 6;
+   */
+  minTermMonths: number;
+
+  /**
+   * Longest term in months, min_term_months to 360.
+   *
+   * @generated from field: int32 max_term_months = 7;
+   */
+  maxTermMonths: number;
+
+  /**
+   * Industries served, as GB/T 4754 code prefixes (section letter plus 0 to
+   * 4 digits, e.g. "C", "C27"). Empty = all industries.
+   *
+   * @generated from field: repeated string industry_prefixes = 8;
+   */
+  industryPrefixes: string[];
+
+  /**
+   * Regions served, as division code prefixes of 1 to 6 digits. Empty = the
+   * lender's region_codes.
+   *
+   * @generated from field: repeated string region_prefixes = 9;
+   */
+  regionPrefixes: string[];
+
+  /**
+   * Collateral kinds accepted; at least one, no duplicates. A need matches
+   * when it offers at least one of them.
+   *
+   * @generated from field: repeated finmatch.v1.Collateral collateral_accepted = 10;
+   */
+  collateralAccepted: Collateral[];
+
+  /**
+   * Smallest enterprise size served; UNSPECIFIED = any size.
+   *
+   * @generated from field: finmatch.v1.EnterpriseSize min_size = 11;
+   */
+  minSize: EnterpriseSize;
+
+  /**
+   * Lowest annual rate offered in bps, 0 to 10000. A need whose
+   * max_rate_bps is below it is ineligible.
+   *
+   * @generated from field: int32 min_rate_bps = 12;
+   */
+  minRateBps: number;
+
+  /**
+   * Highest annual rate in bps, min_rate_bps to 10000. Approvals must lie
+   * within [min_rate_bps, max_rate_bps].
+   *
+   * @generated from field: int32 max_rate_bps = 13;
+   */
+  maxRateBps: number;
+
+  /**
+   * Designation list codes of which the enterprise must hold at least one
+   * valid today (any of); empty = no designation required.
+   *
+   * @generated from field: repeated string required_designations = 14;
+   */
+  requiredDesignations: string[];
+
+  /**
+   * Referrals this product may receive per calendar day (UTC), 1 to
+   * 1,000,000. Enforced atomically in the database.
+   *
+   * @generated from field: int32 daily_capacity = 15;
+   */
+  dailyCapacity: number;
+
+  /**
+   * Hours the lender has to decide a referral, 1 to 720; sets
+   * Referral.sla_deadline = create_time + response_sla_hours.
+   *
+   * @generated from field: int32 response_sla_hours = 16;
+   */
+  responseSlaHours: number;
+
+  /**
+   * Inactive products receive no referrals. Unset on create means true;
+   * always set in responses.
+   *
+   * @generated from field: optional bool active = 17;
+   */
+  active?: boolean | undefined;
+
+  /**
+   * When the product was created. Output only.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 18;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When the product last changed. Output only.
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 19;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message finmatch.v1.Product.
+ * Use `create(ProductSchema)` to create a new message.
+ */
+export const ProductSchema: GenMessage<Product> = /*@__PURE__*/
+  messageDesc(file_finmatch_v1_common, 4);
+
+/**
+ * A financing need (融资需求) of an enterprise.
+ *
+ * @generated from message finmatch.v1.Need
+ */
+export type Need = Message<"finmatch.v1.Need"> & {
+  /**
+   * Server-assigned UUID. Ignored on submit.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The enterprise in need; required (unknown is NOT_FOUND).
+   *
+   * @generated from field: string enterprise_id = 2;
+   */
+  enterpriseId: string;
+
+  /**
+   * Amount wanted in minor units, 1 to 10^15.
+   *
+   * @generated from field: int64 amount_minor = 3;
+   */
+  amountMinor: bigint;
+
+  /**
+   * Loan term wanted in months, 1 to 360.
+   *
+   * @generated from field: int32 term_months = 4;
+   */
+  termMonths: number;
+
+  /**
+   * What the money is for; required. An enterprise has at most one open
+   * need per purpose: a second one is ALREADY_EXISTS (reason
+   * DUPLICATE_OPEN_NEED, metadata need_id of the open one).
+   *
+   * @generated from field: finmatch.v1.Purpose purpose = 5;
+   */
+  purpose: Purpose;
+
+  /**
+   * Collateral offered; at least one, no duplicates.
+   *
+   * @generated from field: repeated finmatch.v1.Collateral collateral = 6;
+   */
+  collateral: Collateral[];
+
+  /**
+   * Highest annual rate the enterprise accepts, in bps, 0 to 10000; unset =
+   * no limit.
+   *
+   * @generated from field: optional int32 max_rate_bps = 7;
+   */
+  maxRateBps?: number | undefined;
+
+  /**
+   * Date by which the money is needed, YYYY-MM-DD, not before today in the
+   * bureau's time zone (FINMATCH_TIME_ZONE, default Asia/Shanghai) on
+   * submit. After this date a need nobody approved becomes EXPIRED; an
+   * approved one stays open for its loan to be recorded.
+   *
+   * @generated from field: string needed_by = 8;
+   */
+  neededBy: string;
+
+  /**
+   * The enterprise consents to share its profile and this need with
+   * lenders. Must be true to route; without it the need is stored (status
+   * SUBMITTED) but never shown to a lender.
+   *
+   * @generated from field: bool consent_to_share = 9;
+   */
+  consentToShare: boolean;
+
+  /**
+   * How the need reached finmatch; required.
+   *
+   * @generated from field: finmatch.v1.Channel channel = 10;
+   */
+  channel: Channel;
+
+  /**
+   * Free text for the lenders, up to 2000 characters.
+   *
+   * @generated from field: string note = 11;
+   */
+  note: string;
+
+  /**
+   * Current status. Output only.
+   *
+   * @generated from field: finmatch.v1.NeedStatus status = 12;
+   */
+  status: NeedStatus;
+
+  /**
+   * Sum of disbursements recorded against this need, in minor units. Output
+   * only; never exceeds amount_minor.
+   *
+   * @generated from field: int64 funded_minor = 13;
+   */
+  fundedMinor: bigint;
+
+  /**
+   * When the need was submitted. Output only.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 14;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When the need last changed. Output only.
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 15;
+   */
+  updateTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message finmatch.v1.Need.
+ * Use `create(NeedSchema)` to create a new message.
+ */
+export const NeedSchema: GenMessage<Need> = /*@__PURE__*/
+  messageDesc(file_finmatch_v1_common, 5);
+
+/**
+ * One factor of a matching score, with its contribution.
+ *
+ * @generated from message finmatch.v1.ScoreFactor
+ */
+export type ScoreFactor = Message<"finmatch.v1.ScoreFactor"> & {
+  /**
+   * Factor name: one of `rate` (lower product rate is better), `amount_fit`,
+   * `approval_history` (lender's smoothed approval ratio), `responsiveness`
+   * (answers within the SLA), `capacity_headroom` (unused daily capacity),
+   * `policy_priority` (designation-gated product for a designated
+   * enterprise), `locality` (closeness of served region to the enterprise).
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The factor's value on a 0..1 scale in bps, 0 to 10000.
+   *
+   * @generated from field: int32 value_bps = 2;
+   */
+  valueBps: number;
+
+  /**
+   * The factor's weight in bps, 0 to 10000, from the routing policy; the
+   * weights of all factors sum to 10000.
+   *
+   * @generated from field: int32 weight_bps = 3;
+   */
+  weightBps: number;
+
+  /**
+   * Points contributed to the score: value_bps * weight_bps / 100000,
+   * rounded half-up (0 to 1000).
+   *
+   * @generated from field: int32 points = 4;
+   */
+  points: number;
+
+  /**
+   * Human-readable explanation, e.g. "min rate 385 bps vs best 315 bps".
+   *
+   * @generated from field: string note = 5;
+   */
+  note: string;
+};
+
+/**
+ * Describes the message finmatch.v1.ScoreFactor.
+ * Use `create(ScoreFactorSchema)` to create a new message.
+ */
+export const ScoreFactorSchema: GenMessage<ScoreFactor> = /*@__PURE__*/
+  messageDesc(file_finmatch_v1_common, 6);
+
+/**
+ * A need routed to one lender's product.
+ *
+ * @generated from message finmatch.v1.Referral
+ */
+export type Referral = Message<"finmatch.v1.Referral"> & {
+  /**
+   * Server-assigned UUID.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The routed need.
+   *
+   * @generated from field: string need_id = 2;
+   */
+  needId: string;
+
+  /**
+   * The lender it is routed to.
+   *
+   * @generated from field: string lender_id = 3;
+   */
+  lenderId: string;
+
+  /**
+   * The product it matched.
+   *
+   * @generated from field: string product_id = 4;
+   */
+  productId: string;
+
+  /**
+   * Current status.
+   *
+   * @generated from field: finmatch.v1.ReferralStatus status = 5;
+   */
+  status: ReferralStatus;
+
+  /**
+   * Matching score at routing time, 0 to 1000 (sum of factors' points).
+   *
+   * @generated from field: int32 score = 6;
+   */
+  score: number;
+
+  /**
+   * Explanation of the score, one entry per factor.
+   *
+   * @generated from field: repeated finmatch.v1.ScoreFactor factors = 7;
+   */
+  factors: ScoreFactor[];
+
+  /**
+   * When an undecided referral (PENDING, ACKNOWLEDGED, INFO_REQUESTED)
+   * expires: create_time + the product's response_sla_hours.
+   * Acknowledging or requesting information does not move it.
+   *
+   * @generated from field: google.protobuf.Timestamp sla_deadline = 8;
+   */
+  slaDeadline?: Timestamp | undefined;
+
+  /**
+   * Set when status is DECLINED; UNSPECIFIED otherwise.
+   *
+   * @generated from field: finmatch.v1.DeclineReason decline_reason = 9;
+   */
+  declineReason: DeclineReason;
+
+  /**
+   * The lender's note with a decline; empty otherwise.
+   *
+   * @generated from field: string decline_note = 10;
+   */
+  declineNote: string;
+
+  /**
+   * The lender's latest information request (RequestInformation); empty if
+   * none.
+   *
+   * @generated from field: string info_request_message = 11;
+   */
+  infoRequestMessage: string;
+
+  /**
+   * Approved amount in minor units; set once APPROVED.
+   *
+   * @generated from field: optional int64 approved_amount_minor = 12;
+   */
+  approvedAmountMinor?: bigint | undefined;
+
+  /**
+   * Approved annual rate in bps; set once APPROVED.
+   *
+   * @generated from field: optional int32 approved_rate_bps = 13;
+   */
+  approvedRateBps?: number | undefined;
+
+  /**
+   * Approved term in months; set once APPROVED.
+   *
+   * @generated from field: optional int32 approved_term_months = 14;
+   */
+  approvedTermMonths?: number | undefined;
+
+  /**
+   * Sum of disbursements recorded on this referral, in minor units.
+   *
+   * @generated from field: int64 disbursed_minor = 15;
+   */
+  disbursedMinor: bigint;
+
+  /**
+   * When the referral was created (routed).
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 16;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When the referral last changed.
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 17;
+   */
+  updateTime?: Timestamp | undefined;
+
+  /**
+   * The need, as the lender sees it. Filled by PartnerService.GetReferral,
+   * ListReferrals and RecordDisbursement; unset elsewhere (FinancingService
+   * responses already carry the need; watch events carry the referral only).
+   *
+   * @generated from field: finmatch.v1.Need need = 18;
+   */
+  need?: Need | undefined;
+
+  /**
+   * The enterprise's profile with its designations, as the lender sees it:
+   * contact_name and contact_phone are empty unless the need's
+   * consent_to_share is true and the referral is open (PENDING,
+   * ACKNOWLEDGED, INFO_REQUESTED, APPROVED) or DISBURSED; once DECLINED,
+   * EXPIRED or CANCELLED (the need funded by another bank, or withdrawn)
+   * they are empty. Filled by PartnerService.GetReferral and ListReferrals;
+   * unset elsewhere.
+   *
+   * @generated from field: finmatch.v1.Enterprise enterprise = 19;
+   */
+  enterprise?: Enterprise | undefined;
+};
+
+/**
+ * Describes the message finmatch.v1.Referral.
+ * Use `create(ReferralSchema)` to create a new message.
+ */
+export const ReferralSchema: GenMessage<Referral> = /*@__PURE__*/
+  messageDesc(file_finmatch_v1_common, 7);
+
+/**
+ * One change of a referral, as delivered by PartnerService.WatchReferrals.
+ *
+ * @generated from message finmatch.v1.ReferralEvent
+ */
+export type ReferralEvent = Message<"finmatch.v1.ReferralEvent"> & {
+  /**
+   * Position in the event log: strictly increasing in delivery order, not
+   * contiguous (other lenders' events take numbers too). Store the last one
+   * processed and resume with WatchReferralsRequest.after_cursor.
+   *
+   * @generated from field: int64 cursor = 1;
+   */
+  cursor: bigint;
+
+  /**
+   * What happened.
+   *
+   * @generated from field: finmatch.v1.ReferralEventKind kind = 2;
+   */
+  kind: ReferralEventKind;
+
+  /**
+   * The referral as it was right after this change (need and enterprise
+   * unset; call GetReferral for them).
+   *
+   * @generated from field: finmatch.v1.Referral referral = 3;
+   */
+  referral?: Referral | undefined;
+
+  /**
+   * When the change was committed.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 4;
+   */
+  time?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message finmatch.v1.ReferralEvent.
+ * Use `create(ReferralEventSchema)` to create a new message.
+ */
+export const ReferralEventSchema: GenMessage<ReferralEvent> = /*@__PURE__*/
+  messageDesc(file_finmatch_v1_common, 8);
+
+/**
+ * A loan outcome: money a lender paid out on an approved referral.
+ *
+ * @generated from message finmatch.v1.Disbursement
+ */
+export type Disbursement = Message<"finmatch.v1.Disbursement"> & {
+  /**
+   * Server-assigned UUID.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The referral it funds.
+   *
+   * @generated from field: string referral_id = 2;
+   */
+  referralId: string;
+
+  /**
+   * The referral's need.
+   *
+   * @generated from field: string need_id = 3;
+   */
+  needId: string;
+
+  /**
+   * The lender that paid.
+   *
+   * @generated from field: string lender_id = 4;
+   */
+  lenderId: string;
+
+  /**
+   * The lender's own loan reference, unique per lender.
+   *
+   * @generated from field: string loan_reference = 5;
+   */
+  loanReference: string;
+
+  /**
+   * Amount paid out in minor units.
+   *
+   * @generated from field: int64 amount_minor = 6;
+   */
+  amountMinor: bigint;
+
+  /**
+   * Annual rate in bps.
+   *
+   * @generated from field: int32 rate_bps = 7;
+   */
+  rateBps: number;
+
+  /**
+   * Term in months.
+   *
+   * @generated from field: int32 term_months = 8;
+   */
+  termMonths: number;
+
+  /**
+   * Disbursement date, YYYY-MM-DD.
+   *
+   * @generated from field: string disbursed_on = 9;
+   */
+  disbursedOn: string;
+
+  /**
+   * When it was recorded.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 10;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message finmatch.v1.Disbursement.
+ * Use `create(DisbursementSchema)` to create a new message.
+ */
+export const DisbursementSchema: GenMessage<Disbursement> = /*@__PURE__*/
+  messageDesc(file_finmatch_v1_common, 9);
+
+/**
+ * One lender's share of a program's quota, with live usage.
+ *
+ * @generated from message finmatch.v1.LenderQuotaBalance
+ */
+export type LenderQuotaBalance = Message<"finmatch.v1.LenderQuotaBalance"> & {
+  /**
+   * The designated lender.
+   *
+   * @generated from field: string lender_id = 1;
+   */
+  lenderId: string;
+
+  /**
+   * Quota assigned by SetLenderQuota, in minor units.
+   *
+   * @generated from field: int64 quota_minor = 2;
+   */
+  quotaMinor: bigint;
+
+  /**
+   * Sum of this lender's RESERVED allocations in the program.
+   *
+   * @generated from field: int64 reserved_minor = 3;
+   */
+  reservedMinor: bigint;
+
+  /**
+   * Sum of this lender's CONFIRMED allocations in the program.
+   *
+   * @generated from field: int64 confirmed_minor = 4;
+   */
+  confirmedMinor: bigint;
+
+  /**
+   * quota_minor - reserved_minor - confirmed_minor; never negative.
+   *
+   * @generated from field: int64 remaining_minor = 5;
+   */
+  remainingMinor: bigint;
+};
+
+/**
+ * Describes the message finmatch.v1.LenderQuotaBalance.
+ * Use `create(LenderQuotaBalanceSchema)` to create a new message.
+ */
+export const LenderQuotaBalanceSchema: GenMessage<LenderQuotaBalance> = /*@__PURE__*/
+  messageDesc(file_finmatch_v1_common, 10);
+
+/**
+ * Live balance of a program, read in one consistent snapshot.
+ *
+ * @generated from message finmatch.v1.ProgramBalance
+ */
+export type ProgramBalance = Message<"finmatch.v1.ProgramBalance"> & {
+  /**
+   * Sum of RESERVED allocations, minor units.
+   *
+   * @generated from field: int64 reserved_minor = 1;
+   */
+  reservedMinor: bigint;
+
+  /**
+   * Sum of CONFIRMED allocations, minor units.
+   *
+   * @generated from field: int64 confirmed_minor = 2;
+   */
+  confirmedMinor: bigint;
+
+  /**
+   * total_quota_minor - reserved_minor - confirmed_minor; never negative.
+   *
+   * @generated from field: int64 remaining_minor = 3;
+   */
+  remainingMinor: bigint;
+
+  /**
+   * Per designated lender, ordered by lender_id. A LENDER caller sees only
+   * its own entry.
+   *
+   * @generated from field: repeated finmatch.v1.LenderQuotaBalance lenders = 4;
+   */
+  lenders: LenderQuotaBalance[];
+};
+
+/**
+ * Describes the message finmatch.v1.ProgramBalance.
+ * Use `create(ProgramBalanceSchema)` to create a new message.
+ */
+export const ProgramBalanceSchema: GenMessage<ProgramBalance> = /*@__PURE__*/
+  messageDesc(file_finmatch_v1_common, 11);
+
+/**
+ * A special-loan program: a quota of preferential loans with rules (e.g. the
+ * 2020 PBoC special re-lending for epidemic-prevention key enterprises).
+ *
+ * @generated from message finmatch.v1.Program
+ */
+export type Program = Message<"finmatch.v1.Program"> & {
+  /**
+   * Server-assigned UUID. Ignored on create.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Short unique code matching ^[A-Z][A-Z0-9_]{1,63}$, e.g.
+   * PBOC_SPECIAL_RELENDING_2020 (a duplicate is ALREADY_EXISTS, reason
+   * DUPLICATE_CODE, metadata program_id).
+   *
+   * @generated from field: string code = 2;
+   */
+  code: string;
+
+  /**
+   * Display name, 1 to 200 characters.
+   *
+   * @generated from field: string name = 3;
+   */
+  name: string;
+
+  /**
+   * Total quota in minor units, >= 1. Lender quotas sum to at most this.
+   *
+   * @generated from field: int64 total_quota_minor = 4;
+   */
+  totalQuotaMinor: bigint;
+
+  /**
+   * Highest annual loan rate in bps, 1 to 10000 (e.g. 315 = 1-year LPR 415
+   * minus 100). A higher rate is FAILED_PRECONDITION RATE_CAP.
+   *
+   * @generated from field: int32 rate_cap_bps = 5;
+   */
+  rateCapBps: number;
+
+  /**
+   * Share of the interest paid by the treasury, in bps, 0 to 10000 (5000 =
+   * 50 %). Used for Allocation.subsidy_minor and effective_rate_bps.
+   *
+   * @generated from field: int32 subsidy_ratio_bps = 6;
+   */
+  subsidyRatioBps: number;
+
+  /**
+   * Highest effective rate to the enterprise (rate after subsidy) in bps, 0
+   * to 10000, e.g. 160; unset = no such cap. Exceeding it is
+   * FAILED_PRECONDITION RATE_CAP.
+   *
+   * @generated from field: optional int32 max_effective_rate_bps = 7;
+   */
+  maxEffectiveRateBps?: number | undefined;
+
+  /**
+   * Highest sum of one enterprise's live (RESERVED + CONFIRMED) allocations
+   * in the program, minor units, >= 1; unset = no cap. Exceeding it is
+   * FAILED_PRECONDITION ENTERPRISE_CAP.
+   *
+   * @generated from field: optional int64 per_enterprise_cap_minor = 8;
+   */
+  perEnterpriseCapMinor?: bigint | undefined;
+
+  /**
+   * Longest term in months, 1 to 360 (e.g. 12). Longer is
+   * FAILED_PRECONDITION TERM_CAP.
+   *
+   * @generated from field: int32 max_term_months = 9;
+   */
+  maxTermMonths: number;
+
+  /**
+   * Designation list codes; the enterprise must hold at least one valid on
+   * the loan date (any of). Empty = no designation required. Missing is
+   * FAILED_PRECONDITION NOT_ELIGIBLE.
+   *
+   * @generated from field: repeated string required_designations = 10;
+   */
+  requiredDesignations: string[];
+
+  /**
+   * First eligible loan date, YYYY-MM-DD (required), e.g. 2020-01-25.
+   *
+   * @generated from field: string loan_date_from = 11;
+   */
+  loanDateFrom: string;
+
+  /**
+   * Last eligible loan date (inclusive), YYYY-MM-DD, not before
+   * loan_date_from; empty = open-ended. Outside the window is
+   * FAILED_PRECONDITION LOAN_DATE.
+   *
+   * @generated from field: string loan_date_to = 12;
+   */
+  loanDateTo: string;
+
+  /**
+   * One enterprise, one bank: all live allocations of an enterprise in this
+   * program go through the same lender; otherwise FAILED_PRECONDITION
+   * ONE_BANK_RULE.
+   *
+   * @generated from field: bool one_bank_per_enterprise = 13;
+   */
+  oneBankPerEnterprise: boolean;
+
+  /**
+   * Live balances. Output only; filled by GetProgram and the other
+   * responses returning a Program.
+   *
+   * @generated from field: finmatch.v1.ProgramBalance balance = 14;
+   */
+  balance?: ProgramBalance | undefined;
+
+  /**
+   * When the program was created. Output only.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 15;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When the program (or a lender quota) last changed. Output only.
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 16;
+   */
+  updateTime?: Timestamp | undefined;
+
+  /**
+   * How long a reservation holds quota, in hours, 1 to 8760; 0 on create
+   * means the default, 72. A RESERVED allocation not confirmed within it
+   * lapses: ConfirmAllocation refuses it (FAILED_PRECONDITION
+   * RESERVATION_LAPSED) and the sweeper (every FINMATCH_SWEEP_INTERVAL_SECS, default 30) releases it,
+   * returning its quota (Allocation.release_reason LAPSED).
+   *
+   * @generated from field: int32 reservation_hours = 17;
+   */
+  reservationHours: number;
+};
+
+/**
+ * Describes the message finmatch.v1.Program.
+ * Use `create(ProgramSchema)` to create a new message.
+ */
+export const ProgramSchema: GenMessage<Program> = /*@__PURE__*/
+  messageDesc(file_finmatch_v1_common, 12);
+
+/**
+ * A reservation of program quota for one loan.
+ *
+ * Arithmetic, all in integers (128-bit intermediates, so nothing overflows),
+ * rounding half-up to the unit:
+ *   subsidy_minor = round(amount_minor * rate_bps * subsidy_ratio_bps
+ *                         * term_months / (10000 * 10000 * 12))
+ *   effective_rate_bps = round(rate_bps * (10000 - subsidy_ratio_bps) / 10000)
+ * Worked example: 1,000,000,000 fen (CNY 10,000,000) at 315 bps, 5000 bps
+ * subsidy, 12 months: subsidy_minor = 15,750,000 (CNY 157,500) and
+ * effective_rate_bps = round(157.5) = 158.
+ *
+ * @generated from message finmatch.v1.Allocation
+ */
+export type Allocation = Message<"finmatch.v1.Allocation"> & {
+  /**
+   * Server-assigned UUID.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * The program.
+   *
+   * @generated from field: string program_id = 2;
+   */
+  programId: string;
+
+  /**
+   * The lender making the loan.
+   *
+   * @generated from field: string lender_id = 3;
+   */
+  lenderId: string;
+
+  /**
+   * The borrowing enterprise.
+   *
+   * @generated from field: string enterprise_id = 4;
+   */
+  enterpriseId: string;
+
+  /**
+   * The referral the loan comes from; empty if none.
+   *
+   * @generated from field: string referral_id = 5;
+   */
+  referralId: string;
+
+  /**
+   * Loan principal in minor units.
+   *
+   * @generated from field: int64 amount_minor = 6;
+   */
+  amountMinor: bigint;
+
+  /**
+   * Annual loan rate in bps.
+   *
+   * @generated from field: int32 rate_bps = 7;
+   */
+  rateBps: number;
+
+  /**
+   * Term in months.
+   *
+   * @generated from field: int32 term_months = 8;
+   */
+  termMonths: number;
+
+  /**
+   * Planned loan date, YYYY-MM-DD.
+   *
+   * @generated from field: string loan_date = 9;
+   */
+  loanDate: string;
+
+  /**
+   * Current status.
+   *
+   * @generated from field: finmatch.v1.AllocationStatus status = 10;
+   */
+  status: AllocationStatus;
+
+  /**
+   * Estimated fiscal interest subsidy in minor units (formula above).
+   *
+   * @generated from field: int64 subsidy_minor = 11;
+   */
+  subsidyMinor: bigint;
+
+  /**
+   * Enterprise's effective rate after subsidy, in bps (formula above).
+   *
+   * @generated from field: int32 effective_rate_bps = 12;
+   */
+  effectiveRateBps: number;
+
+  /**
+   * The designation list code the eligibility check relied on (the first
+   * of the program's required_designations the enterprise held valid on
+   * loan_date); empty when the program requires none.
+   *
+   * @generated from field: string designation_used = 13;
+   */
+  designationUsed: string;
+
+  /**
+   * The lender's loan reference; set once CONFIRMED.
+   *
+   * @generated from field: string loan_reference = 14;
+   */
+  loanReference: string;
+
+  /**
+   * Actual disbursement date, YYYY-MM-DD; set once CONFIRMED.
+   *
+   * @generated from field: string disbursed_on = 15;
+   */
+  disbursedOn: string;
+
+  /**
+   * When the allocation was reserved.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 16;
+   */
+  createTime?: Timestamp | undefined;
+
+  /**
+   * When the allocation last changed.
+   *
+   * @generated from field: google.protobuf.Timestamp update_time = 17;
+   */
+  updateTime?: Timestamp | undefined;
+
+  /**
+   * When the reservation lapses if not confirmed by then: create_time plus
+   * the program's reservation_hours. Unset only in a replayed response
+   * first given before finmatch recorded it.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 18;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * Why it was released; UNSPECIFIED unless status is RELEASED.
+   *
+   * @generated from field: finmatch.v1.AllocationReleaseReason release_reason = 19;
+   */
+  releaseReason: AllocationReleaseReason;
+};
+
+/**
+ * Describes the message finmatch.v1.Allocation.
+ * Use `create(AllocationSchema)` to create a new message.
+ */
+export const AllocationSchema: GenMessage<Allocation> = /*@__PURE__*/
+  messageDesc(file_finmatch_v1_common, 13);
+
+/**
+ * Size class of an enterprise (national SME classification). The values are
+ * ordered: MICRO < SMALL < MEDIUM < LARGE.
+ *
+ * @generated from enum finmatch.v1.EnterpriseSize
+ */
+export enum EnterpriseSize {
+  /**
+   * Not set. Rejected where a size is required; on Product.min_size it means
+   * "no minimum".
+   *
+   * @generated from enum value: ENTERPRISE_SIZE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Micro enterprise (小微/微型).
+   *
+   * @generated from enum value: ENTERPRISE_SIZE_MICRO = 1;
+   */
+  MICRO = 1,
+
+  /**
+   * Small enterprise (小型).
+   *
+   * @generated from enum value: ENTERPRISE_SIZE_SMALL = 2;
+   */
+  SMALL = 2,
+
+  /**
+   * Medium enterprise (中型).
+   *
+   * @generated from enum value: ENTERPRISE_SIZE_MEDIUM = 3;
+   */
+  MEDIUM = 3,
+
+  /**
+   * Large enterprise (大型).
+   *
+   * @generated from enum value: ENTERPRISE_SIZE_LARGE = 4;
+   */
+  LARGE = 4,
+}
+
+/**
+ * Describes the enum finmatch.v1.EnterpriseSize.
+ */
+export const EnterpriseSizeSchema: GenEnum<EnterpriseSize> = /*@__PURE__*/
+  enumDesc(file_finmatch_v1_common, 0);
+
+/**
+ * Kind of lending institution.
+ *
+ * @generated from enum finmatch.v1.LenderKind
+ */
+export enum LenderKind {
+  /**
+   * Not set; rejected on create.
+   *
+   * @generated from enum value: LENDER_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Policy bank (e.g. Agricultural Development Bank of China).
+   *
+   * @generated from enum value: LENDER_KIND_POLICY = 1;
+   */
+  POLICY = 1,
+
+  /**
+   * Large state-owned commercial bank.
+   *
+   * @generated from enum value: LENDER_KIND_STATE_OWNED = 2;
+   */
+  STATE_OWNED = 2,
+
+  /**
+   * Joint-stock commercial bank.
+   *
+   * @generated from enum value: LENDER_KIND_JOINT_STOCK = 3;
+   */
+  JOINT_STOCK = 3,
+
+  /**
+   * City commercial bank.
+   *
+   * @generated from enum value: LENDER_KIND_CITY_COMMERCIAL = 4;
+   */
+  CITY_COMMERCIAL = 4,
+
+  /**
+   * Rural commercial bank or rural credit cooperative.
+   *
+   * @generated from enum value: LENDER_KIND_RURAL = 5;
+   */
+  RURAL = 5,
+
+  /**
+   * Any other lender (village bank, finance company, ...).
+   *
+   * @generated from enum value: LENDER_KIND_OTHER = 6;
+   */
+  OTHER = 6,
+}
+
+/**
+ * Describes the enum finmatch.v1.LenderKind.
+ */
+export const LenderKindSchema: GenEnum<LenderKind> = /*@__PURE__*/
+  enumDesc(file_finmatch_v1_common, 1);
+
+/**
+ * Kind of security offered for (Need.collateral) or accepted by
+ * (Product.collateral_accepted) a loan.
+ *
+ * @generated from enum finmatch.v1.Collateral
+ */
+export enum Collateral {
+  /**
+   * Not set; rejected wherever it appears.
+   *
+   * @generated from enum value: COLLATERAL_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Unsecured, on the borrower's credit alone (信用).
+   *
+   * @generated from enum value: COLLATERAL_CREDIT = 1;
+   */
+  CREDIT = 1,
+
+  /**
+   * Third-party or guarantee-company guarantee (保证/担保).
+   *
+   * @generated from enum value: COLLATERAL_GUARANTEE = 2;
+   */
+  GUARANTEE = 2,
+
+  /**
+   * Mortgage on land or buildings (房地产抵押).
+   *
+   * @generated from enum value: COLLATERAL_REAL_ESTATE = 3;
+   */
+  REAL_ESTATE = 3,
+
+  /**
+   * Pledge of machinery or equipment.
+   *
+   * @generated from enum value: COLLATERAL_EQUIPMENT = 4;
+   */
+  EQUIPMENT = 4,
+
+  /**
+   * Pledge of accounts receivable.
+   *
+   * @generated from enum value: COLLATERAL_RECEIVABLES = 5;
+   */
+  RECEIVABLES = 5,
+
+  /**
+   * Pledge of intellectual property (patents, trademarks).
+   *
+   * @generated from enum value: COLLATERAL_IP_PLEDGE = 6;
+   */
+  IP_PLEDGE = 6,
+
+  /**
+   * Pledge of inventory or warehouse receipts.
+   *
+   * @generated from enum value: COLLATERAL_INVENTORY = 7;
+   */
+  INVENTORY = 7,
+}
+
+/**
+ * Describes the enum finmatch.v1.Collateral.
+ */
+export const CollateralSchema: GenEnum<Collateral> = /*@__PURE__*/
+  enumDesc(file_finmatch_v1_common, 2);
+
+/**
+ * What a financing need's money is for.
+ *
+ * @generated from enum finmatch.v1.Purpose
+ */
+export enum Purpose {
+  /**
+   * Not set; rejected.
+   *
+   * @generated from enum value: PURPOSE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * General working capital (流动资金).
+   *
+   * @generated from enum value: PURPOSE_WORKING_CAPITAL = 1;
+   */
+  WORKING_CAPITAL = 1,
+
+  /**
+   * Wages and social insurance.
+   *
+   * @generated from enum value: PURPOSE_PAYROLL = 2;
+   */
+  PAYROLL = 2,
+
+  /**
+   * Purchase of raw materials.
+   *
+   * @generated from enum value: PURPOSE_RAW_MATERIALS = 3;
+   */
+  RAW_MATERIALS = 3,
+
+  /**
+   * Purchase of equipment.
+   *
+   * @generated from enum value: PURPOSE_EQUIPMENT = 4;
+   */
+  EQUIPMENT = 4,
+
+  /**
+   * Capacity expansion.
+   *
+   * @generated from enum value: PURPOSE_EXPANSION = 5;
+   */
+  EXPANSION = 5,
+
+  /**
+   * Conversion of production lines (e.g. to epidemic-prevention supplies).
+   *
+   * @generated from enum value: PURPOSE_CONVERSION = 6;
+   */
+  CONVERSION = 6,
+
+  /**
+   * Refinancing of existing debt falling due.
+   *
+   * @generated from enum value: PURPOSE_REFINANCING = 7;
+   */
+  REFINANCING = 7,
+}
+
+/**
+ * Describes the enum finmatch.v1.Purpose.
+ */
+export const PurposeSchema: GenEnum<Purpose> = /*@__PURE__*/
+  enumDesc(file_finmatch_v1_common, 3);
+
+/**
+ * How a financing need reached finmatch.
+ *
+ * @generated from enum finmatch.v1.Channel
+ */
+export enum Channel {
+  /**
+   * Not set; rejected.
+   *
+   * @generated from enum value: CHANNEL_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Entered by the enterprise itself (e.g. through the bureau's web portal).
+   *
+   * @generated from enum value: CHANNEL_SELF = 1;
+   */
+  SELF = 1,
+
+  /**
+   * Collected by the bureau (survey, phone call, import).
+   *
+   * @generated from enum value: CHANNEL_BUREAU = 2;
+   */
+  BUREAU = 2,
+
+  /**
+   * Passed on by a bank that could not serve it itself.
+   *
+   * @generated from enum value: CHANNEL_BANK_REFERRAL = 3;
+   */
+  BANK_REFERRAL = 3,
+}
+
+/**
+ * Describes the enum finmatch.v1.Channel.
+ */
+export const ChannelSchema: GenEnum<Channel> = /*@__PURE__*/
+  enumDesc(file_finmatch_v1_common, 4);
+
+/**
+ * Life cycle of a financing need. Transitions only move forward:
+ * SUBMITTED -> ROUTED | UNMATCHED | WITHDRAWN | EXPIRED;
+ * ROUTED -> APPROVED | UNMATCHED | WITHDRAWN | EXPIRED;
+ * APPROVED -> FUNDED | WITHDRAWN (an approval is never voided by the
+ * calendar: an APPROVED need does not expire).
+ * UNMATCHED, FUNDED, WITHDRAWN and EXPIRED are final (a need that new lenders
+ * could serve is submitted again). Open statuses are SUBMITTED, ROUTED and
+ * APPROVED. Any other move is FAILED_PRECONDITION with reason
+ * ILLEGAL_TRANSITION.
+ *
+ * @generated from enum finmatch.v1.NeedStatus
+ */
+export enum NeedStatus {
+  /**
+   * Not set. Never returned; in filters, rejected.
+   *
+   * @generated from enum value: NEED_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Stored, not (yet) routed: the initial status, and the lasting status of a
+   * need without consent_to_share (which is never shown to a lender).
+   *
+   * @generated from enum value: NEED_STATUS_SUBMITTED = 1;
+   */
+  SUBMITTED = 1,
+
+  /**
+   * At least one referral was created and no referral is approved yet.
+   *
+   * @generated from enum value: NEED_STATUS_ROUTED = 2;
+   */
+  ROUTED = 2,
+
+  /**
+   * At least one lender approved; disbursements have not yet reached the
+   * need's amount.
+   *
+   * @generated from enum value: NEED_STATUS_APPROVED = 3;
+   */
+  APPROVED = 3,
+
+  /**
+   * Disbursements reached the need's amount (funded_minor >= amount_minor);
+   * every other open referral was CANCELLED.
+   *
+   * @generated from enum value: NEED_STATUS_FUNDED = 4;
+   */
+  FUNDED = 4,
+
+  /**
+   * No eligible untried lender is left (routing-attempt limit reached or no
+   * product fits).
+   *
+   * @generated from enum value: NEED_STATUS_UNMATCHED = 5;
+   */
+  UNMATCHED = 5,
+
+  /**
+   * Withdrawn by the bureau (FinancingService.WithdrawNeed); its open
+   * referrals were CANCELLED.
+   *
+   * @generated from enum value: NEED_STATUS_WITHDRAWN = 6;
+   */
+  WITHDRAWN = 6,
+
+  /**
+   * needed_by passed (in the bureau's time zone) with no lender's approval:
+   * set by the background sweeper on SUBMITTED and ROUTED needs, whose open
+   * referrals are CANCELLED.
+   *
+   * @generated from enum value: NEED_STATUS_EXPIRED = 7;
+   */
+  EXPIRED = 7,
+}
+
+/**
+ * Describes the enum finmatch.v1.NeedStatus.
+ */
+export const NeedStatusSchema: GenEnum<NeedStatus> = /*@__PURE__*/
+  enumDesc(file_finmatch_v1_common, 5);
+
+/**
+ * Life cycle of a referral (one need routed to one lender product).
+ * PENDING -> ACKNOWLEDGED -> (INFO_REQUESTED <-> ACKNOWLEDGED) -> APPROVED
+ * -> DISBURSED; DECLINED from PENDING, ACKNOWLEDGED or INFO_REQUESTED;
+ * EXPIRED from PENDING, ACKNOWLEDGED or INFO_REQUESTED when sla_deadline
+ * passes without a decision; CANCELLED from any open status. Open statuses
+ * are PENDING, ACKNOWLEDGED, INFO_REQUESTED and APPROVED; DISBURSED,
+ * DECLINED, EXPIRED and CANCELLED are final (a DISBURSED referral still
+ * accepts further tranches up to its approved amount). Any other move is
+ * FAILED_PRECONDITION with reason ILLEGAL_TRANSITION.
+ *
+ * @generated from enum finmatch.v1.ReferralStatus
+ */
+export enum ReferralStatus {
+  /**
+   * Not set. Never returned; in filters, rejected.
+   *
+   * @generated from enum value: REFERRAL_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Routed to the lender, not yet looked at.
+   *
+   * @generated from enum value: REFERRAL_STATUS_PENDING = 1;
+   */
+  PENDING = 1,
+
+  /**
+   * The lender acknowledged it (PartnerService.AcknowledgeReferral).
+   *
+   * @generated from enum value: REFERRAL_STATUS_ACKNOWLEDGED = 2;
+   */
+  ACKNOWLEDGED = 2,
+
+  /**
+   * The lender asked the bureau for information
+   * (PartnerService.RequestInformation); acknowledging again resumes.
+   *
+   * @generated from enum value: REFERRAL_STATUS_INFO_REQUESTED = 3;
+   */
+  INFO_REQUESTED = 3,
+
+  /**
+   * The lender approved a loan (amount, rate, term on the referral).
+   *
+   * @generated from enum value: REFERRAL_STATUS_APPROVED = 4;
+   */
+  APPROVED = 4,
+
+  /**
+   * The lender recorded at least one disbursement.
+   *
+   * @generated from enum value: REFERRAL_STATUS_DISBURSED = 5;
+   */
+  DISBURSED = 5,
+
+  /**
+   * The lender declined (decline_reason and decline_note are set).
+   *
+   * @generated from enum value: REFERRAL_STATUS_DECLINED = 6;
+   */
+  DECLINED = 6,
+
+  /**
+   * sla_deadline passed without a decision.
+   *
+   * @generated from enum value: REFERRAL_STATUS_EXPIRED = 7;
+   */
+  EXPIRED = 7,
+
+  /**
+   * The need was withdrawn, or funded through another referral.
+   *
+   * @generated from enum value: REFERRAL_STATUS_CANCELLED = 8;
+   */
+  CANCELLED = 8,
+}
+
+/**
+ * Describes the enum finmatch.v1.ReferralStatus.
+ */
+export const ReferralStatusSchema: GenEnum<ReferralStatus> = /*@__PURE__*/
+  enumDesc(file_finmatch_v1_common, 6);
+
+/**
+ * Why a lender declined a referral.
+ *
+ * @generated from enum finmatch.v1.DeclineReason
+ */
+export enum DeclineReason {
+  /**
+   * Not set. On a Referral: not declined. In a decline: rejected.
+   *
+   * @generated from enum value: DECLINE_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Outside the lender's risk appetite or sector policy.
+   *
+   * @generated from enum value: DECLINE_REASON_OUTSIDE_APPETITE = 1;
+   */
+  OUTSIDE_APPETITE = 1,
+
+  /**
+   * The collateral offered is not enough.
+   *
+   * @generated from enum value: DECLINE_REASON_INSUFFICIENT_COLLATERAL = 2;
+   */
+  INSUFFICIENT_COLLATERAL = 2,
+
+  /**
+   * The enterprise's credit history (overdue loans, court records, ...).
+   *
+   * @generated from enum value: DECLINE_REASON_CREDIT_HISTORY = 3;
+   */
+  CREDIT_HISTORY = 3,
+
+  /**
+   * The enterprise did not provide the information asked for.
+   *
+   * @generated from enum value: DECLINE_REASON_INCOMPLETE_INFORMATION = 4;
+   */
+  INCOMPLETE_INFORMATION = 4,
+
+  /**
+   * The lender has no lending capacity left for now.
+   *
+   * @generated from enum value: DECLINE_REASON_CAPACITY = 5;
+   */
+  CAPACITY = 5,
+
+  /**
+   * Anything else; explain in the note.
+   *
+   * @generated from enum value: DECLINE_REASON_OTHER = 6;
+   */
+  OTHER = 6,
+}
+
+/**
+ * Describes the enum finmatch.v1.DeclineReason.
+ */
+export const DeclineReasonSchema: GenEnum<DeclineReason> = /*@__PURE__*/
+  enumDesc(file_finmatch_v1_common, 7);
+
+/**
+ * Life cycle of a special-loan allocation: RESERVED -> CONFIRMED or
+ * RESERVED -> RELEASED; both are final.
+ *
+ * @generated from enum finmatch.v1.AllocationStatus
+ */
+export enum AllocationStatus {
+  /**
+   * Not set. Never returned; in filters, rejected.
+   *
+   * @generated from enum value: ALLOCATION_STATUS_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Quota is held for this loan (counts against the program's and the
+   * lender's quota).
+   *
+   * @generated from enum value: ALLOCATION_STATUS_RESERVED = 1;
+   */
+  RESERVED = 1,
+
+  /**
+   * The loan was disbursed; loan_reference and disbursed_on are set. Still
+   * counts against the quota.
+   *
+   * @generated from enum value: ALLOCATION_STATUS_CONFIRMED = 2;
+   */
+  CONFIRMED = 2,
+
+  /**
+   * Given up (by a call, or because the reservation lapsed; see
+   * Allocation.release_reason); its quota returned to the program and the
+   * lender at once.
+   *
+   * @generated from enum value: ALLOCATION_STATUS_RELEASED = 3;
+   */
+  RELEASED = 3,
+}
+
+/**
+ * Describes the enum finmatch.v1.AllocationStatus.
+ */
+export const AllocationStatusSchema: GenEnum<AllocationStatus> = /*@__PURE__*/
+  enumDesc(file_finmatch_v1_common, 8);
+
+/**
+ * Why a RELEASED allocation was released.
+ *
+ * @generated from enum finmatch.v1.AllocationReleaseReason
+ */
+export enum AllocationReleaseReason {
+  /**
+   * Not released (or released before finmatch recorded reasons).
+   *
+   * @generated from enum value: ALLOCATION_RELEASE_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * ReleaseAllocation gave it up.
+   *
+   * @generated from enum value: ALLOCATION_RELEASE_REASON_RELEASED_BY_CALLER = 1;
+   */
+  RELEASED_BY_CALLER = 1,
+
+  /**
+   * Its reservation reached expire_time unconfirmed and finmatch released
+   * it (audited as finmatch.sweeper).
+   *
+   * @generated from enum value: ALLOCATION_RELEASE_REASON_LAPSED = 2;
+   */
+  LAPSED = 2,
+}
+
+/**
+ * Describes the enum finmatch.v1.AllocationReleaseReason.
+ */
+export const AllocationReleaseReasonSchema: GenEnum<AllocationReleaseReason> = /*@__PURE__*/
+  enumDesc(file_finmatch_v1_common, 9);
+
+/**
+ * Role of a credential; decides which RPCs it may call.
+ *
+ * @generated from enum finmatch.v1.Role
+ */
+export enum Role {
+  /**
+   * Not set; rejected.
+   *
+   * @generated from enum value: ROLE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Bureau operator: may call every RPC except PartnerService.
+   *
+   * @generated from enum value: ROLE_OPERATOR = 1;
+   */
+  OPERATOR = 1,
+
+  /**
+   * Internal portal (the bureau's web and back-office systems):
+   * EnterpriseService, FinancingService, ReportingService.
+   *
+   * @generated from enum value: ROLE_PORTAL = 2;
+   */
+  PORTAL = 2,
+
+  /**
+   * Partner bank system, bound to one lender: PartnerService, and
+   * SpecialLoanService for its own allocations.
+   *
+   * @generated from enum value: ROLE_LENDER = 3;
+   */
+  LENDER = 3,
+}
+
+/**
+ * Describes the enum finmatch.v1.Role.
+ */
+export const RoleSchema: GenEnum<Role> = /*@__PURE__*/
+  enumDesc(file_finmatch_v1_common, 10);
+
+/**
+ * What happened to a referral; one ReferralEvent per change.
+ *
+ * @generated from enum finmatch.v1.ReferralEventKind
+ */
+export enum ReferralEventKind {
+  /**
+   * Not set. Never returned.
+   *
+   * @generated from enum value: REFERRAL_EVENT_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The referral was created (status PENDING).
+   *
+   * @generated from enum value: REFERRAL_EVENT_KIND_CREATED = 1;
+   */
+  CREATED = 1,
+
+  /**
+   * The lender acknowledged it (also after INFO_REQUESTED).
+   *
+   * @generated from enum value: REFERRAL_EVENT_KIND_ACKNOWLEDGED = 2;
+   */
+  ACKNOWLEDGED = 2,
+
+  /**
+   * The lender requested information; Referral.info_request_message holds it.
+   *
+   * @generated from enum value: REFERRAL_EVENT_KIND_INFO_REQUESTED = 3;
+   */
+  INFO_REQUESTED = 3,
+
+  /**
+   * The lender approved; the approved terms are on the referral.
+   *
+   * @generated from enum value: REFERRAL_EVENT_KIND_APPROVED = 4;
+   */
+  APPROVED = 4,
+
+  /**
+   * The lender declined; decline_reason and decline_note are on the referral.
+   *
+   * @generated from enum value: REFERRAL_EVENT_KIND_DECLINED = 5;
+   */
+  DECLINED = 5,
+
+  /**
+   * The lender recorded a disbursement (one event per tranche).
+   *
+   * @generated from enum value: REFERRAL_EVENT_KIND_DISBURSED = 6;
+   */
+  DISBURSED = 6,
+
+  /**
+   * The SLA deadline passed without a decision.
+   *
+   * @generated from enum value: REFERRAL_EVENT_KIND_EXPIRED = 7;
+   */
+  EXPIRED = 7,
+
+  /**
+   * The need was withdrawn or funded elsewhere.
+   *
+   * @generated from enum value: REFERRAL_EVENT_KIND_CANCELLED = 8;
+   */
+  CANCELLED = 8,
+
+  /**
+   * A special-loan reservation made through this referral
+   * (AllocateSpecialLoan with its referral_id) reached its expire_time
+   * unconfirmed and was released; the referral's status is unchanged.
+   * ListAllocations shows the allocation RELEASED, release_reason LAPSED.
+   *
+   * @generated from enum value: REFERRAL_EVENT_KIND_RESERVATION_LAPSED = 9;
+   */
+  RESERVATION_LAPSED = 9,
+}
+
+/**
+ * Describes the enum finmatch.v1.ReferralEventKind.
+ */
+export const ReferralEventKindSchema: GenEnum<ReferralEventKind> = /*@__PURE__*/
+  enumDesc(file_finmatch_v1_common, 11);
+
