@@ -12,7 +12,8 @@ export default defineConfig({
     chunkSizeWarningLimit: 1200,
   },
   server: {
-    // `npm run dev` against a finmatch on its default port: gRPC-Web calls go to it.
-    proxy: { "/finmatch.v1.": "http://127.0.0.1:50051" },
+    // `npm run dev` against a finmatch (FINMATCH_API, default its own default port): the
+    // gRPC-Web calls go to it, the console's files come fresh from src/.
+    proxy: { "/finmatch.v1.": process.env.FINMATCH_API ?? "http://127.0.0.1:50051" },
   },
 });

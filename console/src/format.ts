@@ -128,6 +128,6 @@ export function duration(seconds: bigint | undefined): string {
   const s = Number(seconds);
   const hours = Math.floor(s / 3600);
   const minutes = Math.floor((s % 3600) / 60);
-  if (lang() === "en") return hours ? `${hours} h ${minutes} min` : `${minutes} min ${s % 60} s`;
-  return hours ? `${hours}小时${minutes}分` : `${minutes}分${s % 60}秒`;
+  if (lang() === "en") return hours ? `${hours} h ${minutes} min` : minutes ? `${minutes} min ${s % 60} s` : `${s} s`;
+  return hours ? `${hours}小时${minutes}分` : minutes ? `${minutes}分${s % 60}秒` : `${s}秒`;
 }

@@ -128,7 +128,8 @@ export function dialog(title: string, body: HTMLElement[], confirmText: string,
                        onConfirm: (form: HTMLFormElement) => Promise<void>): HTMLDialogElement {
   const errors = h("div", { class: "dialog-errors" });
   const confirm = h("button", { type: "submit" }, confirmText);
-  const form = h("form", { method: "dialog" },
+  // novalidate: the API's own field violations are shown next to the fields, in its words.
+  const form = h("form", { method: "dialog", novalidate: true },
     h("h2", {}, title), ...body, errors,
     h("div", { class: "actions" },
       h("button", { type: "button", class: "secondary", onclick: () => d.close() }, t("cancel")),

@@ -14,8 +14,14 @@ export type ChartOption = echarts.EChartsCoreOption;
 export function chart(title: string, option: ChartOption, id: string, signal: AbortSignal): HTMLElement {
   const canvas = h("div", { class: "chart", id: `chart-${id}` });
   const panel = h("section", { class: "card chart-card" }, h("h2", {}, title), canvas);
-  requestAnimationFrame(() => {
-    if (!canvas.isConnected) return;
+  // The panel is built before it is placed (a view may still be loading the rest), so the chart
+  // waits for the frame in which it is in the document; an aborted view never draws it.
+  const draw = () => {
+    if (signal.aborted) return;
+    if (!canvas.isConnected) {
+      requestAnimationFrame(draw);
+      return;
+    }
     // Animation off: the figures appear at once and screenshots are stable.
     const c = echarts.init(canvas, undefined, { renderer: "canvas" });
     c.setOption({ animation: false, ...option });
@@ -25,7 +31,8 @@ export function chart(title: string, option: ChartOption, id: string, signal: Ab
       observer.disconnect();
       c.dispose();
     });
-  });
+  };
+  requestAnimationFrame(draw);
   return panel;
 }
 

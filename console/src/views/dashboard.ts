@@ -72,7 +72,7 @@ async function render(s: GetSummaryResponse, signal: AbortSignal): Promise<HTMLE
   const funnel = chart(t("funnel"), {
     tooltip: { trigger: "item" },
     series: [{
-      type: "funnel", sort: "descending", left: "10%", width: "80%",
+      type: "funnel", sort: "descending", left: "8%", width: "66%",
       label: { formatter: "{b}: {c}" },
       data: [
         { name: t("needs"), value: Number(s.needs) },
@@ -86,8 +86,8 @@ async function render(s: GetSummaryResponse, signal: AbortSignal): Promise<HTMLE
   const banks = s.byLender;
   const byBank = chart(t("byBank"), {
     tooltip: { trigger: "axis" },
-    legend: {},
-    grid: { left: 150, right: 20, bottom: 30 },
+    legend: { bottom: 0 },
+    grid: { left: 150, right: 30, bottom: 56 },
     yAxis: { type: "category", data: banks.map((b) => b.lenderName), inverse: true },
     xAxis: { type: "value" },
     series: [
@@ -100,8 +100,8 @@ async function render(s: GetSummaryResponse, signal: AbortSignal): Promise<HTMLE
   const demandBars = (id: string, title: string, rows: { key: string; demand: bigint; disbursed: bigint }[]) =>
     chart(title, {
       tooltip: { trigger: "axis", valueFormatter: (v: unknown) => `${v} 万` },
-      legend: {},
-      grid: { left: 70, right: 20, bottom: 30 },
+      legend: { bottom: 0 },
+      grid: { left: 70, right: 20, bottom: 56 },
       xAxis: { type: "category", data: rows.map((r) => r.key) },
       yAxis: { type: "value", name: "万元" },
       series: [
@@ -151,8 +151,8 @@ async function quotaByBank(programId: string, name: string, s: GetSummaryRespons
   const label = (id: string) => names.get(id) ?? id.slice(0, 8);
   const panel = chart(`${t("quotaByBank")} · ${name}`, {
     tooltip: { trigger: "axis", valueFormatter: (v: unknown) => `${v} 万` },
-    legend: {},
-    grid: { left: 150, right: 20, bottom: 30 },
+    legend: { bottom: 0 },
+    grid: { left: 150, right: 30, bottom: 56 },
     yAxis: { type: "category", data: rows.map((l) => label(l.lenderId)), inverse: true },
     xAxis: { type: "value", name: "万元" },
     series: [

@@ -25,14 +25,15 @@ export async function inbox(main: HTMLElement, _arg: string, signal: AbortSignal
   const errors = h("div");
   const openOnly = h("input", { type: "checkbox", name: "open", checked: true, id: "open-only" });
   const list = h("div", { id: "inbox-list" });
-  const feed = h("ol", { class: "feed", id: "feed" });
+  // The stream's events, newest first (a first visit replays the bank's history from cursor 0).
+  const feed = h("ul", { class: "feed", id: "feed" });
   replace(main,
     h("h1", {}, t("inboxTitle"), " ", state),
     errors,
     h("label", { class: "check" }, openOnly, t("openOnly")),
     h("div", { class: "grid2 wide-left" },
       h("section", { class: "card" }, list),
-      h("section", { class: "card" }, h("h2", {}, t("timeline")), feed)));
+      h("section", { class: "card" }, h("h2", {}, t("activity")), feed)));
 
   const draw = () => {
     const shown = [...referrals.values()]
@@ -48,13 +49,27 @@ export async function inbox(main: HTMLElement, _arg: string, signal: AbortSignal
     const buttons = h("div", { class: "actions" });
     const act = (label: string, cls: string, fn: () => void) =>
       buttons.append(h("button", { type: "button", class: cls, "data-action": cls, onclick: fn }, label));
-    if (r.status === ReferralStatus.PENDING) act(t("acknowledge"), "acknowledge", () => void acknowledge(r));
-    if ([ReferralStatus.PENDING, ReferralStatus.ACKNOWLEDGED, ReferralStatus.INFO_REQUESTED].includes(r.status)) {
-      if (r.status !== ReferralStatus.PENDING) act(t("requestInfo"), "request-info", () => requestInfo(r));
-      act(t("approve"), "approve", () => approve(r));
-      act(t("decline"), "decline", () => decline(r));
+    // The referral's state machine: what the API allows from each status.
+    switch (r.status) {
+      case ReferralStatus.PENDING:
+        act(t("acknowledge"), "acknowledge", () => void acknowledge(r));
+        act(t("decline"), "decline", () => decline(r));
+        break;
+      case ReferralStatus.ACKNOWLEDGED:
+        act(t("requestInfo"), "request-info", () => requestInfo(r));
+        act(t("approve"), "approve", () => approve(r));
+        act(t("decline"), "decline", () => decline(r));
+        break;
+      case ReferralStatus.INFO_REQUESTED:
+        // Acknowledging again says the information arrived; then it can be approved.
+        act(t("infoReceived"), "acknowledge", () => void acknowledge(r));
+        act(t("decline"), "decline", () => decline(r));
+        break;
+      case ReferralStatus.APPROVED:
+      case ReferralStatus.DISBURSED: // a further tranche
+        act(t("disburse"), "disburse", () => disburse(r));
+        break;
     }
-    if (r.status === ReferralStatus.APPROVED) act(t("disburse"), "disburse", () => disburse(r));
     return h("article", { class: "referral", "data-referral": r.id, "data-status": ReferralStatus[r.status] },
       h("header", {},
         h("strong", {}, e?.name ?? t("noConsent")), " ",
@@ -191,8 +206,9 @@ export async function inbox(main: HTMLElement, _arg: string, signal: AbortSignal
         const payload = message.payload;
         if (payload.case === "event") {
           const ev = payload.value;
+          const name = ev.referral?.enterprise?.name ?? referrals.get(ev.referral?.id ?? "")?.enterprise?.name;
           update(ev.referral);
-          note(`${time(ev.time)} ${eventKind(ev.kind)} · ${ev.referral?.enterprise?.name ?? ev.referral?.id.slice(0, 8) ?? ""}`);
+          note(`${time(ev.time)} ${eventKind(ev.kind)} · ${name ?? ev.referral?.id.slice(0, 8) ?? ""}`);
           cursor = ev.cursor;
         } else if (payload.case === "heartbeat") {
           cursor = payload.value.cursor > cursor ? payload.value.cursor : cursor;

@@ -50,7 +50,7 @@ export async function newNeed(main: HTMLElement): Promise<void> {
         h("input", { type: "checkbox", name: "collateral", value: c, checked: c === Collateral.CREDIT }), collateral(c)))),
     h("div", { class: "row" },
       labelled(t("maxRate"), h("input", { name: "maxRate", inputmode: "decimal", id: "need-max-rate", autocomplete: "off" }), "need.max_rate_bps"),
-      labelled(t("neededBy"), h("input", { name: "neededBy", type: "date", min: isoDay(), id: "need-needed-by" }), "need.needed_by")),
+      labelled(t("neededBy"), h("input", { name: "neededBy", type: "date", min: isoDay(), required: true, id: "need-needed-by" }), "need.needed_by")),
     h("label", { class: "check", "data-field": "need.consent_to_share" },
       h("input", { type: "checkbox", name: "consent", value: "yes", checked: true, id: "need-consent" }), t("consent")),
     labelled(t("note"), h("textarea", { name: "note", rows: 2, maxlength: 1000 }), "need.note"),
@@ -93,7 +93,8 @@ export async function newNeed(main: HTMLElement): Promise<void> {
   const runPreview = debounce(async () => {
     const { need, problems } = read();
     markFields(form, problems);
-    if (!need.enterpriseId || need.amountMinor === 0n || need.termMonths === 0 || problems.length) return;
+    if (!need.enterpriseId || need.amountMinor === 0n || need.termMonths === 0 || !need.neededBy ||
+        problems.length) return;
     const run = ++previewRun;
     try {
       const response = await financing.previewMatches({ subject: { case: "need", value: need }, pageSize: 20 });
@@ -132,6 +133,7 @@ export async function newNeed(main: HTMLElement): Promise<void> {
     if (!need.enterpriseId) required.push(["need.enterprise_id", t("errRequired")]);
     if (!field(form, "amount")) required.push(["need.amount_minor", t("errRequired")]);
     if (!field(form, "term")) required.push(["need.term_months", t("errRequired")]);
+    if (!need.neededBy) required.push(["need.needed_by", t("errRequired")]);
     markFields(form, [...problems, ...required]);
     if (problems.length || required.length || busy) return;
     busy = true;

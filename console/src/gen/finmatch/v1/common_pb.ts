@@ -581,8 +581,8 @@ export type Need = Message<"finmatch.v1.Need"> & {
   maxRateBps?: number | undefined;
 
   /**
-   * Date by which the money is needed, YYYY-MM-DD, not before today in the
-   * bureau's time zone (FINMATCH_TIME_ZONE, default Asia/Shanghai) on
+   * Date by which the money is needed, YYYY-MM-DD; required. Not before today
+   * in the bureau's time zone (FINMATCH_TIME_ZONE, default Asia/Shanghai) on
    * submit. After this date a need nobody approved becomes EXPIRED; an
    * approved one stays open for its loan to be recorded.
    *
