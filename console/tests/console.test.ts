@@ -248,6 +248,16 @@ describe("the bureau's console", () => {
     });
     await page.goto(`${baseUrl}/#/needs`);
     await page.goto(`${baseUrl}/#/need/${need!.id}`);
+    // Re-routing a need that has its referrals adds none (the API's answer to a retry).
+    const before = (await operator.financing.getNeed({ needId: need!.id })).referrals.length;
+    await page.click("#reroute");
+    await page.click('dialog button[type="submit"]');
+    await page.waitForSelector("dialog", { state: "detached" });
+    await page.waitForSelector(".toast");
+    assert.equal((await operator.financing.getNeed({ needId: need!.id })).referrals.length, before);
+    await page.waitForSelector(".referrals-table");
+    assert.equal(await page.locator(".referrals-table tbody tr").count(), before);
+
     await page.click("#withdraw");
     await page.waitForSelector("dialog[open]");
     await page.click('dialog button.secondary'); // cancel: nothing happens
@@ -259,6 +269,26 @@ describe("the bureau's console", () => {
     await page.waitForSelector("main h1 .badge-withdrawn");
     assert.equal((await operator.financing.getNeed({ needId: need!.id })).need?.status, NeedStatus.WITHDRAWN);
     assert.equal(await page.locator("#withdraw").count(), 0);
+  });
+
+  test("re-routing a need without consent to share says why it cannot be", async () => {
+    const enterprise = (await operator.enterprises.listEnterprises({ pageSize: 2 })).enterprises[1];
+    const { need } = await operator.financing.submitNeed({
+      idempotencyKey: `console-test-noconsent-${Date.now()}`,
+      need: {
+        enterpriseId: enterprise.id, amountMinor: 80_000_000n, termMonths: 12, purpose: Purpose.EQUIPMENT,
+        collateral: [Collateral.CREDIT], consentToShare: false, channel: Channel.BUREAU,
+        neededBy: new Date(Date.now() + 20 * 86_400_000).toISOString().slice(0, 10),
+      },
+    });
+    assert.equal(need?.status, NeedStatus.SUBMITTED);
+    await page.goto(`${baseUrl}/#/need/${need!.id}`);
+    await page.click("#reroute");
+    await page.click('dialog button[type="submit"]');
+    await page.waitForSelector('dialog .problem[data-code="FailedPrecondition"]');
+    await page.click("dialog button.secondary");
+    await page.waitForSelector('main .problem[data-code="FailedPrecondition"]');
+    assert.equal((await operator.financing.getNeed({ needId: need!.id })).need?.status, NeedStatus.SUBMITTED);
   });
 
   describe("a bank's loan officer", () => {

@@ -479,3 +479,67 @@ async fn shutdown_stops_after_the_grace_even_with_a_call_still_in_flight() {
     assert!(cut.is_err(), "the held call did not complete: {cut:?}");
     drop(release);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_at_the_root_beside_grpc() {
+    let app = TestApp::spawn().await;
+    let addr = app.addr;
+    let get = move |path: &str, extra: &str| {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
+        tokio::task::spawn_blocking(move || http1(addr, request.as_bytes()))
+    };
+    let index = get("/", "").await.unwrap();
+    let lower = index.to_lowercase();
+    assert!(index.starts_with("HTTP/1.1 200"), "{index}");
+    assert!(lower.contains("content-type: text/html"), "{index}");
+    assert!(
+        lower.contains("content-security-policy: default-src 'self'"),
+        "{index}"
+    );
+    assert!(lower.contains("x-content-type-options: nosniff"), "{index}");
+    assert!(index.contains("<div id=\"app\">"), "{index}");
+
+    // The script index.html loads, by the content-hashed name Vite gave it.
+    let script = index
+        .split("src=\"./")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("index.html loads a script")
+        .to_owned();
+    let asset = get(&format!("/{script}"), "").await.unwrap();
+    assert!(asset.starts_with("HTTP/1.1 200"), "{}", &asset[..200]);
+    let asset_head = asset.split("\r\n\r\n").next().unwrap().to_lowercase();
+    assert!(
+        asset_head.contains("content-type: text/javascript"),
+        "{asset_head}"
+    );
+    assert!(asset_head.contains("immutable"), "{asset_head}");
+    let etag = asset_head
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .expect("an ETag")
+        .to_owned();
+    let again = get(&format!("/{script}"), &format!("If-None-Match: {etag}\r\n"))
+        .await
+        .unwrap();
+    assert!(again.starts_with("HTTP/1.1 304"), "{again}");
+
+    let missing = get("/no-such-file.js", "").await.unwrap();
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    let outside = get("/../Cargo.toml", "").await.unwrap();
+    assert!(!outside.starts_with("HTTP/1.1 200"), "{outside}");
+
+    // gRPC on the same port is unchanged.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("gRPC health answers beside the console")
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}

@@ -167,7 +167,7 @@ export async function needPage(main: HTMLElement, needId: string): Promise<void>
   if (OPEN_NEEDS.includes(need.status)) {
     actions.append(h("button", { type: "button", class: "danger", id: "withdraw", onclick: () => withdraw(need.id) }, t("withdraw")));
   }
-  if (session.role === Role.OPERATOR && [NeedStatus.ROUTED, NeedStatus.UNMATCHED, NeedStatus.SUBMITTED].includes(need.status)) {
+  if (session.role === Role.OPERATOR && [NeedStatus.SUBMITTED, NeedStatus.ROUTED].includes(need.status)) {
     actions.append(h("button", { type: "button", class: "secondary", id: "reroute", onclick: () => reroute(need.id, errors) }, t("reroute")));
   }
 
